@@ -1,0 +1,333 @@
+"""Event-time deduplication kernel.
+
+Semantics (DESIGN.md): two reads are the same sighting when they come from the same camera, their plates
+have the same confusion class (O/0, I/1, B/8, S/5, Z/2) and their capture times are within ``W`` of each
+other; sightings are the transitive closure of that relation (single linkage on time, i.e. session
+windows with gap ``W``), so the result does not depend on arrival order. A late read that bridges two
+sightings merges them. A session can no longer change once ``end < watermark - lateness - W`` and is
+evicted; reads later than the allowed lateness still count (they start a new sighting if nothing is left
+to match), so nothing is lost.
+
+The best read of a sighting is the one with the highest confidence; ties go to the earlier capture
+time, then to the earlier arrival (Kafka offset), so the choice is deterministic.
+
+State is a struct of arrays (a session pool) plus an open-addressing hash table from (camera, class) to
+the head of a chain of sessions of that key. ``DedupArrays`` owns the arrays; the ``njit`` functions
+mutate them in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba as nb
+import numpy as np
+from numpy.typing import NDArray
+
+EMPTY = np.int32(-1)
+
+# Field layout shared by the pool, the snapshot of touched sessions and the checkpoint codec.
+POOL_FIELDS: dict[str, type] = {
+    "cam": np.int32,
+    "cls": np.uint64,
+    "start": np.int64,
+    "end": np.int64,
+    "count": np.int32,
+    "best_conf": np.float32,
+    "best_ts": np.int64,
+    "best_seq": np.int64,
+    "best_plate": np.uint64,
+    "best_geo": np.uint64,
+    "first_seq": np.int64,
+    "alive": np.uint8,
+    "written": np.uint8,
+    "rev": np.int32,
+}
+
+
+@dataclass
+class DedupArrays:
+    """The mutable state of one partition's dedup: session pool, hash table and watermark."""
+
+    capacity: int = 1024
+    pool: dict[str, NDArray] = field(default_factory=dict)
+    nxt: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    best_row: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    touch_mark: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    t_cam: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    t_cls: NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
+    t_head: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    n_used: int = 0
+    n_keys: int = 0
+    watermark: int = -(2**62)
+    batch_no: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.pool:
+            self.pool = {k: np.zeros(self.capacity, dtype=t) for k, t in POOL_FIELDS.items()}
+            self.nxt = np.full(self.capacity, EMPTY, np.int32)
+            self.best_row = np.full(self.capacity, EMPTY, np.int32)
+            self.touch_mark = np.full(self.capacity, -1, np.int64)
+            self._new_table(16)
+
+    def _new_table(self, size: int) -> None:
+        self.t_cam = np.full(size, EMPTY, np.int32)
+        self.t_cls = np.zeros(size, np.uint64)
+        self.t_head = np.full(size, EMPTY, np.int32)
+
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` new sessions and keys (called before each batch)."""
+        need = self.n_used + extra
+        if need > self.capacity:
+            cap = max(need, self.capacity * 2)
+            for k, arr in self.pool.items():
+                grown = np.zeros(cap, dtype=arr.dtype)
+                grown[: self.n_used] = arr[: self.n_used]
+                self.pool[k] = grown
+            for name, fill in (("nxt", EMPTY), ("best_row", EMPTY), ("touch_mark", -1)):
+                arr = getattr(self, name)
+                grown = np.full(cap, fill, dtype=arr.dtype)
+                grown[: self.n_used] = arr[: self.n_used]
+                setattr(self, name, grown)
+            self.capacity = cap
+        if (self.n_keys + extra) * 2 > self.t_head.shape[0]:
+            size = self.t_head.shape[0]
+            while (self.n_keys + extra) * 2 > size:
+                size *= 2
+            self.rebuild_table(size)
+
+    def rebuild_table(self, size: int | None = None) -> None:
+        """Re-index the live sessions (after growth or compaction)."""
+        size = size or self.t_head.shape[0]
+        self._new_table(size)
+        p = self.pool
+        self.n_keys = _reindex(
+            p["cam"], p["cls"], p["alive"], p["first_seq"], self.n_used, self.nxt,
+            self.t_cam, self.t_cls, self.t_head,
+        )
+
+    def compact(self, keep: NDArray[np.bool_]) -> NDArray[np.int64]:
+        """Drop sessions where ``keep`` is false; returns the old index of each kept session."""
+        idx = np.flatnonzero(keep[: self.n_used])
+        for k, arr in self.pool.items():
+            arr[: idx.shape[0]] = arr[idx]
+        self.best_row[:] = EMPTY
+        self.touch_mark[:] = -1
+        self.n_used = int(idx.shape[0])
+        self.rebuild_table()
+        return idx
+
+
+@nb.njit(inline="always", cache=True)
+def _hash(cam: np.int32, cls: np.uint64) -> np.uint64:
+    h = cls * np.uint64(0x9E3779B97F4A7C15) ^ (np.uint64(cam) * np.uint64(0xC2B2AE3D27D4EB4F))
+    h ^= h >> np.uint64(29)
+    return h
+
+
+@nb.njit(cache=True)
+def _slot(t_cam: NDArray[np.int32], t_cls: NDArray[np.uint64], cam: np.int32, cls: np.uint64) -> int:
+    mask = np.int64(t_cam.shape[0] - 1)
+    i = np.int64(_hash(cam, cls) >> np.uint64(1)) & mask
+    while True:
+        if t_cam[i] == -1 or (t_cam[i] == cam and t_cls[i] == cls):
+            return i
+        i = (i + 1) & mask
+
+
+@nb.njit(cache=True)
+def _reindex(cam, cls, alive, first_seq, n_used, nxt, t_cam, t_cls, t_head) -> int:  # type: ignore[no-untyped-def]
+    # Chains are kept in order of creation (newest first), so rebuild by ascending first_seq.
+    order = np.argsort(first_seq[:n_used], kind="mergesort")
+    n_keys = 0
+    for s in order:
+        if not alive[s]:
+            nxt[s] = -1
+            continue
+        i = _slot(t_cam, t_cls, cam[s], cls[s])
+        if t_cam[i] == -1:
+            t_cam[i] = cam[s]
+            t_cls[i] = cls[s]
+            t_head[i] = -1
+            n_keys += 1
+        nxt[s] = t_head[i]
+        t_head[i] = s
+    return n_keys
+
+
+@nb.njit(inline="always", cache=True)
+def _better(conf_a: float, ts_a: int, seq_a: int, conf_b: float, ts_b: int, seq_b: int) -> bool:
+    if conf_a != conf_b:
+        return conf_a > conf_b
+    if ts_a != ts_b:
+        return ts_a < ts_b
+    return seq_a < seq_b
+
+
+@nb.njit(cache=True)
+def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count, best_conf, best_ts,  # type: ignore[no-untyped-def]
+           best_seq, best_plate, best_geo, first_seq, alive, written, rev, snap):
+    if touch_mark[s] == batch_no:
+        return n_touched
+    touch_mark[s] = batch_no
+    touched[n_touched] = s
+    # snapshot of the pre-batch values (only meaningful for sessions already written)
+    snap[n_touched, 0] = start[s]
+    snap[n_touched, 1] = end[s]
+    snap[n_touched, 2] = count[s]
+    snap[n_touched, 3] = np.int64(best_plate[s])
+    snap[n_touched, 4] = np.int64(best_geo[s])
+    snap[n_touched, 5] = best_seq[s]
+    snap[n_touched, 6] = written[s]
+    snap[n_touched, 7] = rev[s]
+    snap[n_touched, 8] = best_ts[s]
+    return n_touched + 1
+
+
+@nb.njit(cache=True)
+def dedup_batch(  # type: ignore[no-untyped-def]
+    r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
+    cam, cls, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
+    written, rev, nxt, best_row, touch_mark, t_cam, t_cls, t_head,
+    n_used, n_keys, watermark, batch_no, window, lateness,
+):
+    """Fold one batch of reads (in arrival order) into the session pool.
+
+    Returns (n_used, n_keys, watermark, session_of_read, late_flags, touched, n_touched, snapshot).
+    ``touched`` lists every session created, extended or absorbed in this batch, in first-touch order.
+    """
+    n = r_ts.shape[0]
+    session_of = np.empty(n, dtype=np.int32)
+    late = np.zeros(n, dtype=np.uint8)
+    touched = np.empty(2 * n + 1, dtype=np.int32)
+    snap = np.empty((2 * n + 1, 9), dtype=np.int64)
+    n_touched = 0
+    for i in range(n):
+        c = r_cam[i]
+        k = r_cls[i]
+        t = r_ts[i]
+        if t < watermark - lateness:
+            late[i] = 1
+        if t > watermark:
+            watermark = t
+        slot = _slot(t_cam, t_cls, c, k)
+        if t_cam[slot] == -1:
+            t_cam[slot] = c
+            t_cls[slot] = k
+            t_head[slot] = -1
+            n_keys += 1
+        # find every live session of this key within W of t; the oldest survives and absorbs the rest
+        survivor = -1
+        s = t_head[slot]
+        while s != -1:
+            if alive[s] and t >= start[s] - window and t <= end[s] + window:
+                n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
+                                   best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
+                                   written, rev, snap)
+                if survivor == -1 or first_seq[s] < first_seq[survivor]:
+                    if survivor != -1:
+                        _absorb(s, survivor, start, end, count, best_conf, best_ts, best_seq, best_plate,
+                                best_geo, best_row, alive)
+                    survivor = s
+                else:
+                    _absorb(survivor, s, start, end, count, best_conf, best_ts, best_seq, best_plate,
+                            best_geo, best_row, alive)
+            s = nxt[s]
+        if survivor == -1:
+            s = n_used
+            n_used += 1
+            cam[s] = c
+            cls[s] = k
+            start[s] = t
+            end[s] = t
+            count[s] = 1
+            best_conf[s] = r_conf[i]
+            best_ts[s] = t
+            best_seq[s] = r_seq[i]
+            best_plate[s] = r_plate[i]
+            best_geo[s] = r_geo[i]
+            first_seq[s] = r_seq[i]
+            alive[s] = 1
+            written[s] = 0
+            rev[s] = 0
+            best_row[s] = i
+            nxt[s] = t_head[slot]
+            t_head[slot] = s
+            touch_mark[s] = -1
+            n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
+                               best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
+                               written, rev, snap)
+            survivor = s
+        else:
+            s = survivor
+            if t < start[s]:
+                start[s] = t
+            if t > end[s]:
+                end[s] = t
+            count[s] += 1
+            if _better(r_conf[i], t, r_seq[i], best_conf[s], best_ts[s], best_seq[s]):
+                best_conf[s] = r_conf[i]
+                best_ts[s] = t
+                best_seq[s] = r_seq[i]
+                best_plate[s] = r_plate[i]
+                best_geo[s] = r_geo[i]
+                best_row[s] = i
+        session_of[i] = survivor
+    return n_used, n_keys, watermark, session_of, late, touched, n_touched, snap
+
+
+@nb.njit(inline="always", cache=True)
+def _absorb(dst, src, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo,  # type: ignore[no-untyped-def]
+            best_row, alive):
+    if start[src] < start[dst]:
+        start[dst] = start[src]
+    if end[src] > end[dst]:
+        end[dst] = end[src]
+    count[dst] += count[src]
+    if _better(best_conf[src], best_ts[src], best_seq[src], best_conf[dst], best_ts[dst], best_seq[dst]):
+        best_conf[dst] = best_conf[src]
+        best_ts[dst] = best_ts[src]
+        best_seq[dst] = best_seq[src]
+        best_plate[dst] = best_plate[src]
+        best_geo[dst] = best_geo[src]
+        best_row[dst] = best_row[src]
+    alive[src] = 0
+
+
+@nb.njit(cache=True)
+def expired(end: NDArray[np.int64], alive: NDArray[np.uint8], n_used: int, horizon: int) -> NDArray[np.int64]:
+    """Indices of live sessions that no acceptable read can change any more (``end < horizon``)."""
+    out = np.empty(n_used, dtype=np.int64)
+    m = 0
+    for s in range(n_used):
+        if alive[s] and end[s] < horizon:
+            out[m] = s
+            m += 1
+    return out[:m]
+
+
+def run_batch(
+    st: DedupArrays,
+    r_cam: NDArray[np.int32],
+    r_cls: NDArray[np.uint64],
+    r_plate: NDArray[np.uint64],
+    r_ts: NDArray[np.int64],
+    r_conf: NDArray[np.float32],
+    r_geo: NDArray[np.uint64],
+    r_seq: NDArray[np.int64],
+    window_ms: int,
+    lateness_ms: int,
+) -> tuple[NDArray[np.int32], NDArray[np.uint8], NDArray[np.int32], NDArray[np.int64]]:
+    """Run ``dedup_batch`` on ``st``; returns (session_of_read, late, touched, snapshot)."""
+    st.reserve(int(r_ts.shape[0]))
+    st.batch_no += 1
+    p = st.pool
+    st.best_row[: st.n_used] = EMPTY
+    (st.n_used, st.n_keys, st.watermark, session_of, late, touched, n_touched, snap) = dedup_batch(
+        r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
+        p["cam"], p["cls"], p["start"], p["end"], p["count"], p["best_conf"], p["best_ts"], p["best_seq"],
+        p["best_plate"], p["best_geo"], p["first_seq"], p["alive"], p["written"], p["rev"],
+        st.nxt, st.best_row, st.touch_mark, st.t_cam, st.t_cls, st.t_head,
+        st.n_used, st.n_keys, st.watermark, st.batch_no, window_ms, lateness_ms,
+    )
+    return session_of, late, touched[:n_touched], snap[:n_touched]

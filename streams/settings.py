@@ -1,0 +1,158 @@
+"""One frozen, typed settings object, read from ``PLATESTREAM_*`` environment variables.
+
+Every variable is listed in ``ENV_VARS`` (name, default, meaning); ``Settings.from_env`` validates all of
+them at start so a typo fails loudly before any message is consumed. When Kafka/Redis addresses are not
+given, the addresses written by ``platestream stack up`` (``.platestream/stack.json``) are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEV_HASH_KEY = "platestream-dev-key-not-secret"
+
+# name -> (default, meaning). Defaults of None mean "taken from the local stack file".
+ENV_VARS: dict[str, tuple[str | None, str]] = {
+    "PLATESTREAM_KAFKA_BOOTSTRAP": (None, "Kafka bootstrap servers, host:port[,host:port]"),
+    "PLATESTREAM_REDIS_URL": (None, "Redis URL, redis://[user:pass@]host:port/db"),
+    "PLATESTREAM_STATE_DIR": (".platestream", "where the local stack keeps data, logs and stack.json"),
+    "PLATESTREAM_TOPIC_READS": ("plates.reads", "input topic of plate_read v1 messages"),
+    "PLATESTREAM_TOPIC_DEDUPED": ("plates.reads.deduped", "output: sighting v1 changelog"),
+    "PLATESTREAM_TOPIC_DLQ": ("plates.dlq", "output: dead-letter v1 records"),
+    "PLATESTREAM_TOPIC_ALERTS": ("plates.alerts", "output: hotlist alerts"),
+    "PLATESTREAM_PARTITIONS": ("4", "partitions used when platestream creates its topics"),
+    "PLATESTREAM_GROUP": ("platestream", "consumer group of the workers (and faust app id)"),
+    "PLATESTREAM_DEDUP_WINDOW_S": ("10", "W: reads of one camera and plate class within W seconds merge"),
+    "PLATESTREAM_ALLOWED_LATENESS_S": ("900", "how late (event time) a read may arrive and still merge"),
+    "PLATESTREAM_BATCH_MAX_RECORDS": ("20000", "max records fetched per poll"),
+    "PLATESTREAM_BATCH_TIMEOUT_MS": ("200", "max wait for a batch to fill"),
+    "PLATESTREAM_GEOHASH_PRECISION": ("9", "characters of the base32 geohash published with sightings"),
+    "PLATESTREAM_CELL_PRECISION": ("6", "geohash characters of the area index cells (6 = ~1.2 km x 0.6 km)"),
+    "PLATESTREAM_CELL_BUCKET_S": ("3600", "time bucket of the area index, seconds"),
+    "PLATESTREAM_HASH_KEY": (DEV_HASH_KEY, "secret for the keyed hash of region+plate (vehicle id)"),
+    "PLATESTREAM_WEB_PORT": ("6066", "faust web server port (metrics at /metrics)"),
+    "PLATESTREAM_MAX_MESSAGE_BYTES": ("65536", "larger input messages are dead-lettered as too_large"),
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; raised at start, never mid-stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka_bootstrap: str
+    redis_url: str
+    state_dir: Path
+    topic_reads: str
+    topic_deduped: str
+    topic_dlq: str
+    topic_alerts: str
+    partitions: int
+    group: str
+    dedup_window_ms: int
+    allowed_lateness_ms: int
+    batch_max_records: int
+    batch_timeout_ms: int
+    geohash_precision: int
+    cell_precision: int
+    cell_bucket_ms: int
+    hash_key: bytes
+    web_port: int
+    max_message_bytes: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        unknown = sorted(k for k in env if k.startswith("PLATESTREAM_") and k not in ENV_VARS)
+        if unknown:
+            raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(ENV_VARS)}")
+
+        def raw(name: str) -> str | None:
+            return env.get(name, ENV_VARS[name][0])
+
+        def integer(name: str, lo: int, hi: int) -> int:
+            value = raw(name)
+            try:
+                n = int(str(value))
+            except ValueError:
+                raise SettingsError(f"{name}={value!r} is not an integer") from None
+            if not lo <= n <= hi:
+                raise SettingsError(f"{name}={n} is outside [{lo}, {hi}]")
+            return n
+
+        state_dir = Path(str(raw("PLATESTREAM_STATE_DIR")))
+        stack = _read_stack_file(state_dir)
+        bootstrap = raw("PLATESTREAM_KAFKA_BOOTSTRAP") or stack.get("kafka_bootstrap")
+        redis_url = raw("PLATESTREAM_REDIS_URL") or stack.get("redis_url")
+        if not bootstrap:
+            raise SettingsError("PLATESTREAM_KAFKA_BOOTSTRAP is not set and no local stack is running")
+        if not redis_url:
+            raise SettingsError("PLATESTREAM_REDIS_URL is not set and no local stack is running")
+        if not str(redis_url).startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"PLATESTREAM_REDIS_URL={redis_url!r} must start with redis://, rediss://")
+        hash_key = str(raw("PLATESTREAM_HASH_KEY"))
+        if len(hash_key) < 16:
+            raise SettingsError("PLATESTREAM_HASH_KEY must be at least 16 characters")
+        topics = {n: str(raw(n)) for n in ENV_VARS if n.startswith("PLATESTREAM_TOPIC_")}
+        if len(set(topics.values())) != len(topics):
+            raise SettingsError(f"topic names must differ: {topics}")
+        settings = cls(
+            kafka_bootstrap=str(bootstrap),
+            redis_url=str(redis_url),
+            state_dir=state_dir,
+            topic_reads=topics["PLATESTREAM_TOPIC_READS"],
+            topic_deduped=topics["PLATESTREAM_TOPIC_DEDUPED"],
+            topic_dlq=topics["PLATESTREAM_TOPIC_DLQ"],
+            topic_alerts=topics["PLATESTREAM_TOPIC_ALERTS"],
+            partitions=integer("PLATESTREAM_PARTITIONS", 1, 10_000),
+            group=str(raw("PLATESTREAM_GROUP")),
+            dedup_window_ms=integer("PLATESTREAM_DEDUP_WINDOW_S", 0, 3600) * 1000,
+            allowed_lateness_ms=integer("PLATESTREAM_ALLOWED_LATENESS_S", 0, 7 * 86400) * 1000,
+            batch_max_records=integer("PLATESTREAM_BATCH_MAX_RECORDS", 1, 1_000_000),
+            batch_timeout_ms=integer("PLATESTREAM_BATCH_TIMEOUT_MS", 1, 60_000),
+            geohash_precision=integer("PLATESTREAM_GEOHASH_PRECISION", 1, 12),
+            cell_precision=integer("PLATESTREAM_CELL_PRECISION", 1, 10),
+            cell_bucket_ms=integer("PLATESTREAM_CELL_BUCKET_S", 60, 86400 * 7) * 1000,
+            hash_key=hash_key.encode(),
+            web_port=integer("PLATESTREAM_WEB_PORT", 1, 65535),
+            max_message_bytes=integer("PLATESTREAM_MAX_MESSAGE_BYTES", 1024, 16 * 1024 * 1024),
+        )
+        if overrides:
+            settings = dataclasses.replace(settings, **overrides)
+        if settings.hash_key == DEV_HASH_KEY.encode():
+            log.warning("PLATESTREAM_HASH_KEY is the public development key; set a secret in production")
+        return settings
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: secrets and credentials removed."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["hash_key"] = "***"
+        out["redis_url"] = _redact_url(self.redis_url)
+        out["state_dir"] = str(self.state_dir)
+        return out
+
+
+def _redact_url(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _read_stack_file(state_dir: Path) -> dict[str, str]:
+    path = state_dir / "stack.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return {k: str(v) for k, v in data.items() if k in ("kafka_bootstrap", "redis_url")}

@@ -1,0 +1,134 @@
+"""dedup kernel == brute-force single-linkage clustering (union-find over all pairs), on random inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.kernels.dedup import DedupArrays, expired, run_batch
+from streams.kernels.plates import pack_plates, plate_class, plates_matrix
+
+W = 10_000
+L = 60_000
+PLATES = ["7ABC103", "7ABC1O3", "7A8C1O3", "XYZ999", "XYZ9S9", "Q1", "QI", "OO0"]
+
+
+def brute_force(reads: list[tuple[int, str, int, float]]) -> set[tuple[int, str, int, int, int, int]]:
+    """Union-find over all pairs: same camera, same confusion class, |dt| <= W."""
+    n = len(reads)
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            ci, pi, ti, _ = reads[i]
+            cj, pj, tj, _ = reads[j]
+            if ci == cj and plate_class(pi) == plate_class(pj) and abs(ti - tj) <= W:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    out = set()
+    for members in groups.values():
+        # best: highest confidence, then earliest capture time, then earliest arrival
+        best = min(members, key=lambda i: (-reads[i][3], reads[i][2], i))
+        ts = [reads[i][2] for i in members]
+        out.add((reads[best][0], plate_class(reads[best][1]), min(ts), max(ts), len(members), best))
+    return out
+
+
+def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int) -> tuple[set, int]:
+    st_ = DedupArrays(capacity=4)
+    evicted: list[tuple] = []
+    n_late = 0
+
+    def row(s: int) -> tuple:
+        p = st_.pool
+        return (int(p["cam"][s]), int(p["cls"][s]), int(p["start"][s]), int(p["end"][s]),
+                int(p["count"][s]), int(p["best_seq"][s]))
+
+    for lo in range(0, len(reads), batch_size):
+        chunk = reads[lo : lo + batch_size]
+        plate, cls = pack_plates(plates_matrix([r[1].encode() for r in chunk]))
+        _, late, _, _ = run_batch(
+            st_,
+            np.array([r[0] for r in chunk], np.int32), cls, plate,
+            np.array([r[2] for r in chunk], np.int64),
+            np.array([r[3] for r in chunk], np.float32),
+            np.zeros(len(chunk), np.uint64),
+            np.arange(lo, lo + len(chunk), dtype=np.int64), W, L,
+        )
+        n_late += int(late.sum())
+        gone = expired(st_.pool["end"], st_.pool["alive"], st_.n_used, st_.watermark - L - W)
+        evicted.extend(row(int(s)) for s in gone)
+        keep = st_.pool["alive"][: st_.n_used].astype(bool)
+        keep[gone] = False
+        st_.compact(keep)
+    alive = [row(s) for s in range(st_.n_used) if st_.pool["alive"][s]]
+    return set(alive + evicted), n_late
+
+
+def normalize_kernel_rows(rows: set, reads: list) -> set:
+    from streams.kernels.plates import unpack_plate
+
+    return {(c, unpack_plate(k), a, b, n, seq) for (c, k, a, b, n, seq) in rows}
+
+
+def normalize_oracle_rows(rows: set) -> set:
+    return {(c, cls, a, b, n, best) for (c, cls, a, b, n, best) in rows}
+
+
+reads_strategy = st.lists(
+    st.tuples(
+        st.integers(0, 2),
+        st.sampled_from(PLATES),
+        st.integers(0, 90_000),  # ts spread over 90 s; arrival order is the list order (out of order)
+        st.sampled_from([0.5, 0.7, 0.9, 0.95]),  # few values, so ties are exercised
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(reads_strategy, st.integers(1, 25))
+def test_dedup_equals_brute_force_when_nothing_is_too_late(reads: list, batch_size: int) -> None:
+    # lateness L=60 s covers the whole 90 s spread only partly; keep inputs where no read is too late
+    wm = -(2**62)
+    for r in reads:
+        if r[2] < wm - L:
+            return
+        wm = max(wm, r[2])
+    got, n_late = run_kernel(reads, batch_size)
+    assert n_late == 0
+    assert normalize_kernel_rows(got, reads) == normalize_oracle_rows(brute_force(reads))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.sampled_from(PLATES), st.integers(0, 400_000),
+                          st.sampled_from([0.5, 0.9])), max_size=80), st.integers(1, 30))
+def test_too_late_reads_are_never_lost(reads: list, batch_size: int) -> None:
+    got, _ = run_kernel(reads, batch_size)
+    assert sum(r[4] for r in got) == len(reads)  # every read is in exactly one sighting
+
+
+def test_ocr_confusions_and_window() -> None:
+    reads = [(0, "7ABC103", 1000, 0.9), (0, "7ABC1O3", 5000, 0.6), (0, "7A8C1O3", 14000, 0.7),
+             (0, "7ABC103", 30000, 0.8), (1, "7ABC103", 1000, 0.9)]
+    got = normalize_kernel_rows(run_kernel(reads, 2)[0], reads)
+    assert got == {
+        (0, "7A8C103", 1000, 14000, 3, 0),  # three frames chained within W, best = 0.9 read
+        (0, "7A8C103", 30000, 30000, 1, 3),  # 16 s later: a new pass
+        (1, "7A8C103", 1000, 1000, 1, 4),  # another camera
+    }
+
+
+def test_late_read_bridges_two_sightings() -> None:
+    reads = [(0, "AB1", 0, 0.5), (0, "AB1", 20_000, 0.9), (0, "A81", 10_000, 0.6)]
+    got = normalize_kernel_rows(run_kernel(reads, 1)[0], reads)
+    assert got == {(0, "A81", 0, 20_000, 3, 1)}
