@@ -53,6 +53,7 @@ class DedupArrays:
     pool: dict[str, NDArray] = field(default_factory=dict)
     nxt: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     best_row: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    merged_into: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     touch_mark: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     t_cam: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     t_cls: NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
@@ -67,6 +68,7 @@ class DedupArrays:
             self.pool = {k: np.zeros(self.capacity, dtype=t) for k, t in POOL_FIELDS.items()}
             self.nxt = np.full(self.capacity, EMPTY, np.int32)
             self.best_row = np.full(self.capacity, EMPTY, np.int32)
+            self.merged_into = np.full(self.capacity, EMPTY, np.int32)
             self.touch_mark = np.full(self.capacity, -1, np.int64)
             self._new_table(16)
 
@@ -84,7 +86,7 @@ class DedupArrays:
                 grown = np.zeros(cap, dtype=arr.dtype)
                 grown[: self.n_used] = arr[: self.n_used]
                 self.pool[k] = grown
-            for name, fill in (("nxt", EMPTY), ("best_row", EMPTY), ("touch_mark", -1)):
+            for name, fill in (("nxt", EMPTY), ("best_row", EMPTY), ("merged_into", EMPTY), ("touch_mark", -1)):
                 arr = getattr(self, name)
                 grown = np.full(cap, fill, dtype=arr.dtype)
                 grown[: self.n_used] = arr[: self.n_used]
@@ -112,6 +114,7 @@ class DedupArrays:
         for k, arr in self.pool.items():
             arr[: idx.shape[0]] = arr[idx]
         self.best_row[:] = EMPTY
+        self.merged_into[:] = EMPTY
         self.touch_mark[:] = -1
         self.n_used = int(idx.shape[0])
         self.rebuild_table()
@@ -166,7 +169,7 @@ def _better(conf_a: float, ts_a: int, seq_a: int, conf_b: float, ts_b: int, seq_
 
 @nb.njit(cache=True)
 def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count, best_conf, best_ts,  # type: ignore[no-untyped-def]
-           best_seq, best_plate, best_geo, first_seq, alive, written, rev, snap):
+           best_seq, best_plate, best_geo, first_seq, alive, written, rev, snap, snap_conf):
     if touch_mark[s] == batch_no:
         return n_touched
     touch_mark[s] = batch_no
@@ -181,6 +184,7 @@ def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, co
     snap[n_touched, 6] = written[s]
     snap[n_touched, 7] = rev[s]
     snap[n_touched, 8] = best_ts[s]
+    snap_conf[n_touched] = best_conf[s]
     return n_touched + 1
 
 
@@ -188,12 +192,13 @@ def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, co
 def dedup_batch(  # type: ignore[no-untyped-def]
     r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
     cam, cls, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-    written, rev, nxt, best_row, touch_mark, t_cam, t_cls, t_head,
+    written, rev, nxt, best_row, merged_into, touch_mark, t_cam, t_cls, t_head,
     n_used, n_keys, watermark, batch_no, window, lateness,
 ):
     """Fold one batch of reads (in arrival order) into the session pool.
 
-    Returns (n_used, n_keys, watermark, session_of_read, late_flags, touched, n_touched, snapshot).
+    Returns (n_used, n_keys, watermark, session_of_read, late_flags, touched, n_touched, snapshot,
+    snapshot_confidence).
     ``touched`` lists every session created, extended or absorbed in this batch, in first-touch order.
     """
     n = r_ts.shape[0]
@@ -201,6 +206,7 @@ def dedup_batch(  # type: ignore[no-untyped-def]
     late = np.zeros(n, dtype=np.uint8)
     touched = np.empty(2 * n + 1, dtype=np.int32)
     snap = np.empty((2 * n + 1, 9), dtype=np.int64)
+    snap_conf = np.empty(2 * n + 1, dtype=np.float32)
     n_touched = 0
     for i in range(n):
         c = r_cam[i]
@@ -223,15 +229,15 @@ def dedup_batch(  # type: ignore[no-untyped-def]
             if alive[s] and t >= start[s] - window and t <= end[s] + window:
                 n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
                                    best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-                                   written, rev, snap)
+                                   written, rev, snap, snap_conf)
                 if survivor == -1 or first_seq[s] < first_seq[survivor]:
                     if survivor != -1:
                         _absorb(s, survivor, start, end, count, best_conf, best_ts, best_seq, best_plate,
-                                best_geo, best_row, alive)
+                                best_geo, best_row, merged_into, alive)
                     survivor = s
                 else:
                     _absorb(survivor, s, start, end, count, best_conf, best_ts, best_seq, best_plate,
-                            best_geo, best_row, alive)
+                            best_geo, best_row, merged_into, alive)
             s = nxt[s]
         if survivor == -1:
             s = n_used
@@ -256,7 +262,7 @@ def dedup_batch(  # type: ignore[no-untyped-def]
             touch_mark[s] = -1
             n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
                                best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-                               written, rev, snap)
+                               written, rev, snap, snap_conf)
             survivor = s
         else:
             s = survivor
@@ -273,12 +279,12 @@ def dedup_batch(  # type: ignore[no-untyped-def]
                 best_geo[s] = r_geo[i]
                 best_row[s] = i
         session_of[i] = survivor
-    return n_used, n_keys, watermark, session_of, late, touched, n_touched, snap
+    return n_used, n_keys, watermark, session_of, late, touched, n_touched, snap, snap_conf
 
 
 @nb.njit(inline="always", cache=True)
 def _absorb(dst, src, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo,  # type: ignore[no-untyped-def]
-            best_row, alive):
+            best_row, merged_into, alive):
     if start[src] < start[dst]:
         start[dst] = start[src]
     if end[src] > end[dst]:
@@ -292,6 +298,7 @@ def _absorb(dst, src, start, end, count, best_conf, best_ts, best_seq, best_plat
         best_geo[dst] = best_geo[src]
         best_row[dst] = best_row[src]
     alive[src] = 0
+    merged_into[src] = dst  # follow the chain to the live survivor if dst is absorbed later
 
 
 @nb.njit(cache=True)
@@ -317,17 +324,22 @@ def run_batch(
     r_seq: NDArray[np.int64],
     window_ms: int,
     lateness_ms: int,
-) -> tuple[NDArray[np.int32], NDArray[np.uint8], NDArray[np.int32], NDArray[np.int64]]:
-    """Run ``dedup_batch`` on ``st``; returns (session_of_read, late, touched, snapshot)."""
+) -> tuple[NDArray[np.int32], NDArray[np.uint8], NDArray[np.int32], NDArray[np.int64], NDArray[np.float32]]:
+    """Run ``dedup_batch`` on ``st``; returns (session_of_read, late, touched, snapshot, snapshot_conf).
+
+    Snapshot columns hold each touched session's values before this batch: start, end, count,
+    best_plate, best_geo, best_seq, written, rev, best_ts (uint64 columns stored as int64 bits).
+    """
     st.reserve(int(r_ts.shape[0]))
     st.batch_no += 1
     p = st.pool
     st.best_row[: st.n_used] = EMPTY
-    (st.n_used, st.n_keys, st.watermark, session_of, late, touched, n_touched, snap) = dedup_batch(
+    st.merged_into[: st.n_used] = EMPTY
+    (st.n_used, st.n_keys, st.watermark, session_of, late, touched, n_touched, snap, snap_conf) = dedup_batch(
         r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
         p["cam"], p["cls"], p["start"], p["end"], p["count"], p["best_conf"], p["best_ts"], p["best_seq"],
         p["best_plate"], p["best_geo"], p["first_seq"], p["alive"], p["written"], p["rev"],
-        st.nxt, st.best_row, st.touch_mark, st.t_cam, st.t_cls, st.t_head,
+        st.nxt, st.best_row, st.merged_into, st.touch_mark, st.t_cam, st.t_cls, st.t_head,
         st.n_used, st.n_keys, st.watermark, st.batch_no, window_ms, lateness_ms,
     )
-    return session_of, late, touched[:n_touched], snap[:n_touched]
+    return session_of, late, touched[:n_touched], snap[:n_touched], snap_conf[:n_touched]

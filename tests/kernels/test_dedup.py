@@ -56,7 +56,7 @@ def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int) -> tup
     for lo in range(0, len(reads), batch_size):
         chunk = reads[lo : lo + batch_size]
         plate, cls = pack_plates(plates_matrix([r[1].encode() for r in chunk]))
-        _, late, _, _ = run_batch(
+        _, late, _, _, _ = run_batch(
             st_,
             np.array([r[0] for r in chunk], np.int32), cls, plate,
             np.array([r[2] for r in chunk], np.int64),
@@ -88,7 +88,7 @@ reads_strategy = st.lists(
     st.tuples(
         st.integers(0, 2),
         st.sampled_from(PLATES),
-        st.integers(0, 90_000),  # ts spread over 90 s; arrival order is the list order (out of order)
+        st.integers(0, 90).map(lambda s: s * 1000),  # whole seconds so gaps of exactly W occur
         st.sampled_from([0.5, 0.7, 0.9, 0.95]),  # few values, so ties are exercised
     ),
     max_size=60,

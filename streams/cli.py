@@ -1,0 +1,217 @@
+"""``platestream`` command line: stack, worker, simulate, produce, trail, progress, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from streams.settings import ENV_VARS, Settings, SettingsError
+
+
+def _time(value: str) -> int:
+    """Epoch ms, or an ISO 8601 time (UTC if no zone)."""
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither epoch ms nor an ISO 8601 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from streams import stack
+
+    state_dir = Path(args.state_dir)
+    if args.action == "up":
+        info = stack.up(state_dir)
+        print(f"kafka bootstrap: {info.kafka_bootstrap}\nredis url:       {info.redis_url}")
+        print(f"export PLATESTREAM_KAFKA_BOOTSTRAP={info.kafka_bootstrap} PLATESTREAM_REDIS_URL={info.redis_url}")
+    elif args.action == "down":
+        stack.down(state_dir, wipe=args.wipe)
+        print("stack stopped" + (" and wiped" if args.wipe else ""))
+    else:
+        info, k, r = stack.status(state_dir)
+        if info is None:
+            print("stack: not started")
+            return 1
+        print(f"kafka {info.kafka_bootstrap}: {'up' if k else 'DOWN'} (pid {info.kafka_pid})")
+        print(f"redis {info.redis_url}: {'up' if r else 'DOWN'} (pid {info.redis_pid})")
+        return 0 if k and r else 1
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    from streams.worker import make_app
+
+    app = make_app(settings)
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.producer import send_all
+    from streams.simulate import generate
+    from streams.topics import ensure_topics
+
+    traffic = generate(seed=args.seed, vehicles=args.vehicles, sites=args.sites, hours=args.hours,
+                       malformed=args.malformed, late=args.late)
+    print(f"simulated {traffic.valid_reads:,} reads of {len(traffic.truth):,} passes by {args.vehicles:,} "
+          f"vehicles, plus {traffic.malformed:,} malformed messages", file=sys.stderr)
+    if args.truth:
+        Path(args.truth).write_bytes(b"\n".join(traffic.truth_json()) + b"\n")
+    if args.output:
+        with open(args.output, "wb") as f:
+            for _, value in traffic.messages:
+                f.write(value.replace(b"\n", b" ") + b"\n")
+        return 0
+    ensure_topics(settings)
+    send_all(settings.kafka_bootstrap, settings.topic_reads, traffic.messages, rate=args.rate,
+             duration=args.duration, progress=True, total=len(traffic.messages))
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.producer import send_all
+    from streams.topics import ensure_topics
+
+    src = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+
+    def messages() -> object:
+        for line in src:
+            line = line.rstrip(b"\r\n")
+            if not line:
+                continue
+            key = None
+            try:
+                doc = orjson.loads(line)
+                if isinstance(doc, dict) and isinstance(doc.get("camera_id"), str):
+                    key = doc["camera_id"].encode()
+            except orjson.JSONDecodeError:
+                pass  # sent as is: the worker dead-letters it with the reason
+            yield key, line
+
+    ensure_topics(settings)
+    n = send_all(settings.kafka_bootstrap, args.topic or settings.topic_reads, messages(),  # type: ignore[arg-type]
+                 rate=args.rate, progress=True)
+    print(f"produced {n} messages", file=sys.stderr)
+    return 0
+
+
+def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+
+    from streams.query import QueryError, trail
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        rows = trail(client, settings, args.plate, args.region, args.since, args.until, args.limit)
+    except QueryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        for r in rows:
+            sys.stdout.buffer.write(orjson.dumps(r) + b"\n")
+        return 0
+    print_trail(rows)
+    return 0
+
+
+def print_trail(rows: list[dict]) -> None:
+    if not rows:
+        print("no sightings")
+        return
+    head = f"{'time (UTC)':<25} {'camera':<12} {'agency':<16} {'lat':>10} {'lon':>11} {'geohash':<10} {'conf':>5} {'reads':>5}  read_id"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{_iso(r['ts']):<25} {r['camera_id']:<12} {r['agency']:<16} {r['lat']:>10.5f} {r['lon']:>11.5f} "
+              f"{r['geohash']:<10} {r['confidence']:>5.2f} {r['reads']:>5}  {r['read_id']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(Path(args.state_dir), vehicles=args.vehicles)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="platestream", description=__doc__,
+                                epilog="settings: " + ", ".join(ENV_VARS))
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("stack", help="start/stop the local Kafka (KRaft) + Redis stack")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--wipe", action="store_true", help="with down: delete Kafka and Redis data")
+    s.add_argument("--state-dir", default=ENV_VARS["PLATESTREAM_STATE_DIR"][0])
+
+    w = sub.add_parser("worker", help="run the stream processor (a faust worker)")
+    w.add_argument("--loglevel", default="info")
+
+    sim = sub.add_parser("simulate", help="produce simulated camera traffic (seeded, reproducible)")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--vehicles", type=int, default=2000)
+    sim.add_argument("--sites", type=int, default=60)
+    sim.add_argument("--hours", type=float, default=24.0, help="event-time span of the traffic")
+    sim.add_argument("--malformed", type=float, default=0.01, help="share of malformed messages")
+    sim.add_argument("--late", type=float, default=0.02, help="share of reads that arrive late")
+    sim.add_argument("--rate", type=float, default=0.0, help="max messages/s (0 = unlimited)")
+    sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sim.add_argument("--truth", help="write the ground-truth sightings to this JSONL file")
+    sim.add_argument("--output", help="write the messages to this JSONL file instead of Kafka")
+
+    pr = sub.add_parser("produce", help="send a JSONL file (or - for stdin) to the reads topic")
+    pr.add_argument("file")
+    pr.add_argument("--topic")
+    pr.add_argument("--rate", type=float, default=0.0)
+
+    t = sub.add_parser("trail", help="time-ordered sightings of one vehicle")
+    t.add_argument("plate")
+    t.add_argument("--region", required=True, help="issuing jurisdiction, e.g. US-CT")
+    t.add_argument("--since", type=_time, help="epoch ms or ISO 8601")
+    t.add_argument("--until", type=_time, help="epoch ms or ISO 8601")
+    t.add_argument("--limit", type=int)
+    t.add_argument("--format", choices=["table", "json"], default="table")
+
+    d = sub.add_parser("demo", help="stack up, simulate, process, print a trail and the throughput")
+    d.add_argument("--vehicles", type=int, default=6000)
+    d.add_argument("--state-dir", default=ENV_VARS["PLATESTREAM_STATE_DIR"][0])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "aiokafka"):  # client libraries log every connection at INFO
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if args.command == "stack":
+        return cmd_stack(args)
+    if args.command == "demo":
+        return cmd_demo(args)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail}
+    return handler[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Redis layout: pseudonymous trails, the area index and per-partition checkpoints.
+
+Keys (hash tags keep every multi-key operation inside one Redis Cluster slot):
+
+``ps:t:{<vehicle>}``        sorted set, score = first capture time (ms), member = packed sighting
+``ps:c:{<cell>:<bucket>}``  sorted set, score = capture time, member = vehicle (12 B) + sighting id (8 B)
+``ps:ck:{<group>:<topic>:<partition>}``  hash: open dedup sessions + the next offset to consume
+
+``<vehicle>`` is a keyed BLAKE2b hash of region + normalized plate, so raw plates are never Redis keys
+and a dump without the key reveals no plate. Writes are idempotent: a replayed batch removes and adds
+the same members again, and the checkpoint's offset lets a restarted worker skip what Redis already has.
+
+Delivery guarantee of the Redis sink: effectively-once. Each batch is one MULTI/EXEC transaction holding
+the sighting changes *and* the checkpoint (sessions + next offset), so Redis data and the offset it
+reflects always move together, and Kafka offsets are committed only after EXEC succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streams.kernels.geohash import geo52_decode
+
+MEMBER_VERSION = 1
+_FIXED = struct.Struct("<BQQIIIf")  # version, sighting id, geo52, duration ms, best offset ms, reads, confidence
+CELL_MEMBER = struct.Struct("<12sQ")
+
+
+def vehicle_id(hash_key: bytes, region: str, plate: str) -> bytes:
+    """Keyed hash of region + normalized plate (12 bytes): the only vehicle identity Redis sees."""
+    return hashlib.blake2b(f"{region}|{plate}".encode(), key=hash_key, digest_size=12).digest()
+
+
+def sighting_id(topic: str, partition: int, first_offset: int) -> int:
+    """Stable id of a sighting: derived from the Kafka coordinates of the read that opened it."""
+    h = hashlib.blake2b(f"{topic}|{partition}|{first_offset}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big")
+
+
+def trail_key(vehicle: bytes) -> str:
+    return f"ps:t:{{{vehicle.hex()}}}"
+
+
+def cell_key(cell: str, bucket: int) -> str:
+    return f"ps:c:{{{cell}:{bucket}}}"
+
+
+def checkpoint_key(group: str, topic: str, partition: int) -> str:
+    return f"ps:ck:{{{group}:{topic}:{partition}}}"
+
+
+def _short(s: str) -> bytes:
+    b = s.encode()
+    if len(b) > 255:
+        raise ValueError("string longer than 255 bytes")
+    return bytes([len(b)]) + b
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One trail entry, as stored and as returned by lookups."""
+
+    sighting_id: int
+    ts: int
+    ts_last: int
+    best_ts: int
+    geo52: int
+    reads: int
+    confidence: float
+    camera_id: str
+    agency: str
+    read_id: str
+
+    def pack(self) -> bytes:
+        fixed = _FIXED.pack(MEMBER_VERSION, self.sighting_id, self.geo52, self.ts_last - self.ts,
+                            self.best_ts - self.ts, self.reads, self.confidence)
+        return fixed + _short(self.camera_id) + _short(self.agency) + _short(self.read_id)
+
+    @classmethod
+    def unpack(cls, member: bytes, score: float) -> Sighting:
+        ver, sid, geo, dur, best_dt, reads, conf = _FIXED.unpack_from(member)
+        if ver != MEMBER_VERSION:
+            raise ValueError(f"unknown sighting member version {ver}")
+        pos = _FIXED.size
+        strings = []
+        for _ in range(3):
+            n = member[pos]
+            strings.append(member[pos + 1 : pos + 1 + n].decode())
+            pos += 1 + n
+        ts = int(score)
+        return cls(sid, ts, ts + dur, ts + best_dt, geo, reads, conf, *strings)
+
+    def position(self) -> tuple[float, float]:
+        lat, lon = geo52_decode(np.array([self.geo52], dtype=np.uint64))
+        return float(lat[0]), float(lon[0])
+
+    def as_dict(self) -> dict[str, Any]:
+        lat, lon = self.position()
+        return {"ts": self.ts, "ts_last": self.ts_last, "camera_id": self.camera_id, "agency": self.agency,
+                "lat": round(lat, 6), "lon": round(lon, 6), "geo52": self.geo52,
+                "confidence": round(self.confidence, 4), "reads": self.reads, "read_id": self.read_id,
+                "sighting_id": f"{self.sighting_id:016x}"}
