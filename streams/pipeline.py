@@ -156,12 +156,12 @@ class PartitionPipeline:
                 if old is not None and old[2:] != new[2:]:
                     out.redis.append(("ZREM", old[2], old[3]))
                 sight: Sighting = new[4]
+                p["rev"][i] += 1
+                p["written"][i] = 1  # before the checkpoint value, which must say so after a restore
                 out.redis.append(("ZADD", new[0], sight.ts, new[1]))
                 out.redis.append(("ZADD", new[2], sight.ts, new[3]))
                 out.redis.append(("HSET", self.ck_key, struct.pack("<Q", sight.sighting_id),
                                   self._checkpoint_value(i)))
-                p["rev"][i] += 1
-                p["written"][i] = 1
                 if not was_written:
                     out.sightings_new += 1
                 out.deduped.append(self._upsert(i, sight, doc))

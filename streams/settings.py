@@ -90,10 +90,11 @@ class Settings:
                 raise SettingsError(f"{name}={n} is outside [{lo}, {hi}]")
             return n
 
-        state_dir = Path(str(raw("PLATESTREAM_STATE_DIR")))
+        state_dir = Path(overrides.get("state_dir") or str(raw("PLATESTREAM_STATE_DIR")))
         stack = _read_stack_file(state_dir)
-        bootstrap = raw("PLATESTREAM_KAFKA_BOOTSTRAP") or stack.get("kafka_bootstrap")
-        redis_url = raw("PLATESTREAM_REDIS_URL") or stack.get("redis_url")
+        bootstrap = (overrides.get("kafka_bootstrap") or raw("PLATESTREAM_KAFKA_BOOTSTRAP")
+                     or stack.get("kafka_bootstrap"))
+        redis_url = overrides.get("redis_url") or raw("PLATESTREAM_REDIS_URL") or stack.get("redis_url")
         if not bootstrap:
             raise SettingsError("PLATESTREAM_KAFKA_BOOTSTRAP is not set and no local stack is running")
         if not redis_url:

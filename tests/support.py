@@ -1,0 +1,164 @@
+"""Helpers for integration tests: run real workers, read topics back, compare with ground truth."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from kafka import KafkaConsumer, TopicPartition
+
+from streams.pipeline import META_OFFSET
+from streams.query import trail
+from streams.settings import Settings
+from streams.simulate import Traffic
+from streams.stack import free_port
+from streams.store import checkpoint_key
+from tests.conftest import settings_env, wait_for
+
+
+class Worker:
+    """A real ``platestream worker`` subprocess with its own log file."""
+
+    def __init__(self, s: Settings, log_dir: Path, name: str = "worker", **env: str) -> None:
+        self.log_path = log_dir / f"{name}.log"
+        self.port = free_port()
+        e = settings_env(s, PLATESTREAM_WEB_PORT=str(self.port), **env)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+                                     env=e, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=Path(__file__).resolve().parents[1])
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 40) -> int:
+        self.kill(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"worker did not stop on SIGTERM; log: {self.log_path}") from None
+        finally:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def end_offsets(s: Settings, topic: str) -> dict[int, int]:
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        c.close()
+
+
+def checkpoint_offsets(s: Settings, client: redis.Redis) -> dict[int, int]:
+    out = {}
+    for p in range(s.partitions):
+        v = client.hget(checkpoint_key(s.group, s.topic_reads, p), META_OFFSET)
+        if v is not None:
+            out[p] = int(v)
+    return out
+
+
+def wait_caught_up(s: Settings, worker: Worker | None, timeout: float = 180) -> None:
+    ends = end_offsets(s, s.topic_reads)
+    client = redis.Redis.from_url(s.redis_url)
+
+    def done() -> bool:
+        if worker is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log()[-4000:]}")
+        got = checkpoint_offsets(s, client)
+        return all(got.get(p, 0) >= e for p, e in ends.items() if e > 0)
+
+    wait_for(done, timeout, "the worker to process every partition")
+
+
+def read_topic(s: Settings, topic: str) -> list[Any]:
+    """Every record of ``topic`` (all partitions, from the beginning)."""
+    ends = end_offsets(s, topic)
+    total = sum(ends.values())
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest",
+                      enable_auto_commit=False, consumer_timeout_ms=10_000)
+    c.assign([TopicPartition(topic, p) for p in ends])
+    c.seek_to_beginning()
+    out = []
+    for rec in c:
+        out.append(rec)
+        if len(out) >= total:
+            break
+    c.close()
+    assert len(out) == total, f"read {len(out)} of {total} records from {topic}"
+    return out
+
+
+@dataclass
+class Accounting:
+    produced: int
+    stored: int = 0
+    merged: int = 0
+    dead_lettered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    wrong: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, int]:
+        return {"produced": self.produced, "stored": self.stored, "merged": self.merged,
+                "dead_lettered": self.dead_lettered, "lost": self.lost, "duplicated": self.duplicated}
+
+
+def verify_against_truth(s: Settings, traffic: Traffic) -> Accounting:
+    """Compare Redis trails, the deduped changelog and the DLQ with the simulator's ground truth."""
+    client = redis.Redis.from_url(s.redis_url)
+    acc = Accounting(produced=len(traffic.messages))
+    by_vehicle: dict[tuple[str, str], list[Any]] = collections.defaultdict(list)
+    for t in traffic.truth:
+        by_vehicle[(t.plate, t.region)].append(t)
+    for (plate, region), truths in by_vehicle.items():
+        rows = trail(client, s, plate, region)
+        got = collections.Counter((r["camera_id"], r["ts"], r["ts_last"], r["reads"], r["read_id"]) for r in rows)
+        exp = collections.Counter((t.camera_id, t.ts, t.ts_last, t.reads, t.best_read_id) for t in truths)
+        acc.stored += len(rows)
+        acc.merged += sum(r["reads"] for r in rows) - len(rows)
+        acc.lost += sum((exp - got).values())
+        acc.duplicated += sum((got - exp).values())
+        if got != exp and len(acc.wrong) < 5:
+            acc.wrong.append(f"{plate}/{region}: missing {sorted(exp - got)} unexpected {sorted(got - exp)}")
+    # every message of the input is a stored read, a merged read or a dead letter
+    dlq = read_topic(s, s.topic_dlq)
+    coords = {(orjson.loads(r.value)["partition"], orjson.loads(r.value)["offset"]) for r in dlq}
+    acc.dead_lettered = len(coords)
+    for r in dlq:
+        rec = orjson.loads(r.value)
+        headers = dict(r.headers)
+        assert rec["reason"] and rec["topic"] == s.topic_reads, rec
+        assert headers["ps.reason"].decode() == rec["reason"]
+        assert int(headers["ps.offset"]) == rec["offset"] and int(headers["ps.partition"]) == rec["partition"]
+    return acc
+
+
+def final_sightings(s: Settings) -> dict[str, dict[str, Any]]:
+    """The deduped changelog folded by sighting id (highest revision wins; deletes remove)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in read_topic(s, s.topic_deduped):
+        msg = orjson.loads(r.value)
+        cur = latest.get(msg["sighting_id"])
+        if cur is None or msg["revision"] >= cur["revision"]:
+            if cur is not None and msg["revision"] == cur["revision"]:
+                assert {k: v for k, v in msg.items() if k != "extra"} == {
+                    k: v for k, v in cur.items() if k != "extra"}, "same revision, different content"
+            latest[msg["sighting_id"]] = msg
+    return {k: v for k, v in latest.items() if v["op"] == "upsert"}
