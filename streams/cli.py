@@ -42,12 +42,12 @@ def cmd_stack(args: argparse.Namespace) -> int:
         stack.down(state_dir, wipe=args.wipe)
         print("stack stopped" + (" and wiped" if args.wipe else ""))
     else:
-        info, k, r = stack.status(state_dir)
-        if info is None:
+        found, k, r = stack.status(state_dir)
+        if found is None:
             print("stack: not started")
             return 1
-        print(f"kafka {info.kafka_bootstrap}: {'up' if k else 'DOWN'} (pid {info.kafka_pid})")
-        print(f"redis {info.redis_url}: {'up' if r else 'DOWN'} (pid {info.redis_pid})")
+        print(f"kafka {found.kafka_bootstrap}: {'up' if k else 'DOWN'} (pid {found.kafka_pid})")
+        print(f"redis {found.redis_url}: {'up' if r else 'DOWN'} (pid {found.redis_pid})")
         return 0 if k and r else 1
     return 0
 
@@ -135,7 +135,8 @@ def print_trail(rows: list[dict]) -> None:
     if not rows:
         print("no sightings")
         return
-    head = f"{'time (UTC)':<25} {'camera':<12} {'agency':<16} {'lat':>10} {'lon':>11} {'geohash':<10} {'conf':>5} {'reads':>5}  read_id"
+    head = (f"{'time (UTC)':<25} {'camera':<12} {'agency':<16} {'lat':>10} {'lon':>11} {'geohash':<10} "
+            f"{'conf':>5} {'reads':>5}  read_id")
     print(head)
     print("-" * len(head))
     for r in rows:

@@ -33,7 +33,7 @@ from streams.store import (
 
 Command = tuple[Any, ...]
 _CK_FIELDS = [k for k in POOL_FIELDS if k != "cam"]
-_STRUCT_CODE = {np.int32: "i", np.uint64: "Q", np.int64: "q", np.float32: "f", np.uint8: "B"}
+_STRUCT_CODE: dict[type, str] = {np.int32: "i", np.uint64: "Q", np.int64: "q", np.float32: "f", np.uint8: "B"}
 _CK = struct.Struct("<" + "".join(_STRUCT_CODE[POOL_FIELDS[k]] for k in _CK_FIELDS))
 META_OFFSET = b"offset"
 META_WATERMARK = b"watermark"

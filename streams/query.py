@@ -10,7 +10,7 @@ import redis
 from streams.kernels.geohash import geohash_strings
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
-from streams.store import Sighting, trail_key, vehicle_id
+from streams.store import read_trail, trail_key, vehicle_id
 
 
 class QueryError(ValueError):
@@ -32,13 +32,9 @@ def trail(client: redis.Redis, settings: Settings, plate: str, region: str, sinc
     """Sightings of ``plate`` in ``region`` with first capture time in [since, until] (epoch ms), oldest first."""
     norm = _check_plate(plate, region)
     key = trail_key(vehicle_id(settings.hash_key, region, norm))
-    lo = "-inf" if since is None else since
-    hi = "+inf" if until is None else until
-    rows = client.zrangebyscore(key, lo, hi, withscores=True, start=0 if limit else None,
-                                num=limit if limit else None)
     out = []
-    for member, score in rows:
-        s = Sighting.unpack(member, score)
+    for s in read_trail(client, key, "-inf" if since is None else since, "+inf" if until is None else until,
+                        limit):
         d = s.as_dict()
         d["plate"] = norm
         d["region"] = region

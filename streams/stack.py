@@ -9,6 +9,7 @@ ports and pids) lives in the settings' state dir, so a second ``up`` reuses ever
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -272,10 +273,8 @@ def stop_pid(pid: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
     if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def down(state_dir: Path, wipe: bool = False) -> None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import redis
 
 from streams.kernels.geohash import geo52_decode
 
@@ -105,3 +106,11 @@ class Sighting:
                 "lat": round(lat, 6), "lon": round(lon, 6), "geo52": self.geo52,
                 "confidence": round(self.confidence, 4), "reads": self.reads, "read_id": self.read_id,
                 "sighting_id": f"{self.sighting_id:016x}"}
+
+
+def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
+               limit: int | None = None) -> list[Sighting]:
+    """Sightings stored under one trail key with first capture time in [lo, hi], oldest first."""
+    rows = cast(list[tuple[bytes, float]], client.zrangebyscore(
+        key, lo, hi, withscores=True, start=0 if limit else None, num=limit if limit else None))
+    return [Sighting.unpack(member, score) for member, score in rows]

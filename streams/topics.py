@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -24,10 +26,19 @@ def ensure_topics(s: Settings, partitions: int | None = None) -> None:
         n = partitions or s.partitions
         new = [NewTopic(name=t, num_partitions=n, replication_factor=1) for t in topic_names(s) if t not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics %s with %d partitions", [t.name for t in new], n)
     finally:
         admin.close()
+
+
+def end_offsets(s: Settings, topic: str) -> dict[int, int]:
+    """Partition -> end offset (the number of records ever written, for a never-compacted topic)."""
+    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        c.close()

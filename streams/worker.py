@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import typing
 from collections import Counter
 from typing import Any
 
@@ -39,7 +40,7 @@ from streams.topics import ensure_topics
 log = logging.getLogger("platestream.worker")
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, runner: BatchRunner) -> None:
         self.runner = runner
 
@@ -80,7 +81,7 @@ class BatchRunner:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
-            isolation_level="read_committed",
+            isolation_level="read_committed", session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
         )
         await self.consumer.start()
         self.consumer.subscribe([s.topic_reads], listener=_Rebalance(self))
@@ -97,7 +98,7 @@ class BatchRunner:
         assert self.redis is not None and self.consumer is not None
         for tp in assigned:
             pipe = PartitionPipeline(self.s, tp.topic, tp.partition)
-            pipe.restore(await self.redis.hgetall(pipe.ck_key))
+            pipe.restore(await self.redis.hgetall(pipe.ck_key))  # type: ignore[arg-type]
             self.pipelines[tp] = pipe
             if pipe.next_offset is not None:
                 self.consumer.seek(tp, pipe.next_offset)
@@ -214,11 +215,13 @@ def make_app(settings: Settings) -> faust.App:
         f"{settings.group}-app", broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
         web_port=settings.web_port, web_host="127.0.0.1", topic_partitions=settings.partitions,
         store="memory://", autodiscover=False, producer_acks=-1,
+        # faust's own group carries no data here; a short session lets a restarted worker start in seconds
+        broker_session_timeout=10.0, broker_heartbeat_interval=3.0,
     )
     runner = BatchRunner(settings)
 
     @app.service
-    class ReadsService(mode.Service):  # noqa: F841 - registered on the app by the decorator
+    class ReadsService(mode.Service):
         _stopping = False
         _loop_task: asyncio.Task[None] | None = None
 
@@ -243,20 +246,20 @@ def make_app(settings: Settings) -> faust.App:
             if self._loop_task is not None:
                 try:
                     await asyncio.wait_for(self._loop_task, timeout=30)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
+                except (TimeoutError, asyncio.CancelledError):
                     log.warning("batch loop did not stop within 30s; cancelling (replay is idempotent)")
             await runner.stop()
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        m = dict(runner.metrics)
+        m: dict[str, Any] = dict(runner.metrics)
         m["uptime_s"] = round(time.monotonic() - runner.started, 3)
         m["partitions"] = sorted(tp.partition for tp in runner.pipelines)
         return web.json(m)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        return web.json({"ok": True, "step_names": list(names.Step.__args__)})
+        return web.json({"ok": True, "step_names": list(typing.get_args(names.Step))})
 
     app.platestream_runner = runner  # type: ignore[attr-defined]
     return app

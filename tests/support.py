@@ -21,6 +21,7 @@ from streams.settings import Settings
 from streams.simulate import Traffic
 from streams.stack import free_port
 from streams.store import checkpoint_key
+from streams.topics import end_offsets
 from tests.conftest import settings_env, wait_for
 
 
@@ -53,16 +54,6 @@ class Worker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def end_offsets(s: Settings, topic: str) -> dict[int, int]:
-    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
-    try:
-        parts = c.partitions_for_topic(topic) or set()
-        ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        c.close()
 
 
 def checkpoint_offsets(s: Settings, client: redis.Redis) -> dict[int, int]:

@@ -111,7 +111,7 @@ class DedupArrays:
     def compact(self, keep: NDArray[np.bool_]) -> NDArray[np.int64]:
         """Drop sessions where ``keep`` is false; returns the old index of each kept session."""
         idx = np.flatnonzero(keep[: self.n_used])
-        for k, arr in self.pool.items():
+        for arr in self.pool.values():
             arr[: idx.shape[0]] = arr[idx]
         self.best_row[:] = EMPTY
         self.merged_into[:] = EMPTY
@@ -129,7 +129,7 @@ def _hash(cam: np.int32, cls: np.uint64) -> np.uint64:
 
 
 @nb.njit(cache=True)
-def _slot(t_cam: NDArray[np.int32], t_cls: NDArray[np.uint64], cam: np.int32, cls: np.uint64) -> int:
+def _slot(t_cam: NDArray[np.int32], t_cls: NDArray[np.uint64], cam: np.int32, cls: np.uint64) -> np.int64:
     mask = np.int64(t_cam.shape[0] - 1)
     i = np.int64(_hash(cam, cls) >> np.uint64(1)) & mask
     while True:

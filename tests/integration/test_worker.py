@@ -13,8 +13,8 @@ from streams.producer import send_all
 from streams.settings import Settings
 from streams.simulate import generate
 from streams.topics import ensure_topics
-from tests.support import Worker, checkpoint_offsets, final_sightings, verify_against_truth, wait_caught_up
 from tests.conftest import wait_for
+from tests.support import Worker, checkpoint_offsets, final_sightings, verify_against_truth, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -59,14 +59,12 @@ def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, 
     client = redis.Redis.from_url(settings.redis_url)
     small = {"PLATESTREAM_BATCH_MAX_RECORDS": "500"}  # many small batches: the kill lands mid-stream
 
-    kills = 0
-    for fraction in (0.2, 0.6):
+    for kills, fraction in enumerate((0.2, 0.6)):
         worker = Worker(settings, tmp_path, name=f"worker{kills}", **small)
         wait_for(lambda f=fraction: sum(checkpoint_offsets(settings, client).values()) >= f * total, 120,
                  f"{fraction:.0%} progress")
         worker.kill(signal.SIGKILL)
         worker.proc.wait()
-        kills += 1
         assert sum(checkpoint_offsets(settings, client).values()) < total, "kill came too late to test anything"
     worker = Worker(settings, tmp_path, name="worker-final", **small)
     try:

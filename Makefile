@@ -1,0 +1,44 @@
+# platestream: the two commands a fresh machine needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell md5sum pyproject.toml | cut -c1-8)
+
+.PHONY: setup demo test lint unit bench stack-up stack-down clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+# Python deps (venv), Debian's redis-server (apt, when missing), Kafka jars from Maven Central (cached).
+setup: $(STAMP)
+	$(PY) -c "from streams.stack import ensure_redis_server, ensure_kafka_jars; ensure_redis_server(); ensure_kafka_jars()"
+
+demo: setup
+	$(PY) -m streams.cli demo
+
+lint: setup
+	$(VENV)/bin/ruff check streams tests benchmarks
+	$(VENV)/bin/mypy
+
+# The whole suite: lint, kernel unit tests, then integration tests on a real Kafka + Redis started by the fixtures.
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10
+
+unit: setup
+	$(PY) -m pytest -q -m "not integration"
+
+bench: setup
+	$(PY) -m benchmarks
+
+stack-up: setup
+	$(PY) -m streams.cli stack up
+
+stack-down:
+	$(PY) -m streams.cli stack down
+
+clean:
+	-$(PY) -m streams.cli stack down --wipe
+	rm -rf $(VENV) .platestream

@@ -1,0 +1,47 @@
+"""Settings are validated at start, and every variable is documented in the README."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.settings import ENV_VARS, Settings, SettingsError
+
+BASE = {"PLATESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "PLATESTREAM_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "PLATESTREAM_STATE_DIR": "/nonexistent"}
+
+
+def test_defaults() -> None:
+    s = Settings.from_env(BASE)
+    assert (s.dedup_window_ms, s.allowed_lateness_ms, s.topic_reads) == (10_000, 900_000, "plates.reads")
+    assert s.redacted()["hash_key"] == "***"
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("PLATESTREAM_DEDUP_WINDOW_S", "ten", "not an integer"),
+    ("PLATESTREAM_DEDUP_WINDOW_S", "-1", "outside"),
+    ("PLATESTREAM_REDIS_URL", "localhost:6379", "must start with"),
+    ("PLATESTREAM_HASH_KEY", "short", "at least 16"),
+    ("PLATESTREAM_TOPIC_DLQ", "plates.reads", "must differ"),
+    ("PLATESTREAM_TYPO", "1", "unknown setting"),
+])
+def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({**BASE, name: value})
+
+
+def test_missing_addresses_are_an_error() -> None:
+    with pytest.raises(SettingsError, match="KAFKA_BOOTSTRAP"):
+        Settings.from_env({"PLATESTREAM_STATE_DIR": "/nonexistent"})
+
+
+def test_redacted_hides_redis_password() -> None:
+    s = Settings.from_env({**BASE, "PLATESTREAM_REDIS_URL": "redis://user:secret@h:1/0"})
+    assert "secret" not in str(s.redacted())
+
+
+def test_every_variable_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in ENV_VARS if f"`{name}`" not in readme]
+    assert missing == []

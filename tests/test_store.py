@@ -1,0 +1,26 @@
+"""The stored sighting encoding round-trips; vehicle ids are keyed (no key, no plate)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.store import Sighting, trail_key, vehicle_id
+
+text = st.text(min_size=1, max_size=64).filter(lambda s: len(s.encode()) <= 255)
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**40), st.integers(0, 10**6),
+       st.integers(0, 10**5), st.integers(1, 10**6), st.floats(0, 1, width=32), text, text, text)
+def test_sighting_round_trip(sid: int, geo: int, ts: int, dur: int, best: int, reads: int, conf: float,
+                             cam: str, agency: str, read_id: str) -> None:
+    s = Sighting(sid, ts, ts + dur, ts + min(best, dur), geo, reads, conf, cam, agency, read_id)
+    assert Sighting.unpack(s.pack(), float(ts)) == s
+
+
+def test_vehicle_id_depends_on_key_region_and_plate() -> None:
+    a = vehicle_id(b"k" * 16, "US-CT", "7ABC123")
+    assert a == vehicle_id(b"k" * 16, "US-CT", "7ABC123")
+    assert a != vehicle_id(b"j" * 16, "US-CT", "7ABC123")
+    assert a != vehicle_id(b"k" * 16, "US-NY", "7ABC123")
+    assert "7ABC123" not in trail_key(a)
