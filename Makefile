@@ -20,7 +20,7 @@ demo: setup
 	$(PY) -m streams.cli demo
 
 lint: setup
-	$(VENV)/bin/ruff check streams tests benchmarks
+	$(VENV)/bin/ruff check
 	$(VENV)/bin/mypy
 
 # The whole suite: lint, kernel unit tests, then integration tests on a real Kafka + Redis started by the fixtures.
