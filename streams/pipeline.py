@@ -8,7 +8,6 @@ dedup -> sink.deduped / sink.dlq -> sink.redis.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +16,8 @@ import orjson
 
 from streams import names
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
-from streams.kernels.geohash import geo52, geo52_decode, geohash_strings
-from streams.kernels.plates import pack_plates, plates_matrix, unpack_plate
+from streams.kernels.geohash import geo52, geo52_decode, geohash_str
+from streams.kernels.plates import pack_plates, plates_matrix
 from streams.records import DeadLetter, Raw, ReadBatch, decode_batch, extras
 from streams.settings import Settings
 from streams.store import (
@@ -35,6 +34,8 @@ Command = tuple[Any, ...]
 _CK_FIELDS = [k for k in POOL_FIELDS if k != "cam"]
 _STRUCT_CODE: dict[type, str] = {np.int32: "i", np.uint64: "Q", np.int64: "q", np.float32: "f", np.uint8: "B"}
 _CK = struct.Struct("<" + "".join(_STRUCT_CODE[POOL_FIELDS[k]] for k in _CK_FIELDS))
+_CK_DTYPE = np.dtype([(k, np.dtype(POOL_FIELDS[k]).newbyteorder("<")) for k in _CK_FIELDS])
+assert _CK_DTYPE.itemsize == _CK.size
 META_OFFSET = b"offset"
 META_WATERMARK = b"watermark"
 
@@ -73,8 +74,9 @@ class PartitionPipeline:
         self.state = DedupArrays()
         self.cam_index: dict[str, int] = {}
         self.cam_names: list[str] = []
-        # best read's (read_id, region, agency), by its offset; one entry per live session
-        self.best: dict[int, tuple[str, str, str]] = {}
+        # best read's (read_id, region, agency, plate), by its offset; one entry per live session
+        self.best: dict[int, tuple[str, str, str, str]] = {}
+        self._old: dict[int, tuple[str, bytes, str, bytes]] = {}
         self.next_offset: int | None = None
 
     # -- restore -------------------------------------------------------------------------------------
@@ -93,13 +95,13 @@ class PartitionPipeline:
                 st.pool[name][i] = v
             pos = _CK.size
             strings = []
-            for _ in range(4):
+            for _ in range(5):
                 n = value[pos]
                 strings.append(value[pos + 1 : pos + 1 + n].decode())
                 pos += 1 + n
-            camera, read_id, region, agency = strings
+            camera, read_id, region, agency, plate_text = strings
             st.pool["cam"][i] = self._cam(camera)
-            self.best[int(st.pool["best_seq"][i])] = (read_id, region, agency)
+            self.best[int(st.pool["best_seq"][i])] = (read_id, region, agency, plate_text)
         st.n_used = len(rows)
         st.rebuild_table()
 
@@ -134,55 +136,98 @@ class PartitionPipeline:
         cams = np.fromiter((self._cam(c) for c in batch.camera), dtype=np.int32, count=len(batch))
         plate, cls = pack_plates(plates_matrix(batch.plates))
         geo = geo52(batch.lat, batch.lon)
-        _, late, touched, snap, snap_conf = run_batch(st, cams, cls, plate, batch.ts, batch.conf, geo, batch.offset,
-                                           s.dedup_window_ms, s.allowed_lateness_ms)
+        _, late, touched, snap, snap_conf = run_batch(st, cams, cls, plate, batch.ts, batch.conf, geo,
+                                                      batch.offset, s.dedup_window_ms, s.allowed_lateness_ms)
         out.late = int(late.sum())
         p = st.pool
-        old_best: list[int] = []
-        for k in range(touched.shape[0]):
+        alive = p["alive"][touched].astype(bool)
+        was_written = snap[:, 6].astype(bool)
+
+        # sightings that were written before and are now changed or absorbed: remove their old entries
+        live_now = set(p["best_seq"][touched[alive]].tolist())
+        for k in np.flatnonzero(was_written):
             i = int(touched[k])
-            was_written = bool(snap[k, 6])
-            old = self._entry_from_snapshot(i, snap[k], float(snap_conf[k])) if was_written else None
-            if was_written:
-                old_best.append(int(snap[k, 5]))
-            if p["alive"][i]:
-                row = int(st.best_row[i])
-                doc = batch.docs[row] if row >= 0 else None
-                if doc is not None:
-                    self.best[int(p["best_seq"][i])] = (doc["read_id"], doc["region"], doc["agency"])
-                new = self._entry(i)
-                if old is not None and old[:2] != new[:2]:
-                    out.redis.append(("ZREM", old[0], old[1]))
-                if old is not None and old[2:] != new[2:]:
-                    out.redis.append(("ZREM", old[2], old[3]))
-                sight: Sighting = new[4]
-                p["rev"][i] += 1
-                p["written"][i] = 1  # before the checkpoint value, which must say so after a restore
-                out.redis.append(("ZADD", new[0], sight.ts, new[1]))
-                out.redis.append(("ZADD", new[2], sight.ts, new[3]))
-                out.redis.append(("HSET", self.ck_key, struct.pack("<Q", sight.sighting_id),
-                                  self._checkpoint_value(i)))
-                if not was_written:
-                    out.sightings_new += 1
-                out.deduped.append(self._upsert(i, sight, doc))
-            else:
-                if old is None:
-                    continue  # created and absorbed within this batch: never written
-                out.sightings_retracted += 1
-                out.redis.append(("ZREM", old[0], old[1]))
-                out.redis.append(("ZREM", old[2], old[3]))
-                out.redis.append(("HDEL", self.ck_key, struct.pack("<Q", old[4].sighting_id)))
-                survivor = i
-                while not p["alive"][survivor]:
-                    survivor = int(st.merged_into[survivor])
-                into = self._sid(survivor)
-                msg = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{old[4].sighting_id:016x}",
-                       "revision": int(snap[k, 7]) + 1, "merged_into": f"{into:016x}"}
-                out.deduped.append((f"{old[4].sighting_id:016x}".encode(), orjson.dumps(msg)))
-        live = {int(p["best_seq"][int(i)]) for i in touched if p["alive"][int(i)]}
-        for seq in old_best:
-            if seq not in live:
+            old = self._entry_from_snapshot(i, snap[k], float(snap_conf[k]))
+            if alive[k]:
+                self._old[i] = old  # compared with the new entry below
+                continue
+            out.sightings_retracted += 1
+            sid = int(p["sid"][i])
+            out.redis.append(("ZREM", old[0], old[1]))
+            out.redis.append(("ZREM", old[2], old[3]))
+            out.redis.append(("HDEL", self.ck_key, struct.pack("<Q", sid)))
+            survivor = i
+            while not p["alive"][survivor]:
+                survivor = int(st.merged_into[survivor])
+            retraction = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{sid:016x}",
+                          "revision": int(snap[k, 7]) + 1, "merged_into": f"{int(p['sid'][survivor]):016x}"}
+            out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(retraction)))
+        for k in np.flatnonzero(was_written):
+            seq = int(snap[k, 5])
+            if seq not in live_now:
                 self.best.pop(seq, None)
+
+        live = touched[alive]
+        if not live.shape[0]:
+            return
+        new_sessions = live[~was_written[alive]]
+        p["sid"][new_sessions] = [self._sid_of(int(q)) for q in p["first_seq"][new_sessions]]
+        out.sightings_new += int(new_sessions.shape[0])
+        rows = st.best_row[live]
+        docs = batch.docs
+        for i, row in zip(live[rows >= 0].tolist(), rows[rows >= 0].tolist(), strict=True):
+            d = docs[row]
+            self.best[int(p["best_seq"][i])] = (d["read_id"], d["region"], d["agency"], batch.plates[row].decode())
+        p["rev"][live] += 1
+        p["written"][live] = 1  # before the checkpoint values, which must say so after a restore
+
+        lat, lon = geo52_decode(p["best_geo"][live])
+        cells = geohash_str(lat, lon, s.cell_precision)
+        hashes = geohash_str(lat, lon, s.geohash_precision)
+        ck = np.empty(live.shape[0], dtype=_CK_DTYPE)
+        for name in _CK_FIELDS:
+            ck[name] = p[name][live]
+        ck_raw = ck.tobytes()
+        size = _CK_DTYPE.itemsize
+        col = {name: p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_seq", "best_geo",
+                                                         "best_ts", "rev", "cam")}
+        confs = p["best_conf"][live].tolist()
+        ck_fields: list[bytes] = []
+        bucket_ms = s.cell_bucket_ms
+        for j, i in enumerate(live.tolist()):
+            best_seq = col["best_seq"][j]
+            read_id, region, agency, plate_text = self.best[best_seq]
+            camera = self.cam_names[col["cam"][j]]
+            sid = col["sid"][j]
+            start = col["start"][j]
+            sight = Sighting(sid, start, col["end"][j], col["best_ts"][j], col["best_geo"][j], col["count"][j],
+                             confs[j], camera, agency, read_id)
+            vid = vehicle_id(s.hash_key, region, plate_text)
+            entry = (trail_key(vid), sight.pack(), cell_key(cells[j].tobytes().decode(), start // bucket_ms),
+                     CELL_MEMBER.pack(vid, sid))
+            prev = self._old.pop(i) if i in self._old else None
+            if prev is not None and prev[:2] != entry[:2]:
+                out.redis.append(("ZREM", prev[0], prev[1]))
+            if prev is not None and prev[2:4] != entry[2:]:
+                out.redis.append(("ZREM", prev[2], prev[3]))
+            out.redis.append(("ZADD", entry[0], start, entry[1]))
+            out.redis.append(("ZADD", entry[2], start, entry[3]))
+            ck_fields.append(struct.pack("<Q", sid))
+            ck_fields.append(ck_raw[j * size : (j + 1) * size] + _strings(camera, read_id, region, agency, plate_text))
+            row = int(st.best_row[i])
+            msg: dict[str, Any] = {
+                "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": f"{sid:016x}",
+                "revision": col["rev"][j], "vehicle": vid.hex(), "plate": plate_text, "region": region,
+                "camera_id": camera, "agency": agency, "ts": start, "ts_last": sight.ts_last, "best_ts": sight.best_ts,
+                "lat": round(float(lat[j]), 7), "lon": round(float(lon[j]), 7),
+                "geohash": hashes[j].tobytes().decode(), "geo52": sight.geo52,
+                "confidence": round(confs[j], 6), "reads": sight.reads, "read_id": read_id,
+                "source": {"topic": self.topic, "partition": self.partition, "offset": best_seq},
+            }
+            if row >= 0:
+                msg["extra"] = extras(docs[row])
+            out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(msg)))
+        out.redis.append(("HSET", self.ck_key, *ck_fields))
 
     def _evict(self, out: BatchResult) -> None:
         st = self.state
@@ -191,7 +236,7 @@ class PartitionPipeline:
         if gone.shape[0]:
             fields = []
             for i in gone:
-                fields.append(struct.pack("<Q", self._sid(int(i))))
+                fields.append(struct.pack("<Q", int(st.pool["sid"][int(i)])))
                 self.best.pop(int(st.pool["best_seq"][int(i)]), None)
                 st.pool["alive"][int(i)] = 0
             out.redis.append(("HDEL", self.ck_key, *fields))
@@ -200,65 +245,22 @@ class PartitionPipeline:
             st.compact(st.pool["alive"][: st.n_used].astype(bool))
 
     # -- encoding ------------------------------------------------------------------------------------
-    def _sid(self, i: int) -> int:
-        return sighting_id(self.topic, self.partition, int(self.state.pool["first_seq"][i]))
+    def _sid_of(self, first_offset: int) -> int:
+        return sighting_id(self.topic, self.partition, first_offset)
 
-    def _sighting(self, i: int, start: int, end: int, count: int, best_seq: int, best_geo: int,
-                  best_ts: int, conf: float) -> tuple[Sighting, str, str]:
-        read_id, region, agency = self.best[best_seq]
-        sight = Sighting(self._sid(i), start, end, best_ts, best_geo, count, conf,
-                         self.cam_names[int(self.state.pool["cam"][i])], agency, read_id)
-        return sight, region, agency
-
-    def _place(self, sight: Sighting, region: str, plate_code: int) -> tuple[str, bytes, str, bytes, Sighting]:
-        plate = unpack_plate(plate_code)
-        vid = vehicle_id(self.s.hash_key, region, plate)
-        lat, lon = geo52_decode(np.array([sight.geo52], dtype=np.uint64))
-        cell = geohash_strings(lat, lon, self.s.cell_precision)[0]
-        ckey = cell_key(cell, sight.ts // self.s.cell_bucket_ms)
-        return trail_key(vid), sight.pack(), ckey, CELL_MEMBER.pack(vid, sight.sighting_id), sight
-
-    def _entry(self, i: int) -> tuple[str, bytes, str, bytes, Sighting]:
-        p = self.state.pool
-        sight, region, _ = self._sighting(i, int(p["start"][i]), int(p["end"][i]), int(p["count"][i]),
-                                          int(p["best_seq"][i]), int(p["best_geo"][i]), int(p["best_ts"][i]),
-                                          float(p["best_conf"][i]))
-        return self._place(sight, region, int(p["best_plate"][i]))
-
-    def _entry_from_snapshot(self, i: int, snap: np.ndarray, conf: float) -> tuple[str, bytes, str, bytes, Sighting]:
+    def _entry_from_snapshot(self, i: int, snap: np.ndarray, conf: float) -> tuple[str, bytes, str, bytes]:
+        """Trail and cell entries of session ``i`` as last written (from its pre-batch snapshot)."""
         # snapshot columns: start, end, count, best_plate, best_geo, best_seq, written, rev, best_ts
-        sight, region, _ = self._sighting(i, int(snap[0]), int(snap[1]), int(snap[2]), int(snap[5]),
-                                          int(snap[4:5].view(np.uint64)[0]), int(snap[8]), conf)
-        return self._place(sight, region, int(snap[3:4].view(np.uint64)[0]))
-
-    def _checkpoint_value(self, i: int) -> bytes:
-        p = self.state.pool
-        fixed = _CK.pack(*(p[k][i].item() for k in _CK_FIELDS))
-        read_id, region, agency = self.best[int(p["best_seq"][i])]
-        camera = self.cam_names[int(p["cam"][i])]
-        return fixed + b"".join(bytes([len(x.encode())]) + x.encode() for x in (camera, read_id, region, agency))
-
-    def _upsert(self, i: int, sight: Sighting, doc: dict[str, Any] | None) -> tuple[bytes, bytes]:
-        p = self.state.pool
-        read_id, region, agency = self.best[int(p["best_seq"][i])]
-        lat, lon = sight.position()
-        msg: dict[str, Any] = {
-            "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": f"{sight.sighting_id:016x}",
-            "revision": int(p["rev"][i]), "vehicle": vehicle_id(self.s.hash_key, region,
-                                                                 unpack_plate(int(p["best_plate"][i]))).hex(),
-            "plate": unpack_plate(int(p["best_plate"][i])), "region": region, "camera_id": sight.camera_id,
-            "agency": agency, "ts": sight.ts, "ts_last": sight.ts_last, "best_ts": sight.best_ts,
-            "lat": round(lat, 7), "lon": round(lon, 7),
-            "geohash": geohash_strings(np.array([lat]), np.array([lon]), self.s.geohash_precision)[0],
-            "geo52": sight.geo52, "confidence": round(float(sight.confidence), 6), "reads": sight.reads,
-            "read_id": read_id,
-            "source": {"topic": self.topic, "partition": self.partition, "offset": int(p["best_seq"][i])},
-        }
-        if doc is not None:
-            msg["extra"] = extras(doc)
-        return msg["sighting_id"].encode(), orjson.dumps(msg)
+        read_id, region, agency, plate_text = self.best[int(snap[5])]
+        geo = int(snap[4:5].view(np.uint64)[0])
+        sight = Sighting(int(self.state.pool["sid"][i]), int(snap[0]), int(snap[1]), int(snap[8]), geo,
+                         int(snap[2]), conf, self.cam_names[int(self.state.pool["cam"][i])], agency, read_id)
+        vid = vehicle_id(self.s.hash_key, region, plate_text)
+        lat, lon = geo52_decode(np.array([geo], dtype=np.uint64))
+        cell = geohash_str(lat, lon, self.s.cell_precision)[0].tobytes().decode()
+        return (trail_key(vid), sight.pack(), cell_key(cell, sight.ts // self.s.cell_bucket_ms),
+                CELL_MEMBER.pack(vid, sight.sighting_id))
 
 
-def apply_order(results: Iterable[BatchResult]) -> list[Command]:
-    """All Redis commands of several partitions' results, in order (one transaction per poll)."""
-    return [c for r in results for c in r.redis]
+def _strings(*values: str) -> bytes:
+    return b"".join(bytes([len(b)]) + b for b in (v.encode() for v in values))

@@ -10,20 +10,25 @@ Keys (hash tags keep every multi-key operation inside one Redis Cluster slot):
 and a dump without the key reveals no plate. Writes are idempotent: a replayed batch removes and adds
 the same members again, and the checkpoint's offset lets a restarted worker skip what Redis already has.
 
-Delivery guarantee of the Redis sink: effectively-once. Each batch is one MULTI/EXEC transaction holding
-the sighting changes *and* the checkpoint (sessions + next offset), so Redis data and the offset it
-reflects always move together, and Kafka offsets are committed only after EXEC succeeded.
+Delivery guarantee of the Redis sink: effectively-once. Each partition's batch is one server-side script
+(atomic, like MULTI/EXEC) holding the sighting changes *and* the checkpoint (sessions + next offset), so
+Redis data and the offset it reflects always move together; the script first checks that the checkpoint
+still holds the offset the worker started from, so a zombie that lost the partition writes nothing.
+Kafka offsets are committed only after Redis acknowledged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgpack
 import numpy as np
 import redis
+import redis.asyncio as aioredis
 
 from streams.kernels.geohash import geo52_decode
 
@@ -114,3 +119,55 @@ def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | 
     rows = cast(list[tuple[bytes, float]], client.zrangebyscore(
         key, lo, hi, withscores=True, start=0 if limit else None, num=limit if limit else None))
     return [Sighting.unpack(member, score) for member, score in rows]
+
+
+# One partition's batch, applied atomically by the server: check that the checkpoint still holds the
+# offset this worker expects (a zombie that lost the partition finds a newer offset and writes nothing),
+# then run the batch's commands. The client sends one command per partition instead of one per change,
+# which is where redis-py spent most of its time. Commands arrive as one msgpack blob (cmsgpack is part
+# of Redis's Lua). Note: the script touches keys it does not declare, which standalone Redis allows and
+# Redis Cluster does not.
+APPLY_BATCH = """
+local cur = redis.call('HGET', KEYS[1], 'offset')
+if (cur or '') ~= ARGV[1] then return 0 end
+local cmds = cmsgpack.unpack(ARGV[2])
+for i = 1, #cmds do redis.call(unpack(cmds[i])) end
+return 1
+"""
+MAX_ARGS = 4000  # Lua's unpack() limit is ~8000 stack slots; longer commands are split
+
+
+def split_long(commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Split variadic HSET/HDEL/ZADD commands so no command exceeds ``MAX_ARGS`` arguments."""
+    out: list[tuple[Any, ...]] = []
+    for cmd in commands:
+        if len(cmd) <= MAX_ARGS:
+            out.append(cmd)
+            continue
+        name, key, rest = cmd[0], cmd[1], cmd[2:]
+        step = 1 if name == "HDEL" else 2
+        chunk = (MAX_ARGS - 2) // step * step
+        out.extend((name, key, *rest[i : i + chunk]) for i in range(0, len(rest), chunk))
+    return out
+
+
+async def apply_batches(client: aioredis.Redis, batches: Sequence[tuple[str, int | None, Sequence[tuple[Any, ...]]]],
+                        ) -> list[bool]:
+    """Apply (checkpoint key, expected offset, commands) batches; one pipelined EVALSHA each.
+
+    Returns, per batch, whether it was applied (False: the checkpoint had moved - fenced).
+    """
+    script = client.register_script(APPLY_BATCH)
+    async with client.pipeline(transaction=False) as pipe:
+        for key, expected, commands in batches:
+            blob = msgpack.packb(split_long(commands), use_bin_type=False)
+            await script(keys=[key], args=["" if expected is None else str(expected), blob], client=pipe)
+        results = await pipe.execute()
+    return [bool(r) for r in results]
+
+
+def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, commands: Sequence[tuple[Any, ...]]) -> bool:
+    """Synchronous ``apply_batches`` for one batch (tests, tools)."""
+    script = client.register_script(APPLY_BATCH)
+    blob = msgpack.packb(split_long(commands), use_bin_type=False)
+    return bool(script(keys=[key], args=["" if expected is None else str(expected), blob]))

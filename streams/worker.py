@@ -7,10 +7,11 @@ per batch instead of faust's per-event stream machinery, which on this machine t
 events/s (see README, "Why not stream.take").
 
 Per poll, in this order (crash anywhere and a restart converges to the same Redis state):
-1. ``sink.dlq`` and ``sink.deduped``: produce and wait for the broker's acks (at-least-once).
-2. ``sink.redis``: one MULTI/EXEC with every sighting change and each partition's checkpoint (its open
-   dedup sessions and next offset), fenced by WATCH on the checkpoints so a zombie worker that lost its
-   partitions cannot overwrite newer state (effectively-once).
+1. ``sink.dlq`` and ``sink.deduped``: produce whole record batches and wait for the broker's acks
+   (at-least-once).
+2. ``sink.redis``: per partition, one atomic server-side script with every sighting change and the
+   partition's checkpoint (its open dedup sessions and next offset), fenced on the checkpoint's offset so a
+   zombie worker that lost its partitions cannot overwrite newer state (effectively-once).
 3. Kafka offset commit (only after Redis acknowledged; Redis's checkpoint is authoritative on restart).
 """
 
@@ -29,12 +30,13 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from streams import names
-from streams.pipeline import META_OFFSET, BatchResult, PartitionPipeline
+from streams.pipeline import BatchResult, PartitionPipeline
 from streams.records import Raw
 from streams.settings import Settings
+from streams.store import apply_batches
 from streams.topics import ensure_topics
 
 log = logging.getLogger("platestream.worker")
@@ -68,6 +70,7 @@ class BatchRunner:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.redis: aioredis.Redis | None = None
+        self._partitions: dict[str, int] = {}
 
     async def start(self) -> None:
         s = self.s
@@ -152,7 +155,7 @@ class BatchRunner:
                 work.append((tp, pipe, expected, pipe.process_raw(raws)))
             if not work:
                 return
-            await self._produce([r for *_, r in work])
+            await self._produce([(tp.partition, r) for tp, _, _, r in work])
             fenced = await self._write_redis(work)
         commits = {tp: r.next_offset for tp, _, _, r in work if tp not in fenced}
         try:
@@ -169,38 +172,46 @@ class BatchRunner:
         self.metrics["batches"] += 1
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
 
-    async def _produce(self, results: list[BatchResult]) -> None:
+    async def _produce(self, work: list[tuple[int, BatchResult]]) -> None:
+        """Send dead letters and sightings in whole record batches; wait for every ack.
+
+        A result from input partition p goes to partition p mod N of each output topic, so all
+        revisions of a sighting (one camera, one input partition) stay in order in one partition.
+        """
         assert self.producer is not None
-        s = self.s
-        futures = []
-        for r in results:
-            for key, value, headers in r.dlq:
-                futures.append(await self.producer.send(s.topic_dlq, value, key=key, headers=headers))
-            for key, value in r.deduped:
-                futures.append(await self.producer.send(s.topic_deduped, value, key=key))
-        if futures:
-            await asyncio.gather(*futures)
+        producer = self.producer
+        pending = []
+        for topic, pick in ((self.s.topic_dlq, lambda r: r.dlq),
+                            (self.s.topic_deduped, lambda r: [(k, v, None) for k, v in r.deduped])):
+            n_out = await self._partition_count(topic)
+            for partition, r in work:
+                items = pick(r)
+                if not items:
+                    continue
+                batch = producer.create_batch()
+                for key, value, headers in items:
+                    if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                        pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
+                        batch = producer.create_batch()
+                        if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                            raise ValueError(f"a {len(value)}-byte message does not fit in a record batch")
+                pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _partition_count(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            assert self.producer is not None
+            n = self._partitions[topic] = len(await self.producer.partitions_for(topic))
+        return n
 
     async def _write_redis(self, work: list[tuple[TopicPartition, PartitionPipeline, int | None, BatchResult]],
                            ) -> set[TopicPartition]:
-        """One fenced transaction; returns partitions found owned by someone else (then dropped)."""
+        """One atomic, fenced script per partition; returns partitions found owned by someone else."""
         assert self.redis is not None
-        keys = [pipe.ck_key for _, pipe, _, _ in work]
-        async with self.redis.pipeline(transaction=True) as tx:
-            await tx.watch(*keys)
-            current = [await tx.hget(k, META_OFFSET) for k in keys]
-            fenced = {tp for (tp, _, expected, _), cur in zip(work, current, strict=True)
-                      if (int(cur) if cur is not None else None) != expected}
-            tx.multi()
-            for tp, _, _, r in work:
-                if tp in fenced:
-                    continue
-                for cmd in r.redis:
-                    tx.execute_command(*cmd)
-            try:
-                await tx.execute()
-            except WatchError:
-                fenced = {tp for tp, *_ in work}
+        applied = await apply_batches(self.redis, [(pipe.ck_key, expected, r.redis) for _, pipe, expected, r in work])
+        fenced = {tp for (tp, *_), ok in zip(work, applied, strict=True) if not ok}
         for tp in fenced:  # a newer owner moved the checkpoint: our state is stale, reload it
             log.warning("partition %s: checkpoint moved under us (another worker owns it); reloading", tp)
             self.metrics["fenced"] += 1

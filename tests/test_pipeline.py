@@ -10,16 +10,14 @@ import redis
 from streams.pipeline import PartitionPipeline
 from streams.records import Raw
 from streams.settings import Settings
+from streams.store import apply_batch_sync
 from streams.simulate import generate
 
 pytestmark = pytest.mark.integration
 
 
-def _apply(client: redis.Redis, commands: list) -> None:
-    with client.pipeline(transaction=True) as tx:
-        for cmd in commands:
-            tx.execute_command(*cmd)
-        tx.execute()
+def _apply(client: redis.Redis, pipe: PartitionPipeline, expected: int | None, commands: list) -> None:
+    assert apply_batch_sync(client, pipe.ck_key, expected, commands), "fenced unexpectedly"
 
 
 def _dump(client: redis.Redis) -> dict[bytes, object]:
@@ -54,7 +52,8 @@ def test_crash_and_restore_anywhere_gives_the_same_redis_state(settings: Setting
     pos = 0
     while pos < len(raws):
         n = rng.randint(1, 400)
-        _apply(a, pa.process_raw(raws[pos : pos + n]).redis)
+        expected = pa.next_offset
+        _apply(a, pa, expected, pa.process_raw(raws[pos : pos + n]).redis)
         pos += n
 
     # B: crashes at random points - before Redis (batch lost), or after Redis before the Kafka commit
@@ -64,12 +63,13 @@ def test_crash_and_restore_anywhere_gives_the_same_redis_state(settings: Setting
     crashes = 0
     while committed < len(raws):
         n = rng.randint(1, 400)
+        expected = pb.next_offset
         result = pb.process_raw(raws[committed : committed + n])
         fate = rng.random()
         if fate < 0.15:  # crash before the Redis transaction: nothing of this batch landed
             crashes += 1
         else:
-            _apply(b, result.redis)
+            _apply(b, pb, expected, result.redis)
             if fate < 0.3:  # crash after Redis, before the commit: Kafka redelivers this batch
                 crashes += 1
             else:
@@ -82,3 +82,16 @@ def test_crash_and_restore_anywhere_gives_the_same_redis_state(settings: Setting
     assert crashes > 5
     assert _dump(a) == _dump(b)
     assert len(_dump(a)) > 100
+
+
+def test_a_zombie_with_a_stale_offset_writes_nothing(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    raws = _raws(settings, 4)
+    owner = PartitionPipeline(settings, settings.topic_reads, 0)
+    zombie = PartitionPipeline(settings, settings.topic_reads, 0)
+    assert apply_batch_sync(client, owner.ck_key, None, owner.process_raw(raws[:500]).redis)
+    stale = zombie.process_raw(raws[:800])  # the old owner still thinks it starts from scratch
+    before = _dump(client)
+    assert not apply_batch_sync(client, zombie.ck_key, None, stale.redis)
+    assert _dump(client) == before
+    assert apply_batch_sync(client, owner.ck_key, 500, owner.process_raw(raws[500:800]).redis)

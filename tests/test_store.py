@@ -24,3 +24,15 @@ def test_vehicle_id_depends_on_key_region_and_plate() -> None:
     assert a != vehicle_id(b"j" * 16, "US-CT", "7ABC123")
     assert a != vehicle_id(b"k" * 16, "US-NY", "7ABC123")
     assert "7ABC123" not in trail_key(a)
+
+
+def test_split_long_keeps_every_argument_and_pairs() -> None:
+    from streams.store import MAX_ARGS, split_long
+
+    fields = [x for i in range(5000) for x in (f"f{i}", f"v{i}")]
+    cmds = split_long([("HSET", "k", *fields), ("HDEL", "k", *[f"f{i}" for i in range(9000)]), ("ZADD", "z", 1, "m")])
+    assert all(len(c) <= MAX_ARGS for c in cmds)
+    hset = [c for c in cmds if c[0] == "HSET"]
+    assert [x for c in hset for x in c[2:]] == fields and all(len(c[2:]) % 2 == 0 for c in hset)
+    assert sum(len(c) - 2 for c in cmds if c[0] == "HDEL") == 9000
+    assert cmds[-1] == ("ZADD", "z", 1, "m")

@@ -42,6 +42,7 @@ POOL_FIELDS: dict[str, type] = {
     "alive": np.uint8,
     "written": np.uint8,
     "rev": np.int32,
+    "sid": np.uint64,  # sighting id, set by the caller when the session is first written
 }
 
 
