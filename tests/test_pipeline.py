@@ -10,8 +10,8 @@ import redis
 from streams.pipeline import PartitionPipeline
 from streams.records import Raw
 from streams.settings import Settings
-from streams.store import apply_batch_sync
 from streams.simulate import generate
+from streams.store import apply_batch_sync
 
 pytestmark = pytest.mark.integration
 
