@@ -8,6 +8,7 @@ dedup -> sink.deduped / sink.dlq -> sink.redis.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from streams import names
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
 from streams.kernels.plates import pack_plates, plates_matrix
-from streams.records import DeadLetter, Raw, ReadBatch, decode_batch, extras
+from streams.records import DeadLetter, ReadBatch, RecordLike, decode_batch, extras
 from streams.settings import Settings
 from streams.store import (
     CELL_MEMBER,
@@ -113,7 +114,7 @@ class PartitionPipeline:
         return idx
 
     # -- process -------------------------------------------------------------------------------------
-    def process_raw(self, records: list[Raw]) -> BatchResult:
+    def process_raw(self, records: Sequence[RecordLike]) -> BatchResult:
         batch = decode_batch(records, self.s.max_message_bytes)
         return self.process(batch, records[-1].offset + 1 if records else (self.next_offset or 0),
                             consumed=len(records))

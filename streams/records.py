@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -21,7 +22,6 @@ from streams.names import SCHEMA_DLQ, STEP_DECODE, STEP_VALIDATE
 
 REQUIRED = ("read_id", "camera_id", "agency", "plate", "region", "ts", "lat", "lon", "confidence")
 CORE = frozenset(REQUIRED)
-_OPTIONAL = frozenset(("heading", "lane", "vehicle", "image_uri"))
 TS_MAX = 4_102_444_800_000  # 2100-01-01
 _PLATE_RAW = re.compile(r"[ \-]*(?:[A-Za-z0-9][ \-]*){1,10}")
 _REGION = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,3}")
@@ -108,9 +108,26 @@ def validate_read(doc: Any) -> str:
     return normalize_plate(plate)
 
 
+class RecordLike(Protocol):
+    """What the pipeline reads of a consumed Kafka record (aiokafka's ConsumerRecord fits as is)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Raw:
-    """One consumed Kafka record, as the pipeline needs it."""
+    """A plain ``RecordLike`` (tests, files, benchmarks)."""
 
     topic: str
     partition: int
@@ -122,7 +139,7 @@ class Raw:
 
 @dataclass(slots=True)
 class DeadLetter:
-    raw: Raw
+    raw: RecordLike
     reason: str
     step: str
     field: str | None
@@ -205,15 +222,30 @@ def _fast_valid(docs: list[Any]) -> NDArray[np.bool_]:
         else:
             ok &= np.fromiter(((type(v) is float or type(v) is int) and lo <= v <= hi for v in col),
                               dtype=np.bool_, count=n)
-    # optional fields are rarer: rows that carry any are checked in full by the reference validator
-    ok &= np.fromiter((not (_OPTIONAL & d.keys()) for d in docs), dtype=np.bool_, count=n)
+    for name, lo, hi in (("heading", 0.0, 360.0), ("lane", 0, 64)):
+        col = [d.get(name, 0) for d in docs]  # absent = a valid value
+        allowed = (float, int) if name == "heading" else (int,)  # lane 5.0 takes the reference path
+        ok &= np.fromiter((type(v) in allowed and lo <= v <= hi for v in col), dtype=np.bool_, count=n)
+    ok &= np.fromiter((_vehicle_ok(d.get("vehicle", _NO_VEHICLE)) for d in docs), dtype=np.bool_, count=n)
+    ok &= np.fromiter((type(u) is str and len(u) <= 2048 for u in (d.get("image_uri", "") for d in docs)),
+                      dtype=np.bool_, count=n)
     return ok
 
 
-def decode_batch(records: list[Raw], max_bytes: int) -> ReadBatch:
+_NO_VEHICLE: dict[str, Any] = {}
+_VEHICLE_KEYS = ("make", "model", "color", "type")
+
+
+def _vehicle_ok(v: Any) -> bool:
+    if type(v) is not dict:
+        return False
+    return all(type(v[k]) is str and len(v[k]) <= 64 for k in _VEHICLE_KEYS if k in v)
+
+
+def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
     """orjson-decode and validate ``records``; invalid ones become ``DeadLetter``s, none is dropped."""
     loaded: list[Any] = []
-    kept: list[Raw] = []
+    kept: list[RecordLike] = []
     dead: list[DeadLetter] = []
     loads = orjson.loads
     for r in records:

@@ -34,7 +34,6 @@ from redis.exceptions import RedisError
 
 from streams import names
 from streams.pipeline import BatchResult, PartitionPipeline
-from streams.records import Raw
 from streams.settings import Settings
 from streams.store import apply_batches
 from streams.topics import ensure_topics
@@ -147,8 +146,8 @@ class BatchRunner:
                 if pipe is None:
                     continue  # revoked while this poll was in flight
                 expected = pipe.next_offset
-                raws = [Raw(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value) for m in msgs
-                        if expected is None or m.offset >= expected]
+                raws = msgs if expected is None or msgs[0].offset >= expected else [
+                    m for m in msgs if m.offset >= expected]
                 self.metrics["skipped_already_stored"] += len(msgs) - len(raws)
                 if not raws:
                     continue
