@@ -31,6 +31,7 @@ unit: setup
 	$(PY) -m pytest -q -m "not integration"
 
 bench: setup
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks
 
 stack-up: setup

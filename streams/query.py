@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from streams.kernels.geohash import geohash_strings
+from streams.kernels.geohash import geo52_decode, geohash_strings
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
 from streams.store import read_trail, trail_key, vehicle_id
@@ -32,12 +32,12 @@ def trail(client: redis.Redis, settings: Settings, plate: str, region: str, sinc
     """Sightings of ``plate`` in ``region`` with first capture time in [since, until] (epoch ms), oldest first."""
     norm = _check_plate(plate, region)
     key = trail_key(vehicle_id(settings.hash_key, region, norm))
-    out = []
-    for s in read_trail(client, key, "-inf" if since is None else since, "+inf" if until is None else until,
-                        limit):
-        d = s.as_dict()
-        d["plate"] = norm
-        d["region"] = region
-        d["geohash"] = geohash_strings(np.array([d["lat"]]), np.array([d["lon"]]), settings.geohash_precision)[0]
-        out.append(d)
-    return out
+    found = read_trail(client, key, "-inf" if since is None else since, "+inf" if until is None else until, limit)
+    # positions and geohashes of the whole trail in one kernel call each
+    lat, lon = geo52_decode(np.fromiter((s.geo52 for s in found), dtype=np.uint64, count=len(found)))
+    hashes = geohash_strings(lat, lon, settings.geohash_precision)
+    return [{"ts": s.ts, "ts_last": s.ts_last, "plate": norm, "region": region, "camera_id": s.camera_id,
+             "agency": s.agency, "lat": round(float(la), 6), "lon": round(float(lo), 6), "geohash": gh,
+             "geo52": s.geo52, "confidence": round(s.confidence, 4), "reads": s.reads, "read_id": s.read_id,
+             "sighting_id": f"{s.sighting_id:016x}"}
+            for s, la, lo, gh in zip(found, lat.tolist(), lon.tolist(), hashes, strict=True)]

@@ -26,6 +26,7 @@ from typing import Any
 
 import faust
 import mode
+import numpy as np
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -57,6 +58,34 @@ class _Rebalance(ConsumerRebalanceListener):
             log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
 
 
+class LatencyWindow:
+    """Produce-time -> stored-in-Redis latency of the most recent reads (ring buffer of ms values)."""
+
+    def __init__(self, size: int = 1 << 20) -> None:
+        self.buf = np.zeros(size, dtype=np.float64)
+        self.n = 0
+
+    def add(self, produced_ms: np.ndarray, now_ms: float) -> None:
+        lat = now_ms - produced_ms
+        size = self.buf.shape[0]
+        for lo in range(0, lat.shape[0], size):
+            part = lat[lo : lo + size]
+            idx = (self.n + np.arange(part.shape[0])) % size
+            self.buf[idx] = part
+            self.n += part.shape[0]
+
+    def percentiles(self) -> dict[str, float]:
+        have = self.buf[: min(self.n, self.buf.shape[0])]
+        if not have.shape[0]:
+            return {}
+        p50, p99, p999 = np.percentile(have, [50, 99, 99.9])
+        return {"latency_ms_p50": round(float(p50), 2), "latency_ms_p99": round(float(p99), 2),
+                "latency_ms_p999": round(float(p999), 2), "latency_samples": int(have.shape[0])}
+
+    def reset(self) -> None:
+        self.n = 0
+
+
 class BatchRunner:
     """Poll -> process -> produce -> Redis transaction -> commit, one batch at a time (backpressure)."""
 
@@ -70,6 +99,7 @@ class BatchRunner:
         self.producer: AIOKafkaProducer | None = None
         self.redis: aioredis.Redis | None = None
         self._partitions: dict[str, int] = {}
+        self.latency = LatencyWindow()
 
     async def start(self) -> None:
         s = self.s
@@ -156,6 +186,10 @@ class BatchRunner:
                 return
             await self._produce([(tp.partition, r) for tp, _, _, r in work])
             fenced = await self._write_redis(work)
+        now_ms = time.time() * 1000.0
+        for tp, msgs in batches.items():
+            if tp not in fenced and msgs:
+                self.latency.add(np.fromiter((m.timestamp for m in msgs), dtype=np.float64, count=len(msgs)), now_ms)
         commits = {tp: r.next_offset for tp, _, _, r in work if tp not in fenced}
         try:
             await self.consumer.commit(commits)
@@ -265,6 +299,9 @@ def make_app(settings: Settings) -> faust.App:
         m: dict[str, Any] = dict(runner.metrics)
         m["uptime_s"] = round(time.monotonic() - runner.started, 3)
         m["partitions"] = sorted(tp.partition for tp in runner.pipelines)
+        m.update(runner.latency.percentiles())
+        if request.query.get("reset_latency"):
+            runner.latency.reset()
         return web.json(m)
 
     @app.page("/health")

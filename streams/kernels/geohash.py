@@ -47,25 +47,28 @@ def _squash(v: np.uint64) -> np.uint64:
 
 @nb.njit(inline="always", cache=True)
 def geo52_one(lat: float, lon: float) -> np.uint64:
-    # Latitudes beyond the Web-Mercator limit are clamped (GEOADD would refuse them).
-    if lat > GEO_LAT_MAX:
-        lat = GEO_LAT_MAX
-    elif lat < GEO_LAT_MIN:
-        lat = GEO_LAT_MIN
+    # Latitudes beyond the Web-Mercator limit are clamped (GEOADD would refuse them). Same double
+    # arithmetic as Redis's geohashEncode (divide, then scale), so results are bit-identical; branch-free
+    # so the loop vectorizes.
+    lat = min(max(lat, GEO_LAT_MIN), GEO_LAT_MAX)
     lat_off = (lat - GEO_LAT_MIN) / (GEO_LAT_MAX - GEO_LAT_MIN) * float(1 << GEO_STEP)
     lon_off = (lon - GEO_LON_MIN) / (GEO_LON_MAX - GEO_LON_MIN) * float(1 << GEO_STEP)
-    ilat = np.uint64(np.uint32(lat_off))
-    ilon = np.uint64(np.uint32(lon_off))
+    ilat = np.uint64(np.int64(lat_off)) & np.uint64(0xFFFFFFFF)
+    ilon = np.uint64(np.int64(lon_off)) & np.uint64(0xFFFFFFFF)
     return _spread(ilat) | (_spread(ilon) << np.uint64(1))
 
 
-@nb.njit(parallel=False, cache=True)
+@nb.njit(cache=True, boundscheck=False)
+def geo52_into(lat: NDArray[np.float64], lon: NDArray[np.float64], out: NDArray[np.uint64]) -> None:
+    """52-bit Redis GEOADD score for each point, written into ``out`` (no allocation on the hot path)."""
+    for i in range(lat.shape[0]):
+        out[i] = geo52_one(lat[i], lon[i])
+
+
 def geo52(lat: NDArray[np.float64], lon: NDArray[np.float64]) -> NDArray[np.uint64]:
     """52-bit Redis GEOADD score for each point."""
-    n = lat.shape[0]
-    out = np.empty(n, dtype=np.uint64)
-    for i in range(n):
-        out[i] = geo52_one(lat[i], lon[i])
+    out = np.empty(lat.shape[0], dtype=np.uint64)
+    geo52_into(lat, lon, out)
     return out
 
 

@@ -1,0 +1,223 @@
+"""``make bench`` / ``python -m benchmarks``: run every measurement, write JSON + Markdown + PNG reports.
+
+Each figure is measured in this run, on this machine, against its baseline in the same run; nothing is
+copied from an earlier run. Progress goes to stderr; the report to ``benchmarks/results/<date>.*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import e2e, kernels
+from benchmarks.memory import dedup_state_bytes_per_key
+from streams import stack
+from streams.simulate import generate
+
+GOALS: dict[str, tuple[str, float, str]] = {
+    "e2e_reads_per_s": (">=", 150_000, "reads/s, one worker, Kafka -> ... -> Redis + deduped topic"),
+    "ratio_vs_naive_faust": (">=", 20, "x the per-event faust agent"),
+    "ratio_vs_quixstreams": (">=", 2, "x an equivalent Quix Streams app"),
+    "geohash_points_per_s": (">=", 500e6, "points/s, one core, Redis-identical 52-bit"),
+    "dedup_reads_per_s": (">=", 30e6, "reads/s, one core, OCR-aware"),
+    "latency_p99_ms": ("<=", 200, "ms, produce -> in Redis, at 20k reads/s"),
+    "trail_p99_ms": ("<=", 2, "ms, 1,000-sighting trail while ingesting 50k reads/s"),
+    "redis_bytes_per_sighting": ("<=", 64, "bytes, trail + area index, INFO memory"),
+    "dedup_state_bytes_per_key": ("<=", 64, "bytes per active (camera, plate) key"),
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError):
+        pass
+
+    def version(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    import aiokafka
+    import faust
+    import numba
+    import numpy
+    import orjson
+    import redis
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "os": platform.platform(),
+            "python": platform.python_version(), "numba": numba.__version__, "numpy": numpy.__version__,
+            "orjson": orjson.__version__, "faust_streaming": faust.__version__, "aiokafka": aiokafka.__version__,
+            "redis_py": redis.__version__, "kafka_broker": stack.KAFKA_VERSION,
+            "redis_server": version([shutil.which("redis-server") or "redis-server", "--version"]),
+            "java": version(["java", "-version"]) or "?"}
+
+
+def verdict(name: str, value: float | None) -> str:
+    if value is None:
+        return "not measured"
+    op, goal, _ = GOALS[name]
+    ok = value >= goal if op == ">=" else value <= goal
+    return "met" if ok else "NOT met"
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        if abs(v) >= 1e6:
+            return f"{v / 1e6:,.1f} M"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:,.2f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    names = ["platestream", "naive faust", "Quix Streams"]
+    vals = [results.get("e2e_reads_per_s") or 0, results.get("naive_faust_reads_per_s") or 0,
+            results.get("quixstreams_reads_per_s") or 0]
+    a.bar(names, vals, color=["#2a7", "#c44", "#48c"])
+    a.axhline(150_000, ls="--", color="gray", label="goal 150k/s")
+    a.set_ylabel("reads/s (one process)")
+    a.set_title("End-to-end throughput, same broker and data")
+    a.legend()
+    curve = results.get("progress_curve") or []
+    if curve:
+        b.plot([t for t, _ in curve], [n for _, n in curve], color="#2a7")
+        b.set_xlabel("seconds since first batch")
+        b.set_ylabel("messages processed")
+        b.set_title(f"Worker progress; p99 latency at 20k/s: {fmt(results.get('latency_p99_ms'))} ms")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
+    lines = [f"# platestream benchmark report — {results['date']}", "",
+             f"Command: `{command}`  ", f"Duration: {results['bench_seconds']:.0f} s", "",
+             "## Goals", "", "| figure | measured | goal | verdict |", "|---|---|---|---|"]
+    for name, (op, goal, unit) in GOALS.items():
+        v = results.get(name)
+        lines.append(f"| `{name}` | {fmt(v)} | {op} {fmt(float(goal))} {unit} | {verdict(name, v)} |")
+    lines += ["", "## Details", "", "| measurement | value |", "|---|---|"]
+    for k, v in sorted(results.items()):
+        if k in GOALS or k in ("machine", "progress_curve", "worker_metrics", "profile_top"):
+            continue
+        lines.append(f"| `{k}` | {fmt(v)} |")
+    lines += ["", "## Machine", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in results["machine"].items()]
+    if png:
+        lines += ["", f"![throughput and progress]({png})"]
+    if results.get("profile_top"):
+        lines += ["", "## Where the worker's time goes (cProfile of the batch loop, top by own time)", "", "```",
+                  results["profile_top"], "```"]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    ap.add_argument("--vehicles", type=int, default=90_000, help="simulated vehicles for the e2e run (~35 reads each)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for trying the harness (not a report)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    command = "make bench" if not argv else "python -m benchmarks " + " ".join(argv)
+    t0 = time.monotonic()
+    vehicles = 3000 if args.quick else args.vehicles
+    results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": machine(), "notes": []}
+    state_dir = Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream"))
+    log_dir = state_dir / "bench-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    e2e.log("kernels: geohash, dedup (one core)")
+    results.update(kernels.geohash_points_per_s(2_000_000 if args.quick else 20_000_000))
+    results.update(kernels.dedup_reads_per_s(300_000 if args.quick else 3_000_000))
+    results.update(dedup_state_bytes_per_key(vehicles=2000 if args.quick else 20_000))
+
+    e2e.log("local stack")
+    info = stack.up(state_dir)
+
+    e2e.log(f"simulating {vehicles:,} vehicles")
+    traffic = generate(seed=42, vehicles=vehicles, hours=24)
+    msgs = traffic.messages
+    e2e.log(f"  {len(msgs):,} messages ({traffic.valid_reads:,} reads, {len(traffic.truth):,} passes)")
+
+    s = e2e.isolated_settings(info, db=10)
+    e2e.log("pre-filling the reads topic")
+    e2e.produce(s, msgs)
+    e2e.log("platestream worker on the pre-filled topic")
+    results.update(e2e.throughput(s, len(msgs), log_dir))
+    results["e2e_correct"] = results["e2e_sightings"] == len(traffic.truth)
+    e2e.log("profiling the batch loop in-process (cProfile) on the same topic")
+    results["profile_top"] = e2e.profile_worker(info, s, min(len(msgs), 300_000))
+
+    naive_n = min(len(msgs), 20_000 if args.quick else 60_000)
+    e2e.log(f"naive faust baseline on {naive_n:,} messages")
+    results.update(e2e.naive_faust(info, msgs[:naive_n], log_dir))
+    results["ratio_vs_naive_faust"] = results["e2e_reads_per_s"] / results["naive_faust_reads_per_s"]
+
+    try:
+        from benchmarks.quix import quix_baseline
+
+        e2e.log("Quix Streams baseline")
+        results.update(quix_baseline(info, msgs[: min(len(msgs), 200_000)], log_dir))
+        results["ratio_vs_quixstreams"] = results["e2e_reads_per_s"] / results["quixstreams_reads_per_s"]
+    except ImportError as e:
+        results["notes"].append(f"Quix Streams baseline not run: {e}")
+
+    e2e.log("latency at 20k reads/s")
+    lat_msgs = msgs[: 20_000 * (8 if args.quick else 20)]
+    results.update(e2e.latency_at_rate(info, lat_msgs, 20_000, log_dir))
+    results["latency_p99_ms"] = results.get("latency_p99_ms")
+
+    e2e.log("trail lookups while ingesting 50k reads/s")
+    results.update(e2e.trail_under_ingest(info, msgs[: 50_000 * (5 if args.quick else 20)], 50_000, log_dir))
+
+    results["bench_seconds"] = time.monotonic() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = results["date"] + ("-quick" if args.quick else "")
+    png = out / f"{stem}.png"
+    has_png = chart(results, png)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / f"{stem}.md").write_text(markdown(results, command, png.name if has_png else None))
+    e2e.log(f"report: {out / (stem + '.md')}")
+    for name in GOALS:
+        print(f"{name:28s} {fmt(results.get(name)):>14s}  {verdict(name, results.get(name))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

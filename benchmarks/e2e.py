@@ -1,0 +1,345 @@
+"""End-to-end measurements on the real local stack: platestream worker vs baselines, same broker, same data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+from aiokafka import AIOKafkaProducer
+
+from streams import stack
+from streams.pipeline import META_OFFSET
+from streams.query import trail
+from streams.settings import Settings
+from streams.store import checkpoint_key, read_trail
+from streams.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def isolated_settings(info: stack.StackInfo, db: int, partitions: int = 4) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    return Settings.from_env(
+        env={}, kafka_bootstrap=info.kafka_bootstrap, redis_url=info.redis_url.rsplit("/", 1)[0] + f"/{db}",
+        state_dir=Path(info.state_dir), topic_reads=f"bench.{tag}.reads", topic_deduped=f"bench.{tag}.deduped",
+        topic_dlq=f"bench.{tag}.dlq", topic_alerts=f"bench.{tag}.alerts", group=f"bench-{tag}",
+        partitions=partitions, hash_key=b"benchmark-key-0123456789",
+    )
+
+
+async def _produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, bytes]], rate: float = 0.0,
+                   partitions: int = 4) -> None:
+    """Fast pre-fill (or paced load) with aiokafka record batches; key -> partition like the default."""
+    from kafka.partitioner.default import murmur2
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1 << 20,
+                                max_request_size=8 << 20)
+    await producer.start()
+    try:
+        chunk = 2000 if rate else 50_000
+        t0 = time.monotonic()
+        last = t0
+        for lo in range(0, len(messages), chunk):
+            by_part: dict[int, list[tuple[bytes, bytes]]] = {}
+            for key, value in messages[lo : lo + chunk]:
+                p = (murmur2(key) & 0x7FFFFFFF) % partitions
+                by_part.setdefault(p, []).append((key, value))
+            futures = []
+            for p, items in by_part.items():
+                batch = producer.create_batch()
+                for key, value in items:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        futures.append(await producer.send_batch(batch, topic, partition=p))
+                        batch = producer.create_batch()
+                        batch.append(key=key, value=value, timestamp=None)
+                futures.append(await producer.send_batch(batch, topic, partition=p))
+            await asyncio.gather(*futures)
+            if rate:
+                ahead = (lo + chunk) / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            elif time.monotonic() - last > 2:
+                last = time.monotonic()
+                log(f"  pre-filled {lo + chunk:,}/{len(messages):,}")
+    finally:
+        await producer.stop()
+
+
+def produce(s: Settings, messages: Sequence[tuple[bytes, bytes]], rate: float = 0.0) -> None:
+    ensure_topics(s)
+    asyncio.run(_produce(s.kafka_bootstrap, s.topic_reads, messages, rate, s.partitions))
+
+
+def worker_env(s: Settings, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLATESTREAM_")}
+    env.update({"PLATESTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "PLATESTREAM_REDIS_URL": s.redis_url,
+                "PLATESTREAM_TOPIC_READS": s.topic_reads, "PLATESTREAM_TOPIC_DEDUPED": s.topic_deduped,
+                "PLATESTREAM_TOPIC_DLQ": s.topic_dlq, "PLATESTREAM_TOPIC_ALERTS": s.topic_alerts,
+                "PLATESTREAM_GROUP": s.group, "PLATESTREAM_HASH_KEY": s.hash_key.decode(),
+                "PLATESTREAM_WEB_PORT": str(port), "PLATESTREAM_STATE_DIR": str(s.state_dir),
+                "PLATESTREAM_PARTITIONS": str(s.partitions)})
+    return env
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class RunningWorker:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    def metrics(self, reset_latency: bool = False) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.port}/metrics" + ("?reset_latency=1" if reset_latency else "")
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def start_worker(s: Settings, log_path: Path) -> RunningWorker:
+    port = stack.free_port()
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+                                env=worker_env(s, port), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True)
+    w = RunningWorker(proc, port)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited; see {log_path}")
+        try:
+            w.metrics()
+            return w
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("worker web server did not come up")
+
+
+def processed(s: Settings, client: redis.Redis) -> int:
+    offs = [client.hget(checkpoint_key(s.group, s.topic_reads, p), META_OFFSET) for p in range(s.partitions)]
+    return sum(int(o) for o in offs if o is not None)  # type: ignore[arg-type]
+
+
+def throughput(s: Settings, total: int, log_dir: Path) -> dict[str, Any]:
+    """Worker on a pre-filled topic: reads/s from its first committed batch to its last, plus memory."""
+    client = redis.Redis.from_url(s.redis_url)
+    client.flushdb()
+    mem0 = int(client.info("memory")["used_memory"])  # type: ignore[index]
+    worker = start_worker(s, log_dir / "bench-worker.log")
+    first: tuple[float, int] | None = None
+    done = 0
+    last_t = time.monotonic()
+    curve: list[tuple[float, int]] = []
+    try:
+        while done < total:
+            if worker.proc.poll() is not None:
+                raise RuntimeError("worker exited during the run")
+            now_done = processed(s, client)
+            now = time.monotonic()
+            if now_done and first is None:
+                first = (now, now_done)
+            if now_done != done:
+                last_t = now
+                curve.append((now, now_done))
+            done = now_done
+            time.sleep(0.02)
+        metrics = worker.metrics()
+    finally:
+        worker.stop()
+    assert first is not None
+    span = max(last_t - first[0], 1e-3)
+    used = int(client.info("memory")["used_memory"])  # type: ignore[index]
+    ck = sum(int(client.memory_usage(checkpoint_key(s.group, s.topic_reads, p)) or 0)  # type: ignore[arg-type]
+             for p in range(s.partitions))
+    sightings = reads = 0
+    for key in client.scan_iter(match="ps:t:*", count=10_000):
+        for sg in read_trail(client, key):
+            sightings += 1
+            reads += sg.reads
+    return {
+        "e2e_reads_per_s": (total - first[1]) / span, "e2e_messages": total, "e2e_seconds": span,
+        "e2e_sightings": sightings, "e2e_reads_stored_or_merged": reads,
+        "redis_bytes_per_sighting": (used - mem0 - ck) / max(sightings, 1),
+        "redis_checkpoint_bytes": ck,
+        "worker_metrics": metrics,
+        "progress_curve": [(round(t - first[0], 3), n) for t, n in curve],
+    }
+
+
+def naive_faust(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], log_dir: Path) -> dict[str, Any]:
+    """Same broker, same kind of data: the per-event faust agent's reads/s."""
+    s = isolated_settings(info, db=13)
+    produce(s, messages)
+    client = redis.Redis.from_url(s.redis_url)
+    client.flushdb()
+    env = {**os.environ, "NAIVE_APP_ID": f"naive-{uuid.uuid4().hex[:6]}", "NAIVE_BOOTSTRAP": s.kafka_bootstrap,
+           "NAIVE_TOPIC": s.topic_reads, "NAIVE_REDIS_URL": s.redis_url, "NAIVE_WEB_PORT": str(stack.free_port())}
+    with open(log_dir / "bench-naive-faust.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "benchmarks.naive_faust", "worker", "-l", "warn"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    total = len(messages)
+    first: tuple[float, int] | None = None
+    done = 0
+    last_t = time.monotonic()
+    deadline = time.monotonic() + 600
+    try:
+        while done < total and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("naive faust worker exited")
+            now_done = int(client.get("naive:done") or 0) + int(client.get("naive:dead") or 0)  # type: ignore[arg-type]
+            now = time.monotonic()
+            if now_done and first is None:
+                first = (now, now_done)
+            if now_done != done:
+                last_t = now
+            done = now_done
+            time.sleep(0.05)
+    finally:
+        stop_process(proc)
+    assert first is not None and done >= total, f"naive baseline processed {done} of {total}"
+    return {"naive_faust_reads_per_s": (total - first[1]) / max(last_t - first[0], 1e-3), "naive_faust_messages": total}
+
+
+def latency_at_rate(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], rate: float,
+                    log_dir: Path) -> dict[str, Any]:
+    """Produce at a steady rate (producer timestamps = capture-time stamps); worker reports produce->Redis."""
+    s = isolated_settings(info, db=12)
+    ensure_topics(s)
+    redis.Redis.from_url(s.redis_url).flushdb()
+    worker = start_worker(s, log_dir / "bench-latency-worker.log")
+    try:
+        warm = int(rate * 3)
+        produce(s, messages[:warm], rate=rate)
+        worker.metrics(reset_latency=True)
+        t = time.monotonic()
+        produce(s, messages[warm:], rate=rate)
+        achieved = (len(messages) - warm) / (time.monotonic() - t)
+        time.sleep(1.0)
+        m = worker.metrics()
+    finally:
+        worker.stop()
+    return {"latency_rate_target": rate, "latency_rate_achieved": achieved,
+            "latency_p50_ms": m.get("latency_ms_p50"), "latency_p99_ms": m.get("latency_ms_p99"),
+            "latency_p999_ms": m.get("latency_ms_p999"), "latency_samples": m.get("latency_samples")}
+
+
+def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], rate: float,
+                       log_dir: Path) -> dict[str, Any]:
+    """p99 of looking up a 1,000-sighting trail while the worker ingests at ``rate``."""
+    s = isolated_settings(info, db=11)
+    ensure_topics(s)
+    client = redis.Redis.from_url(s.redis_url)
+    client.flushdb()
+    # one vehicle passing one camera every minute for 1,000 minutes: 1,000 sightings
+    base = 1_764_000_000_000
+    heavy = [(b"cam-heavy", orjson.dumps({"read_id": f"h{i}", "camera_id": "cam-heavy", "agency": "bench",
+                                          "plate": "HEAVY1", "region": "US-CT", "ts": base + i * 60_000,
+                                          "lat": 41.7, "lon": -72.7, "confidence": 0.9})) for i in range(1000)]
+    worker = start_worker(s, log_dir / "bench-trail-worker.log")
+    samples: list[float] = []
+    stop = threading.Event()
+    try:
+        produce(s, heavy)
+        deadline = time.monotonic() + 60
+        while len(trail(client, s, "HEAVY1", "US-CT")) < 1000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(trail(client, s, "HEAVY1", "US-CT")) == 1000
+
+        # the querying client is its own process, as an analyst's would be (no GIL shared with the load)
+        ctx = multiprocessing.get_context("spawn")
+        results: Any = ctx.Queue()
+        flag = ctx.Event()
+        proc = ctx.Process(target=_query_loop, args=(s, flag, results))
+        proc.start()
+        time.sleep(2.0)  # let it import and warm up
+        t0 = time.monotonic()
+        produce(s, messages, rate=rate)
+        achieved = len(messages) / (time.monotonic() - t0)
+        flag.set()
+        samples = results.get(timeout=60)
+        proc.join(30)
+    finally:
+        stop.set()
+        worker.stop()
+    arr = np.array(samples)
+    return {"trail_p50_ms": float(np.percentile(arr, 50)), "trail_p99_ms": float(np.percentile(arr, 99)),
+            "trail_queries": len(samples), "trail_ingest_rate_target": rate, "trail_ingest_rate_achieved": achieved}
+
+
+def _query_loop(s: Settings, flag: Any, results: Any) -> None:
+    c = redis.Redis.from_url(s.redis_url)
+    for _ in range(20):  # warm-up, not measured
+        trail(c, s, "HEAVY1", "US-CT")
+    samples: list[float] = []
+    while not flag.is_set():
+        t = time.perf_counter()
+        rows = trail(c, s, "HEAVY1", "US-CT")
+        samples.append((time.perf_counter() - t) * 1000)
+        assert len(rows) == 1000
+        time.sleep(0.005)
+    results.put(samples)
+
+
+def profile_worker(info: stack.StackInfo, prefilled: Settings, limit: int) -> str:
+    """cProfile of the worker's batch loop (in-process, fresh group and Redis db) over ``limit`` messages."""
+    import cProfile
+    import dataclasses
+    import io
+    import pstats
+
+    from streams.worker import BatchRunner
+
+    s = dataclasses.replace(isolated_settings(info, db=8), topic_reads=prefilled.topic_reads,
+                            group=f"profile-{uuid.uuid4().hex[:6]}")
+    ensure_topics(s)
+    redis.Redis.from_url(s.redis_url).flushdb()
+
+    async def run() -> None:
+        runner = BatchRunner(s)
+        await runner.start()
+        try:
+            await asyncio.wait_for(runner.run(lambda: runner.metrics["consumed"] >= limit), 600)
+        finally:
+            await runner.stop()
+
+    prof = cProfile.Profile()
+    prof.enable()
+    asyncio.run(run())
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(22)
+    text = out.getvalue()
+    return text[text.find("ncalls"):].replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
