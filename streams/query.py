@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
 
+from streams.audit import AuditLog
 from streams.kernels.geohash import geo52_decode, geohash_strings
+from streams.policy import Context, Policy
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
+from streams.sharing import granted_purposes
 from streams.store import read_trail, trail_key, vehicle_id
 
 
@@ -41,3 +46,47 @@ def trail(client: redis.Redis, settings: Settings, plate: str, region: str, sinc
              "geo52": s.geo52, "confidence": round(s.confidence, 4), "reads": s.reads, "read_id": s.read_id,
              "sighting_id": f"{s.sighting_id:016x}"}
             for s, la, lo, gh in zip(found, lat.tolist(), lon.tolist(), hashes, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class GovernedResult:
+    """Sightings the requester may see, the rules that withheld other agencies' data, the audit record."""
+
+    rows: list[dict[str, Any]]
+    refused: dict[str, str]
+    audit_seq: int
+
+
+def refusals(client: redis.Redis, policy: Policy, ctx: Context, now_ms: int | None = None) -> dict[str, str]:
+    """For every agency in the policy, the rule that keeps its data from ``ctx`` (absent = allowed).
+
+    Computed over all agencies, not only those holding sightings of the vehicle, so a refusal never
+    reveals that another agency has seen it.
+    """
+    out = {}
+    for owner in policy.agencies:
+        grant = None if owner == ctx.agency.id else granted_purposes(client, owner, ctx.agency.id, now_ms)
+        rule = policy.decide(ctx, owner, grant)
+        if rule is not None:
+            out[owner] = rule
+    return out
+
+
+def governed_trail(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+                   plate: str, region: str, since: int | None = None, until: int | None = None,
+                   limit: int | None = None) -> GovernedResult:
+    """``trail`` for a named requester and purpose: policy-filtered and audited before anything returns."""
+    norm = _check_plate(plate, region)
+    refused = refusals(client, policy, ctx)
+    rows = [r for r in trail(client, settings, norm, region, since, until)
+            if r["agency"] in policy.agencies and r["agency"] not in refused]
+    if limit is not None:
+        rows = rows[:limit]
+    owners = Counter(r["agency"] for r in rows)
+    decision = "allowed" if not refused else ("refused" if len(refused) == len(policy.agencies) else "partial")
+    record = audit.append(
+        action="query.trail", agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose, case=ctx.case,
+        terms={"vehicle": vehicle_id(settings.hash_key, region, norm).hex(), "region": region, "since": since,
+               "until": until}, decision=decision, rules=sorted(set(refused.values())), result_count=len(rows),
+        owners=dict(owners))
+    return GovernedResult(rows, refused, int(record["seq"]))

@@ -10,6 +10,7 @@ sighting, so tests can demand exactly one trail entry per pass with the right pl
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
 import string
 from collections.abc import Iterator
@@ -19,7 +20,6 @@ from typing import Any
 import orjson
 
 from streams.kernels.plates import CONFUSABLE
-from streams.records import normalize_plate
 
 _CONFUSE = {**CONFUSABLE, **{v: k for k, v in CONFUSABLE.items()}}
 AGENCIES = ["hartford-pd", "westport-pd", "ct-state-police", "norwalk-pd", "stratford-pd"]
@@ -123,7 +123,7 @@ def malformed_message(rng: random.Random, good: dict[str, Any]) -> bytes:
     return orjson.dumps(bad)
 
 
-def generate(
+def _generate(
     seed: int = 7, vehicles: int = 2000, sites: int = 60, hours: float = 24.0, trips_per_vehicle: float = 2.0,
     malformed: float = 0.01, late: float = 0.02, max_delay_s: int = 300, start_ts: int = 1_764_000_000_000,
 ) -> Traffic:
@@ -139,7 +139,9 @@ def generate(
             classes.add(cls)
             fleet.append((p, rng.choice(REGIONS)))
     span_ms = int(hours * 3_600_000)
-    reads: list[tuple[int, dict[str, Any]]] = []
+    # (arrival time, sequence, key, message, malformed message sent just before it or None); documents
+    # are serialized at once so millions of reads fit in memory
+    reads: list[tuple[int, int, bytes, bytes, bytes | None]] = []
     truth: list[TrueSighting] = []
     n = 0
     for plate, region in fleet:
@@ -169,25 +171,36 @@ def generate(
                     if rng.random() < 0.3:
                         doc["heading"] = rng.randrange(360)
                         doc["vehicle"] = {"color": rng.choice(["white", "black", "silver", "red", "blue"])}
-                    reads.append((ts, doc))
+                    arrive = ts + (rng.randint(1, max_delay_s) * 1000 if rng.random() < late else 0)
+                    bad_msg = malformed_message(rng, doc) if rng.random() < malformed else None
+                    reads.append((arrive, n, cam.camera_id.encode(), orjson.dumps(doc), bad_msg))
                     last = ts
                 truth.append(TrueSighting(plate, region, cam.camera_id, cam.agency, first, last, frames,
                                           ids[best_i]))
                 t = last + rng.randint(30_000, 600_000)  # drive to the next site
             t += rng.randrange(600_000, max(600_001, span_ms // trips))  # parked until the next trip
-    reads.sort(key=lambda r: r[0])
-    # late arrivals: move a share of reads later in send order (event time stays; arrival is delayed)
-    delayed: list[tuple[int, int, dict[str, Any]]] = []
-    for i, (ts, doc) in enumerate(reads):
-        arrive = ts + (rng.randint(1, max_delay_s) * 1000 if rng.random() < late else 0)
-        delayed.append((arrive, i, doc))
-    delayed.sort(key=lambda r: (r[0], r[1]))
+    # send in arrival order: a share of reads arrives late (event time stays, arrival is delayed)
+    reads.sort(key=lambda r: (r[0], r[1]))
     messages: list[tuple[bytes, bytes]] = []
     bad = 0
-    for _, _, doc in delayed:
-        if rng.random() < malformed:
-            messages.append((doc["camera_id"].encode(), malformed_message(rng, doc)))
+    for _, _, key, value, bad_msg in reads:
+        if bad_msg is not None:
+            messages.append((key, bad_msg))
             bad += 1
-        messages.append((doc["camera_id"].encode(), orjson.dumps(doc)))
-    assert all(normalize_plate(_display(p, rng)) == p for p, _ in fleet[:10])
+        messages.append((key, value))
     return Traffic(messages, truth, len(reads), bad, dict(fleet))
+
+
+def generate(**kwargs: Any) -> Traffic:
+    """Generate a seeded day of traffic (see ``_generate`` for the parameters).
+
+    The cyclic garbage collector is paused meanwhile: millions of long-lived tuples otherwise make each
+    collection rescan them all, and generation time grows quadratically.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _generate(**kwargs)
+    finally:
+        if enabled:
+            gc.enable()

@@ -1,0 +1,60 @@
+"""Retention that is enforced: remove every sighting older than its owning agency's limit.
+
+The sweeper walks the trails (SCAN, so Redis stays responsive), finds sightings whose first capture
+time is older than ``now - limit`` of the agency that owns them, and removes them from the trail and
+from the area index in one transaction per trail. It takes the clock as a parameter so tests can move
+time. The worker runs it on a faust timer (``PLATESTREAM_RETENTION_INTERVAL_S``); ``platestream
+retention sweep`` runs it once. Agencies without a declared limit keep their data; data of agencies the
+policy does not know is kept and never shown to anyone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import redis
+
+from streams.kernels.geohash import geo52_decode, geohash_str
+from streams.policy import Policy
+from streams.settings import Settings
+from streams.store import CELL_MEMBER, Sighting, cell_key, read_trail
+
+
+def cutoffs(policy: Policy, now_ms: int) -> dict[str, int]:
+    """Agency -> oldest capture time (ms) it may still keep. Hotlist hits are not tracked yet, so the
+    non-hit limit applies to every sighting (the stricter of the two)."""
+    out = {}
+    for a in policy.agencies.values():
+        limits = [x for x in (a.retention_ms(hit=False), a.retention_ms(hit=True)) if x is not None]
+        if limits:
+            out[a.id] = now_ms - min(limits)
+    return out
+
+
+def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) -> Counter[str]:
+    """One pass over every trail; returns how many sightings were removed per agency."""
+    limit = cutoffs(policy, now_ms)
+    removed: Counter[str] = Counter()
+    if not limit:
+        return removed
+    newest_cutoff = max(limit.values())
+    for key in client.scan_iter(match="ps:t:*", count=1000):
+        vid = bytes.fromhex(key.decode().split("{", 1)[1].rstrip("}"))
+        expired: list[tuple[bytes, Sighting]] = []
+        for s in read_trail(client, key, "-inf", newest_cutoff - 1):
+            cut = limit.get(s.agency)
+            if cut is not None and s.ts < cut:
+                expired.append((s.pack(), s))
+        if not expired:
+            continue
+        lat, lon = geo52_decode(np.array([s.geo52 for _, s in expired], dtype=np.uint64))
+        cells = geohash_str(lat, lon, settings.cell_precision)
+        with client.pipeline(transaction=True) as tx:
+            for (member, s), cell in zip(expired, cells, strict=True):
+                tx.zrem(key, member)
+                tx.zrem(cell_key(cell.tobytes().decode(), s.ts // settings.cell_bucket_ms),
+                        CELL_MEMBER.pack(vid, s.sighting_id))
+                removed[s.agency] += 1
+            tx.execute()
+    return removed
