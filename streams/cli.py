@@ -112,22 +112,118 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _error(e: Exception) -> int:
+    code = getattr(e, "code", "invalid_query")
+    rule = getattr(e, "rule", None)
+    print(f"error [{code}]: {e}" + (f" (rule {rule})" if rule else ""), file=sys.stderr)
+    return 2
+
+
 def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
+    from streams.access import access
+    from streams.audit import AuditError
+    from streams.policy import PolicyError
+    from streams.query import QueryError, governed_trail
 
-    from streams.query import QueryError, trail
-
-    client = redis.Redis.from_url(settings.redis_url)
     try:
-        rows = trail(client, settings, args.plate, args.region, args.since, args.until, args.limit)
-    except QueryError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        with access(settings) as acc:
+            policy = acc.policy()
+            ctx = policy.context(args.token or settings.token, args.purpose, args.case)
+            result = governed_trail(acc.client, settings, policy, ctx, acc.audit, args.plate, args.region,
+                                    args.since, args.until, args.limit)
+    except (PolicyError, QueryError, AuditError) as e:
+        return _error(e)
     if args.format == "json":
-        for r in rows:
+        for r in result.rows:
             sys.stdout.buffer.write(orjson.dumps(r) + b"\n")
+    else:
+        print_trail(result.rows)
+    withheld = sorted(set(result.refused.values()))
+    print(f"audit record #{result.audit_seq}; {len(result.rows)} sightings"
+          + (f"; other agencies' data withheld by: {', '.join(withheld)}" if withheld else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.access import access
+    from streams.policy import PolicyError
+
+    try:
+        with access(settings, publish=args.action == "report") as acc:
+            if args.action == "verify":
+                v = acc.audit.verify()
+                print(f"audit chain: {'OK' if v.ok else 'BROKEN'}, {v.records} verified records"
+                      + ("" if v.ok else f"; first bad record {v.first_bad}: {v.reason}"))
+                return 0 if v.ok else 1
+            ctx = acc.policy().context(args.token or settings.token, "audit", f"audit-report-{args.agency}",
+                                       role="auditor")
+            if args.agency != ctx.agency.id and "admin" not in ctx.user.roles:
+                raise PolicyError("forbidden_role", "auditors report on their own agency")
+            report = acc.audit.report(args.agency)
+            acc.audit.append(action="audit.report", agency=ctx.agency.id, user=ctx.user.id, purpose="audit",
+                             case=ctx.case, terms={"agency": args.agency}, decision="allowed",
+                             result_count=report["records"])
+    except PolicyError as e:
+        return _error(e)
+    sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def cmd_share(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import sharing
+    from streams.access import access
+    from streams.policy import PolicyError
+
+    try:
+        with access(settings) as acc:
+            policy = acc.policy()
+            user = policy.authenticate(args.token or settings.token)
+            if args.action == "request":
+                out = sharing.request_access(acc.client, policy, acc.audit, user, args.agency, args.purposes,
+                                             args.reason or "")
+            elif args.action in ("approve", "refuse"):
+                out = sharing.decide(acc.client, policy, acc.audit, user, args.agency, args.action == "approve",
+                                     args.days, args.reason or "")
+            else:
+                rows = sharing.list_grants(acc.client, user.agency)
+                sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+                return 0
+    except PolicyError as e:
+        return _error(e)
+    sys.stdout.buffer.write(orjson.dumps(out, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from streams.access import access
+    from streams.policy import PolicyError
+    from streams.retention import sweep
+
+    try:
+        with access(settings, publish=False) as acc:
+            removed = sweep(acc.client, settings, acc.policy(), int(time.time() * 1000))
+    except PolicyError as e:
+        return _error(e)
+    print(f"removed {sum(removed.values())} sightings past their agency's retention: {dict(removed)}")
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    import secrets
+
+    from streams.policy import Policy, PolicyError, token_hash
+
+    if args.action == "token":
+        token = secrets.token_urlsafe(32)
+        print(f"token:        {token}\ntoken_sha256: {token_hash(token)}   <- put this in the policy file")
         return 0
-    print_trail(rows)
+    try:
+        p = Policy.load(args.file)
+    except (PolicyError, OSError) as e:
+        return _error(e)
+    print(f"{args.file}: valid; {len(p.agencies)} agencies, {len(p.users)} users")
     return 0
 
 
@@ -188,6 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--until", type=_time, help="epoch ms or ISO 8601")
     t.add_argument("--limit", type=int)
     t.add_argument("--format", choices=["table", "json"], default="table")
+    for cmd in (t,):
+        cmd.add_argument("--purpose", help="why you ask: one of the policy's purposes (required)")
+        cmd.add_argument("--case", help="case number (required)")
+        cmd.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
+
+    au = sub.add_parser("audit", help="verify the audit chain, or report who queried what")
+    au.add_argument("action", choices=["verify", "report"])
+    au.add_argument("--agency", help="with report: the agency to report on")
+    au.add_argument("--token", help="API token of an auditor (default: PLATESTREAM_TOKEN)")
+
+    sh = sub.add_parser("share", help="request, approve, refuse or list access to another agency's data")
+    sh.add_argument("action", choices=["request", "approve", "refuse", "list"])
+    sh.add_argument("--agency", help="request: the owner; approve/refuse: the requesting agency")
+    sh.add_argument("--purposes", nargs="*", default=[], help="request: purposes asked for")
+    sh.add_argument("--reason", help="request: why; approve/refuse: a note")
+    sh.add_argument("--days", type=float, help="approve: grant lifetime in days (default: until revoked)")
+    sh.add_argument("--token", help="API token of an admin (default: PLATESTREAM_TOKEN)")
+
+    rt = sub.add_parser("retention", help="run the retention sweeper once")
+    rt.add_argument("action", choices=["sweep"])
+
+    po = sub.add_parser("policy", help="check a policy file, or make a new API token and its hash")
+    po.add_argument("action", choices=["check", "token"])
+    po.add_argument("file", nargs="?")
 
     d = sub.add_parser("demo", help="stack up, simulate, process, print a trail and the throughput")
     d.add_argument("--vehicles", type=int, default=6000)
@@ -205,12 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_stack(args)
     if args.command == "demo":
         return cmd_demo(args)
+    if args.command == "policy":
+        return cmd_policy(args)
     try:
         settings = Settings.from_env()
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail}
+    handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail,
+               "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention}
     return handler[args.command](args, settings)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEV_HASH_KEY = "platestream-dev-key-not-secret"
+DEV_AUDIT_KEY = "platestream-dev-audit-key-not-secret"
 
 # name -> (default, meaning). Defaults of None mean "taken from the local stack file".
 ENV_VARS: dict[str, tuple[str | None, str]] = {
@@ -41,6 +42,11 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_HASH_KEY": (DEV_HASH_KEY, "secret for the keyed hash of region+plate (vehicle id)"),
     "PLATESTREAM_WEB_PORT": ("6066", "faust web server port (metrics at /metrics)"),
     "PLATESTREAM_MAX_MESSAGE_BYTES": ("65536", "larger input messages are dead-lettered as too_large"),
+    "PLATESTREAM_TOPIC_AUDIT": ("plates.audit", "output: the audit log's records"),
+    "PLATESTREAM_POLICY": ("", "path of the policy file (YAML/JSON); queries are refused without one"),
+    "PLATESTREAM_AUDIT_KEY": (DEV_AUDIT_KEY, "secret of the audit chain's HMAC"),
+    "PLATESTREAM_RETENTION_INTERVAL_S": ("60", "how often the worker runs the retention sweeper"),
+    "PLATESTREAM_TOKEN": ("", "the CLI user's API token (clients only; never logged)"),
 }
 
 
@@ -69,6 +75,11 @@ class Settings:
     hash_key: bytes
     web_port: int
     max_message_bytes: int
+    topic_audit: str = "plates.audit"
+    policy_path: Path | None = None
+    audit_key: bytes = DEV_AUDIT_KEY.encode()
+    retention_interval_s: int = 60
+    token: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -104,6 +115,12 @@ class Settings:
         hash_key = str(raw("PLATESTREAM_HASH_KEY"))
         if len(hash_key) < 16:
             raise SettingsError("PLATESTREAM_HASH_KEY must be at least 16 characters")
+        audit_key = str(raw("PLATESTREAM_AUDIT_KEY"))
+        if len(audit_key) < 16:
+            raise SettingsError("PLATESTREAM_AUDIT_KEY must be at least 16 characters")
+        policy = str(raw("PLATESTREAM_POLICY") or "")
+        if policy and not Path(policy).is_file():
+            raise SettingsError(f"PLATESTREAM_POLICY={policy!r} is not a file")
         topics = {n: str(raw(n)) for n in ENV_VARS if n.startswith("PLATESTREAM_TOPIC_")}
         if len(set(topics.values())) != len(topics):
             raise SettingsError(f"topic names must differ: {topics}")
@@ -127,6 +144,11 @@ class Settings:
             hash_key=hash_key.encode(),
             web_port=integer("PLATESTREAM_WEB_PORT", 1, 65535),
             max_message_bytes=integer("PLATESTREAM_MAX_MESSAGE_BYTES", 1024, 16 * 1024 * 1024),
+            topic_audit=topics["PLATESTREAM_TOPIC_AUDIT"],
+            policy_path=Path(policy) if policy else None,
+            audit_key=audit_key.encode(),
+            retention_interval_s=integer("PLATESTREAM_RETENTION_INTERVAL_S", 1, 86400),
+            token=str(raw("PLATESTREAM_TOKEN") or ""),
         )
         if overrides:
             settings = dataclasses.replace(settings, **overrides)
@@ -138,8 +160,11 @@ class Settings:
         """Settings safe to log: secrets and credentials removed."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hash_key"] = "***"
+        out["audit_key"] = "***"
+        out["token"] = "***" if self.token else ""
         out["redis_url"] = _redact_url(self.redis_url)
         out["state_dir"] = str(self.state_dir)
+        out["policy_path"] = str(self.policy_path) if self.policy_path else None
         return out
 
 

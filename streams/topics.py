@@ -15,7 +15,7 @@ log = logging.getLogger("platestream.topics")
 
 
 def topic_names(s: Settings) -> list[str]:
-    return [s.topic_reads, s.topic_deduped, s.topic_dlq, s.topic_alerts]
+    return [s.topic_reads, s.topic_deduped, s.topic_dlq, s.topic_alerts, s.topic_audit]
 
 
 def ensure_topics(s: Settings, partitions: int | None = None) -> None:

@@ -294,6 +294,29 @@ def make_app(settings: Settings) -> faust.App:
                     log.warning("batch loop did not stop within 30s; cancelling (replay is idempotent)")
             await runner.stop()
 
+    if settings.policy_path is not None:
+        from streams.policy import PolicyStore
+        from streams.retention import sweep
+
+        policies = PolicyStore(settings.policy_path)  # reloaded when the file changes
+
+        @app.timer(interval=float(settings.retention_interval_s))
+        async def retention() -> None:
+            """Enforce each owning agency's retention (a blocking SCAN pass, so off the event loop)."""
+            import redis as sync_redis
+
+            def run() -> int:
+                client = sync_redis.Redis.from_url(settings.redis_url)
+                try:
+                    return sum(sweep(client, settings, policies.get(), int(time.time() * 1000)).values())
+                finally:
+                    client.close()
+
+            removed = await asyncio.get_running_loop().run_in_executor(None, run)
+            runner.metrics["retention_removed"] += removed
+    else:
+        log.warning("no PLATESTREAM_POLICY: retention is not enforced and every query is refused")
+
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         m: dict[str, Any] = dict(runner.metrics)

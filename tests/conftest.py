@@ -50,6 +50,7 @@ def settings(local_stack: stack.StackInfo, tmp_path: Path) -> Iterator[Settings]
         topic_deduped=f"t{tag}.deduped",
         topic_dlq=f"t{tag}.dlq",
         topic_alerts=f"t{tag}.alerts",
+        topic_audit=f"t{tag}.audit",
         group=f"g{tag}",
         hash_key=f"test-key-{tag}-0123456789".encode(),
     )
@@ -66,7 +67,8 @@ def settings_env(s: Settings, **extra: str) -> dict[str, str]:
         "PLATESTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "PLATESTREAM_REDIS_URL": s.redis_url,
         "PLATESTREAM_STATE_DIR": str(s.state_dir), "PLATESTREAM_TOPIC_READS": s.topic_reads,
         "PLATESTREAM_TOPIC_DEDUPED": s.topic_deduped, "PLATESTREAM_TOPIC_DLQ": s.topic_dlq,
-        "PLATESTREAM_TOPIC_ALERTS": s.topic_alerts, "PLATESTREAM_GROUP": s.group,
+        "PLATESTREAM_TOPIC_ALERTS": s.topic_alerts, "PLATESTREAM_TOPIC_AUDIT": s.topic_audit,
+        "PLATESTREAM_GROUP": s.group,
         "PLATESTREAM_HASH_KEY": s.hash_key.decode(), "PLATESTREAM_PARTITIONS": str(s.partitions),
     })
     env.update(extra)

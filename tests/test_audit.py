@@ -1,0 +1,82 @@
+"""The audit chain against the real Redis: any edited, removed or reordered record is detected."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+
+from streams.audit import HEAD_KEY, LOG_KEY, AuditError, AuditLog
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def log(settings: Settings) -> Iterator[AuditLog]:
+    client = redis.Redis.from_url(settings.redis_url)
+    a = AuditLog(client, b"audit-test-key-0123456789")
+    for i in range(6):
+        a.append(action="query.trail", agency="hartford-pd", user=f"u{i}", purpose="criminal_investigation",
+                 case=f"c{i}", terms={"vehicle": "ab" * 12}, decision="allowed", result_count=i)
+    yield a
+    client.close()
+
+
+def test_intact_chain_verifies(log: AuditLog) -> None:
+    v = log.verify()
+    assert (v.ok, v.records) == (True, 6)
+    assert [r["seq"] for r in log.records()] == [1, 2, 3, 4, 5, 6]
+
+
+def _edit(log: AuditLog, index: int, **changes: object) -> None:
+    rec = orjson.loads(log.r.lindex(LOG_KEY, index))  # type: ignore[arg-type]
+    rec.update(changes)
+    log.r.lset(LOG_KEY, index, orjson.dumps(rec, option=orjson.OPT_SORT_KEYS))
+
+
+def test_edited_record_is_detected(log: AuditLog) -> None:
+    _edit(log, 2, result_count=0)  # someone hides how much a query returned
+    v = log.verify()
+    assert (v.ok, v.first_bad) == (False, 3) and "altered" in v.reason
+
+
+def test_removed_record_is_detected(log: AuditLog) -> None:
+    raw = log.r.lindex(LOG_KEY, 3)
+    log.r.lrem(LOG_KEY, 1, raw)  # type: ignore[arg-type]
+    v = log.verify()
+    assert (v.ok, v.first_bad) == (False, 4)
+
+
+def test_reordered_records_are_detected(log: AuditLog) -> None:
+    a, b = log.r.lindex(LOG_KEY, 1), log.r.lindex(LOG_KEY, 2)
+    log.r.lset(LOG_KEY, 1, b)  # type: ignore[arg-type]
+    log.r.lset(LOG_KEY, 2, a)  # type: ignore[arg-type]
+    assert log.verify().first_bad == 2
+
+
+def test_truncated_tail_is_detected(log: AuditLog) -> None:
+    log.r.rpop(LOG_KEY)
+    v = log.verify()
+    assert not v.ok and "head" in v.reason
+
+
+def test_rewritten_chain_without_the_key_is_detected(log: AuditLog, settings: Settings) -> None:
+    # an attacker with Redis access but not the key recomputes the chain with a key of their own
+    forged = AuditLog(log.r, b"attacker-key-0123456789")
+    log.r.delete(LOG_KEY, HEAD_KEY)
+    forged.append(action="query.trail", agency="x", user="y", purpose="audit", case="c", terms={},
+                  decision="allowed", result_count=0)
+    assert not log.verify().ok
+
+
+def test_append_fails_closed_when_the_topic_copy_fails(settings: Settings) -> None:
+    def broken(_: bytes) -> None:
+        raise OSError("broker down")
+
+    a = AuditLog(redis.Redis.from_url(settings.redis_url), b"audit-test-key-0123456789", publish=broken)
+    with pytest.raises(AuditError):
+        a.append(action="query.trail", agency="a", user="u", purpose="audit", case="c", terms={}, decision="allowed",
+                 result_count=0)
