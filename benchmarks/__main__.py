@@ -54,7 +54,8 @@ def machine() -> dict[str, Any]:
 
     def version(cmd: list[str]) -> str:
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (done.stdout or done.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "?"
 
@@ -149,7 +150,7 @@ def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    ap.add_argument("--vehicles", type=int, default=90_000, help="simulated vehicles for the e2e run (~35 reads each)")
+    ap.add_argument("--vehicles", type=int, default=95_000, help="simulated vehicles for the e2e run (~35 reads each)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for trying the harness (not a report)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)

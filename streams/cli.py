@@ -69,7 +69,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from streams.topics import ensure_topics
 
     traffic = generate(seed=args.seed, vehicles=args.vehicles, sites=args.sites, hours=args.hours,
-                       malformed=args.malformed, late=args.late)
+                       malformed=args.malformed, late=args.late, start_ts=args.start)
     print(f"simulated {traffic.valid_reads:,} reads of {len(traffic.truth):,} passes by {args.vehicles:,} "
           f"vehicles, plus {traffic.malformed:,} malformed messages", file=sys.stderr)
     if args.truth:
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--late", type=float, default=0.02, help="share of reads that arrive late")
     sim.add_argument("--rate", type=float, default=0.0, help="max messages/s (0 = unlimited)")
     sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sim.add_argument("--start", type=_time, help="event time of the first read (default: hours before now)")
     sim.add_argument("--truth", help="write the ground-truth sightings to this JSONL file")
     sim.add_argument("--output", help="write the messages to this JSONL file instead of Kafka")
 

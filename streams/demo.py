@@ -17,14 +17,18 @@ from pathlib import Path
 import redis
 
 from streams import stack
+from streams.audit import AuditLog
 from streams.cli import print_trail
 from streams.pipeline import META_OFFSET
+from streams.policy import Policy
 from streams.producer import send_all
-from streams.query import trail
+from streams.query import governed_trail
 from streams.settings import Settings
 from streams.simulate import generate
 from streams.store import checkpoint_key, read_trail
 from streams.topics import end_offsets, ensure_topics
+
+DEMO_POLICY = Path(__file__).resolve().parents[1] / "deploy" / "policy.example.yaml"
 
 
 def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
@@ -54,7 +58,7 @@ def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
            "PLATESTREAM_TOPIC_READS": s.topic_reads, "PLATESTREAM_TOPIC_DEDUPED": s.topic_deduped,
            "PLATESTREAM_TOPIC_DLQ": s.topic_dlq, "PLATESTREAM_TOPIC_ALERTS": s.topic_alerts,
            "PLATESTREAM_GROUP": s.group, "PLATESTREAM_WEB_PORT": str(stack.free_port()),
-           "PLATESTREAM_STATE_DIR": str(state_dir)}
+           "PLATESTREAM_STATE_DIR": str(state_dir), "PLATESTREAM_POLICY": str(DEMO_POLICY)}
     log_path = state_dir / "demo-worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
@@ -86,14 +90,26 @@ def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
     print(f"\n    throughput: {rate:,.0f} reads/s ({total - first[1]:,} messages in {span:.2f}s, "
           "first batch to last; one worker, broker and Redis on this machine)")
 
-    print("4/5 a vehicle's trail (plate looked up through its keyed hash) ...", flush=True)
-    counts = collections.Counter((t.plate, t.region) for t in traffic.truth)
+    print("4/5 governed trail lookups (policy: deploy/policy.example.yaml) ...", flush=True)
+    counts = collections.Counter((t.plate, t.region) for t in traffic.truth if t.agency == "hartford-pd")
     plate, region = counts.most_common(1)[0][0]
-    print(f"    platestream trail {plate} --region {region}")
-    rows = trail(client, s, plate, region)
-    print_trail(rows[:12])
-    if len(rows) > 12:
-        print(f"    ... {len(rows) - 12} more sightings")
+    policy = Policy.load(DEMO_POLICY)
+    audit = AuditLog(client, s.audit_key)
+    for token, purpose, case in (("demo-alice", "criminal_investigation", "HPD-2026-0415"),
+                                 ("demo-fred", "immigration_enforcement", "ICE-77")):
+        ctx = policy.context(token, purpose, case)
+        print(f"\n    PLATESTREAM_TOKEN={token} platestream trail {plate} --region {region} "
+              f"--purpose {purpose} --case {case}")
+        print(f"    ({ctx.user.id} of {ctx.agency.name})")
+        result = governed_trail(client, s, policy, ctx, audit, plate, region)
+        print_trail(result.rows[:8])
+        if len(result.rows) > 8:
+            print(f"    ... {len(result.rows) - 8} more sightings")
+        withheld = collections.Counter(result.refused.values())
+        print(f"    audit record #{result.audit_seq}; withheld by: "
+              + ", ".join(f"{rule}" for rule in sorted(withheld)))
+    v = audit.verify()
+    print(f"\n    platestream audit verify -> chain {'OK' if v.ok else 'BROKEN'}, {v.records} records")
 
     print("5/5 accounting ...", flush=True)
     stored = reads = 0

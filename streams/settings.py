@@ -154,6 +154,8 @@ class Settings:
             settings = dataclasses.replace(settings, **overrides)
         if settings.hash_key == DEV_HASH_KEY.encode():
             log.warning("PLATESTREAM_HASH_KEY is the public development key; set a secret in production")
+        if settings.policy_path is not None and settings.audit_key == DEV_AUDIT_KEY.encode():
+            log.warning("PLATESTREAM_AUDIT_KEY is the public development key; set a secret in production")
         return settings
 
     def redacted(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import random
 import string
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,7 +126,7 @@ def malformed_message(rng: random.Random, good: dict[str, Any]) -> bytes:
 
 def _generate(
     seed: int = 7, vehicles: int = 2000, sites: int = 60, hours: float = 24.0, trips_per_vehicle: float = 2.0,
-    malformed: float = 0.01, late: float = 0.02, max_delay_s: int = 300, start_ts: int = 1_764_000_000_000,
+    malformed: float = 0.01, late: float = 0.02, max_delay_s: int = 300, start_ts: int | None = None,
 ) -> Traffic:
     """Generate a seeded day of traffic; see the module docstring."""
     rng = random.Random(seed)
@@ -139,6 +140,8 @@ def _generate(
             classes.add(cls)
             fleet.append((p, rng.choice(REGIONS)))
     span_ms = int(hours * 3_600_000)
+    if start_ts is None:  # the traffic ends about now (to the hour), so retention limits apply realistically
+        start_ts = int(time.time() // 3600 * 3600 * 1000) - span_ms
     # (arrival time, sequence, key, message, malformed message sent just before it or None); documents
     # are serialized at once so millions of reads fit in memory
     reads: list[tuple[int, int, bytes, bytes, bytes | None]] = []

@@ -27,7 +27,8 @@ CI = "criminal_investigation"
     ("nina", CI, "hartford-pd", {CI}, "hartford-pd.never_outside_state"),
     ("fred", CI, "hartford-pd", {CI}, "hartford-pd.never_with_kinds"),  # federal, even with a grant
     ("vic", CI, "hartford-pd", {CI}, "hartford-pd.never_with_kinds"),  # private
-    ("fred", "immigration_enforcement", "hartford-pd", {"immigration_enforcement"}, "hartford-pd.never_with_kinds"),
+    ("fred", "immigration_enforcement", "hartford-pd", {"immigration_enforcement"},
+     "hartford-pd.never_for_purposes:immigration_enforcement"),  # the purpose rule binds everyone, first
     ("walt", CI, "ct-state-police", {CI}, "ct-state-police.never_with_agencies"),
     ("alice", CI, "ct-state-police", {CI}, None),
     ("alice", CI, "westport-pd", {CI}, None),

@@ -1,0 +1,112 @@
+"""Governed queries against the real Redis: no query path returns a sighting its policy forbids."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import redis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from streams.audit import AuditLog
+from streams.pipeline import PartitionPipeline
+from streams.policy import Policy, PolicyError, token_hash
+from streams.query import governed_trail, trail
+from streams.records import Raw
+from streams.settings import Settings
+from streams.sharing import GRANTS_KEY
+from streams.store import apply_batch_sync
+
+pytestmark = pytest.mark.integration
+AGENCIES = ["a-local", "b-local", "c-state", "d-fed", "e-private", "f-ny"]
+KINDS = {"a-local": "local", "b-local": "local", "c-state": "state", "d-fed": "federal", "e-private": "private",
+         "f-ny": "local"}
+STATES = {a: ("NY" if a == "f-ny" else "CT") for a in AGENCIES}
+BASE = 1_764_000_000_000
+
+
+def _store_sightings(settings: Settings, client: redis.Redis) -> None:
+    """Two sightings of vehicle ABC123 by each agency (one more agency unknown to every policy)."""
+    reads = [{"read_id": f"{a}-{i}", "camera_id": f"cam-{a}", "agency": a, "plate": "ABC123", "region": "US-CT",
+              "ts": BASE + (j * 2 + i) * 60_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+             for j, a in enumerate([*AGENCIES, "zz-unknown"]) for i in range(2)]
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
+    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    assert len(trail(client, settings, "ABC123", "US-CT")) == 14
+
+
+# few purposes, many grants: so that every rule often decides the outcome (a rule that never matters
+# in the examples would not be tested)
+FEW = ["criminal_investigation", "immigration_enforcement", "missing_person"]
+rules = st.fixed_dictionaries({
+    "never_outside_state": st.booleans(),
+    "never_with_kinds": st.lists(st.sampled_from(["local", "state", "federal", "private"]), unique=True, max_size=2),
+    "never_with_agencies": st.lists(st.sampled_from(AGENCIES), unique=True, max_size=2),
+    "never_for_purposes": st.lists(st.sampled_from(FEW), unique=True, max_size=1),
+    "share_purposes": st.lists(st.sampled_from(FEW), unique=True, min_size=1),
+})
+grants = st.dictionaries(st.tuples(st.sampled_from(AGENCIES), st.sampled_from(AGENCIES)),
+                         st.lists(st.sampled_from(FEW), unique=True, min_size=1), min_size=10, max_size=36)
+
+
+def oracle(doc: dict, grant_map: dict, requester: str, purpose: str, owner: str) -> bool:
+    """Independent statement of the rules: may ``requester`` see ``owner``'s data for ``purpose``?"""
+    spec = next((a for a in doc["agencies"] if a["id"] == owner), None)
+    if spec is None:
+        return False
+    sh = spec.get("sharing", {})
+    if purpose in sh.get("never_for_purposes", []):
+        return False
+    if owner == requester:
+        return True
+    if sh.get("never_outside_state") and STATES[requester] != STATES[owner]:
+        return False
+    if KINDS[requester] in sh.get("never_with_kinds", []) or requester in sh.get("never_with_agencies", []):
+        return False
+    if purpose not in sh.get("share_purposes", []):
+        return False
+    return purpose in grant_map.get((owner, requester), [])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_no_query_returns_a_sighting_its_policy_forbids(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    _store_sightings(settings, client)
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+
+    @hsettings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(rules, min_size=len(AGENCIES), max_size=len(AGENCIES)), grants, st.sampled_from(AGENCIES),
+           st.sampled_from(FEW))
+    def check(agency_rules: list[dict], grant_map: dict, requester: str, purpose: str) -> None:
+        doc = {"version": 1,
+               "agencies": [{"id": a, "name": a, "state": STATES[a], "kind": KINDS[a], "sharing": r}
+                            for a, r in zip(AGENCIES, agency_rules, strict=True)],
+               "users": [{"id": "u", "agency": requester, "roles": ["analyst"], "token_sha256": token_hash("t")}]}
+        policy = Policy.from_dict(doc)
+        client.delete(GRANTS_KEY)
+        for (owner, req), purposes in grant_map.items():
+            client.hset(GRANTS_KEY, f"{owner}|{req}", orjson.dumps(
+                {"owner": owner, "requester": req, "purposes": purposes, "status": "approved", "expires": None}))
+        before = client.llen("ps:audit")
+        ctx = policy.context("t", purpose, "case-42")
+        result = governed_trail(client, settings, policy, ctx, audit, "ABC123", "US-CT")
+        got = {r["agency"] for r in result.rows}
+        allowed = {a for a in AGENCIES if oracle(doc, grant_map, requester, purpose, a)}
+        assert got == allowed  # nothing forbidden, and nothing allowed withheld
+        assert all(len([r for r in result.rows if r["agency"] == a]) == 2 for a in got)
+        assert client.llen("ps:audit") == before + 1  # every query is audited, allowed or not
+        assert set(result.refused) == set(AGENCIES) - allowed
+
+    check()
+    assert audit.verify().ok
+
+
+def test_query_without_purpose_or_case_is_refused_and_nothing_is_read(settings: Settings) -> None:
+    from tests.governance import TOKENS, policy
+
+    p = policy()
+    with pytest.raises(PolicyError) as e:
+        p.context(TOKENS["alice"], None, "c1")
+    assert e.value.code == "purpose_required"
