@@ -194,6 +194,50 @@ def cmd_share(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_hotlist(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import hotlist
+    from streams.access import access
+    from streams.audit import AuditError
+    from streams.policy import PolicyError
+    from streams.query import QueryError, historical_hits
+
+    try:
+        with access(settings) as acc:
+            policy = acc.policy()
+            token = args.token or settings.token
+            if args.action == "load":
+                ctx = policy.context(token, "hotlist_response", args.case or "hotlist-load", role="admin")
+                entries = hotlist.parse(args.target, ctx.agency.id)
+                n = hotlist.store(acc.client, entries)
+                acc.audit.append(action="hotlist.load", agency=ctx.agency.id, user=ctx.user.id,
+                                 purpose="hotlist_response", case=ctx.case,
+                                 terms={"entries": [e.id for e in entries]}, decision="recorded", result_count=n)
+                print(f"loaded {n} entries for {ctx.agency.id}; new reads are matched within seconds")
+                if args.history:
+                    for e in entries:
+                        if not e.is_pattern and e.region != "*":
+                            r = historical_hits(acc.client, settings, policy, ctx, acc.audit, e)
+                            print(f"  {e.plate} ({e.region}): {len(r.rows)} historical sightings "
+                                  f"(audit #{r.audit_seq})")
+                return 0
+            ctx = policy.context(token, "hotlist_response", args.case)
+            if args.action == "list":
+                for e in hotlist.load_all(acc.client):
+                    if e.agency == ctx.agency.id:
+                        print(f"{e.id}  {e.plate:12s} {e.region:7s} p{e.priority}  {e.reason}")
+                return 0
+            found = [e for e in hotlist.load_all(acc.client) if e.id == args.target and e.agency == ctx.agency.id]
+            if not found:
+                print(f"error: no entry {args.target} of {ctx.agency.id}", file=sys.stderr)
+                return 2
+            result = historical_hits(acc.client, settings, policy, ctx, acc.audit, found[0])
+    except (PolicyError, QueryError, AuditError, hotlist.HotlistError, OSError) as e:
+        return _error(e)
+    print_trail(result.rows)
+    print(f"audit record #{result.audit_seq}", file=sys.stderr)
+    return 0
+
+
 def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -303,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--days", type=float, help="approve: grant lifetime in days (default: until revoked)")
     sh.add_argument("--token", help="API token of an admin (default: PLATESTREAM_TOKEN)")
 
+    hl = sub.add_parser("hotlist", help="load hotlists, list them, or run an entry against stored history")
+    hl.add_argument("action", choices=["load", "list", "history"])
+    hl.add_argument("target", nargs="?", help="load: CSV/JSON file; history: entry id")
+    hl.add_argument("--history", action="store_true", help="load: also run new exact entries against history")
+    hl.add_argument("--case", help="case number (required for list/history)")
+    hl.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
+
     rt = sub.add_parser("retention", help="run the retention sweeper once")
     rt.add_argument("action", choices=["sweep"])
 
@@ -334,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail,
-               "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention}
+               "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention, "hotlist": cmd_hotlist}
     return handler[args.command](args, settings)
 
 

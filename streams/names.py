@@ -19,6 +19,7 @@ STEP_SINK_DLQ: Final = "sink.dlq"
 SCHEMA_PLATE_READ: Final = "platestream.plate_read.v1"
 SCHEMA_SIGHTING: Final = "platestream.sighting.v1"
 SCHEMA_DLQ: Final = "platestream.dlq.v1"
+SCHEMA_ALERT: Final = "platestream.alert.v1"
 
 # Kafka header names on dead-letter records (values are UTF-8 bytes).
 H_REASON: Final = "ps.reason"

@@ -8,7 +8,7 @@ dedup -> sink.deduped / sink.dlq -> sink.redis.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +16,11 @@ import numpy as np
 import orjson
 
 from streams import names
+from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
 from streams.kernels.plates import pack_plates, plates_matrix
+from streams.policy import Context, Policy, User
 from streams.records import DeadLetter, ReadBatch, RecordLike, decode_batch, extras
 from streams.settings import Settings
 from streams.store import (
@@ -47,6 +49,7 @@ class BatchResult:
 
     redis: list[Command] = field(default_factory=list)
     deduped: list[tuple[bytes, bytes]] = field(default_factory=list)
+    alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     dlq: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
     next_offset: int = 0
     consumed: int = 0
@@ -62,6 +65,35 @@ def dlq_message(d: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, byt
                (names.H_TOPIC, d.raw.topic.encode()), (names.H_PARTITION, str(d.raw.partition).encode()),
                (names.H_OFFSET, str(d.raw.offset).encode())]
     return d.raw.key, orjson.dumps(d.to_record()), headers
+
+
+@dataclass(frozen=True)
+class HotContext:
+    """What the pipeline needs to know about hotlists and the policy for one batch."""
+
+    matcher: Matcher
+    allowed: Callable[[str, str], bool]  # (hotlist agency, owning agency) -> may it match?
+    hit_only: frozenset[str] = frozenset()  # owning agencies that store hits only
+
+
+NO_HOTLIST = HotContext(Matcher([], 0), lambda hot_agency, owner: False)
+
+
+def build_hot_context(policy: Policy, entries: list[Entry], grants: dict[str, dict[str, Any]],
+                      now_ms: int) -> HotContext:
+    """Which hotlist agency may match which owner's reads: the owner's policy, purpose hotlist_response,
+    plus an approved grant when they differ - exactly as if the hotlist's agency had queried."""
+    allowed: set[tuple[str, str]] = set()
+    for h, agency in policy.agencies.items():
+        ctx = Context(User(f"hotlist:{h}", h, frozenset({"analyst"}), ""), agency, "hotlist_response", "hotlist")
+        for owner in policy.agencies:
+            g = grants.get(f"{owner}|{h}")
+            granted = (frozenset(g["purposes"]) if g and g["status"] == "approved"
+                       and not (g.get("expires") and g["expires"] <= now_ms) else None)
+            if policy.decide(ctx, owner, granted) is None:
+                allowed.add((h, owner))
+    hit_only = frozenset(a.id for a in policy.agencies.values() if a.hit_only)
+    return HotContext(Matcher(entries, now_ms), lambda h, o: (h, o) in allowed, hit_only)
 
 
 class PartitionPipeline:
@@ -114,41 +146,53 @@ class PartitionPipeline:
         return idx
 
     # -- process -------------------------------------------------------------------------------------
-    def process_raw(self, records: Sequence[RecordLike]) -> BatchResult:
+    def process_raw(self, records: Sequence[RecordLike], hot: HotContext | None = None) -> BatchResult:
         batch = decode_batch(records, self.s.max_message_bytes)
         return self.process(batch, records[-1].offset + 1 if records else (self.next_offset or 0),
-                            consumed=len(records))
+                            consumed=len(records), hot=hot)
 
-    def process(self, batch: ReadBatch, next_offset: int, consumed: int | None = None) -> BatchResult:
+    def process(self, batch: ReadBatch, next_offset: int, consumed: int | None = None,
+                hot: HotContext | None = None) -> BatchResult:
         out = BatchResult(next_offset=next_offset, consumed=len(batch) + len(batch.dead)
                           if consumed is None else consumed, valid=len(batch), dead=len(batch.dead))
         out.dlq = [dlq_message(d) for d in batch.dead]
         if len(batch):
-            self._dedup(batch, out)
+            self._dedup(batch, out, hot or NO_HOTLIST)
         self._evict(out)
         out.redis.append(("HSET", self.ck_key, META_OFFSET, str(next_offset),
                           META_WATERMARK, str(self.state.watermark)))
         self.next_offset = next_offset
         return out
 
-    def _dedup(self, batch: ReadBatch, out: BatchResult) -> None:
+    def _dedup(self, batch: ReadBatch, out: BatchResult, hot: HotContext) -> None:
         s = self.s
         st = self.state
         cams = np.fromiter((self._cam(c) for c in batch.camera), dtype=np.int32, count=len(batch))
         plate, cls = pack_plates(plates_matrix(batch.plates))
         geo = geo52(batch.lat, batch.lon)
-        _, late, touched, snap, snap_conf = run_batch(st, cams, cls, plate, batch.ts, batch.conf, geo,
-                                                      batch.offset, s.dedup_window_ms, s.allowed_lateness_ms)
+        n_before = st.n_used
+        session_of, late, touched, snap, snap_conf = run_batch(
+            st, cams, cls, plate, batch.ts, batch.conf, geo, batch.offset, s.dedup_window_ms, s.allowed_lateness_ms)
         out.late = int(late.sum())
         p = st.pool
         alive = p["alive"][touched].astype(bool)
         was_written = snap[:, 6].astype(bool)
+        created = touched[touched >= n_before]  # the kernel appends new sessions to the pool
+        p["hit"][created] = 0
+        p["sid"][created] = [self._sid_of(int(q)) for q in p["first_seq"][created]]
+        out.sightings_new += int(np.count_nonzero(p["alive"][created]))
+        hit_before = p["hit"][touched].copy()
+        for i in touched[~alive].tolist():  # a merged-away sighting's hit carries over to its survivor
+            if p["hit"][i]:
+                p["hit"][self._survivor(i)] = 1
+        if len(hot.matcher):
+            self._match(batch, cls, session_of, hot, out)
 
         # sightings that were written before and are now changed or absorbed: remove their old entries
         live_now = set(p["best_seq"][touched[alive]].tolist())
         for k in np.flatnonzero(was_written):
             i = int(touched[k])
-            old = self._entry_from_snapshot(i, snap[k], float(snap_conf[k]))
+            old = self._entry_from_snapshot(i, snap[k], float(snap_conf[k]), bool(hit_before[k]))
             if alive[k]:
                 self._old[i] = old  # compared with the new entry below
                 continue
@@ -157,9 +201,7 @@ class PartitionPipeline:
             out.redis.append(("ZREM", old[0], old[1]))
             out.redis.append(("ZREM", old[2], old[3]))
             out.redis.append(("HDEL", self.ck_key, struct.pack("<Q", sid)))
-            survivor = i
-            while not p["alive"][survivor]:
-                survivor = int(st.merged_into[survivor])
+            survivor = self._survivor(i)
             retraction = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{sid:016x}",
                           "revision": int(snap[k, 7]) + 1, "merged_into": f"{int(p['sid'][survivor]):016x}"}
             out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(retraction)))
@@ -171,16 +213,17 @@ class PartitionPipeline:
         live = touched[alive]
         if not live.shape[0]:
             return
-        new_sessions = live[~was_written[alive]]
-        p["sid"][new_sessions] = [self._sid_of(int(q)) for q in p["first_seq"][new_sessions]]
-        out.sightings_new += int(new_sessions.shape[0])
         rows = st.best_row[live]
         docs = batch.docs
         for i, row in zip(live[rows >= 0].tolist(), rows[rows >= 0].tolist(), strict=True):
             d = docs[row]
             self.best[int(p["best_seq"][i])] = (d["read_id"], d["region"], d["agency"], batch.plates[row].decode())
-        p["rev"][live] += 1
-        p["written"][live] = 1  # before the checkpoint values, which must say so after a restore
+        # hit-only agencies: a sighting that matched no hotlist is never stored (its dedup state is kept,
+        # so a later frame that hits still merges into it)
+        store_it = np.fromiter((bool(p["hit"][i]) or self.best[int(p["best_seq"][i])][2] not in hot.hit_only
+                                for i in live.tolist()), dtype=np.bool_, count=live.shape[0])
+        p["rev"][live[store_it]] += 1
+        p["written"][live[store_it]] = 1  # before the checkpoint values, which must say so after a restore
 
         lat, lon = geo52_decode(p["best_geo"][live])
         cells = geohash_str(lat, lon, s.cell_precision)
@@ -191,7 +234,8 @@ class PartitionPipeline:
         ck_raw = ck.tobytes()
         size = _CK_DTYPE.itemsize
         col = {name: p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_seq", "best_geo",
-                                                         "best_ts", "rev", "cam")}
+                                                         "best_ts", "rev", "cam", "hit")}
+        stored = store_it.tolist()
         confs = p["best_conf"][live].tolist()
         ck_fields: list[bytes] = []
         bucket_ms = s.cell_bucket_ms
@@ -201,8 +245,12 @@ class PartitionPipeline:
             camera = self.cam_names[col["cam"][j]]
             sid = col["sid"][j]
             start = col["start"][j]
+            ck_fields.append(struct.pack("<Q", sid))
+            ck_fields.append(ck_raw[j * size : (j + 1) * size] + _strings(camera, read_id, region, agency, plate_text))
+            if not stored[j]:
+                continue
             sight = Sighting(sid, start, col["end"][j], col["best_ts"][j], col["best_geo"][j], col["count"][j],
-                             confs[j], camera, agency, read_id)
+                             confs[j], camera, agency, read_id, bool(col["hit"][j]))
             vid = vehicle_id(s.hash_key, region, plate_text)
             entry = (trail_key(vid), sight.pack(), cell_key(cells[j].tobytes().decode(), start // bucket_ms),
                      CELL_MEMBER.pack(vid, sid))
@@ -213,8 +261,6 @@ class PartitionPipeline:
                 out.redis.append(("ZREM", prev[2], prev[3]))
             out.redis.append(("ZADD", entry[0], start, entry[1]))
             out.redis.append(("ZADD", entry[2], start, entry[3]))
-            ck_fields.append(struct.pack("<Q", sid))
-            ck_fields.append(ck_raw[j * size : (j + 1) * size] + _strings(camera, read_id, region, agency, plate_text))
             row = int(st.best_row[i])
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": f"{sid:016x}",
@@ -222,7 +268,7 @@ class PartitionPipeline:
                 "camera_id": camera, "agency": agency, "ts": start, "ts_last": sight.ts_last, "best_ts": sight.best_ts,
                 "lat": round(float(lat[j]), 7), "lon": round(float(lon[j]), 7),
                 "geohash": hashes[j].tobytes().decode(), "geo52": sight.geo52,
-                "confidence": round(confs[j], 6), "reads": sight.reads, "read_id": read_id,
+                "confidence": round(confs[j], 6), "reads": sight.reads, "read_id": read_id, "hit": sight.hit,
                 "source": {"topic": self.topic, "partition": self.partition, "offset": best_seq},
             }
             if row >= 0:
@@ -245,17 +291,46 @@ class PartitionPipeline:
         if dead > 1024 and dead * 4 > st.n_used:
             st.compact(st.pool["alive"][: st.n_used].astype(bool))
 
+    def _survivor(self, i: int) -> int:
+        p, merged = self.state.pool, self.state.merged_into
+        while not p["alive"][i]:
+            i = int(merged[i])
+        return i
+
+    def _match(self, batch: ReadBatch, cls: np.ndarray, session_of: np.ndarray, hot: HotContext,
+               out: BatchResult) -> None:
+        """Hotlist hits of this batch: mark their sightings and send one alert per sighting that turns hit."""
+        p = self.state.pool
+        docs = batch.docs
+        regions = [d["region"] for d in docs]
+        for row, entry in hot.matcher.match(cls, batch.plates, regions,
+                                            lambda e, r: hot.allowed(e.agency, docs[r]["agency"])):
+            s = self._survivor(int(session_of[row]))
+            if p["hit"][s]:
+                continue
+            p["hit"][s] = 1
+            d = docs[row]
+            sid = int(p["sid"][s])
+            alert = {"schema": names.SCHEMA_ALERT, "alert_id": f"{sid:016x}-{entry.id}", "sighting_id": f"{sid:016x}",
+                     "hotlist_agency": entry.agency, "entry_id": entry.id, "reason": entry.reason,
+                     "priority": entry.priority, "pattern": entry.plate, "plate": batch.plates[row].decode(),
+                     "region": d["region"], "camera_id": d["camera_id"], "agency": d["agency"], "ts": d["ts"],
+                     "lat": d["lat"], "lon": d["lon"], "read_id": d["read_id"],
+                     "source": {"topic": self.topic, "partition": self.partition, "offset": int(batch.offset[row])}}
+            out.alerts.append((alert["alert_id"].encode(), orjson.dumps(alert)))
+
     # -- encoding ------------------------------------------------------------------------------------
     def _sid_of(self, first_offset: int) -> int:
         return sighting_id(self.topic, self.partition, first_offset)
 
-    def _entry_from_snapshot(self, i: int, snap: np.ndarray, conf: float) -> tuple[str, bytes, str, bytes]:
+    def _entry_from_snapshot(self, i: int, snap: np.ndarray, conf: float,
+                             hit: bool) -> tuple[str, bytes, str, bytes]:
         """Trail and cell entries of session ``i`` as last written (from its pre-batch snapshot)."""
         # snapshot columns: start, end, count, best_plate, best_geo, best_seq, written, rev, best_ts
         read_id, region, agency, plate_text = self.best[int(snap[5])]
         geo = int(snap[4:5].view(np.uint64)[0])
         sight = Sighting(int(self.state.pool["sid"][i]), int(snap[0]), int(snap[1]), int(snap[8]), geo,
-                         int(snap[2]), conf, self.cam_names[int(self.state.pool["cam"][i])], agency, read_id)
+                         int(snap[2]), conf, self.cam_names[int(self.state.pool["cam"][i])], agency, read_id, hit)
         vid = vehicle_id(self.s.hash_key, region, plate_text)
         lat, lon = geo52_decode(np.array([geo], dtype=np.uint64))
         cell = geohash_str(lat, lon, self.s.cell_precision)[0].tobytes().decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,9 @@ import numpy as np
 import redis
 
 from streams.audit import AuditLog
+from streams.hotlist import Entry
 from streams.kernels.geohash import geo52_decode, geohash_strings
+from streams.kernels.plates import CONFUSABLE
 from streams.policy import Context, Policy
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
@@ -44,7 +47,7 @@ def trail(client: redis.Redis, settings: Settings, plate: str, region: str, sinc
     return [{"ts": s.ts, "ts_last": s.ts_last, "plate": norm, "region": region, "camera_id": s.camera_id,
              "agency": s.agency, "lat": round(float(la), 6), "lon": round(float(lo), 6), "geohash": gh,
              "geo52": s.geo52, "confidence": round(s.confidence, 4), "reads": s.reads, "read_id": s.read_id,
-             "sighting_id": f"{s.sighting_id:016x}"}
+             "sighting_id": f"{s.sighting_id:016x}", "hit": s.hit}
             for s, la, lo, gh in zip(found, lat.tolist(), lon.tolist(), hashes, strict=True)]
 
 
@@ -72,21 +75,50 @@ def refusals(client: redis.Redis, policy: Policy, ctx: Context, now_ms: int | No
     return out
 
 
-def governed_trail(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
-                   plate: str, region: str, since: int | None = None, until: int | None = None,
-                   limit: int | None = None) -> GovernedResult:
-    """``trail`` for a named requester and purpose: policy-filtered and audited before anything returns."""
-    norm = _check_plate(plate, region)
+def _governed(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+              action: str, plates: list[str], region: str, since: int | None, until: int | None,
+              limit: int | None, extra_terms: dict[str, Any]) -> GovernedResult:
     refused = refusals(client, policy, ctx)
-    rows = [r for r in trail(client, settings, norm, region, since, until)
+    rows = [r for p in plates for r in trail(client, settings, p, region, since, until)
             if r["agency"] in policy.agencies and r["agency"] not in refused]
+    rows.sort(key=lambda r: r["ts"])
     if limit is not None:
         rows = rows[:limit]
     owners = Counter(r["agency"] for r in rows)
     decision = "allowed" if not refused else ("refused" if len(refused) == len(policy.agencies) else "partial")
     record = audit.append(
-        action="query.trail", agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose, case=ctx.case,
-        terms={"vehicle": vehicle_id(settings.hash_key, region, norm).hex(), "region": region, "since": since,
-               "until": until}, decision=decision, rules=sorted(set(refused.values())), result_count=len(rows),
-        owners=dict(owners))
+        action=action, agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose, case=ctx.case,
+        terms={"vehicles": [vehicle_id(settings.hash_key, region, p).hex() for p in plates], "region": region,
+               "since": since, "until": until, **extra_terms},
+        decision=decision, rules=sorted(set(refused.values())), result_count=len(rows), owners=dict(owners))
     return GovernedResult(rows, refused, int(record["seq"]))
+
+
+def governed_trail(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+                   plate: str, region: str, since: int | None = None, until: int | None = None,
+                   limit: int | None = None) -> GovernedResult:
+    """``trail`` for a named requester and purpose: policy-filtered and audited before anything returns."""
+    norm = _check_plate(plate, region)
+    return _governed(client, settings, policy, ctx, audit, "query.trail", [norm], region, since, until, limit, {})
+
+
+def confusable_variants(plate: str, limit: int = 1024) -> list[str]:
+    """Every plate an OCR engine could have confused with ``plate`` (O/0, I/1, B/8, S/5, Z/2)."""
+    pairs = {**CONFUSABLE, **{v: k for k, v in CONFUSABLE.items()}}
+    options = [(c, pairs[c]) if c in pairs else (c,) for c in plate]
+    out = ["".join(p) for p in itertools.islice(itertools.product(*options), limit)]
+    return out
+
+
+def historical_hits(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+                    entry: Entry, since: int | None = None) -> GovernedResult:
+    """Run a (new) hotlist entry against stored history: an audited, policy-filtered query.
+
+    Stored trails are keyed by a keyed hash of region + plate, so only exact entries with a region can be
+    looked up (every OCR variant of the plate is tried); wildcard entries match new reads only.
+    """
+    if entry.is_pattern or entry.region == "*":
+        raise QueryError("historical hits need an exact plate and a region; wildcard entries match new reads only")
+    _check_plate(entry.plate, entry.region)
+    return _governed(client, settings, policy, ctx, audit, "hotlist.history", confusable_variants(entry.plate),
+                     entry.region, since, None, None, {"entry_id": entry.id})

@@ -21,14 +21,17 @@ from streams.settings import Settings
 from streams.store import CELL_MEMBER, Sighting, cell_key, read_trail
 
 
-def cutoffs(policy: Policy, now_ms: int) -> dict[str, int]:
-    """Agency -> oldest capture time (ms) it may still keep. Hotlist hits are not tracked yet, so the
-    non-hit limit applies to every sighting (the stricter of the two)."""
+def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
+    """(agency, is hotlist hit) -> oldest capture time (ms) it may still keep. An agency without
+    ``hit_days`` keeps hits as long as other sightings."""
     out = {}
     for a in policy.agencies.values():
-        limits = [x for x in (a.retention_ms(hit=False), a.retention_ms(hit=True)) if x is not None]
-        if limits:
-            out[a.id] = now_ms - min(limits)
+        non_hit = a.retention_ms(hit=False)
+        hit = a.retention_ms(hit=True) or non_hit
+        if non_hit is not None:
+            out[(a.id, False)] = now_ms - non_hit
+        if hit is not None:
+            out[(a.id, True)] = now_ms - hit
     return out
 
 
@@ -43,7 +46,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
         vid = bytes.fromhex(key.decode().split("{", 1)[1].rstrip("}"))
         expired: list[tuple[bytes, Sighting]] = []
         for s in read_trail(client, key, "-inf", newest_cutoff - 1):
-            cut = limit.get(s.agency)
+            cut = limit.get((s.agency, s.hit))
             if cut is not None and s.ts < cut:
                 expired.append((s.pack(), s))
         if not expired:

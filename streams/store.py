@@ -32,8 +32,9 @@ import redis.asyncio as aioredis
 
 from streams.kernels.geohash import geo52_decode
 
-MEMBER_VERSION = 1
-_FIXED = struct.Struct("<BQQIIIf")  # version, sighting id, geo52, duration ms, best offset ms, reads, confidence
+MEMBER_VERSION = 2
+# version, sighting id, geo52, duration ms, best offset ms, reads, confidence, flags (bit 0: hotlist hit)
+_FIXED = struct.Struct("<BQQIIIfB")
 CELL_MEMBER = struct.Struct("<12sQ")
 
 
@@ -81,15 +82,16 @@ class Sighting:
     camera_id: str
     agency: str
     read_id: str
+    hit: bool = False
 
     def pack(self) -> bytes:
         fixed = _FIXED.pack(MEMBER_VERSION, self.sighting_id, self.geo52, self.ts_last - self.ts,
-                            self.best_ts - self.ts, self.reads, self.confidence)
+                            self.best_ts - self.ts, self.reads, self.confidence, 1 if self.hit else 0)
         return fixed + _short(self.camera_id) + _short(self.agency) + _short(self.read_id)
 
     @classmethod
     def unpack(cls, member: bytes, score: float) -> Sighting:
-        ver, sid, geo, dur, best_dt, reads, conf = _FIXED.unpack_from(member)
+        ver, sid, geo, dur, best_dt, reads, conf, flags = _FIXED.unpack_from(member)
         if ver != MEMBER_VERSION:
             raise ValueError(f"unknown sighting member version {ver}")
         pos = _FIXED.size
@@ -99,7 +101,8 @@ class Sighting:
             strings.append(member[pos + 1 : pos + 1 + n].decode())
             pos += 1 + n
         ts = int(score)
-        return cls(sid, ts, ts + dur, ts + best_dt, geo, reads, conf, *strings)
+        camera, agency, read_id = strings
+        return cls(sid, ts, ts + dur, ts + best_dt, geo, reads, conf, camera, agency, read_id, bool(flags & 1))
 
     def position(self) -> tuple[float, float]:
         lat, lon = geo52_decode(np.array([self.geo52], dtype=np.uint64))
@@ -110,7 +113,7 @@ class Sighting:
         return {"ts": self.ts, "ts_last": self.ts_last, "camera_id": self.camera_id, "agency": self.agency,
                 "lat": round(lat, 6), "lon": round(lon, 6), "geo52": self.geo52,
                 "confidence": round(self.confidence, 4), "reads": self.reads, "read_id": self.read_id,
-                "sighting_id": f"{self.sighting_id:016x}"}
+                "sighting_id": f"{self.sighting_id:016x}", "hit": self.hit}
 
 
 def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",

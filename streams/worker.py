@@ -22,11 +22,12 @@ import logging
 import time
 import typing
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import faust
 import mode
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -34,8 +35,11 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from streams import names
-from streams.pipeline import BatchResult, PartitionPipeline
+from streams.hotlist import HOTLIST_KEY, Entry
+from streams.pipeline import NO_HOTLIST, BatchResult, HotContext, PartitionPipeline, build_hot_context
+from streams.policy import PolicyStore
 from streams.settings import Settings
+from streams.sharing import GRANTS_KEY
 from streams.store import apply_batches
 from streams.topics import ensure_topics
 
@@ -100,6 +104,9 @@ class BatchRunner:
         self.redis: aioredis.Redis | None = None
         self._partitions: dict[str, int] = {}
         self.latency = LatencyWindow()
+        self.policies = PolicyStore(settings.policy_path) if settings.policy_path else None
+        self._hot: HotContext | None = None
+        self._hot_at = 0.0
 
     async def start(self) -> None:
         s = self.s
@@ -169,6 +176,7 @@ class BatchRunner:
     async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
         assert self.consumer is not None and self.producer is not None and self.redis is not None
         t0 = time.perf_counter()
+        hot = await self.hot_context()
         async with self.lock:
             work: list[tuple[TopicPartition, PartitionPipeline, int | None, BatchResult]] = []
             for tp, msgs in batches.items():
@@ -181,7 +189,7 @@ class BatchRunner:
                 self.metrics["skipped_already_stored"] += len(msgs) - len(raws)
                 if not raws:
                     continue
-                work.append((tp, pipe, expected, pipe.process_raw(raws)))
+                work.append((tp, pipe, expected, pipe.process_raw(raws, hot)))
             if not work:
                 return
             await self._produce([(tp.partition, r) for tp, _, _, r in work])
@@ -202,6 +210,7 @@ class BatchRunner:
             self.metrics["late"] += r.late
             self.metrics["sightings_new"] += r.sightings_new
             self.metrics["sightings_retracted"] += r.sightings_retracted
+            self.metrics["alerts"] += len(r.alerts)
         self.metrics["batches"] += 1
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
 
@@ -215,7 +224,8 @@ class BatchRunner:
         producer = self.producer
         pending = []
         for topic, pick in ((self.s.topic_dlq, lambda r: r.dlq),
-                            (self.s.topic_deduped, lambda r: [(k, v, None) for k, v in r.deduped])):
+                            (self.s.topic_deduped, lambda r: [(k, v, None) for k, v in r.deduped]),
+                            (self.s.topic_alerts, lambda r: [(k, v, None) for k, v in r.alerts])):
             n_out = await self._partition_count(topic)
             for partition, r in work:
                 items = pick(r)
@@ -231,6 +241,23 @@ class BatchRunner:
                 pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
         if pending:
             await asyncio.gather(*pending)
+
+    async def hot_context(self) -> HotContext:
+        """Hotlists, policy and grants as the pipeline needs them; rebuilt at most every 5 seconds."""
+        now = time.monotonic()
+        if self._hot is not None and now - self._hot_at < 5.0:
+            return self._hot
+        assert self.redis is not None
+        if self.policies is None:
+            self._hot = NO_HOTLIST
+        else:
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(HOTLIST_KEY))
+            entries = [Entry(**orjson.loads(v)) for v in raw.values()]
+            raw_grants = cast(dict[bytes, bytes], await self.redis.hgetall(GRANTS_KEY))
+            grants = {k.decode(): orjson.loads(v) for k, v in raw_grants.items()}
+            self._hot = build_hot_context(self.policies.get(), entries, grants, int(time.time() * 1000))
+        self._hot_at = now
+        return self._hot
 
     async def _partition_count(self, topic: str) -> int:
         n = self._partitions.get(topic)
@@ -294,11 +321,10 @@ def make_app(settings: Settings) -> faust.App:
                     log.warning("batch loop did not stop within 30s; cancelling (replay is idempotent)")
             await runner.stop()
 
-    if settings.policy_path is not None:
-        from streams.policy import PolicyStore
+    if runner.policies is not None:
         from streams.retention import sweep
 
-        policies = PolicyStore(settings.policy_path)  # reloaded when the file changes
+        policies = runner.policies  # reloaded when the file changes
 
         @app.timer(interval=float(settings.retention_interval_s))
         async def retention() -> None:

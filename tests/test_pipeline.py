@@ -95,3 +95,60 @@ def test_a_zombie_with_a_stale_offset_writes_nothing(settings: Settings) -> None
     assert not apply_batch_sync(client, zombie.ck_key, None, stale.redis)
     assert _dump(client) == before
     assert apply_batch_sync(client, owner.ck_key, 500, owner.process_raw(raws[500:800]).redis)
+
+
+def _read(rid: str, agency: str, plate: str, ts: int, conf: float = 0.9) -> bytes:
+    import orjson
+
+    return orjson.dumps({"read_id": rid, "camera_id": f"cam-{agency}", "agency": agency, "plate": plate,
+                         "region": "US-CT", "ts": ts, "lat": 41.7, "lon": -72.7, "confidence": conf})
+
+
+@pytest.mark.parametrize("westport_shares", [False, True])
+def test_hotlist_hits_alerts_hit_only_and_hit_retention(settings: Settings, westport_shares: bool) -> None:
+    import orjson
+
+    from streams.hotlist import make_entry
+    from streams.pipeline import build_hot_context
+    from streams.policy import DAY_MS, Policy
+    from streams.query import trail
+    from streams.retention import sweep
+    from tests.governance import policy_doc, with_tokens
+
+    doc = with_tokens(policy_doc())
+    westport = doc["agencies"][1]
+    westport["hit_only"] = True
+    grants = {}
+    if westport_shares:
+        westport["sharing"]["share_purposes"] = ["criminal_investigation", "hotlist_response"]
+        grants = {"westport-pd|hartford-pd": {"status": "approved", "purposes": ["hotlist_response"]}}
+    policy = Policy.from_dict(doc)
+    now = 1_800_000_000_000
+    entry = make_entry("hartford-pd", {"plate": "HOT1", "region": "US-CT", "reason": "stolen"}, "t")
+    hot = build_hot_context(policy, [entry], grants, now)
+    t = now - 3 * DAY_MS
+    raws = [Raw(settings.topic_reads, 0, i, None, None, v) for i, v in enumerate([
+        _read("h1", "hartford-pd", "HOT1", t), _read("h2", "hartford-pd", "H0T1", t + 200, 0.5),  # OCR variant
+        _read("h3", "hartford-pd", "HOT1", t + 400),
+        _read("w1", "westport-pd", "HOT1", t + 60_000),  # westport's camera, a hit only if westport shares
+        _read("w2", "westport-pd", "COLD1", t + 60_000),  # hit-only agency, no hit: never stored
+        _read("c1", "hartford-pd", "COLD2", t),  # ordinary sighting
+    ])]
+    client = redis.Redis.from_url(settings.redis_url)
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    result = pipe.process_raw(raws, hot)
+    assert apply_batch_sync(client, pipe.ck_key, None, result.redis)
+
+    alerts = [orjson.loads(v) for _, v in result.alerts]
+    assert [(a["camera_id"], a["entry_id"]) for a in alerts] == [("cam-hartford-pd", entry.id)] + (
+        [("cam-westport-pd", entry.id)] if westport_shares else [])
+    hot_trail = {(r["agency"], r["hit"], r["reads"]) for r in trail(client, settings, "HOT1", "US-CT")}
+    assert hot_trail == {("hartford-pd", True, 3)} | ({("westport-pd", True, 1)} if westport_shares else set())
+    assert trail(client, settings, "COLD1", "US-CT") == []  # hit-only: the non-hit was never written
+    assert [r["hit"] for r in trail(client, settings, "COLD2", "US-CT")] == [False]
+    assert all(m["plate"] != "COLD1" for m in (orjson.loads(v) for _, v in result.deduped))
+
+    # retention: 10 days later hartford's non-hit (7-day limit) is gone, its hit (365 days) stays
+    sweep(client, settings, policy, now + 7 * DAY_MS)
+    assert trail(client, settings, "COLD2", "US-CT") == []
+    assert {r["agency"] for r in trail(client, settings, "HOT1", "US-CT")} >= {"hartford-pd"}

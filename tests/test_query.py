@@ -110,3 +110,31 @@ def test_query_without_purpose_or_case_is_refused_and_nothing_is_read(settings: 
     with pytest.raises(PolicyError) as e:
         p.context(TOKENS["alice"], None, "c1")
     assert e.value.code == "purpose_required"
+
+
+def test_historical_hits_find_ocr_variants_and_are_audited(settings: Settings) -> None:
+    from streams.hotlist import make_entry
+    from streams.query import QueryError, historical_hits
+    from tests.governance import TOKENS, policy
+
+    client = redis.Redis.from_url(settings.redis_url)
+    reads = [{"read_id": f"r{i}", "camera_id": "cam-h", "agency": "hartford-pd", "plate": plate, "region": "US-CT",
+              "ts": BASE + i * 3_600_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+             for i, plate in enumerate(["HOT1", "H0T1", "HOTI", "NOT1"])]
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
+    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    p = policy()
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+    ctx = p.context(TOKENS["alice"], "hotlist_response", "HL-1")
+    entry = make_entry("hartford-pd", {"plate": "HOT1", "region": "US-CT", "reason": "stolen"}, "t")
+    result = historical_hits(client, settings, p, ctx, audit, entry)
+    assert [r["read_id"] for r in result.rows] == ["r0", "r1", "r2"]  # every OCR variant, not NOT1
+    rec = list(audit.records())[-1]
+    assert (rec["action"], rec["result_count"], rec["terms"]["entry_id"]) == ("hotlist.history", 3, entry.id)
+    # the same query by someone the policy refuses returns nothing, and is audited too
+    fred = p.context(TOKENS["fred"], "hotlist_response", "X")
+    assert historical_hits(client, settings, p, fred, audit, entry).rows == []
+    assert audit.verify().records == 2
+    with pytest.raises(QueryError):
+        historical_hits(client, settings, p, ctx, audit, make_entry("hartford-pd", {"plate": "HO*", "reason": "r"}, "t"))

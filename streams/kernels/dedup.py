@@ -42,7 +42,8 @@ POOL_FIELDS: dict[str, type] = {
     "alive": np.uint8,
     "written": np.uint8,
     "rev": np.int32,
-    "sid": np.uint64,  # sighting id, set by the caller when the session is first written
+    "sid": np.uint64,  # sighting id, set by the caller when the session is created
+    "hit": np.uint8,  # matched a hotlist entry (set by the caller)
 }
 
 
