@@ -63,7 +63,7 @@ def test_parse_csv_and_json(tmp_path: Path) -> None:
     (tmp_path / "h.json").write_text('[{"plate": "Q1", "reason": "r"}]')
     assert parse(tmp_path / "h.json", "x")[0].plate == "Q1"
     (tmp_path / "bad.csv").write_text("plate,region,reason\n!!,US-CT,x\n")
-    with pytest.raises(HotlistError, match="bad.csv:2"):
+    with pytest.raises(HotlistError, match=r"bad\.csv:2"):
         parse(tmp_path / "bad.csv", "x")
     with pytest.raises(HotlistError, match="reason"):
         make_entry("a", {"plate": "AB1"}, "t")

@@ -137,4 +137,5 @@ def test_historical_hits_find_ocr_variants_and_are_audited(settings: Settings) -
     assert historical_hits(client, settings, p, fred, audit, entry).rows == []
     assert audit.verify().records == 2
     with pytest.raises(QueryError):
-        historical_hits(client, settings, p, ctx, audit, make_entry("hartford-pd", {"plate": "HO*", "reason": "r"}, "t"))
+        wildcard = make_entry("hartford-pd", {"plate": "HO*", "reason": "r"}, "t")
+        historical_hits(client, settings, p, ctx, audit, wildcard)

@@ -77,3 +77,33 @@ def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, 
     assert (acc.lost, acc.duplicated) == (0, 0)
     assert acc.stored + acc.merged + acc.dead_lettered == acc.produced
     assert len(final_sightings(settings)) == len(traffic.truth)
+
+
+def test_hotlist_alerts_through_the_worker(settings: Settings, tmp_path: Path) -> None:
+    import orjson
+
+    from streams import hotlist
+    from tests.support import read_topic
+
+    traffic = generate(seed=13, vehicles=400, hours=6, malformed=0.0, late=0.0)
+    # the vehicle with the most passes at Hartford cameras is on Hartford's hotlist
+    counts = collections.Counter(t.plate for t in traffic.truth if t.agency == "hartford-pd")
+    wanted = counts.most_common(1)[0][0]
+    region = traffic.plates[wanted]
+    client = redis.Redis.from_url(settings.redis_url)
+    hotlist.store(client, [hotlist.make_entry("hartford-pd", {"plate": wanted, "region": region,
+                                                              "reason": "stolen"}, "test")])
+    ensure_topics(settings)
+    send_all(settings.kafka_bootstrap, settings.topic_reads, traffic.messages)
+    policy = Path(__file__).resolve().parents[2] / "deploy" / "policy.example.yaml"
+    worker = Worker(settings, tmp_path, PLATESTREAM_POLICY=str(policy))
+    try:
+        wait_caught_up(settings, worker)
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    alerts = [orjson.loads(r.value) for r in read_topic(settings, settings.topic_alerts)]
+    # the example policy lets nobody else's cameras answer Hartford's hotlist without a grant
+    expected = sorted((t.camera_id, t.ts) for t in traffic.truth if t.plate == wanted and t.agency == "hartford-pd")
+    got = sorted({(a["camera_id"], a["sighting_id"]): a["ts"] for a in alerts}.items())
+    assert len(got) == len(expected) == counts[wanted] > 0
+    assert {a["hotlist_agency"] for a in alerts} == {"hartford-pd"}
