@@ -123,12 +123,13 @@ def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
     from streams.access import access
     from streams.audit import AuditError
     from streams.policy import PolicyError
-    from streams.query import QueryError, governed_trail
+    from streams.query import QueryError, checked_context, governed_trail, trail_terms
 
     try:
         with access(settings) as acc:
             policy = acc.policy()
-            ctx = policy.context(args.token or settings.token, args.purpose, args.case)
+            ctx = checked_context(policy, acc.audit, args.token or settings.token, args.purpose, args.case,
+                                  "query.trail", trail_terms(settings, args.plate, args.region))
             result = governed_trail(acc.client, settings, policy, ctx, acc.audit, args.plate, args.region,
                                     args.since, args.until, args.limit)
     except (PolicyError, QueryError, AuditError) as e:
@@ -235,6 +236,14 @@ def cmd_hotlist(args: argparse.Namespace, settings: Settings) -> int:
         return _error(e)
     print_trail(result.rows)
     print(f"audit record #{result.audit_seq}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.api import serve
+
+    print(f"platestream API on http://{args.host}:{args.port} (OpenAPI at /openapi.json)", file=sys.stderr)
+    serve(settings, args.host, args.port)
     return 0
 
 
@@ -354,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     hl.add_argument("--case", help="case number (required for list/history)")
     hl.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
 
+    sv = sub.add_parser("serve", help="run the HTTP API (governed queries, sharing, audit verify)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+
     rt = sub.add_parser("retention", help="run the retention sweeper once")
     rt.add_argument("action", choices=["sweep"])
 
@@ -385,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail,
-               "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention, "hotlist": cmd_hotlist}
+               "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention, "hotlist": cmd_hotlist,
+               "serve": cmd_serve}
     return handler[args.command](args, settings)
 
 

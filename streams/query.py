@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from streams.audit import AuditLog
 from streams.hotlist import Entry
 from streams.kernels.geohash import geo52_decode, geohash_strings
 from streams.kernels.plates import CONFUSABLE
-from streams.policy import Context, Policy
+from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
 from streams.sharing import granted_purposes
@@ -122,3 +123,27 @@ def historical_hits(client: redis.Redis, settings: Settings, policy: Policy, ctx
     _check_plate(entry.plate, entry.region)
     return _governed(client, settings, policy, ctx, audit, "hotlist.history", confusable_variants(entry.plate),
                      entry.region, since, None, None, {"entry_id": entry.id})
+
+
+def checked_context(policy: Policy, audit: AuditLog, token: str | None, purpose: str | None, case: str | None,
+                    action: str, terms: dict[str, Any], role: Role = "analyst") -> Context:
+    """``policy.context``, with every refusal audited too (unauthenticated attempts included)."""
+    try:
+        return policy.context(token, purpose, case, role=role)
+    except PolicyError as e:
+        user = None
+        with contextlib.suppress(PolicyError):
+            user = policy.authenticate(token)
+        audit.append(action=action, agency=user.agency if user else None, user=user.id if user else None,
+                     purpose=str(purpose)[:64] if purpose else None, case=str(case)[:128] if case else None,
+                     terms=terms, decision="refused", rules=[e.code], result_count=0)
+        raise
+
+
+def trail_terms(settings: Settings, plate: Any, region: Any) -> dict[str, Any]:
+    """Audit terms of a trail query: the vehicle's pseudonym when the plate is valid, never the plate."""
+    try:
+        return {"vehicles": [vehicle_id(settings.hash_key, region, _check_plate(plate, region)).hex()],
+                "region": region}
+    except (QueryError, TypeError):
+        return {"region": str(region)[:16], "invalid_plate": True}

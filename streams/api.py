@@ -1,0 +1,172 @@
+"""HTTP API (``platestream serve``): the same governed queries as the CLI, over JSON.
+
+Every request carries ``Authorization: Bearer <token>``; queries also carry a purpose and a case number.
+Errors are JSON ``{"error": {"code", "message", "rule"}}`` with a stable code. The OpenAPI description is
+served at ``/openapi.json``. Blocking Redis/Kafka calls run in a thread pool, one request at a time per
+worker thread; the audit record is written before any result leaves the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from streams import sharing
+from streams.access import Access
+from streams.audit import AuditError
+from streams.policy import PURPOSES, PolicyError
+from streams.query import QueryError, checked_context, governed_trail, trail_terms
+from streams.settings import Settings
+
+STATUS = {"unauthenticated": 401, "forbidden_role": 403, "sharing_rule": 403, "no_policy": 503,
+          "audit_unavailable": 503}
+
+
+def _error(code: str, message: str, rule: str | None = None) -> web.Response:
+    status = STATUS.get(code, 400)
+    return web.json_response({"error": {"code": code, "message": message, "rule": rule}}, status=status)
+
+
+def _token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:] if auth.startswith("Bearer ") else None
+
+
+def _int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"{name} must be epoch milliseconds") from None
+
+
+def openapi() -> dict[str, Any]:
+    err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    q = {"type": "object", "required": ["plate", "region", "purpose", "case"],
+         "properties": {"plate": {"type": "string"}, "region": {"type": "string", "example": "US-CT"},
+                        "purpose": {"enum": list(PURPOSES)}, "case": {"type": "string"},
+                        "since": {"type": "integer"}, "until": {"type": "integer"}, "limit": {"type": "integer"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "platestream", "version": "1",
+                 "description": "Governed access to ALPR sightings: every call is authenticated, purpose-bound, "
+                                "checked against the owning agencies' sharing rules, and audited."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}, "rule": {"type": ["string", "null"]}}}}},
+                "TrailQuery": q},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/trail": {"post": {"summary": "Time-ordered sightings of one vehicle the caller may see",
+                                   "requestBody": {"required": True, "content": {"application/json": {
+                                       "schema": {"$ref": "#/components/schemas/TrailQuery"}}}},
+                                   "responses": {"200": {"description": "sightings, withheld rules, audit seq"},
+                                                 "400": err, "401": err, "403": err, "503": err}}},
+            "/v1/share/request": {"post": {"summary": "Ask an owning agency for access (admin)",
+                                           "responses": {"200": {"description": "the pending request"},
+                                                         "400": err, "401": err, "403": err}}},
+            "/v1/share/decide": {"post": {"summary": "Approve or refuse a pending request (owner's admin)",
+                                          "responses": {"200": {"description": "the decision"},
+                                                        "400": err, "401": err, "403": err}}},
+            "/v1/audit/verify": {"get": {"summary": "Verify the audit hash chain (auditor)",
+                                         "responses": {"200": {"description": "verification"}, "401": err}}},
+            "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
+        },
+    }
+
+
+def make_app(settings: Settings, access: Access | None = None) -> web.Application:
+    acc = access or Access(settings)
+    app = web.Application()
+
+    async def blocking(fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    def guarded(handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+        @functools.wraps(handler)
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except PolicyError as e:
+                return _error(e.code, str(e), e.rule)
+            except QueryError as e:
+                return _error("invalid_query", str(e))
+            except AuditError as e:
+                return _error("audit_unavailable", str(e))
+            except ValueError as e:
+                return _error("invalid_request", f"request body must be a JSON object: {e}")
+        return wrapped
+
+    async def body(request: web.Request) -> dict[str, Any]:
+        data = await request.json()
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        return data
+
+    @guarded
+    async def trail(request: web.Request) -> web.Response:
+        q = await body(request)
+        policy = acc.policy()
+        ctx = await blocking(lambda: checked_context(policy, acc.audit, _token(request), q.get("purpose"),
+                                                     q.get("case"), "query.trail",
+                                                     trail_terms(settings, q.get("plate"), q.get("region"))))
+        for name in ("plate", "region"):
+            if not isinstance(q.get(name), str):
+                raise QueryError(f"{name} is required")
+        result = await blocking(lambda: governed_trail(
+            acc.client, settings, policy, ctx, acc.audit, q["plate"], q["region"], _int(q.get("since"), "since"),
+            _int(q.get("until"), "until"), _int(q.get("limit"), "limit")))
+        return web.json_response({"sightings": result.rows, "withheld_by": sorted(set(result.refused.values())),
+                                  "audit_seq": result.audit_seq})
+
+    @guarded
+    async def share_request(request: web.Request) -> web.Response:
+        q = await body(request)
+        policy = acc.policy()
+        user = policy.authenticate(_token(request))
+        grant = await blocking(lambda: sharing.request_access(
+            acc.client, policy, acc.audit, user, str(q.get("owner")), list(q.get("purposes") or []),
+            str(q.get("reason") or "")))
+        return web.json_response(grant)
+
+    @guarded
+    async def share_decide(request: web.Request) -> web.Response:
+        q = await body(request)
+        policy = acc.policy()
+        user = policy.authenticate(_token(request))
+        grant = await blocking(lambda: sharing.decide(
+            acc.client, policy, acc.audit, user, str(q.get("requester")), bool(q.get("approve")), q.get("days"),
+            str(q.get("note") or "")))
+        return web.json_response(grant)
+
+    @guarded
+    async def audit_verify(request: web.Request) -> web.Response:
+        acc.policy().context(_token(request), "audit", "audit-verify", role="auditor")
+        v = await blocking(acc.audit.verify)
+        return web.json_response({"ok": v.ok, "records": v.records, "first_bad": v.first_bad, "reason": v.reason})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def spec(request: web.Request) -> web.Response:
+        return web.json_response(openapi())
+
+    app.router.add_post("/v1/trail", trail)
+    app.router.add_post("/v1/share/request", share_request)
+    app.router.add_post("/v1/share/decide", share_decide)
+    app.router.add_get("/v1/audit/verify", audit_verify)
+    app.router.add_get("/health", health)
+    app.router.add_get("/openapi.json", spec)
+    app.on_cleanup.append(lambda _: asyncio.get_running_loop().run_in_executor(None, acc.close))
+    return app
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    web.run_app(make_app(settings), host=host, port=port, print=None)

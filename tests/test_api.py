@@ -1,0 +1,116 @@
+"""The HTTP API against a running ``platestream serve`` process and the real stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import yaml
+
+from streams.audit import AuditLog
+from streams.pipeline import PartitionPipeline
+from streams.records import Raw
+from streams.settings import Settings
+from streams.stack import free_port
+from streams.store import apply_batch_sync
+from tests.conftest import settings_env, wait_for
+from tests.governance import TOKENS, policy_doc, with_tokens
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(with_tokens(policy_doc())))
+    port = free_port()
+    env = settings_env(settings, PLATESTREAM_POLICY=str(path), PLATESTREAM_AUDIT_KEY="api-test-audit-key-0123")
+    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen(url + "/health", timeout=1).status == 200
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "api.log").read_text()
+            return False
+
+    wait_for(up, 60, "the API to start")
+    yield url
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+def call(url: str, path: str, body: dict[str, Any] | None = None, token: str | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                 method="GET" if body is None else "POST")
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_governed_http_api(server: str, settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    reads = [{"read_id": f"{a}-{i}", "camera_id": f"cam-{a}", "agency": a, "plate": "API123", "region": "US-CT",
+              "ts": 1_764_000_000_000 + (j * 2 + i) * 60_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+             for j, a in enumerate(["hartford-pd", "westport-pd"]) for i in range(2)]
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
+    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    q = {"plate": "API123", "region": "US-CT", "purpose": "criminal_investigation", "case": "HPD-9"}
+
+    assert call(server, "/openapi.json")[1]["paths"]["/v1/trail"]
+    # who and why are required; errors are JSON with stable codes
+    assert call(server, "/v1/trail", q)[1]["error"]["code"] == "unauthenticated"
+    status, err = call(server, "/v1/trail", {**q, "case": ""}, TOKENS["alice"])
+    assert (status, err["error"]["code"]) == (400, "case_required")
+    assert call(server, "/v1/trail", {**q, "purpose": "curiosity"}, TOKENS["alice"])[1]["error"]["code"] == \
+        "unknown_purpose"
+    assert call(server, "/v1/trail", [1, 2], TOKENS["alice"])[1]["error"]["code"] == "invalid_request"  # type: ignore[arg-type]
+
+    # alice sees hartford's sightings; westport's are withheld until westport approves a request
+    status, out = call(server, "/v1/trail", q, TOKENS["alice"])
+    assert status == 200 and {s["agency"] for s in out["sightings"]} == {"hartford-pd"}
+    assert "westport-pd.no_grant" in out["withheld_by"]
+    assert call(server, "/v1/share/request", {"owner": "westport-pd", "purposes": ["criminal_investigation"],
+                                              "reason": "burglary"}, TOKENS["hank"])[0] == 200
+    status, grant = call(server, "/v1/share/decide", {"requester": "hartford-pd", "approve": True}, TOKENS["wadmin"])
+    assert (status, grant["status"]) == (200, "approved")
+    out = call(server, "/v1/trail", q, TOKENS["alice"])[1]
+    assert {s["agency"] for s in out["sightings"]} == {"hartford-pd", "westport-pd"} and len(out["sightings"]) == 4
+
+    # a federal agency: refused by hartford's rules, even if hartford's admin approves
+    call(server, "/v1/share/request", {"owner": "hartford-pd", "purposes": ["criminal_investigation"],
+                                       "reason": "task force"}, TOKENS["fadmin"])
+    status, err = call(server, "/v1/share/decide", {"requester": "ice-hartford", "approve": True}, TOKENS["hank"])
+    assert (status, err["error"]["code"], err["error"]["rule"]) == (403, "sharing_rule", "hartford-pd.never_with_kinds")
+    assert call(server, "/v1/trail", q, TOKENS["fred"])[1]["sightings"] == []  # no grant from anyone
+
+    # everything above is in the audit chain, which the auditor can verify over HTTP
+    assert call(server, "/v1/audit/verify", None, TOKENS["alice"])[1]["error"]["code"] == "forbidden_role"
+    status, v = call(server, "/v1/audit/verify", None, TOKENS["audrey"])
+    assert status == 200 and v["ok"] and v["records"] >= 8
+    audit = AuditLog(client, b"api-test-audit-key-0123")
+    trails = [r for r in audit.records() if r["action"] == "query.trail"]
+    # refused ones too: unauthenticated, no case, unknown purpose; then alice twice and fred
+    assert [(r["user"], r["decision"]) for r in trails] == [
+        (None, "refused"), ("alice", "refused"), ("alice", "refused"), ("alice", "partial"), ("alice", "partial"),
+        ("fred", "partial")]  # fred may see his own agency's data (there is none)
+    assert "API123" not in json.dumps(trails)  # the audit names the vehicle by its pseudonym only
