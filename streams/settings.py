@@ -41,6 +41,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_CELL_BUCKET_S": ("3600", "time bucket of the area index, seconds"),
     "PLATESTREAM_HASH_KEY": (DEV_HASH_KEY, "secret for the keyed hash of region+plate (vehicle id)"),
     "PLATESTREAM_WEB_PORT": ("6066", "faust web server port (metrics at /metrics)"),
+    "PLATESTREAM_WEB_HOST": ("127.0.0.1", "faust web server bind address (0.0.0.0 in containers)"),
     "PLATESTREAM_MAX_MESSAGE_BYTES": ("65536", "larger input messages are dead-lettered as too_large"),
     "PLATESTREAM_TOPIC_AUDIT": ("plates.audit", "output: the audit log's records"),
     "PLATESTREAM_POLICY": ("", "path of the policy file (YAML/JSON); queries are refused without one"),
@@ -80,6 +81,7 @@ class Settings:
     audit_key: bytes = DEV_AUDIT_KEY.encode()
     retention_interval_s: int = 60
     token: str = ""
+    web_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -149,6 +151,7 @@ class Settings:
             audit_key=audit_key.encode(),
             retention_interval_s=integer("PLATESTREAM_RETENTION_INTERVAL_S", 1, 86400),
             token=str(raw("PLATESTREAM_TOKEN") or ""),
+            web_host=str(raw("PLATESTREAM_WEB_HOST")),
         )
         if overrides:
             settings = dataclasses.replace(settings, **overrides)

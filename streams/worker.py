@@ -284,7 +284,7 @@ def make_app(settings: Settings) -> faust.App:
     """The faust application: lifecycle, web (/metrics, /health) and the batch service."""
     app = faust.App(
         f"{settings.group}-app", broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
-        web_port=settings.web_port, web_host="127.0.0.1", topic_partitions=settings.partitions,
+        web_port=settings.web_port, web_host=settings.web_host, topic_partitions=settings.partitions,
         store="memory://", autodiscover=False, producer_acks=-1,
         # faust's own group carries no data here; a short session lets a restarted worker start in seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=3.0,
