@@ -202,8 +202,9 @@ class PartitionPipeline:
             out.redis.append(("ZREM", old[2], old[3]))
             out.redis.append(("HDEL", self.ck_key, struct.pack("<Q", sid)))
             survivor = self._survivor(i)
+            # the read that merged it away is the survivor's latest: its offset versions the retraction
             retraction = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{sid:016x}",
-                          "revision": int(snap[k, 7]) + 1, "merged_into": f"{int(p['sid'][survivor]):016x}"}
+                          "revision": int(p["last_seq"][survivor]), "merged_into": f"{int(p['sid'][survivor]):016x}"}
             out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(retraction)))
         for k in np.flatnonzero(was_written):
             seq = int(snap[k, 5])
@@ -222,7 +223,6 @@ class PartitionPipeline:
         # so a later frame that hits still merges into it)
         store_it = np.fromiter((bool(p["hit"][i]) or self.best[int(p["best_seq"][i])][2] not in hot.hit_only
                                 for i in live.tolist()), dtype=np.bool_, count=live.shape[0])
-        p["rev"][live[store_it]] += 1
         p["written"][live[store_it]] = 1  # before the checkpoint values, which must say so after a restore
 
         lat, lon = geo52_decode(p["best_geo"][live])
@@ -234,7 +234,7 @@ class PartitionPipeline:
         ck_raw = ck.tobytes()
         size = _CK_DTYPE.itemsize
         col = {name: p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_seq", "best_geo",
-                                                         "best_ts", "rev", "cam", "hit")}
+                                                         "best_ts", "last_seq", "cam", "hit")}
         stored = store_it.tolist()
         confs = p["best_conf"][live].tolist()
         ck_fields: list[bytes] = []
@@ -264,7 +264,7 @@ class PartitionPipeline:
             row = int(st.best_row[i])
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": f"{sid:016x}",
-                "revision": col["rev"][j], "vehicle": vid.hex(), "plate": plate_text, "region": region,
+                "revision": col["last_seq"][j], "vehicle": vid.hex(), "plate": plate_text, "region": region,
                 "camera_id": camera, "agency": agency, "ts": start, "ts_last": sight.ts_last, "best_ts": sight.best_ts,
                 "lat": round(float(lat[j]), 7), "lon": round(float(lon[j]), 7),
                 "geohash": hashes[j].tobytes().decode(), "geo52": sight.geo52,

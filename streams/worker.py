@@ -161,12 +161,14 @@ class BatchRunner:
 
     async def _rewind(self, should_stop: Any) -> None:
         delay = 0.2
+        async with self.lock:
+            tps = list(self.pipelines)  # what we own now; reloaded together once Redis answers
+            self.pipelines.clear()  # nothing is processed from stale in-memory state meanwhile
         while not should_stop():
             try:
                 async with self.lock:
-                    tps = list(self.pipelines)
-                    self.pipelines.clear()
-                    await self.load(tps)
+                    owned = [tp for tp in tps if tp in self.consumer.assignment()] if self.consumer else []
+                    await self.load(owned)
                 return
             except (RedisError, OSError) as e:
                 log.warning("redis still unavailable (%s); retrying in %.1fs", type(e).__name__, delay)

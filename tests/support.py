@@ -56,9 +56,10 @@ class Worker:
         return self.log_path.read_text(errors="replace")
 
 
-def checkpoint_offsets(s: Settings, client: redis.Redis) -> dict[int, int]:
+def checkpoint_offsets(s: Settings, client: redis.Redis, partitions: int = 64) -> dict[int, int]:
+    """Next offset per partition according to Redis (partitions without a checkpoint are absent)."""
     out = {}
-    for p in range(s.partitions):
+    for p in range(partitions):
         v = client.hget(checkpoint_key(s.group, s.topic_reads, p), META_OFFSET)
         if v is not None:
             out[p] = int(v)

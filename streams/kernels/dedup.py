@@ -41,7 +41,7 @@ POOL_FIELDS: dict[str, type] = {
     "first_seq": np.int64,
     "alive": np.uint8,
     "written": np.uint8,
-    "rev": np.int32,
+    "last_seq": np.int64,  # offset of the latest read that changed the session: its version
     "sid": np.uint64,  # sighting id, set by the caller when the session is created
     "hit": np.uint8,  # matched a hotlist entry (set by the caller)
 }
@@ -171,7 +171,7 @@ def _better(conf_a: float, ts_a: int, seq_a: int, conf_b: float, ts_b: int, seq_
 
 @nb.njit(cache=True)
 def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count, best_conf, best_ts,  # type: ignore[no-untyped-def]
-           best_seq, best_plate, best_geo, first_seq, alive, written, rev, snap, snap_conf):
+           best_seq, best_plate, best_geo, first_seq, alive, written, last_seq, snap, snap_conf):
     if touch_mark[s] == batch_no:
         return n_touched
     touch_mark[s] = batch_no
@@ -184,7 +184,7 @@ def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, co
     snap[n_touched, 4] = np.int64(best_geo[s])
     snap[n_touched, 5] = best_seq[s]
     snap[n_touched, 6] = written[s]
-    snap[n_touched, 7] = rev[s]
+    snap[n_touched, 7] = last_seq[s]
     snap[n_touched, 8] = best_ts[s]
     snap_conf[n_touched] = best_conf[s]
     return n_touched + 1
@@ -194,7 +194,7 @@ def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, co
 def dedup_batch(  # type: ignore[no-untyped-def]
     r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
     cam, cls, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-    written, rev, nxt, best_row, merged_into, touch_mark, t_cam, t_cls, t_head,
+    written, last_seq, nxt, best_row, merged_into, touch_mark, t_cam, t_cls, t_head,
     n_used, n_keys, watermark, batch_no, window, lateness,
 ):
     """Fold one batch of reads (in arrival order) into the session pool.
@@ -231,15 +231,15 @@ def dedup_batch(  # type: ignore[no-untyped-def]
             if alive[s] and t >= start[s] - window and t <= end[s] + window:
                 n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
                                    best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-                                   written, rev, snap, snap_conf)
+                                   written, last_seq, snap, snap_conf)
                 if survivor == -1 or first_seq[s] < first_seq[survivor]:
                     if survivor != -1:
                         _absorb(s, survivor, start, end, count, best_conf, best_ts, best_seq, best_plate,
-                                best_geo, best_row, merged_into, alive)
+                                best_geo, best_row, merged_into, alive, last_seq)
                     survivor = s
                 else:
                     _absorb(survivor, s, start, end, count, best_conf, best_ts, best_seq, best_plate,
-                            best_geo, best_row, merged_into, alive)
+                            best_geo, best_row, merged_into, alive, last_seq)
             s = nxt[s]
         if survivor == -1:
             s = n_used
@@ -257,14 +257,14 @@ def dedup_batch(  # type: ignore[no-untyped-def]
             first_seq[s] = r_seq[i]
             alive[s] = 1
             written[s] = 0
-            rev[s] = 0
+            last_seq[s] = r_seq[i]
             best_row[s] = i
             nxt[s] = t_head[slot]
             t_head[slot] = s
             touch_mark[s] = -1
             n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
                                best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-                               written, rev, snap, snap_conf)
+                               written, last_seq, snap, snap_conf)
             survivor = s
         else:
             s = survivor
@@ -273,6 +273,8 @@ def dedup_batch(  # type: ignore[no-untyped-def]
             if t > end[s]:
                 end[s] = t
             count[s] += 1
+            if r_seq[i] > last_seq[s]:
+                last_seq[s] = r_seq[i]
             if _better(r_conf[i], t, r_seq[i], best_conf[s], best_ts[s], best_seq[s]):
                 best_conf[s] = r_conf[i]
                 best_ts[s] = t
@@ -286,7 +288,9 @@ def dedup_batch(  # type: ignore[no-untyped-def]
 
 @nb.njit(inline="always", cache=True)
 def _absorb(dst, src, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo,  # type: ignore[no-untyped-def]
-            best_row, merged_into, alive):
+            best_row, merged_into, alive, last_seq):
+    if last_seq[src] > last_seq[dst]:
+        last_seq[dst] = last_seq[src]
     if start[src] < start[dst]:
         start[dst] = start[src]
     if end[src] > end[dst]:
@@ -330,7 +334,7 @@ def run_batch(
     """Run ``dedup_batch`` on ``st``; returns (session_of_read, late, touched, snapshot, snapshot_conf).
 
     Snapshot columns hold each touched session's values before this batch: start, end, count,
-    best_plate, best_geo, best_seq, written, rev, best_ts (uint64 columns stored as int64 bits).
+    best_plate, best_geo, best_seq, written, last_seq, best_ts (uint64 columns stored as int64 bits).
     """
     st.reserve(int(r_ts.shape[0]))
     st.batch_no += 1
@@ -340,7 +344,7 @@ def run_batch(
     (st.n_used, st.n_keys, st.watermark, session_of, late, touched, n_touched, snap, snap_conf) = dedup_batch(
         r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
         p["cam"], p["cls"], p["start"], p["end"], p["count"], p["best_conf"], p["best_ts"], p["best_seq"],
-        p["best_plate"], p["best_geo"], p["first_seq"], p["alive"], p["written"], p["rev"],
+        p["best_plate"], p["best_geo"], p["first_seq"], p["alive"], p["written"], p["last_seq"],
         st.nxt, st.best_row, st.merged_into, st.touch_mark, st.t_cam, st.t_cls, st.t_head,
         st.n_used, st.n_keys, st.watermark, st.batch_no, window_ms, lateness_ms,
     )

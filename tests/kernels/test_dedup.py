@@ -14,7 +14,7 @@ L = 60_000
 PLATES = ["7ABC103", "7ABC1O3", "7A8C1O3", "XYZ999", "XYZ9S9", "Q1", "QI", "OO0"]
 
 
-def brute_force(reads: list[tuple[int, str, int, float]]) -> set[tuple[int, str, int, int, int, int]]:
+def brute_force(reads: list[tuple[int, str, int, float]]) -> set[tuple[int, str, int, int, int, int, int]]:
     """Union-find over all pairs: same camera, same confusion class, |dt| <= W."""
     n = len(reads)
     parent = list(range(n))
@@ -39,7 +39,8 @@ def brute_force(reads: list[tuple[int, str, int, float]]) -> set[tuple[int, str,
         # best: highest confidence, then earliest capture time, then earliest arrival
         best = min(members, key=lambda i: (-reads[i][3], reads[i][2], i))
         ts = [reads[i][2] for i in members]
-        out.add((reads[best][0], plate_class(reads[best][1]), min(ts), max(ts), len(members), best))
+        # last: the arrival index of the latest read, the version of the sighting
+        out.add((reads[best][0], plate_class(reads[best][1]), min(ts), max(ts), len(members), best, max(members)))
     return out
 
 
@@ -51,7 +52,7 @@ def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int) -> tup
     def row(s: int) -> tuple:
         p = st_.pool
         return (int(p["cam"][s]), int(p["cls"][s]), int(p["start"][s]), int(p["end"][s]),
-                int(p["count"][s]), int(p["best_seq"][s]))
+                int(p["count"][s]), int(p["best_seq"][s]), int(p["last_seq"][s]))
 
     for lo in range(0, len(reads), batch_size):
         chunk = reads[lo : lo + batch_size]
@@ -77,11 +78,11 @@ def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int) -> tup
 def normalize_kernel_rows(rows: set, reads: list) -> set:
     from streams.kernels.plates import unpack_plate
 
-    return {(c, unpack_plate(k), a, b, n, seq) for (c, k, a, b, n, seq) in rows}
+    return {(c, unpack_plate(k), a, b, n, seq, last) for (c, k, a, b, n, seq, last) in rows}
 
 
 def normalize_oracle_rows(rows: set) -> set:
-    return {(c, cls, a, b, n, best) for (c, cls, a, b, n, best) in rows}
+    return {(c, cls, a, b, n, best, last) for (c, cls, a, b, n, best, last) in rows}
 
 
 reads_strategy = st.lists(
@@ -122,13 +123,13 @@ def test_ocr_confusions_and_window() -> None:
              (0, "7ABC103", 30000, 0.8), (1, "7ABC103", 1000, 0.9)]
     got = normalize_kernel_rows(run_kernel(reads, 2)[0], reads)
     assert got == {
-        (0, "7A8C103", 1000, 14000, 3, 0),  # three frames chained within W, best = 0.9 read
-        (0, "7A8C103", 30000, 30000, 1, 3),  # 16 s later: a new pass
-        (1, "7A8C103", 1000, 1000, 1, 4),  # another camera
+        (0, "7A8C103", 1000, 14000, 3, 0, 2),  # three frames chained within W, best = 0.9 read
+        (0, "7A8C103", 30000, 30000, 1, 3, 3),  # 16 s later: a new pass
+        (1, "7A8C103", 1000, 1000, 1, 4, 4),  # another camera
     }
 
 
 def test_late_read_bridges_two_sightings() -> None:
     reads = [(0, "AB1", 0, 0.5), (0, "AB1", 20_000, 0.9), (0, "A81", 10_000, 0.6)]
     got = normalize_kernel_rows(run_kernel(reads, 1)[0], reads)
-    assert got == {(0, "A81", 0, 20_000, 3, 1)}
+    assert got == {(0, "A81", 0, 20_000, 3, 1, 2)}
