@@ -77,6 +77,7 @@ def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, 
     assert (acc.lost, acc.duplicated) == (0, 0)
     assert acc.stored + acc.merged + acc.dead_lettered == acc.produced
     assert len(final_sightings(settings)) == len(traffic.truth)
+    print(f"sigkill x2: {acc.row()}")
 
 
 def test_hotlist_alerts_through_the_worker(settings: Settings, tmp_path: Path) -> None:
