@@ -93,12 +93,7 @@ def produce(s: Settings, messages: Sequence[tuple[bytes, bytes]], rate: float = 
 
 def worker_env(s: Settings, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLATESTREAM_")}
-    env.update({"PLATESTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "PLATESTREAM_REDIS_URL": s.redis_url,
-                "PLATESTREAM_TOPIC_READS": s.topic_reads, "PLATESTREAM_TOPIC_DEDUPED": s.topic_deduped,
-                "PLATESTREAM_TOPIC_DLQ": s.topic_dlq, "PLATESTREAM_TOPIC_ALERTS": s.topic_alerts,
-                "PLATESTREAM_GROUP": s.group, "PLATESTREAM_HASH_KEY": s.hash_key.decode(),
-                "PLATESTREAM_WEB_PORT": str(port), "PLATESTREAM_STATE_DIR": str(s.state_dir),
-                "PLATESTREAM_PARTITIONS": str(s.partitions)})
+    env.update(s.to_env(PLATESTREAM_WEB_PORT=str(port)))
     return env
 
 

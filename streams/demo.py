@@ -54,11 +54,8 @@ def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
     send_all(s.kafka_bootstrap, s.topic_reads, traffic.messages, progress=True, total=len(traffic.messages))
 
     print("3/5 running the worker (faust app + Numba kernels) on the pre-filled topic ...", flush=True)
-    env = {**os.environ, "PLATESTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "PLATESTREAM_REDIS_URL": s.redis_url,
-           "PLATESTREAM_TOPIC_READS": s.topic_reads, "PLATESTREAM_TOPIC_DEDUPED": s.topic_deduped,
-           "PLATESTREAM_TOPIC_DLQ": s.topic_dlq, "PLATESTREAM_TOPIC_ALERTS": s.topic_alerts,
-           "PLATESTREAM_GROUP": s.group, "PLATESTREAM_WEB_PORT": str(stack.free_port()),
-           "PLATESTREAM_STATE_DIR": str(state_dir), "PLATESTREAM_POLICY": str(DEMO_POLICY)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PLATESTREAM_")},
+           **s.to_env(PLATESTREAM_WEB_PORT=str(stack.free_port()), PLATESTREAM_POLICY=str(DEMO_POLICY))}
     log_path = state_dir / "demo-worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,

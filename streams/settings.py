@@ -161,6 +161,31 @@ class Settings:
             log.warning("PLATESTREAM_AUDIT_KEY is the public development key; set a secret in production")
         return settings
 
+    def to_env(self, **extra: str) -> dict[str, str]:
+        """These settings as ``PLATESTREAM_*`` variables (secrets included), for starting a subprocess:
+        ``Settings.from_env(s.to_env()) == s``."""
+        env = {
+            "PLATESTREAM_KAFKA_BOOTSTRAP": self.kafka_bootstrap, "PLATESTREAM_REDIS_URL": self.redis_url,
+            "PLATESTREAM_STATE_DIR": str(self.state_dir), "PLATESTREAM_TOPIC_READS": self.topic_reads,
+            "PLATESTREAM_TOPIC_DEDUPED": self.topic_deduped, "PLATESTREAM_TOPIC_DLQ": self.topic_dlq,
+            "PLATESTREAM_TOPIC_ALERTS": self.topic_alerts, "PLATESTREAM_TOPIC_AUDIT": self.topic_audit,
+            "PLATESTREAM_PARTITIONS": str(self.partitions), "PLATESTREAM_GROUP": self.group,
+            "PLATESTREAM_DEDUP_WINDOW_S": str(self.dedup_window_ms // 1000),
+            "PLATESTREAM_ALLOWED_LATENESS_S": str(self.allowed_lateness_ms // 1000),
+            "PLATESTREAM_BATCH_MAX_RECORDS": str(self.batch_max_records),
+            "PLATESTREAM_BATCH_TIMEOUT_MS": str(self.batch_timeout_ms),
+            "PLATESTREAM_GEOHASH_PRECISION": str(self.geohash_precision),
+            "PLATESTREAM_CELL_PRECISION": str(self.cell_precision),
+            "PLATESTREAM_CELL_BUCKET_S": str(self.cell_bucket_ms // 1000),
+            "PLATESTREAM_HASH_KEY": self.hash_key.decode(), "PLATESTREAM_WEB_PORT": str(self.web_port),
+            "PLATESTREAM_WEB_HOST": self.web_host, "PLATESTREAM_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
+            "PLATESTREAM_POLICY": str(self.policy_path) if self.policy_path else "",
+            "PLATESTREAM_AUDIT_KEY": self.audit_key.decode(),
+            "PLATESTREAM_RETENTION_INTERVAL_S": str(self.retention_interval_s), "PLATESTREAM_TOKEN": self.token,
+        }
+        env.update(extra)
+        return env
+
     def redacted(self) -> dict[str, Any]:
         """Settings safe to log: secrets and credentials removed."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -63,15 +63,7 @@ def settings(local_stack: stack.StackInfo, tmp_path: Path) -> Iterator[Settings]
 def settings_env(s: Settings, **extra: str) -> dict[str, str]:
     """Environment for a ``platestream`` subprocess using these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLATESTREAM_")}
-    env.update({
-        "PLATESTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "PLATESTREAM_REDIS_URL": s.redis_url,
-        "PLATESTREAM_STATE_DIR": str(s.state_dir), "PLATESTREAM_TOPIC_READS": s.topic_reads,
-        "PLATESTREAM_TOPIC_DEDUPED": s.topic_deduped, "PLATESTREAM_TOPIC_DLQ": s.topic_dlq,
-        "PLATESTREAM_TOPIC_ALERTS": s.topic_alerts, "PLATESTREAM_TOPIC_AUDIT": s.topic_audit,
-        "PLATESTREAM_GROUP": s.group,
-        "PLATESTREAM_HASH_KEY": s.hash_key.decode(), "PLATESTREAM_PARTITIONS": str(s.partitions),
-    })
-    env.update(extra)
+    env.update(s.to_env(**extra))
     return env
 
 

@@ -45,3 +45,12 @@ def test_every_variable_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [name for name in ENV_VARS if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_to_env_round_trips(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\n")
+    s = Settings.from_env({**BASE, "PLATESTREAM_DEDUP_WINDOW_S": "7", "PLATESTREAM_POLICY": str(policy),
+                           "PLATESTREAM_TOKEN": "t", "PLATESTREAM_WEB_HOST": "0.0.0.0"})
+    assert Settings.from_env(s.to_env()) == s
+    assert set(s.to_env()) == set(ENV_VARS)
