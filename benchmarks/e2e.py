@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,14 +145,14 @@ def start_worker(s: Settings, log_path: Path) -> RunningWorker:
 
 def processed(s: Settings, client: redis.Redis) -> int:
     offs = [client.hget(checkpoint_key(s.group, s.topic_reads, p), META_OFFSET) for p in range(s.partitions)]
-    return sum(int(o) for o in offs if o is not None)  # type: ignore[arg-type]
+    return sum(int(o) for o in offs if o is not None)
 
 
 def throughput(s: Settings, total: int, log_dir: Path) -> dict[str, Any]:
     """Worker on a pre-filled topic: reads/s from its first committed batch to its last, plus memory."""
     client = redis.Redis.from_url(s.redis_url)
     client.flushdb()
-    mem0 = int(client.info("memory")["used_memory"])  # type: ignore[index]
+    mem0 = int(client.info("memory")["used_memory"])
     worker = start_worker(s, log_dir / "bench-worker.log")
     first: tuple[float, int] | None = None
     done = 0
@@ -176,8 +176,8 @@ def throughput(s: Settings, total: int, log_dir: Path) -> dict[str, Any]:
         worker.stop()
     assert first is not None
     span = max(last_t - first[0], 1e-3)
-    used = int(client.info("memory")["used_memory"])  # type: ignore[index]
-    ck = sum(int(client.memory_usage(checkpoint_key(s.group, s.topic_reads, p)) or 0)  # type: ignore[arg-type]
+    used = int(client.info("memory")["used_memory"])
+    ck = sum(int(client.memory_usage(checkpoint_key(s.group, s.topic_reads, p)) or 0)
              for p in range(s.partitions))
     sightings = reads = 0
     for key in client.scan_iter(match="ps:t:*", count=10_000):
@@ -206,26 +206,34 @@ def naive_faust(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], 
         proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "benchmarks.naive_faust", "worker", "-l", "warn"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     total = len(messages)
+    try:
+        rate = poll_rate(proc, lambda: int(client.get("naive:done") or 0)
+                         + int(client.get("naive:dead") or 0), total, 600, "naive faust worker")
+    finally:
+        stop_process(proc)
+    return {"naive_faust_reads_per_s": rate, "naive_faust_messages": total}
+
+
+def poll_rate(proc: subprocess.Popen[bytes], count: Callable[[], int], target: int, timeout: float,
+              what: str) -> float:
+    """Items/s of a baseline process by polling its counter: from the first counted batch to the last."""
     first: tuple[float, int] | None = None
     done = 0
     last_t = time.monotonic()
-    deadline = time.monotonic() + 600
-    try:
-        while done < total and time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("naive faust worker exited")
-            now_done = int(client.get("naive:done") or 0) + int(client.get("naive:dead") or 0)  # type: ignore[arg-type]
-            now = time.monotonic()
-            if now_done and first is None:
-                first = (now, now_done)
-            if now_done != done:
-                last_t = now
-            done = now_done
-            time.sleep(0.05)
-    finally:
-        stop_process(proc)
-    assert first is not None and done >= total, f"naive baseline processed {done} of {total}"
-    return {"naive_faust_reads_per_s": (total - first[1]) / max(last_t - first[0], 1e-3), "naive_faust_messages": total}
+    deadline = time.monotonic() + timeout
+    while done < target and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited")
+        now_done = count()
+        now = time.monotonic()
+        if now_done and first is None:
+            first = (now, now_done)
+        if now_done != done:
+            last_t = now
+        done = now_done
+        time.sleep(0.05)
+    assert first is not None and done >= target, f"{what} processed {done} of {target}"
+    return (target - first[1]) / max(last_t - first[0], 1e-3)
 
 
 def latency_at_rate(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], rate: float,

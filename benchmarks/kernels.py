@@ -48,7 +48,7 @@ def synthetic_reads(n: int, cameras: int = 500, plates: int = 200_000, seed: int
     idx, ts = idx[order], ts[order]
     m = idx.shape[0]
     return {"cam": p_cam[idx], "cls": p_cls[idx], "plate": p_cls[idx], "ts": ts.astype(np.int64),
-            "conf": rng.uniform(0.5, 1.0, m).astype(np.float32), "geo": np.zeros(m, np.uint64),
+            "conf": np.asarray(rng.uniform(0.5, 1.0, m), dtype=np.float32), "geo": np.zeros(m, np.uint64),
             "seq": np.arange(m, dtype=np.int64)}
 
 

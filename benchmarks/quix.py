@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import quixstreams
 import redis
 
-from benchmarks.e2e import ROOT, isolated_settings, produce, stop_process
+from benchmarks.e2e import ROOT, isolated_settings, poll_rate, produce, stop_process
 from streams import stack
 from streams.records import Raw, decode_batch
 
@@ -32,26 +31,12 @@ def quix_baseline(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]]
         with open(log_dir / "bench-quix.log", "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "benchmarks.quix_app"], env=env, stdout=out,
                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        first: tuple[float, int] | None = None
-        done = 0
-        last_t = time.monotonic()
-        deadline = time.monotonic() + 900
         try:
-            while done < valid and time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"quix app exited; see {log_dir / 'bench-quix.log'}")
-                now_done = int(client.get("quix:done") or 0)  # type: ignore[arg-type]
-                now = time.monotonic()
-                if now_done and first is None:
-                    first = (now, now_done)
-                if now_done != done:
-                    last_t = now
-                done = now_done
-                time.sleep(0.05)
+            valid_rate = poll_rate(proc, lambda: int(client.get("quix:done") or 0), valid, 900,
+                                   "quix app")
         finally:
             stop_process(proc)
-    assert first is not None and done >= valid, f"quix baseline processed {done} of {valid}"
     # Quix's sink counts valid reads; scale to messages so both sides count the same unit
-    rate = (valid - first[1]) / max(last_t - first[0], 1e-3) * len(messages) / valid
+    rate = valid_rate * len(messages) / valid
     return {"quixstreams_reads_per_s": rate, "quixstreams_messages": len(messages),
             "quixstreams_version": quixstreams.__version__}

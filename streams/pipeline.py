@@ -28,8 +28,10 @@ from streams.store import (
     Sighting,
     cell_key,
     checkpoint_key,
+    pack_strings,
     sighting_id,
     trail_key,
+    unpack_strings,
     vehicle_id,
 )
 
@@ -126,13 +128,7 @@ class PartitionPipeline:
             fixed = _CK.unpack_from(value)
             for name, v in zip(_CK_FIELDS, fixed, strict=True):
                 st.pool[name][i] = v
-            pos = _CK.size
-            strings = []
-            for _ in range(5):
-                n = value[pos]
-                strings.append(value[pos + 1 : pos + 1 + n].decode())
-                pos += 1 + n
-            camera, read_id, region, agency, plate_text = strings
+            camera, read_id, region, agency, plate_text = unpack_strings(value, _CK.size, 5)
             st.pool["cam"][i] = self._cam(camera)
             self.best[int(st.pool["best_seq"][i])] = (read_id, region, agency, plate_text)
         st.n_used = len(rows)
@@ -246,7 +242,8 @@ class PartitionPipeline:
             sid = col["sid"][j]
             start = col["start"][j]
             ck_fields.append(struct.pack("<Q", sid))
-            ck_fields.append(ck_raw[j * size : (j + 1) * size] + _strings(camera, read_id, region, agency, plate_text))
+            strings = pack_strings(camera, read_id, region, agency, plate_text)
+            ck_fields.append(ck_raw[j * size : (j + 1) * size] + strings)
             if not stored[j]:
                 continue
             sight = Sighting(sid, start, col["end"][j], col["best_ts"][j], col["best_geo"][j], col["count"][j],
@@ -337,6 +334,3 @@ class PartitionPipeline:
         return (trail_key(vid), sight.pack(), cell_key(cell, sight.ts // self.s.cell_bucket_ms),
                 CELL_MEMBER.pack(vid, sight.sighting_id))
 
-
-def _strings(*values: str) -> bytes:
-    return b"".join(bytes([len(b)]) + b for b in (v.encode() for v in values))

@@ -61,11 +61,25 @@ def checkpoint_key(group: str, topic: str, partition: int) -> str:
     return f"ps:ck:{{{group}:{topic}:{partition}}}"
 
 
-def _short(s: str) -> bytes:
-    b = s.encode()
-    if len(b) > 255:
-        raise ValueError("string longer than 255 bytes")
-    return bytes([len(b)]) + b
+def pack_strings(*values: str) -> bytes:
+    """Length-prefixed (1 byte) UTF-8 strings: the variable part of members and checkpoints."""
+    out = []
+    for v in values:
+        b = v.encode()
+        if len(b) > 255:
+            raise ValueError("string longer than 255 bytes")
+        out.append(bytes([len(b)]) + b)
+    return b"".join(out)
+
+
+def unpack_strings(buf: bytes, pos: int, count: int) -> list[str]:
+    """Inverse of ``pack_strings`` for ``count`` strings starting at ``pos``."""
+    strings = []
+    for _ in range(count):
+        n = buf[pos]
+        strings.append(buf[pos + 1 : pos + 1 + n].decode())
+        pos += 1 + n
+    return strings
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,21 +101,15 @@ class Sighting:
     def pack(self) -> bytes:
         fixed = _FIXED.pack(MEMBER_VERSION, self.sighting_id, self.geo52, self.ts_last - self.ts,
                             self.best_ts - self.ts, self.reads, self.confidence, 1 if self.hit else 0)
-        return fixed + _short(self.camera_id) + _short(self.agency) + _short(self.read_id)
+        return fixed + pack_strings(self.camera_id, self.agency, self.read_id)
 
     @classmethod
     def unpack(cls, member: bytes, score: float) -> Sighting:
         ver, sid, geo, dur, best_dt, reads, conf, flags = _FIXED.unpack_from(member)
         if ver != MEMBER_VERSION:
             raise ValueError(f"unknown sighting member version {ver}")
-        pos = _FIXED.size
-        strings = []
-        for _ in range(3):
-            n = member[pos]
-            strings.append(member[pos + 1 : pos + 1 + n].decode())
-            pos += 1 + n
+        camera, agency, read_id = unpack_strings(member, _FIXED.size, 3)
         ts = int(score)
-        camera, agency, read_id = strings
         return cls(sid, ts, ts + dur, ts + best_dt, geo, reads, conf, camera, agency, read_id, bool(flags & 1))
 
     def position(self) -> tuple[float, float]:
