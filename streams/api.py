@@ -19,7 +19,7 @@ from streams import sharing
 from streams.access import Access
 from streams.audit import AuditError
 from streams.policy import PURPOSES, PolicyError
-from streams.query import QueryError, checked_context, governed_trail, trail_terms
+from streams.query import QueryError, area_search, checked_context, governed_trail, trail_terms
 from streams.settings import Settings
 
 STATUS = {"unauthenticated": 401, "forbidden_role": 403, "sharing_rule": 403, "no_policy": 503,
@@ -69,6 +69,10 @@ def openapi() -> dict[str, Any]:
                                        "schema": {"$ref": "#/components/schemas/TrailQuery"}}}},
                                    "responses": {"200": {"description": "sightings, withheld rules, audit seq"},
                                                  "400": err, "401": err, "403": err, "503": err}}},
+            "/v1/area": {"post": {"summary": "Vehicles (by pseudonym) that passed within radius_m of lat/lon "
+                                             "between since and until (epoch ms); body also needs purpose, case",
+                                  "responses": {"200": {"description": "sightings, withheld rules, audit seq"},
+                                                "400": err, "401": err, "403": err}}},
             "/v1/share/request": {"post": {"summary": "Ask an owning agency for access (admin)",
                                            "responses": {"200": {"description": "the pending request"},
                                                          "400": err, "401": err, "403": err}}},
@@ -127,6 +131,23 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
                                   "audit_seq": result.audit_seq})
 
     @guarded
+    async def area(request: web.Request) -> web.Response:
+        q = await body(request)
+        policy = acc.policy()
+        terms = {k: q.get(k) for k in ("lat", "lon", "radius_m", "since", "until")}
+        ctx = await blocking(lambda: checked_context(policy, acc.audit, _token(request), q.get("purpose"),
+                                                     q.get("case"), "query.area", terms))
+        try:
+            lat, lon, radius = float(q["lat"]), float(q["lon"]), float(q["radius_m"])
+            since, until = int(q["since"]), int(q["until"])
+        except (KeyError, TypeError, ValueError):
+            raise QueryError("lat, lon, radius_m, since and until are required numbers") from None
+        result = await blocking(lambda: area_search(acc.client, settings, policy, ctx, acc.audit, lat, lon, radius,
+                                                    since, until))
+        return web.json_response({"sightings": result.rows, "withheld_by": sorted(set(result.refused.values())),
+                                  "audit_seq": result.audit_seq})
+
+    @guarded
     async def share_request(request: web.Request) -> web.Response:
         q = await body(request)
         policy = acc.policy()
@@ -159,6 +180,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         return web.json_response(openapi())
 
     app.router.add_post("/v1/trail", trail)
+    app.router.add_post("/v1/area", area)
     app.router.add_post("/v1/share/request", share_request)
     app.router.add_post("/v1/share/decide", share_decide)
     app.router.add_get("/v1/audit/verify", audit_verify)

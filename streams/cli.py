@@ -145,6 +145,29 @@ def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_area(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.access import access
+    from streams.audit import AuditError
+    from streams.policy import PolicyError
+    from streams.query import QueryError, area_search, checked_context
+
+    terms = {"lat": args.lat, "lon": args.lon, "radius_m": args.radius, "since": args.since, "until": args.until}
+    try:
+        with access(settings) as acc:
+            policy = acc.policy()
+            ctx = checked_context(policy, acc.audit, args.token or settings.token, args.purpose, args.case,
+                                  "query.area", terms)
+            result = area_search(acc.client, settings, policy, ctx, acc.audit, args.lat, args.lon, args.radius,
+                                 args.since, args.until)
+    except (PolicyError, QueryError, AuditError) as e:
+        return _error(e)
+    for r in result.rows:
+        sys.stdout.buffer.write(orjson.dumps(r) + b"\n")
+    print(f"audit record #{result.audit_seq}; {len(result.rows)} sightings of "
+          f"{len({r['vehicle'] for r in result.rows})} vehicles", file=sys.stderr)
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from streams.access import access
     from streams.policy import PolicyError
@@ -343,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--case", help="case number (required)")
         cmd.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
 
+    ar = sub.add_parser("area", help="which vehicles (by pseudonym) passed within a radius in a time range")
+    ar.add_argument("--lat", type=float, required=True)
+    ar.add_argument("--lon", type=float, required=True)
+    ar.add_argument("--radius", type=float, required=True, help="metres (at most 50,000)")
+    ar.add_argument("--since", type=_time, required=True, help="epoch ms or ISO 8601")
+    ar.add_argument("--until", type=_time, required=True, help="epoch ms or ISO 8601")
+    ar.add_argument("--purpose", help="why you ask (required)")
+    ar.add_argument("--case", help="case number (required)")
+    ar.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
+
     au = sub.add_parser("audit", help="verify the audit chain, or report who queried what")
     au.add_argument("action", choices=["verify", "report"])
     au.add_argument("--agency", help="with report: the agency to report on")
@@ -399,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail,
                "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention, "hotlist": cmd_hotlist,
-               "serve": cmd_serve}
+               "serve": cmd_serve, "area": cmd_area}
     return handler[args.command](args, settings)
 
 

@@ -19,7 +19,7 @@ from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
 from streams.sharing import granted_purposes
-from streams.store import read_trail, trail_key, vehicle_id
+from streams.store import CELL_MEMBER, Sighting, cell_key, read_trail, trail_key, vehicle_id
 
 
 class QueryError(ValueError):
@@ -147,3 +147,74 @@ def trail_terms(settings: Settings, plate: Any, region: Any) -> dict[str, Any]:
                 "region": region}
     except (QueryError, TypeError):
         return {"region": str(region)[:16], "invalid_plate": True}
+
+
+EARTH_M = 6_371_008.8
+MAX_AREA_KEYS = 20_000
+
+
+def _haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: float, lon2: float) -> np.ndarray:
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dp, dl = p2 - p1, np.radians(lon2 - lon1)
+    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return np.asarray(2 * EARTH_M * np.arcsin(np.sqrt(np.minimum(a, 1.0))))
+
+
+def area_cells(lat: float, lon: float, radius_m: float, precision: int) -> list[str]:
+    """Geohash cells of ``precision`` that cover the circle (its bounding box, cell by cell)."""
+    dlat = np.degrees(radius_m / EARTH_M)
+    dlon = dlat / max(np.cos(np.radians(lat)), 1e-6)
+    bits = 5 * precision
+    cell_h, cell_w = 180.0 / 2 ** (bits // 2), 360.0 / 2 ** (bits - bits // 2)
+    lats = np.arange(max(lat - dlat, -90.0), min(lat + dlat, 90.0) + cell_h, cell_h / 2)
+    lons = np.arange(lon - dlon, lon + dlon + cell_w, cell_w / 2)
+    grid_lat, grid_lon = np.meshgrid(np.minimum(lats, min(lat + dlat, 90.0)), np.clip(lons, -180.0, 179.9999999))
+    return sorted(set(geohash_strings(grid_lat.ravel(), grid_lon.ravel(), precision)))
+
+
+def area_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+                lat: float, lon: float, radius_m: float, since: int, until: int) -> GovernedResult:
+    """Which vehicles passed within ``radius_m`` of a point between ``since`` and ``until`` (epoch ms).
+
+    Served from the area index; each hit is checked against its stored sighting (exact distance) and its
+    owning agency's rules. Vehicles are named by their pseudonym: the plate is not stored, so an area
+    search cannot reveal it. Refused (``area_too_large``) when it would touch more than 20,000 index keys.
+    """
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and 0 < radius_m <= 50_000 and since <= until):
+        raise QueryError("need -90<=lat<=90, -180<=lon<=180, 0<radius<=50000 m and since<=until")
+    terms = {"lat": lat, "lon": lon, "radius_m": radius_m, "since": since, "until": until}
+    cells = area_cells(lat, lon, radius_m, settings.cell_precision)
+    buckets = range(since // settings.cell_bucket_ms, until // settings.cell_bucket_ms + 1)
+    if len(cells) * len(buckets) > MAX_AREA_KEYS:
+        raise QueryError(f"area_too_large: {len(cells)} cells x {len(buckets)} time buckets; narrow the search")
+    refused = refusals(client, policy, ctx)
+    with client.pipeline(transaction=False) as pipe:
+        for c in cells:
+            for b in buckets:
+                pipe.zrangebyscore(cell_key(c, b), since, until, withscores=True)
+        found = [hit for rows in pipe.execute() for hit in rows]
+    # look each candidate up in its trail (same score), then keep the exact, permitted ones
+    with client.pipeline(transaction=False) as pipe:
+        for member, score in found:
+            vid, _ = CELL_MEMBER.unpack(member)
+            pipe.zrangebyscore(trail_key(vid), score, score, withscores=True)
+        trails = pipe.execute()
+    rows: list[dict[str, Any]] = []
+    for (member, _), candidates in zip(found, trails, strict=True):
+        vid, sid = CELL_MEMBER.unpack(member)
+        for m, sc in candidates:
+            s = Sighting.unpack(m, sc)
+            if s.sighting_id == sid and s.agency in policy.agencies and s.agency not in refused:
+                d = s.as_dict()
+                d["vehicle"] = vid.hex()
+                rows.append(d)
+    if rows:
+        dist = _haversine_m(np.array([r["lat"] for r in rows]), np.array([r["lon"] for r in rows]), lat, lon)
+        rows = [dict(r, distance_m=round(float(x), 1)) for r, x in zip(rows, dist, strict=True) if x <= radius_m]
+    rows.sort(key=lambda r: (r["ts"], r["vehicle"]))
+    owners = Counter(r["agency"] for r in rows)
+    decision = "allowed" if not refused else ("refused" if len(refused) == len(policy.agencies) else "partial")
+    record = audit.append(action="query.area", agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose,
+                          case=ctx.case, terms=terms, decision=decision, rules=sorted(set(refused.values())),
+                          result_count=len(rows), owners=dict(owners))
+    return GovernedResult(rows, refused, int(record["seq"]))

@@ -103,6 +103,14 @@ def test_governed_http_api(server: str, settings: Settings) -> None:
     assert (status, err["error"]["code"], err["error"]["rule"]) == (403, "sharing_rule", "hartford-pd.never_with_kinds")
     assert call(server, "/v1/trail", q, TOKENS["fred"])[1]["sightings"] == []  # no grant from anyone
 
+    # area search over HTTP: hartford's and (granted) westport's sightings near the point
+    status, out = call(server, "/v1/area", {"lat": 41.7, "lon": -72.7, "radius_m": 500, "since": 1_764_000_000_000,
+                                            "until": 1_764_000_600_000, "purpose": "criminal_investigation",
+                                            "case": "HPD-9"}, TOKENS["alice"])
+    assert status == 200 and len(out["sightings"]) == 4
+    assert call(server, "/v1/area", {"lat": 41.7, "purpose": "criminal_investigation", "case": "c"},
+                TOKENS["alice"])[1]["error"]["code"] == "invalid_query"
+
     # everything above is in the audit chain, which the auditor can verify over HTTP
     assert call(server, "/v1/audit/verify", None, TOKENS["alice"])[1]["error"]["code"] == "forbidden_role"
     status, v = call(server, "/v1/audit/verify", None, TOKENS["audrey"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -139,3 +140,39 @@ def test_historical_hits_find_ocr_variants_and_are_audited(settings: Settings) -
     with pytest.raises(QueryError):
         wildcard = make_entry("hartford-pd", {"plate": "HO*", "reason": "r"}, "t")
         historical_hits(client, settings, p, ctx, audit, wildcard)
+
+
+def test_area_search_is_exact_policy_filtered_and_audited(settings: Settings) -> None:
+    from streams.query import QueryError, area_search
+    from tests.governance import TOKENS, policy
+
+    client = redis.Redis.from_url(settings.redis_url)
+    lat0, lon0 = 41.7637, -72.6851
+    placed = []  # (read_id, agency, metres north, metres east)
+    for agency in ("hartford-pd", "westport-pd"):
+        for north, east in ((100, 0), (0, 900), (-700, -500), (1500, 0), (0, -5000)):
+            placed.append((f"{agency}-{north}-{east}", agency, north, east))
+    reads = [{"read_id": rid, "camera_id": f"cam-{rid}", "agency": agency, "plate": f"AR{i:04d}", "region": "US-CT",
+              "ts": BASE + i * 1000, "lat": lat0 + north / 111_195.0,
+              "lon": lon0 + east / (111_195.0 * float(np.cos(np.radians(lat0)))), "confidence": 0.9}
+             for i, (rid, agency, north, east) in enumerate(placed)]
+    reads.append({**reads[0], "read_id": "too-early", "plate": "EARLY1", "ts": BASE - 3_600_000})
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
+    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    p = policy()
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+    ctx = p.context(TOKENS["alice"], "criminal_investigation", "HPD-AREA")
+
+    result = area_search(client, settings, p, ctx, audit, lat0, lon0, 1000, BASE, BASE + 3_600_000)
+    assert sorted(r["read_id"] for r in result.rows) == [
+        "hartford-pd--700--500", "hartford-pd-0-900", "hartford-pd-100-0"]  # within 1 km, in time, allowed
+    assert all(r["distance_m"] <= 1000 and len(r["vehicle"]) == 24 and "plate" not in r for r in result.rows)
+    assert "westport-pd.no_grant" in result.refused.values()
+    rec = list(audit.records())[-1]
+    assert (rec["action"], rec["result_count"], rec["owners"]) == ("query.area", 3, {"hartford-pd": 3})
+
+    wide = area_search(client, settings, p, ctx, audit, lat0, lon0, 6000, BASE, BASE + 3_600_000)
+    assert len(wide.rows) == 5
+    with pytest.raises(QueryError, match="area_too_large"):
+        area_search(client, settings, p, ctx, audit, lat0, lon0, 50_000, BASE, BASE + 365 * 86_400_000)
