@@ -270,6 +270,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_transparency(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.access import access
+    from streams.transparency import markdown, report
+
+    with access(settings, publish=False) as acc:
+        rep = report(acc.client, acc.audit, args.agency, args.by)
+    if args.format == "json":
+        sys.stdout.buffer.write(orjson.dumps(rep, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(markdown(rep), end="")
+    return 0
+
+
 def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -400,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
 
+    tr = sub.add_parser("transparency", help="publishable per-period report of an agency's collection and use")
+    tr.add_argument("--agency", required=True)
+    tr.add_argument("--by", choices=["day", "month"], default="month")
+    tr.add_argument("--format", choices=["md", "json"], default="md")
+
     rt = sub.add_parser("retention", help="run the retention sweeper once")
     rt.add_argument("action", choices=["sweep"])
 
@@ -432,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail,
                "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention, "hotlist": cmd_hotlist,
-               "serve": cmd_serve, "area": cmd_area}
+               "serve": cmd_serve, "area": cmd_area, "transparency": cmd_transparency}
     return handler[args.command](args, settings)
 
 

@@ -8,8 +8,10 @@ dedup -> sink.deduped / sink.dlq -> sink.redis.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
 from streams.kernels.plates import pack_plates, plates_matrix
-from streams.policy import Context, Policy, User
+from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import DeadLetter, ReadBatch, RecordLike, decode_batch, extras
 from streams.settings import Settings
 from streams.store import (
@@ -30,6 +32,7 @@ from streams.store import (
     checkpoint_key,
     pack_strings,
     sighting_id,
+    stats_key,
     trail_key,
     unpack_strings,
     vehicle_id,
@@ -76,6 +79,10 @@ class HotContext:
     matcher: Matcher
     allowed: Callable[[str, str], bool]  # (hotlist agency, owning agency) -> may it match?
     hit_only: frozenset[str] = frozenset()  # owning agencies that store hits only
+
+
+def _date(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
 NO_HOTLIST = HotContext(Matcher([], 0), lambda hot_agency, owner: False)
@@ -154,6 +161,11 @@ class PartitionPipeline:
         out.dlq = [dlq_message(d) for d in batch.dead]
         if len(batch):
             self._dedup(batch, out, hot or NO_HOTLIST)
+            # reads collected per owning agency and day, for transparency reports; exactly once, because
+            # they travel in the same atomic, offset-fenced script as the checkpoint
+            per_day = Counter((d["agency"], d["ts"] // DAY_MS) for d in batch.docs)
+            for (agency, day), n in per_day.items():
+                out.redis.append(("HINCRBY", stats_key(agency), f"reads:{_date(day)}", n))
         self._evict(out)
         out.redis.append(("HSET", self.ck_key, META_OFFSET, str(next_offset),
                           META_WATERMARK, str(self.state.watermark)))
@@ -315,6 +327,7 @@ class PartitionPipeline:
                      "lat": d["lat"], "lon": d["lon"], "read_id": d["read_id"],
                      "source": {"topic": self.topic, "partition": self.partition, "offset": int(batch.offset[row])}}
             out.alerts.append((alert["alert_id"].encode(), orjson.dumps(alert)))
+            out.redis.append(("HINCRBY", stats_key(d["agency"]), f"hits:{_date(d['ts'] // DAY_MS)}", 1))
 
     # -- encoding ------------------------------------------------------------------------------------
     def _sid_of(self, first_offset: int) -> int:

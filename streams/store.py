@@ -57,6 +57,11 @@ def cell_key(cell: str, bucket: int) -> str:
     return f"ps:c:{{{cell}:{bucket}}}"
 
 
+def stats_key(agency: str) -> str:
+    """Per-agency counters (``reads:<date>``, ``hits:<date>``) for transparency reports."""
+    return f"ps:stats:{{{agency}}}"
+
+
 def checkpoint_key(group: str, topic: str, partition: int) -> str:
     return f"ps:ck:{{{group}:{topic}:{partition}}}"
 
