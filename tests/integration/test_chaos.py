@@ -111,3 +111,27 @@ def test_redis_crash_with_aof_loses_nothing(settings: Settings, local_stack: sta
     assert "rewinding to the checkpoints" in worker.log()
     row = _exact(s, traffic)
     print(f"redis crash: {json.dumps(row)}")
+
+
+def test_kafka_broker_restart_under_load(settings: Settings, local_stack: stack.StackInfo, tmp_path: Path) -> None:
+    s = settings
+    traffic = generate(seed=24, vehicles=1500, hours=12, malformed=0.01, late=0.03)
+    ensure_topics(s)
+    send_all(s.kafka_bootstrap, s.topic_reads, traffic.messages)
+    client = redis.Redis.from_url(s.redis_url)
+    total = len(traffic.messages)
+    worker = Worker(s, tmp_path, name="worker", **SMALL)
+    state = Path(local_stack.state_dir)
+    try:
+        wait_for(lambda: sum(checkpoint_offsets(s, client).values()) > 0.3 * total, 120, "progress")
+        info = stack.read_info(state)
+        assert info is not None
+        os.killpg(info.kafka_pid, signal.SIGKILL)  # the broker dies mid-stream
+        time.sleep(3.0)
+        info.kafka_pid = stack.start_kafka(state, info.kafka_port, info.controller_port)  # same data, same port
+        (state / "stack.json").write_text(json.dumps(dataclasses.asdict(info)))
+        wait_caught_up(s, worker, timeout=240)
+    finally:
+        worker.stop()
+    row = _exact(s, traffic)
+    print(f"broker restart: {json.dumps(row)}")
