@@ -81,6 +81,10 @@ def openapi() -> dict[str, Any]:
                                                         "400": err, "401": err, "403": err}}},
             "/v1/audit/verify": {"get": {"summary": "Verify the audit hash chain (auditor)",
                                          "responses": {"200": {"description": "verification"}, "401": err}}},
+            "/v1/audit/report": {"get": {"summary": "Who queried what, for one agency (its auditor)",
+                                         "parameters": [{"name": "agency", "in": "query", "required": True,
+                                                         "schema": {"type": "string"}}],
+                                         "responses": {"200": {"description": "report"}, "401": err, "403": err}}},
             "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
         },
     }
@@ -173,6 +177,18 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         v = await blocking(acc.audit.verify)
         return web.json_response({"ok": v.ok, "records": v.records, "first_bad": v.first_bad, "reason": v.reason})
 
+    @guarded
+    async def audit_report(request: web.Request) -> web.Response:
+        agency = request.query.get("agency", "")
+        ctx = acc.policy().context(_token(request), "audit", f"audit-report-{agency}", role="auditor")
+        if agency != ctx.agency.id and "admin" not in ctx.user.roles:
+            raise PolicyError("forbidden_role", "auditors report on their own agency")
+        rep = await blocking(lambda: acc.audit.report(agency))
+        await blocking(lambda: acc.audit.append(
+            action="audit.report", agency=ctx.agency.id, user=ctx.user.id, purpose="audit", case=ctx.case,
+            terms={"agency": agency}, decision="allowed", result_count=rep["records"]))
+        return web.json_response(rep)
+
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -184,6 +200,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
     app.router.add_post("/v1/share/request", share_request)
     app.router.add_post("/v1/share/decide", share_decide)
     app.router.add_get("/v1/audit/verify", audit_verify)
+    app.router.add_get("/v1/audit/report", audit_report)
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", spec)
     app.on_cleanup.append(lambda _: asyncio.get_running_loop().run_in_executor(None, acc.close))

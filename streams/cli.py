@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import orjson
 
@@ -134,11 +136,10 @@ def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
                                     args.since, args.until, args.limit)
     except (PolicyError, QueryError, AuditError) as e:
         return _error(e)
-    if args.format == "json":
-        for r in result.rows:
-            sys.stdout.buffer.write(orjson.dumps(r) + b"\n")
-    else:
+    if args.format == "table":
         print_trail(result.rows)
+    else:
+        export(result.rows, args.format, sys.stdout)
     withheld = sorted(set(result.refused.values()))
     print(f"audit record #{result.audit_seq}; {len(result.rows)} sightings"
           + (f"; other agencies' data withheld by: {', '.join(withheld)}" if withheld else ""), file=sys.stderr)
@@ -161,8 +162,7 @@ def cmd_area(args: argparse.Namespace, settings: Settings) -> int:
                                  args.since, args.until)
     except (PolicyError, QueryError, AuditError) as e:
         return _error(e)
-    for r in result.rows:
-        sys.stdout.buffer.write(orjson.dumps(r) + b"\n")
+    export(result.rows, args.format, sys.stdout)
     print(f"audit record #{result.audit_seq}; {len(result.rows)} sightings of "
           f"{len({r['vehicle'] for r in result.rows})} vehicles", file=sys.stderr)
     return 0
@@ -316,6 +316,22 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_COLUMNS = ("ts", "ts_last", "plate", "region", "vehicle", "camera_id", "agency", "lat", "lon", "geohash",
+                  "distance_m", "confidence", "reads", "read_id", "sighting_id", "hit")
+
+
+def export(rows: list[dict], fmt: str, out: TextIO) -> None:
+    """Rows as JSON lines (``json``/``jsonl``) or CSV with a fixed header (absent columns left empty)."""
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for r in rows:
+            out.write(orjson.dumps(r).decode() + "\n")
+    out.flush()
+
+
 def print_trail(rows: list[dict]) -> None:
     if not rows:
         print("no sightings")
@@ -373,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--since", type=_time, help="epoch ms or ISO 8601")
     t.add_argument("--until", type=_time, help="epoch ms or ISO 8601")
     t.add_argument("--limit", type=int)
-    t.add_argument("--format", choices=["table", "json"], default="table")
+    t.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table",
+                   help="table for people; jsonl (= json) or csv to export")
     for cmd in (t,):
         cmd.add_argument("--purpose", help="why you ask: one of the policy's purposes (required)")
         cmd.add_argument("--case", help="case number (required)")
@@ -385,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--radius", type=float, required=True, help="metres (at most 50,000)")
     ar.add_argument("--since", type=_time, required=True, help="epoch ms or ISO 8601")
     ar.add_argument("--until", type=_time, required=True, help="epoch ms or ISO 8601")
+    ar.add_argument("--format", choices=["jsonl", "json", "csv"], default="jsonl")
     ar.add_argument("--purpose", help="why you ask (required)")
     ar.add_argument("--case", help="case number (required)")
     ar.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")

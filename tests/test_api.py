@@ -115,6 +115,9 @@ def test_governed_http_api(server: str, settings: Settings) -> None:
     assert call(server, "/v1/audit/verify", None, TOKENS["alice"])[1]["error"]["code"] == "forbidden_role"
     status, v = call(server, "/v1/audit/verify", None, TOKENS["audrey"])
     assert status == 200 and v["ok"] and v["records"] >= 8
+    status, rep = call(server, "/v1/audit/report?agency=hartford-pd", None, TOKENS["audrey"])
+    assert status == 200 and rep["by_user"]["alice"] >= 3 and rep["agencies_that_received_our_data"] == {}
+    assert call(server, "/v1/audit/report?agency=westport-pd", None, TOKENS["audrey"])[0] == 403
     audit = AuditLog(client, b"api-test-audit-key-0123")
     trails = [r for r in audit.records() if r["action"] == "query.trail"]
     # refused ones too: unauthenticated, no case, unknown purpose; then alice twice and fred
