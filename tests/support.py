@@ -15,12 +15,13 @@ import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.pipeline import META_OFFSET
+from streams.pipeline import META_OFFSET, PartitionPipeline
 from streams.query import trail
+from streams.records import Raw
 from streams.settings import Settings
 from streams.simulate import Traffic
 from streams.stack import free_port
-from streams.store import checkpoint_key
+from streams.store import apply_batch_sync, checkpoint_key
 from streams.topics import end_offsets
 from tests.conftest import settings_env, wait_for
 
@@ -154,3 +155,10 @@ def final_sightings(s: Settings) -> dict[str, dict[str, Any]]:
                     k: v for k, v in cur.items() if k != "extra"}, "same revision, different content"
             latest[msg["sighting_id"]] = msg
     return {k: v for k, v in latest.items() if v["op"] == "upsert"}
+
+
+def store_reads(s: Settings, client: redis.Redis, reads: list[dict[str, Any]]) -> None:
+    """Process plate_read documents through a real PartitionPipeline and apply the batch to Redis."""
+    pipe = PartitionPipeline(s, s.topic_reads, 0)
+    raws = [Raw(s.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
+    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)

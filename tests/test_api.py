@@ -11,19 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import redis
 import yaml
 
 from streams.audit import AuditLog
-from streams.pipeline import PartitionPipeline
-from streams.records import Raw
 from streams.settings import Settings
 from streams.stack import free_port
-from streams.store import apply_batch_sync
 from tests.conftest import settings_env, wait_for
 from tests.governance import TOKENS, policy_doc, with_tokens
+from tests.support import store_reads
 
 pytestmark = pytest.mark.integration
 
@@ -71,9 +68,7 @@ def test_governed_http_api(server: str, settings: Settings) -> None:
     reads = [{"read_id": f"{a}-{i}", "camera_id": f"cam-{a}", "agency": a, "plate": "API123", "region": "US-CT",
               "ts": 1_764_000_000_000 + (j * 2 + i) * 60_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
              for j, a in enumerate(["hartford-pd", "westport-pd"]) for i in range(2)]
-    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
-    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
-    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    store_reads(settings, client, reads)
     q = {"plate": "API123", "region": "US-CT", "purpose": "criminal_investigation", "case": "HPD-9"}
 
     assert call(server, "/openapi.json")[1]["paths"]["/v1/trail"]

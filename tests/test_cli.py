@@ -13,12 +13,10 @@ import pytest
 import redis
 import yaml
 
-from streams.pipeline import PartitionPipeline
-from streams.records import Raw
 from streams.settings import Settings
-from streams.store import apply_batch_sync
 from tests.conftest import settings_env
 from tests.governance import TOKENS, policy_doc, with_tokens
+from tests.support import store_reads
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +36,7 @@ def test_trail_exports_and_refusals(settings: Settings, tmp_path: Path) -> None:
     reads = [{"read_id": f"r{i}", "camera_id": "cam-1", "agency": "hartford-pd", "plate": "CLI-123",
               "region": "US-CT", "ts": 1_764_000_000_000 + i * 3_600_000, "lat": 41.7, "lon": -72.7,
               "confidence": 0.9} for i in range(3)]
-    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
-    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
-    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    store_reads(settings, client, reads)
     q = ["trail", "cli123", "--region", "US-CT", "--purpose", "criminal_investigation", "--case", "HPD-1"]
 
     table = run(settings, tmp_path, *q, token=TOKENS["alice"])

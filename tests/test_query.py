@@ -11,13 +11,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from streams.audit import AuditLog
-from streams.pipeline import PartitionPipeline
 from streams.policy import Policy, PolicyError, token_hash
 from streams.query import governed_trail, trail
-from streams.records import Raw
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
-from streams.store import apply_batch_sync
+from tests.support import store_reads
 
 pytestmark = pytest.mark.integration
 AGENCIES = ["a-local", "b-local", "c-state", "d-fed", "e-private", "f-ny"]
@@ -32,9 +30,7 @@ def _store_sightings(settings: Settings, client: redis.Redis) -> None:
     reads = [{"read_id": f"{a}-{i}", "camera_id": f"cam-{a}", "agency": a, "plate": "ABC123", "region": "US-CT",
               "ts": BASE + (j * 2 + i) * 60_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
              for j, a in enumerate([*AGENCIES, "zz-unknown"]) for i in range(2)]
-    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
-    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
-    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    store_reads(settings, client, reads)
     assert len(trail(client, settings, "ABC123", "US-CT")) == 14
 
 
@@ -122,9 +118,7 @@ def test_historical_hits_find_ocr_variants_and_are_audited(settings: Settings) -
     reads = [{"read_id": f"r{i}", "camera_id": "cam-h", "agency": "hartford-pd", "plate": plate, "region": "US-CT",
               "ts": BASE + i * 3_600_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
              for i, plate in enumerate(["HOT1", "H0T1", "HOTI", "NOT1"])]
-    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
-    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
-    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    store_reads(settings, client, reads)
     p = policy()
     audit = AuditLog(client, b"audit-test-key-0123456789")
     ctx = p.context(TOKENS["alice"], "hotlist_response", "HL-1")
@@ -157,9 +151,7 @@ def test_area_search_is_exact_policy_filtered_and_audited(settings: Settings) ->
               "lon": lon0 + east / (111_195.0 * float(np.cos(np.radians(lat0)))), "confidence": 0.9}
              for i, (rid, agency, north, east) in enumerate(placed)]
     reads.append({**reads[0], "read_id": "too-early", "plate": "EARLY1", "ts": BASE - 3_600_000})
-    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
-    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
-    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    store_reads(settings, client, reads)
     p = policy()
     audit = AuditLog(client, b"audit-test-key-0123456789")
     ctx = p.context(TOKENS["alice"], "criminal_investigation", "HPD-AREA")

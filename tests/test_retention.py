@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import orjson
 import pytest
 import redis
 
-from streams.pipeline import PartitionPipeline
 from streams.policy import DAY_MS
 from streams.query import trail
-from streams.records import Raw
 from streams.retention import sweep
 from streams.settings import Settings
-from streams.store import apply_batch_sync
 from tests.governance import policy
+from tests.support import store_reads
 
 pytestmark = pytest.mark.integration
 NOW = 1_800_000_000_000
@@ -26,9 +23,7 @@ def _store(settings: Settings, client: redis.Redis) -> None:
             reads.append({"read_id": f"{agency}-{age_days}", "camera_id": f"cam-{agency}", "agency": agency,
                           "plate": "RET123", "region": "US-CT", "ts": NOW - age_days * DAY_MS, "lat": 41.7,
                           "lon": -72.7, "confidence": 0.9})
-    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
-    raws = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
-    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    store_reads(settings, client, reads)
 
 
 def _left(settings: Settings, client: redis.Redis) -> set[str]:
