@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from kafka import KafkaProducer
@@ -44,6 +45,16 @@ class Access:
         if self.store is None:
             raise PolicyError("no_policy", "no policy file is configured (PLATESTREAM_POLICY): every query is refused")
         return self.store.get()
+
+    def audit_report(self, token: str | None, agency: str) -> dict[str, Any]:
+        """``AuditLog.report`` for an auditor of ``agency`` (admins: any agency); the report is audited too."""
+        ctx = self.policy().context(token, "audit", f"audit-report-{agency}", role="auditor")
+        if agency != ctx.agency.id and "admin" not in ctx.user.roles:
+            raise PolicyError("forbidden_role", "auditors report on their own agency")
+        report = self.audit.report(agency)
+        self.audit.append(action="audit.report", agency=ctx.agency.id, user=ctx.user.id, purpose="audit",
+                          case=ctx.case, terms={"agency": agency}, decision="allowed", result_count=report["records"])
+        return report
 
     def close(self) -> None:
         if self.publisher is not None:

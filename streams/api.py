@@ -19,7 +19,7 @@ from streams import sharing
 from streams.access import Access
 from streams.audit import AuditError
 from streams.policy import PURPOSES, PolicyError
-from streams.query import QueryError, area_search, checked_context, governed_trail, trail_terms
+from streams.query import GovernedResult, QueryError, area_search, checked_context, governed_trail, trail_terms
 from streams.settings import Settings
 
 STATUS = {"unauthenticated": 401, "forbidden_role": 403, "sharing_rule": 403, "no_policy": 503,
@@ -43,6 +43,11 @@ def _int(value: Any, name: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise QueryError(f"{name} must be epoch milliseconds") from None
+
+
+def governed_response(result: GovernedResult) -> web.Response:
+    return web.json_response({"sightings": result.rows, "withheld_by": sorted(set(result.refused.values())),
+                              "audit_seq": result.audit_seq})
 
 
 def openapi() -> dict[str, Any]:
@@ -131,8 +136,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         result = await blocking(lambda: governed_trail(
             acc.client, settings, policy, ctx, acc.audit, q["plate"], q["region"], _int(q.get("since"), "since"),
             _int(q.get("until"), "until"), _int(q.get("limit"), "limit")))
-        return web.json_response({"sightings": result.rows, "withheld_by": sorted(set(result.refused.values())),
-                                  "audit_seq": result.audit_seq})
+        return governed_response(result)
 
     @guarded
     async def area(request: web.Request) -> web.Response:
@@ -148,8 +152,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
             raise QueryError("lat, lon, radius_m, since and until are required numbers") from None
         result = await blocking(lambda: area_search(acc.client, settings, policy, ctx, acc.audit, lat, lon, radius,
                                                     since, until))
-        return web.json_response({"sightings": result.rows, "withheld_by": sorted(set(result.refused.values())),
-                                  "audit_seq": result.audit_seq})
+        return governed_response(result)
 
     @guarded
     async def share_request(request: web.Request) -> web.Response:
@@ -180,14 +183,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
     @guarded
     async def audit_report(request: web.Request) -> web.Response:
         agency = request.query.get("agency", "")
-        ctx = acc.policy().context(_token(request), "audit", f"audit-report-{agency}", role="auditor")
-        if agency != ctx.agency.id and "admin" not in ctx.user.roles:
-            raise PolicyError("forbidden_role", "auditors report on their own agency")
-        rep = await blocking(lambda: acc.audit.report(agency))
-        await blocking(lambda: acc.audit.append(
-            action="audit.report", agency=ctx.agency.id, user=ctx.user.id, purpose="audit", case=ctx.case,
-            terms={"agency": agency}, decision="allowed", result_count=rep["records"]))
-        return web.json_response(rep)
+        return web.json_response(await blocking(lambda: acc.audit_report(_token(request), agency)))
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})

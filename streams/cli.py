@@ -179,14 +179,7 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"audit chain: {'OK' if v.ok else 'BROKEN'}, {v.records} verified records"
                       + ("" if v.ok else f"; first bad record {v.first_bad}: {v.reason}"))
                 return 0 if v.ok else 1
-            ctx = acc.policy().context(args.token or settings.token, "audit", f"audit-report-{args.agency}",
-                                       role="auditor")
-            if args.agency != ctx.agency.id and "admin" not in ctx.user.roles:
-                raise PolicyError("forbidden_role", "auditors report on their own agency")
-            report = acc.audit.report(args.agency)
-            acc.audit.append(action="audit.report", agency=ctx.agency.id, user=ctx.user.id, purpose="audit",
-                             case=ctx.case, terms={"agency": args.agency}, decision="allowed",
-                             result_count=report["records"])
+            report = acc.audit_report(args.token or settings.token, args.agency)
     except PolicyError as e:
         return _error(e)
     sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

@@ -57,3 +57,8 @@ def test_trail_exports_and_refusals(settings: Settings, tmp_path: Path) -> None:
     verify = run(settings, tmp_path, "audit", "verify")
     # three of alice's, her refused one without a case, and fred's
     assert verify.returncode == 0 and "OK, 5 verified records" in verify.stdout, verify.stdout
+    report = run(settings, tmp_path, "audit", "report", "--agency", "hartford-pd", token=TOKENS["audrey"])
+    assert report.returncode == 0, report.stderr
+    assert orjson.loads(report.stdout)["by_user"] == {"alice": 4}  # fred's query is ICE's, not Hartford's
+    denied = run(settings, tmp_path, "audit", "report", "--agency", "westport-pd", token=TOKENS["audrey"])
+    assert denied.returncode == 2 and "forbidden_role" in denied.stderr
