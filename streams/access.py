@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from kafka import KafkaProducer
 
+from streams import connect
 from streams.audit import AuditLog
 from streams.policy import Policy, PolicyError, PolicyStore
 from streams.settings import Settings
@@ -24,7 +25,7 @@ class KafkaAuditPublisher:
     def __init__(self, settings: Settings) -> None:
         ensure_topics(settings)
         self.topic = settings.topic_audit
-        self.producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=0)
+        self.producer = KafkaProducer(**connect.kafka(settings), acks="all", linger_ms=0)
 
     def __call__(self, record: bytes) -> None:
         self.producer.send(self.topic, value=record, key=b"audit").get(timeout=30)
@@ -36,7 +37,7 @@ class KafkaAuditPublisher:
 class Access:
     def __init__(self, settings: Settings, client: redis.Redis | None = None, publish: bool = True) -> None:
         self.settings = settings
-        self.client = client or redis.Redis.from_url(settings.redis_url)
+        self.client = client or connect.redis_client(settings)
         self.store = PolicyStore(settings.policy_path) if settings.policy_path else None
         self.publisher = KafkaAuditPublisher(settings) if publish else None
         self.audit = AuditLog(self.client, settings.audit_key, self.publisher)

@@ -18,8 +18,18 @@ from aiohttp import web
 from streams import sharing
 from streams.access import Access
 from streams.audit import AuditError
+from streams.export import FORMATS, render
 from streams.policy import PURPOSES, PolicyError
-from streams.query import GovernedResult, QueryError, area_search, checked_context, governed_trail, trail_terms
+from streams.query import (
+    GovernedResult,
+    QueryError,
+    area_search,
+    checked_context,
+    governed_trail,
+    pattern_terms,
+    plate_search,
+    trail_terms,
+)
 from streams.settings import Settings
 
 STATUS = {"unauthenticated": 401, "forbidden_role": 403, "sharing_rule": 403, "no_policy": 503,
@@ -45,17 +55,40 @@ def _int(value: Any, name: str) -> int | None:
         raise QueryError(f"{name} must be epoch milliseconds") from None
 
 
-def governed_response(result: GovernedResult) -> web.Response:
-    return web.json_response({"sightings": result.rows, "withheld_by": sorted(set(result.refused.values())),
-                              "audit_seq": result.audit_seq})
+def governed_response(result: GovernedResult, fmt: Any = None) -> web.Response:
+    """JSON envelope by default; ``format`` ``csv`` or ``jsonl`` exports the rows (audit seq and withholding
+    rules then travel in the ``X-Audit-Seq`` and ``X-Withheld-By`` headers)."""
+    withheld = sorted(set(result.refused.values()))
+    if fmt in (None, "json"):
+        return web.json_response({"sightings": result.rows, "withheld_by": withheld, "audit_seq": result.audit_seq})
+    body, content_type = render(result.rows, fmt)
+    return web.Response(text=body, headers={"Content-Type": content_type, "X-Audit-Seq": str(result.audit_seq),
+                                            "X-Withheld-By": ",".join(withheld)})
+
+
+def _format(q: dict[str, Any]) -> Any:
+    fmt = q.get("format")
+    if fmt not in (None, "json", *FORMATS):
+        raise QueryError(f"format must be json, {' or '.join(FORMATS)}")
+    return fmt
 
 
 def openapi() -> dict[str, Any]:
+    fmt = {"enum": ["json", *FORMATS], "default": "json",
+           "description": "json: envelope; csv/jsonl: export (audit seq in the X-Audit-Seq header)"}
     err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     q = {"type": "object", "required": ["plate", "region", "purpose", "case"],
          "properties": {"plate": {"type": "string"}, "region": {"type": "string", "example": "US-CT"},
                         "purpose": {"enum": list(PURPOSES)}, "case": {"type": "string"},
-                        "since": {"type": "integer"}, "until": {"type": "integer"}, "limit": {"type": "integer"}}}
+                        "since": {"type": "integer"}, "until": {"type": "integer"}, "limit": {"type": "integer"},
+                        "format": fmt}}
+    search = {"type": "object", "required": ["pattern", "purpose", "case"],
+              "properties": {"pattern": {"type": "string", "example": "7AB*",
+                                         "description": "* any run, ? one character; OCR-confusion tolerant"},
+                             "region": {"type": "string", "description": "omit for every region"},
+                             "purpose": {"enum": list(PURPOSES)}, "case": {"type": "string"},
+                             "since": {"type": "integer"}, "until": {"type": "integer"},
+                             "limit": {"type": "integer"}, "format": fmt}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "platestream", "version": "1",
@@ -65,7 +98,7 @@ def openapi() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"}, "rule": {"type": ["string", "null"]}}}}},
-                "TrailQuery": q},
+                "TrailQuery": q, "PlateSearch": search},
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -74,8 +107,15 @@ def openapi() -> dict[str, Any]:
                                        "schema": {"$ref": "#/components/schemas/TrailQuery"}}}},
                                    "responses": {"200": {"description": "sightings, withheld rules, audit seq"},
                                                  "400": err, "401": err, "403": err, "503": err}}},
+            "/v1/plates/search": {"post": {
+                "summary": "Partial/wildcard plate search over stored history, policy-filtered and audited",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/PlateSearch"}}}},
+                "responses": {"200": {"description": "sightings (with plate) the caller may see"},
+                              "400": err, "401": err, "403": err, "503": err}}},
             "/v1/area": {"post": {"summary": "Vehicles (by pseudonym) that passed within radius_m of lat/lon "
-                                             "between since and until (epoch ms); body also needs purpose, case",
+                                             "between since and until (epoch ms); body also needs purpose, case; "
+                                             "format as for /v1/trail",
                                   "responses": {"200": {"description": "sightings, withheld rules, audit seq"},
                                                 "400": err, "401": err, "403": err}}},
             "/v1/share/request": {"post": {"summary": "Ask an owning agency for access (admin)",
@@ -133,10 +173,25 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         for name in ("plate", "region"):
             if not isinstance(q.get(name), str):
                 raise QueryError(f"{name} is required")
+        fmt = _format(q)
         result = await blocking(lambda: governed_trail(
             acc.client, settings, policy, ctx, acc.audit, q["plate"], q["region"], _int(q.get("since"), "since"),
             _int(q.get("until"), "until"), _int(q.get("limit"), "limit")))
-        return governed_response(result)
+        return governed_response(result, fmt)
+
+    @guarded
+    async def plates(request: web.Request) -> web.Response:
+        q = await body(request)
+        policy = acc.policy()
+        ctx = await blocking(lambda: checked_context(policy, acc.audit, _token(request), q.get("purpose"),
+                                                     q.get("case"), "query.plate_search",
+                                                     pattern_terms(settings, str(q.get("pattern")).upper(),
+                                                                   str(q.get("region") or "")[:16] or None)))
+        fmt = _format(q)
+        result = await blocking(lambda: plate_search(
+            acc.client, settings, policy, ctx, acc.audit, str(q.get("pattern") or ""), q.get("region"),
+            _int(q.get("since"), "since"), _int(q.get("until"), "until"), _int(q.get("limit"), "limit")))
+        return governed_response(result, fmt)
 
     @guarded
     async def area(request: web.Request) -> web.Response:
@@ -150,9 +205,10 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
             since, until = int(q["since"]), int(q["until"])
         except (KeyError, TypeError, ValueError):
             raise QueryError("lat, lon, radius_m, since and until are required numbers") from None
+        fmt = _format(q)
         result = await blocking(lambda: area_search(acc.client, settings, policy, ctx, acc.audit, lat, lon, radius,
                                                     since, until))
-        return governed_response(result)
+        return governed_response(result, fmt)
 
     @guarded
     async def share_request(request: web.Request) -> web.Response:
@@ -193,6 +249,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
 
     app.router.add_post("/v1/trail", trail)
     app.router.add_post("/v1/area", area)
+    app.router.add_post("/v1/plates/search", plates)
     app.router.add_post("/v1/share/request", share_request)
     app.router.add_post("/v1/share/decide", share_decide)
     app.router.add_get("/v1/audit/verify", audit_verify)

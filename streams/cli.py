@@ -1,18 +1,24 @@
-"""``platestream`` command line: stack, worker, simulate, produce, trail, progress, demo."""
+"""``platestream`` command line: the local stack, the worker, traffic, governed queries, audit, demo."""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 import orjson
 
+from streams.export import write_rows
 from streams.settings import ENV_VARS, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from streams.access import Access
+    from streams.policy import Context, Policy
+    from streams.query import GovernedResult
 
 
 def _time(value: str) -> int:
@@ -82,7 +88,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                 f.write(value.replace(b"\n", b" ") + b"\n")
         return 0
     ensure_topics(settings)
-    send_all(settings.kafka_bootstrap, settings.topic_reads, traffic.messages, rate=args.rate,
+    send_all(settings, settings.topic_reads, traffic.messages, rate=args.rate,
              duration=args.duration, progress=True, total=len(traffic.messages))
     return 0
 
@@ -108,7 +114,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
             yield key, line
 
     ensure_topics(settings)
-    n = send_all(settings.kafka_bootstrap, args.topic or settings.topic_reads, messages(),  # type: ignore[arg-type]
+    n = send_all(settings, args.topic or settings.topic_reads, messages(),  # type: ignore[arg-type]
                  rate=args.rate, progress=True)
     print(f"produced {n} messages", file=sys.stderr)
     return 0
@@ -121,51 +127,73 @@ def _error(e: Exception) -> int:
     return 2
 
 
-def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
+def _governed_query(args: argparse.Namespace, settings: Settings, action: str, terms: Callable[[], dict],
+                   run: Callable[[Access, Policy, Context], GovernedResult]) -> GovernedResult | int:
+    """Authenticate, check purpose and case (refusals audited), run the query; an exit code on refusal."""
     from streams.access import access
     from streams.audit import AuditError
     from streams.policy import PolicyError
-    from streams.query import QueryError, checked_context, governed_trail, trail_terms
+    from streams.query import QueryError, checked_context
 
     try:
         with access(settings) as acc:
             policy = acc.policy()
             ctx = checked_context(policy, acc.audit, args.token or settings.token, args.purpose, args.case,
-                                  "query.trail", trail_terms(settings, args.plate, args.region))
-            result = governed_trail(acc.client, settings, policy, ctx, acc.audit, args.plate, args.region,
-                                    args.since, args.until, args.limit)
+                                  action, terms())
+            return run(acc, policy, ctx)
     except (PolicyError, QueryError, AuditError) as e:
         return _error(e)
-    if args.format == "table":
+
+
+def _print_result(result: GovernedResult, fmt: str, what: str) -> int:
+    if fmt == "table":
         print_trail(result.rows)
     else:
-        export(result.rows, args.format, sys.stdout)
+        write_rows(result.rows, fmt, sys.stdout)
     withheld = sorted(set(result.refused.values()))
-    print(f"audit record #{result.audit_seq}; {len(result.rows)} sightings"
+    print(f"audit record #{result.audit_seq}; {len(result.rows)} sightings{what}"
           + (f"; other agencies' data withheld by: {', '.join(withheld)}" if withheld else ""), file=sys.stderr)
     return 0
 
 
+def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.query import governed_trail, trail_terms
+
+    def run(acc: Access, policy: Policy, ctx: Context) -> GovernedResult:
+        return governed_trail(acc.client, settings, policy, ctx, acc.audit, args.plate, args.region, args.since,
+                              args.until, args.limit)
+
+    result = _governed_query(args, settings, "query.trail", lambda: trail_terms(settings, args.plate, args.region),
+                             run)
+    return result if isinstance(result, int) else _print_result(result, args.format, "")
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.query import pattern_terms, plate_search
+
+    def run(acc: Access, policy: Policy, ctx: Context) -> GovernedResult:
+        return plate_search(acc.client, settings, policy, ctx, acc.audit, args.pattern, args.region, args.since,
+                            args.until, args.limit)
+
+    result = _governed_query(args, settings, "query.plate_search",
+                             lambda: pattern_terms(settings, args.pattern.upper(), args.region), run)
+    if isinstance(result, int):
+        return result
+    return _print_result(result, args.format, f" of {len({r['plate'] for r in result.rows})} plates")
+
+
 def cmd_area(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.access import access
-    from streams.audit import AuditError
-    from streams.policy import PolicyError
-    from streams.query import QueryError, area_search, checked_context
+    from streams.query import area_search
+
+    def run(acc: Access, policy: Policy, ctx: Context) -> GovernedResult:
+        return area_search(acc.client, settings, policy, ctx, acc.audit, args.lat, args.lon, args.radius,
+                           args.since, args.until)
 
     terms = {"lat": args.lat, "lon": args.lon, "radius_m": args.radius, "since": args.since, "until": args.until}
-    try:
-        with access(settings) as acc:
-            policy = acc.policy()
-            ctx = checked_context(policy, acc.audit, args.token or settings.token, args.purpose, args.case,
-                                  "query.area", terms)
-            result = area_search(acc.client, settings, policy, ctx, acc.audit, args.lat, args.lon, args.radius,
-                                 args.since, args.until)
-    except (PolicyError, QueryError, AuditError) as e:
-        return _error(e)
-    export(result.rows, args.format, sys.stdout)
-    print(f"audit record #{result.audit_seq}; {len(result.rows)} sightings of "
-          f"{len({r['vehicle'] for r in result.rows})} vehicles", file=sys.stderr)
-    return 0
+    result = _governed_query(args, settings, "query.area", lambda: terms, run)
+    if isinstance(result, int):
+        return result
+    return _print_result(result, args.format, f" of {len({r['vehicle'] for r in result.rows})} vehicles")
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
@@ -232,10 +260,12 @@ def cmd_hotlist(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"loaded {n} entries for {ctx.agency.id}; new reads are matched within seconds")
                 if args.history:
                     for e in entries:
-                        if not e.is_pattern and e.region != "*":
+                        try:
                             r = historical_hits(acc.client, settings, policy, ctx, acc.audit, e)
-                            print(f"  {e.plate} ({e.region}): {len(r.rows)} historical sightings "
-                                  f"(audit #{r.audit_seq})")
+                        except QueryError as err:
+                            print(f"  {e.id}: not run against history: {err}")
+                            continue
+                        print(f"  {e.id} ({e.region}): {len(r.rows)} historical sightings (audit #{r.audit_seq})")
                 return 0
             ctx = policy.context(token, "hotlist_response", args.case)
             if args.action == "list":
@@ -309,22 +339,6 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
-EXPORT_COLUMNS = ("ts", "ts_last", "plate", "region", "vehicle", "camera_id", "agency", "lat", "lon", "geohash",
-                  "distance_m", "confidence", "reads", "read_id", "sighting_id", "hit")
-
-
-def export(rows: list[dict], fmt: str, out: TextIO) -> None:
-    """Rows as JSON lines (``json``/``jsonl``) or CSV with a fixed header (absent columns left empty)."""
-    if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        for r in rows:
-            out.write(orjson.dumps(r).decode() + "\n")
-    out.flush()
-
-
 def print_trail(rows: list[dict]) -> None:
     if not rows:
         print("no sightings")
@@ -384,10 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int)
     t.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table",
                    help="table for people; jsonl (= json) or csv to export")
-    for cmd in (t,):
-        cmd.add_argument("--purpose", help="why you ask: one of the policy's purposes (required)")
-        cmd.add_argument("--case", help="case number (required)")
-        cmd.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
+
+    se = sub.add_parser("search", help="partial/wildcard plate search over stored history (OCR-tolerant)")
+    se.add_argument("pattern", help="* = any run, ? = one character, e.g. '7AB*' or '?ABC12?'")
+    se.add_argument("--region", help="issuing jurisdiction (default: every region)")
+    se.add_argument("--since", type=_time, help="epoch ms or ISO 8601")
+    se.add_argument("--until", type=_time, help="epoch ms or ISO 8601")
+    se.add_argument("--limit", type=int)
+    se.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
 
     ar = sub.add_parser("area", help="which vehicles (by pseudonym) passed within a radius in a time range")
     ar.add_argument("--lat", type=float, required=True)
@@ -396,9 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--since", type=_time, required=True, help="epoch ms or ISO 8601")
     ar.add_argument("--until", type=_time, required=True, help="epoch ms or ISO 8601")
     ar.add_argument("--format", choices=["jsonl", "json", "csv"], default="jsonl")
-    ar.add_argument("--purpose", help="why you ask (required)")
-    ar.add_argument("--case", help="case number (required)")
-    ar.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
+    for cmd in (t, se, ar):
+        cmd.add_argument("--purpose", help="why you ask: one of the policy's purposes (required)")
+        cmd.add_argument("--case", help="case number (required)")
+        cmd.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
 
     au = sub.add_parser("audit", help="verify the audit chain, or report who queried what")
     au.add_argument("action", choices=["verify", "report"])
@@ -416,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     hl = sub.add_parser("hotlist", help="load hotlists, list them, or run an entry against stored history")
     hl.add_argument("action", choices=["load", "list", "history"])
     hl.add_argument("target", nargs="?", help="load: CSV/JSON file; history: entry id")
-    hl.add_argument("--history", action="store_true", help="load: also run new exact entries against history")
+    hl.add_argument("--history", action="store_true", help="load: also run the new entries against history")
     hl.add_argument("--case", help="case number (required for list/history)")
     hl.add_argument("--token", help="API token (default: PLATESTREAM_TOKEN)")
 
@@ -460,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail,
-               "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention, "hotlist": cmd_hotlist,
-               "serve": cmd_serve, "area": cmd_area, "transparency": cmd_transparency}
+               "search": cmd_search, "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention,
+               "hotlist": cmd_hotlist, "serve": cmd_serve, "area": cmd_area, "transparency": cmd_transparency}
     return handler[args.command](args, settings)
 
 

@@ -14,9 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-import redis
-
-from streams import stack
+from streams import connect, stack
 from streams.audit import AuditLog
 from streams.cli import print_trail
 from streams.pipeline import META_OFFSET
@@ -43,7 +41,7 @@ def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
         state_dir=state_dir, topic_reads=f"demo.{tag}.reads", topic_deduped=f"demo.{tag}.deduped",
         topic_dlq=f"demo.{tag}.dlq", topic_alerts=f"demo.{tag}.alerts", group=f"demo-{tag}",
     )
-    client = redis.Redis.from_url(s.redis_url)
+    client = connect.redis_client(s)
     client.flushdb()
 
     print(f"2/5 simulating a day of traffic of {vehicles:,} vehicles ...", flush=True)
@@ -51,7 +49,7 @@ def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
     print(f"    {traffic.valid_reads:,} reads of {len(traffic.truth):,} passes at "
           f"{len({t.camera_id for t in traffic.truth})} cameras, {traffic.malformed:,} malformed messages")
     ensure_topics(s)
-    send_all(s.kafka_bootstrap, s.topic_reads, traffic.messages, progress=True, total=len(traffic.messages))
+    send_all(s, s.topic_reads, traffic.messages, progress=True, total=len(traffic.messages))
 
     print("3/5 running the worker (faust app + Numba kernels) on the pre-filled topic ...", flush=True)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PLATESTREAM_")},

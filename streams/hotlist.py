@@ -106,7 +106,7 @@ def load_all(client: redis.Redis) -> list[Entry]:
     return [Entry(**orjson.loads(v)) for v in client.hvals(HOTLIST_KEY)]
 
 
-def _class_regex(pattern: str) -> re.Pattern[str]:
+def class_regex(pattern: str) -> re.Pattern[str]:
     body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(CONFUSABLE.get(c, c)) for c in pattern)
     return re.compile(f"^{body}$", re.MULTILINE)
 
@@ -117,7 +117,7 @@ class Matcher:
     def __init__(self, entries: Iterable[Entry], now_ms: int) -> None:
         self.entries = [e for e in entries if e.active(now_ms)]
         exact = [e for e in self.entries if not e.is_pattern]
-        self.patterns = [(e, _class_regex(e.plate)) for e in self.entries if e.is_pattern]
+        self.patterns = [(e, class_regex(e.plate)) for e in self.entries if e.is_pattern]
         _, codes = pack_plates(plates_matrix([e.plate.encode() for e in exact])) if exact else (None, None)
         self.by_code: dict[int, list[Entry]] = {}
         for e, c in zip(exact, codes.tolist() if codes is not None else [], strict=True):

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from streams import names
+from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
@@ -246,6 +247,8 @@ class PartitionPipeline:
         stored = store_it.tolist()
         confs = p["best_conf"][live].tolist()
         ck_fields: list[bytes] = []
+        directory: dict[str, list[bytes]] = {}
+        gone: list[tuple[str, str, str, bytes]] = []
         bucket_ms = s.cell_bucket_ms
         for j, i in enumerate(live.tolist()):
             best_seq = col["best_seq"][j]
@@ -266,10 +269,14 @@ class PartitionPipeline:
             prev = self._old.pop(i) if i in self._old else None
             if prev is not None and prev[:2] != entry[:2]:
                 out.redis.append(("ZREM", prev[0], prev[1]))
+                if prev[0] != entry[0]:  # the sighting moved to another vehicle (its best read changed)
+                    old_vid = bytes.fromhex(prev[0][prev[0].index("{") + 1 : -1])
+                    gone.append(("DIRGC", prev[0], directory_key(old_vid), old_vid))
             if prev is not None and prev[2:4] != entry[2:]:
                 out.redis.append(("ZREM", prev[2], prev[3]))
             out.redis.append(("ZADD", entry[0], start, entry[1]))
             out.redis.append(("ZADD", entry[2], start, entry[3]))
+            directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
             row = int(st.best_row[i])
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": f"{sid:016x}",
@@ -283,6 +290,8 @@ class PartitionPipeline:
             if row >= 0:
                 msg["extra"] = extras(docs[row])
             out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(msg)))
+        out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
+        out.redis.extend(gone)
         out.redis.append(("HSET", self.ck_key, *ck_fields))
 
     def _evict(self, out: BatchResult) -> None:

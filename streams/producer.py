@@ -8,14 +8,17 @@ from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
+from streams import connect
+from streams.settings import Settings
 
-def send_all(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]], rate: float = 0.0,
+
+def send_all(s: Settings, topic: str, messages: Iterable[tuple[bytes | None, bytes]], rate: float = 0.0,
              duration: float | None = None, progress: bool = False, total: int | None = None) -> int:
     """Send (key, value) pairs in order; ``rate`` caps messages/s (0 = as fast as possible).
 
     Returns how many were sent and acknowledged (acks=all); stops early after ``duration`` seconds.
     """
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024,
+    producer = KafkaProducer(**connect.kafka(s), acks="all", linger_ms=20, batch_size=512 * 1024,
                              max_request_size=16 << 20, compression_type=None)
     sent = 0
     t0 = last = time.monotonic()

@@ -1,9 +1,12 @@
-"""Trail lookup: the time-ordered sightings of one vehicle, read from its pseudonymous Redis trail."""
+"""Governed queries: vehicle trail, partial-plate search, area search and historical hotlist hits."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import itertools
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +15,10 @@ import numpy as np
 import redis
 
 from streams.audit import AuditLog
-from streams.hotlist import Entry
+from streams.directory import entries
+from streams.hotlist import Entry, class_regex
 from streams.kernels.geohash import geo52_decode, geohash_strings
-from streams.kernels.plates import CONFUSABLE
+from streams.kernels.plates import CONFUSABLE, plate_class
 from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
@@ -36,12 +40,29 @@ def _check_plate(plate: str, region: str) -> str:
     return normalize_plate(plate)
 
 
+def _latest(found: list[Sighting]) -> list[Sighting]:
+    """One entry per sighting id, its latest revision: during a key rotation a sighting still open in the
+    dedup state is written under the new key while its older revision stays in the old key's trail."""
+    best: dict[int, Sighting] = {}
+    for s in found:
+        cur = best.get(s.sighting_id)
+        if cur is None or (s.ts_last, s.reads) > (cur.ts_last, cur.reads):
+            best[s.sighting_id] = s
+    return sorted(best.values(), key=lambda s: (s.ts, s.sighting_id))
+
+
 def trail(client: redis.Redis, settings: Settings, plate: str, region: str, since: int | None = None,
           until: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Sightings of ``plate`` in ``region`` with first capture time in [since, until] (epoch ms), oldest first."""
+    """Sightings of ``plate`` in ``region`` with first capture time in [since, until] (epoch ms), oldest first.
+
+    Reads the trail under every lookup key (the current hash key, and the previous one during a rotation).
+    """
     norm = _check_plate(plate, region)
-    key = trail_key(vehicle_id(settings.hash_key, region, norm))
-    found = read_trail(client, key, "-inf" if since is None else since, "+inf" if until is None else until, limit)
+    lo, hi = "-inf" if since is None else since, "+inf" if until is None else until
+    found = [s for k in settings.lookup_keys
+             for s in read_trail(client, trail_key(vehicle_id(k, region, norm)), lo, hi, limit)]
+    if len(settings.lookup_keys) > 1:
+        found = _latest(found)[:limit]
     # positions and geohashes of the whole trail in one kernel call each
     lat, lon = geo52_decode(np.fromiter((s.geo52 for s in found), dtype=np.uint64, count=len(found)))
     hashes = geohash_strings(lat, lon, settings.geohash_precision)
@@ -76,22 +97,28 @@ def refusals(client: redis.Redis, policy: Policy, ctx: Context, now_ms: int | No
     return out
 
 
+def _decision(refused: dict[str, str], policy: Policy) -> str:
+    return "allowed" if not refused else ("refused" if len(refused) == len(policy.agencies) else "partial")
+
+
 def _governed(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
-              action: str, plates: list[str], region: str, since: int | None, until: int | None,
-              limit: int | None, extra_terms: dict[str, Any]) -> GovernedResult:
+              action: str, vehicles: list[tuple[str, str]], since: int | None, until: int | None,
+              limit: int | None, terms: dict[str, Any]) -> GovernedResult:
+    """Trails of (region, plate) ``vehicles``, cut to what ``ctx`` may see, audited before returning."""
     refused = refusals(client, policy, ctx)
-    rows = [r for p in plates for r in trail(client, settings, p, region, since, until)
+    rows = [r for region, p in vehicles for r in trail(client, settings, p, region, since, until)
             if r["agency"] in policy.agencies and r["agency"] not in refused]
-    rows.sort(key=lambda r: r["ts"])
+    rows.sort(key=lambda r: (r["ts"], r["sighting_id"]))
     if limit is not None:
         rows = rows[:limit]
     owners = Counter(r["agency"] for r in rows)
-    decision = "allowed" if not refused else ("refused" if len(refused) == len(policy.agencies) else "partial")
+    seen = {(r["region"], r["plate"]) for r in rows}
     record = audit.append(
         action=action, agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose, case=ctx.case,
-        terms={"vehicles": [vehicle_id(settings.hash_key, region, p).hex() for p in plates], "region": region,
-               "since": since, "until": until, **extra_terms},
-        decision=decision, rules=sorted(set(refused.values())), result_count=len(rows), owners=dict(owners))
+        terms={"since": since, "until": until, **terms,
+               "vehicles_returned": sorted(vehicle_id(settings.hash_key, r, p).hex() for r, p in seen)},
+        decision=_decision(refused, policy), rules=sorted(set(refused.values())), result_count=len(rows),
+        owners=dict(owners))
     return GovernedResult(rows, refused, int(record["seq"]))
 
 
@@ -100,7 +127,8 @@ def governed_trail(client: redis.Redis, settings: Settings, policy: Policy, ctx:
                    limit: int | None = None) -> GovernedResult:
     """``trail`` for a named requester and purpose: policy-filtered and audited before anything returns."""
     norm = _check_plate(plate, region)
-    return _governed(client, settings, policy, ctx, audit, "query.trail", [norm], region, since, until, limit, {})
+    return _governed(client, settings, policy, ctx, audit, "query.trail", [(region, norm)], since, until, limit,
+                     trail_terms(settings, norm, region))
 
 
 def confusable_variants(plate: str, limit: int = 1024) -> list[str]:
@@ -111,18 +139,87 @@ def confusable_variants(plate: str, limit: int = 1024) -> list[str]:
     return out
 
 
+MIN_PATTERN_CHARS = 3
+MAX_PATTERN_PLATES = 500
+_PATTERN = re.compile(r"[A-Z0-9*?]{1,16}")
+_REGION = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,3}")
+
+
+def pattern_terms(settings: Settings, pattern: str, region: str | None) -> dict[str, Any]:
+    """Audit terms of a plate search: the pattern's shape and a keyed digest, never its characters."""
+    digest = hmac.new(settings.hash_key, f"pattern|{pattern}".encode(), hashlib.sha256).hexdigest()[:24]
+    shape = "".join(c if c in "*?" else "#" for c in str(pattern)[:16])
+    return {"pattern_shape": shape, "pattern_digest": digest, "region": region}
+
+
+def matching_plates(client: redis.Redis, settings: Settings, pattern: str,
+                    region: str | None) -> list[tuple[str, str]]:
+    """(region, plate) of every stored vehicle whose plate matches ``pattern`` by OCR-confusion class.
+
+    ``*`` matches any run of characters, ``?`` one character; ``region`` None matches every region.
+    Decrypts the whole plate directory; raises ``pattern_too_broad`` past 500 plates.
+    """
+    rx = class_regex(pattern)
+    found = sorted({(r, p) for _, r, p in entries(client, settings.lookup_keys)
+                    if (region is None or r == region) and rx.match(plate_class(p))})
+    if len(found) > MAX_PATTERN_PLATES:
+        raise QueryError(f"pattern_too_broad: more than {MAX_PATTERN_PLATES} plates match; add characters "
+                         "or a region")
+    return found
+
+
+def check_pattern(pattern: Any, region: Any) -> tuple[str, str | None]:
+    """Normalized pattern and region of a plate search, or ``QueryError`` saying what is wrong."""
+    pat = str(pattern or "").upper().replace(" ", "").replace("-", "")
+    if not _PATTERN.fullmatch(pat):
+        raise QueryError("pattern must be 1-16 of A-Z, 0-9, * (any run) and ? (one character)")
+    if sum(c not in "*?" for c in pat) < MIN_PATTERN_CHARS:
+        raise QueryError(f"pattern_too_broad: a pattern needs at least {MIN_PATTERN_CHARS} known characters")
+    if region in (None, "", "*"):
+        return pat, None
+    if not isinstance(region, str) or not _REGION.fullmatch(region):
+        raise QueryError("region must look like US-CT (or be omitted for every region)")
+    return pat, region
+
+
+def plate_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+                 pattern: str, region: str | None = None, since: int | None = None, until: int | None = None,
+                 limit: int | None = None) -> GovernedResult:
+    """Partial / wildcard plate search (``7AB*``, ``?ABC12?``), OCR-confusion tolerant, over stored history.
+
+    Candidates come from the encrypted plate directory; each is then a governed trail: only sightings the
+    requester may see are returned (with the plate), and the query is audited with the pattern's shape
+    and digest. A plate whose sightings are all withheld does not appear, so a search never reveals that
+    another agency has seen a vehicle.
+    """
+    terms = pattern_terms(settings, str(pattern).upper(), str(region)[:16] if region else None)
+    try:
+        pat, reg = check_pattern(pattern, region)
+        plates = matching_plates(client, settings, pat, reg)
+    except QueryError as e:  # refused queries are audited too
+        rule = "pattern_too_broad" if str(e).startswith("pattern_too_broad") else "invalid_query"
+        audit.append(action="query.plate_search", agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose,
+                     case=ctx.case, terms=terms, decision="refused", rules=[rule], result_count=0)
+        raise
+    return _governed(client, settings, policy, ctx, audit, "query.plate_search", plates, since, until, limit, terms)
+
+
 def historical_hits(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
                     entry: Entry, since: int | None = None) -> GovernedResult:
     """Run a (new) hotlist entry against stored history: an audited, policy-filtered query.
 
-    Stored trails are keyed by a keyed hash of region + plate, so only exact entries with a region can be
-    looked up (every OCR variant of the plate is tried); wildcard entries match new reads only.
+    Exact entries with a region look up every OCR variant of the plate directly; wildcard entries and
+    entries for every region go through the encrypted plate directory.
     """
     if entry.is_pattern or entry.region == "*":
-        raise QueryError("historical hits need an exact plate and a region; wildcard entries match new reads only")
-    _check_plate(entry.plate, entry.region)
-    return _governed(client, settings, policy, ctx, audit, "hotlist.history", confusable_variants(entry.plate),
-                     entry.region, since, None, None, {"entry_id": entry.id})
+        pat, reg = check_pattern(entry.plate, entry.region)
+        vehicles = matching_plates(client, settings, pat, reg)
+        terms = {**pattern_terms(settings, pat, reg), "entry_id": entry.id}
+    else:
+        _check_plate(entry.plate, entry.region)
+        vehicles = [(entry.region, p) for p in confusable_variants(entry.plate)]
+        terms = {**trail_terms(settings, entry.plate, entry.region), "entry_id": entry.id}
+    return _governed(client, settings, policy, ctx, audit, "hotlist.history", vehicles, since, None, None, terms)
 
 
 def checked_context(policy: Policy, audit: AuditLog, token: str | None, purpose: str | None, case: str | None,
@@ -208,13 +305,19 @@ def area_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Co
                 d = s.as_dict()
                 d["vehicle"] = vid.hex()
                 rows.append(d)
+    # during a key rotation one sighting can sit under both pseudonyms: keep its latest revision
+    latest: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        cur = latest.get(r["sighting_id"])
+        if cur is None or (r["ts_last"], r["reads"]) > (cur["ts_last"], cur["reads"]):
+            latest[r["sighting_id"]] = r
+    rows = list(latest.values())
     if rows:
         dist = _haversine_m(np.array([r["lat"] for r in rows]), np.array([r["lon"] for r in rows]), lat, lon)
         rows = [dict(r, distance_m=round(float(x), 1)) for r, x in zip(rows, dist, strict=True) if x <= radius_m]
     rows.sort(key=lambda r: (r["ts"], r["vehicle"]))
     owners = Counter(r["agency"] for r in rows)
-    decision = "allowed" if not refused else ("refused" if len(refused) == len(policy.agencies) else "partial")
     record = audit.append(action="query.area", agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose,
-                          case=ctx.case, terms=terms, decision=decision, rules=sorted(set(refused.values())),
-                          result_count=len(rows), owners=dict(owners))
+                          case=ctx.case, terms=terms, decision=_decision(refused, policy),
+                          rules=sorted(set(refused.values())), result_count=len(rows), owners=dict(owners))
     return GovernedResult(rows, refused, int(record["seq"]))

@@ -40,6 +40,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_CELL_PRECISION": ("6", "geohash characters of the area index cells (6 = ~1.2 km x 0.6 km)"),
     "PLATESTREAM_CELL_BUCKET_S": ("3600", "time bucket of the area index, seconds"),
     "PLATESTREAM_HASH_KEY": (DEV_HASH_KEY, "secret for the keyed hash of region+plate (vehicle id)"),
+    "PLATESTREAM_PREVIOUS_HASH_KEY": ("", "during key rotation: the old PLATESTREAM_HASH_KEY, still used for lookups"),
     "PLATESTREAM_WEB_PORT": ("6066", "faust web server port (metrics at /metrics)"),
     "PLATESTREAM_WEB_HOST": ("127.0.0.1", "faust web server bind address (0.0.0.0 in containers)"),
     "PLATESTREAM_MAX_MESSAGE_BYTES": ("65536", "larger input messages are dead-lettered as too_large"),
@@ -48,7 +49,19 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_AUDIT_KEY": (DEV_AUDIT_KEY, "secret of the audit chain's HMAC"),
     "PLATESTREAM_RETENTION_INTERVAL_S": ("60", "how often the worker runs the retention sweeper"),
     "PLATESTREAM_TOKEN": ("", "the CLI user's API token (clients only; never logged)"),
+    "PLATESTREAM_KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    "PLATESTREAM_KAFKA_SASL_MECHANISM": ("PLAIN", "with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    "PLATESTREAM_KAFKA_SASL_USERNAME": ("", "with SASL_*: the Kafka user"),
+    "PLATESTREAM_KAFKA_SASL_PASSWORD": ("", "with SASL_*: its password (never logged)"),
+    "PLATESTREAM_KAFKA_SSL_CAFILE": ("", "with *SSL: CA bundle (PEM) that signed the brokers' certificates"),
+    "PLATESTREAM_KAFKA_SSL_CERTFILE": ("", "with *SSL: client certificate (PEM) for mutual TLS"),
+    "PLATESTREAM_KAFKA_SSL_KEYFILE": ("", "with *SSL: the client certificate's key (PEM)"),
+    "PLATESTREAM_REDIS_CA_FILE": ("", "with rediss://: CA bundle (PEM) that signed Redis's certificate"),
+    "PLATESTREAM_REDIS_CERT_FILE": ("", "with rediss://: client certificate (PEM) when Redis requires one"),
+    "PLATESTREAM_REDIS_KEY_FILE": ("", "with rediss://: the client certificate's key (PEM)"),
 }
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class SettingsError(ValueError):
@@ -82,6 +95,22 @@ class Settings:
     retention_interval_s: int = 60
     token: str = ""
     web_host: str = "127.0.0.1"
+    previous_hash_key: bytes = b""
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    redis_ca_file: str = ""
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
+
+    @property
+    def lookup_keys(self) -> tuple[bytes, ...]:
+        """Keys a lookup tries: the current one, then the one being rotated out (if any)."""
+        return (self.hash_key, self.previous_hash_key) if self.previous_hash_key else (self.hash_key,)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -117,12 +146,17 @@ class Settings:
         hash_key = str(raw("PLATESTREAM_HASH_KEY"))
         if len(hash_key) < 16:
             raise SettingsError("PLATESTREAM_HASH_KEY must be at least 16 characters")
+        previous = str(raw("PLATESTREAM_PREVIOUS_HASH_KEY") or "")
+        if previous and (len(previous) < 16 or previous == hash_key):
+            raise SettingsError("PLATESTREAM_PREVIOUS_HASH_KEY must be at least 16 characters and differ "
+                                "from PLATESTREAM_HASH_KEY")
         audit_key = str(raw("PLATESTREAM_AUDIT_KEY"))
         if len(audit_key) < 16:
             raise SettingsError("PLATESTREAM_AUDIT_KEY must be at least 16 characters")
         policy = str(raw("PLATESTREAM_POLICY") or "")
         if policy and not Path(policy).is_file():
             raise SettingsError(f"PLATESTREAM_POLICY={policy!r} is not a file")
+        security = _security(raw, str(redis_url))
         topics = {n: str(raw(n)) for n in ENV_VARS if n.startswith("PLATESTREAM_TOPIC_")}
         if len(set(topics.values())) != len(topics):
             raise SettingsError(f"topic names must differ: {topics}")
@@ -152,6 +186,8 @@ class Settings:
             retention_interval_s=integer("PLATESTREAM_RETENTION_INTERVAL_S", 1, 86400),
             token=str(raw("PLATESTREAM_TOKEN") or ""),
             web_host=str(raw("PLATESTREAM_WEB_HOST")),
+            previous_hash_key=previous.encode(),
+            **security,
         )
         if overrides:
             settings = dataclasses.replace(settings, **overrides)
@@ -182,6 +218,8 @@ class Settings:
             "PLATESTREAM_POLICY": str(self.policy_path) if self.policy_path else "",
             "PLATESTREAM_AUDIT_KEY": self.audit_key.decode(),
             "PLATESTREAM_RETENTION_INTERVAL_S": str(self.retention_interval_s), "PLATESTREAM_TOKEN": self.token,
+            "PLATESTREAM_PREVIOUS_HASH_KEY": self.previous_hash_key.decode(),
+            **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},
         }
         env.update(extra)
         return env
@@ -190,12 +228,41 @@ class Settings:
         """Settings safe to log: secrets and credentials removed."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hash_key"] = "***"
+        out["previous_hash_key"] = "***" if self.previous_hash_key else ""
+        out["kafka_sasl_password"] = "***" if self.kafka_sasl_password else ""
         out["audit_key"] = "***"
         out["token"] = "***" if self.token else ""
         out["redis_url"] = _redact_url(self.redis_url)
         out["state_dir"] = str(self.state_dir)
         out["policy_path"] = str(self.policy_path) if self.policy_path else None
         return out
+
+
+SECURITY_FIELDS = ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
+                   "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ca_file",
+                   "redis_cert_file", "redis_key_file")
+
+
+def _security(raw: Any, redis_url: str) -> dict[str, str]:
+    """The Kafka SASL/TLS and Redis TLS settings, checked for consistency (files must exist)."""
+    out = {name: str(raw(f"PLATESTREAM_{name.upper()}") or "") for name in SECURITY_FIELDS}
+    proto, mech = out["kafka_security_protocol"], out["kafka_sasl_mechanism"]
+    if proto not in KAFKA_PROTOCOLS:
+        raise SettingsError(f"PLATESTREAM_KAFKA_SECURITY_PROTOCOL={proto!r} must be one of "
+                            f"{', '.join(KAFKA_PROTOCOLS)}")
+    if proto.startswith("SASL"):
+        if mech not in SASL_MECHANISMS:
+            raise SettingsError(f"PLATESTREAM_KAFKA_SASL_MECHANISM={mech!r} must be one of "
+                                f"{', '.join(SASL_MECHANISMS)}")
+        if not (out["kafka_sasl_username"] and out["kafka_sasl_password"]):
+            raise SettingsError(f"{proto} needs PLATESTREAM_KAFKA_SASL_USERNAME and _PASSWORD")
+    for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ca_file", "redis_cert_file",
+                 "redis_key_file"):
+        if out[name] and not Path(out[name]).is_file():
+            raise SettingsError(f"PLATESTREAM_{name.upper()}={out[name]!r} is not a file")
+    if (out["redis_ca_file"] or out["redis_cert_file"]) and not redis_url.startswith("rediss://"):
+        raise SettingsError("PLATESTREAM_REDIS_CA_FILE/CERT_FILE need a rediss:// PLATESTREAM_REDIS_URL")
+    return out
 
 
 def _redact_url(url: str) -> str:

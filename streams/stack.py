@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "local"
@@ -136,7 +137,8 @@ def status(state_dir: Path) -> tuple[StackInfo | None, bool, bool]:
     return info, _alive(info.kafka_pid), _alive(info.redis_pid)
 
 
-def _wait_kafka(bootstrap: str, proc_pid: int, log_path: Path, timeout: float = 90.0) -> None:
+def _wait_kafka(bootstrap: str, proc_pid: int, log_path: Path, client: dict[str, Any],
+                timeout: float = 90.0) -> None:
     from kafka.admin import KafkaAdminClient
 
     deadline = time.monotonic() + timeout
@@ -153,7 +155,7 @@ def _wait_kafka(bootstrap: str, proc_pid: int, log_path: Path, timeout: float = 
             continue
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
-                                     client_id="platestream-stack")
+                                     client_id="platestream-stack", **client)
             admin.list_topics()
             admin.close()
             return
@@ -163,7 +165,7 @@ def _wait_kafka(bootstrap: str, proc_pid: int, log_path: Path, timeout: float = 
     raise StackError(f"Kafka did not answer on {bootstrap} within {timeout}s ({last}); see {log_path}")
 
 
-def _wait_redis(port: int, pid: int, log_path: Path, timeout: float = 20.0) -> None:
+def _wait_redis(port: int, pid: int, log_path: Path, client: dict[str, Any], timeout: float = 20.0) -> None:
     import redis
 
     deadline = time.monotonic() + timeout
@@ -171,7 +173,7 @@ def _wait_redis(port: int, pid: int, log_path: Path, timeout: float = 20.0) -> N
         if not _alive(pid):
             raise StackError(f"redis-server exited during start; see {log_path}:\n{_tail(log_path)}")
         try:
-            redis.Redis(port=port, socket_timeout=1).ping()
+            redis.Redis(port=port, socket_timeout=1, **client).ping()
             return
         except Exception:
             time.sleep(0.1)
@@ -185,7 +187,14 @@ def _tail(path: Path, n: int = 20) -> str:
         return ""
 
 
-def start_kafka(state_dir: Path, port: int, controller_port: int, partitions: int = 4) -> int:
+def _with_props(text: str, overrides: dict[str, str]) -> str:
+    """A properties file with ``overrides`` replacing (or adding) keys."""
+    lines = [line for line in text.splitlines() if line.split("=", 1)[0] not in overrides]
+    return "\n".join([*lines, *(f"{k}={v}" for k, v in overrides.items())]) + "\n"
+
+
+def start_kafka(state_dir: Path, port: int, controller_port: int, partitions: int = 4,
+                overrides: dict[str, str] | None = None, client: dict[str, Any] | None = None) -> int:
     jars = ensure_kafka_jars()
     kdir = state_dir / "kafka"
     data = kdir / "data"
@@ -194,7 +203,7 @@ def start_kafka(state_dir: Path, port: int, controller_port: int, partitions: in
     for k, v in {"@KAFKA_PORT@": port, "@CONTROLLER_PORT@": controller_port, "@DATA_DIR@": data,
                  "@PARTITIONS@": partitions}.items():
         props = props.replace(k, str(v))
-    (kdir / "server.properties").write_text(props)
+    (kdir / "server.properties").write_text(_with_props(props, overrides or {}))
     java = [shutil.which("java") or "java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
             f"-Dlog4j2.configurationFile={DEPLOY / 'log4j2.properties'}", "-cp", f"{jars}/*"]
     if not (data / "meta.properties").exists():
@@ -207,21 +216,22 @@ def start_kafka(state_dir: Path, port: int, controller_port: int, partitions: in
     with open(log_path, "ab") as out:
         p = subprocess.Popen([*java, "kafka.Kafka", str(kdir / "server.properties")], stdout=out,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    _wait_kafka(f"127.0.0.1:{port}", p.pid, log_path)
+    _wait_kafka(f"127.0.0.1:{port}", p.pid, log_path, client or {})
     return p.pid
 
 
-def start_redis(state_dir: Path, port: int) -> int:
+def start_redis(state_dir: Path, port: int, extra: list[str] | None = None,
+                client: dict[str, Any] | None = None) -> int:
     server = ensure_redis_server()
     rdir = state_dir / "redis"
     rdir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "redis.log"
     args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir), "--daemonize", "no",
             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes",
-            "--logfile", str(log_path)]
+            "--logfile", str(log_path), *(extra or [])]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                          start_new_session=True)
-    _wait_redis(port, p.pid, log_path)
+    _wait_redis(port, p.pid, log_path, client or {})
     return p.pid
 
 
@@ -287,3 +297,105 @@ def down(state_dir: Path, wipe: bool = False) -> None:
     if wipe:
         for sub in ("kafka", "redis"):
             shutil.rmtree(state_dir / sub, ignore_errors=True)
+
+
+# -- a secured stack: SASL_SSL Kafka and TLS + ACL Redis ------------------------------------------------
+
+
+def make_tls(directory: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1/localhost (PEM files), for the secure stack."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+             ca: bool) -> x509.Certificate:
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("platestream local CA", ca_key, "platestream local CA", ca_key, True)
+    server = cert("127.0.0.1", key, "platestream local CA", ca_key, False)
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    pem_cert = server.public_bytes(serialization.Encoding.PEM)
+    files = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem",
+             "bundle": directory / "server-bundle.pem"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(pem_cert)
+    files["key"].write_bytes(pem_key)
+    files["bundle"].write_bytes(pem_key + pem_cert)
+    for f in (files["key"], files["bundle"]):
+        f.chmod(0o600)
+    return files
+
+
+@dataclass
+class SecureStack:
+    """A running secured stack and the ``PLATESTREAM_*`` variables a client needs to reach it."""
+
+    env: dict[str, str]
+    kafka_pid: int
+    redis_pid: int
+
+
+def up_secure(state_dir: Path, partitions: int = 4) -> SecureStack:
+    """Kafka with one SASL_SSL (PLAIN) listener and Redis with TLS only and an ACL user; fresh secrets.
+
+    Shows (and tests) the production-shaped settings: no plaintext port is open on either server.
+    """
+    import secrets
+
+    state_dir = state_dir.resolve()
+    tls = make_tls(state_dir / "tls")
+    kafka_pw, redis_pw, admin_pw = (secrets.token_urlsafe(18) for _ in range(3))
+    kport, cport, rport = free_port(), free_port(), free_port()
+    jaas = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="admin" password="{admin_pw}" user_admin="{admin_pw}" user_platestream="{kafka_pw}";')
+    overrides = {
+        "listeners": f"SASL_SSL://127.0.0.1:{kport},CONTROLLER://127.0.0.1:{cport}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{kport}",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "PLAIN", "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "listener.name.sasl_ssl.plain.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PEM", "ssl.keystore.location": str(tls["bundle"]),
+        "ssl.truststore.type": "PEM", "ssl.truststore.location": str(tls["ca"]),
+    }
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(tls["ca"]))
+    kafka_client = {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "platestream",
+                    "sasl_plain_password": kafka_pw, "ssl_context": ctx}
+    kpid = start_kafka(state_dir, kport, cport, partitions, overrides, kafka_client)
+    try:
+        acl = ["--port", "0", "--tls-port", str(rport), "--tls-cert-file", str(tls["cert"]),
+               "--tls-key-file", str(tls["key"]), "--tls-ca-cert-file", str(tls["ca"]), "--tls-auth-clients", "no",
+               "--user", "default", "off", "--user", "platestream", "on", f">{redis_pw}", "~ps:*", "&*", "+@all",
+               "-@dangerous"]
+        rpid = start_redis(state_dir, rport, acl, {"ssl": True, "ssl_ca_certs": str(tls["ca"]),
+                                                   "username": "platestream", "password": redis_pw})
+    except BaseException:
+        stop_pid(kpid)
+        raise
+    env = {"PLATESTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{kport}",
+           "PLATESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "PLATESTREAM_KAFKA_SASL_MECHANISM": "PLAIN",
+           "PLATESTREAM_KAFKA_SASL_USERNAME": "platestream", "PLATESTREAM_KAFKA_SASL_PASSWORD": kafka_pw,
+           "PLATESTREAM_KAFKA_SSL_CAFILE": str(tls["ca"]),
+           "PLATESTREAM_REDIS_URL": f"rediss://platestream:{redis_pw}@127.0.0.1:{rport}/0",
+           "PLATESTREAM_REDIS_CA_FILE": str(tls["ca"])}
+    return SecureStack(env, kpid, rpid)

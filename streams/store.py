@@ -142,14 +142,23 @@ def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | 
 # then run the batch's commands. The client sends one command per partition instead of one per change,
 # which is where redis-py spent most of its time. Commands arrive as one msgpack blob (cmsgpack is part
 # of Redis's Lua). Note: the script touches keys it does not declare, which standalone Redis allows and
-# Redis Cluster does not.
+# Redis Cluster does not. Besides Redis commands, the batch may hold ``DIRGC`` (below).
 APPLY_BATCH = """
 local cur = redis.call('HGET', KEYS[1], 'offset')
 if (cur or '') ~= ARGV[1] then return 0 end
 local cmds = cmsgpack.unpack(ARGV[2])
-for i = 1, #cmds do redis.call(unpack(cmds[i])) end
+for i = 1, #cmds do
+  local c = cmds[i]
+  if c[1] == 'DIRGC' then
+    if redis.call('EXISTS', c[2]) == 0 then redis.call('HDEL', c[3], c[4]) end
+  else
+    redis.call(unpack(c))
+  end
+end
 return 1
 """
+# ("DIRGC", trail key, directory key, vehicle): drop the vehicle's plate directory entry if its trail is
+# empty. The pipeline sends it last, for a vehicle a sighting moved away from (its best read changed plate).
 MAX_ARGS = 4000  # Lua's unpack() limit is ~8000 stack slots; longer commands are split
 
 

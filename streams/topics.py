@@ -9,6 +9,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from streams import connect
 from streams.settings import Settings
 
 log = logging.getLogger("platestream.topics")
@@ -20,7 +21,7 @@ def topic_names(s: Settings) -> list[str]:
 
 def ensure_topics(s: Settings, partitions: int | None = None) -> None:
     """Create missing topics with ``partitions`` (default: the setting); existing ones are left alone."""
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, client_id="platestream-admin")
+    admin = KafkaAdminClient(**connect.kafka(s), client_id="platestream-admin")
     try:
         existing = set(admin.list_topics())
         n = partitions or s.partitions
@@ -35,7 +36,7 @@ def ensure_topics(s: Settings, partitions: int | None = None) -> None:
 
 def end_offsets(s: Settings, topic: str) -> dict[int, int]:
     """Partition -> end offset (the number of records ever written, for a never-compacted topic)."""
-    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
+    c = KafkaConsumer(**connect.kafka(s))
     try:
         parts = c.partitions_for_topic(topic) or set()
         ends = c.end_offsets([TopicPartition(topic, p) for p in parts])

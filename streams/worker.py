@@ -34,7 +34,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from streams import names
+from streams import connect, names
 from streams.hotlist import HOTLIST_KEY, Entry
 from streams.pipeline import NO_HOTLIST, BatchResult, HotContext, PartitionPipeline, build_hot_context
 from streams.policy import PolicyStore
@@ -110,15 +110,15 @@ class BatchRunner:
 
     async def start(self) -> None:
         s = self.s
-        self.redis = aioredis.from_url(s.redis_url)
+        self.redis = connect.redis_async(s)
         await self.redis.ping()
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+            **connect.kafka(s), acks="all", enable_idempotence=True, linger_ms=5,
             max_batch_size=1 << 20, max_request_size=8 << 20,
         )
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, group_id=s.group, enable_auto_commit=False,
+            **connect.kafka(s), group_id=s.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
             isolation_level="read_committed", session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
         )
@@ -288,6 +288,7 @@ def make_app(settings: Settings) -> faust.App:
         f"{settings.group}-app", broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
         web_port=settings.web_port, web_host=settings.web_host, topic_partitions=settings.partitions,
         store="memory://", autodiscover=False, producer_acks=-1,
+        broker_credentials=connect.faust_credentials(settings),
         # faust's own group carries no data here; a short session lets a restarted worker start in seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=3.0,
     )
@@ -331,10 +332,9 @@ def make_app(settings: Settings) -> faust.App:
         @app.timer(interval=float(settings.retention_interval_s))
         async def retention() -> None:
             """Enforce each owning agency's retention (a blocking SCAN pass, so off the event loop)."""
-            import redis as sync_redis
 
             def run() -> int:
-                client = sync_redis.Redis.from_url(settings.redis_url)
+                client = connect.redis_client(settings)
                 try:
                     return sum(sweep(client, settings, policies.get(), int(time.time() * 1000)).values())
                 finally:

@@ -15,6 +15,7 @@ import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from streams.connect import kafka, redis_client
 from streams.pipeline import META_OFFSET, PartitionPipeline
 from streams.query import trail
 from streams.records import Raw
@@ -69,7 +70,7 @@ def checkpoint_offsets(s: Settings, client: redis.Redis, partitions: int = 64) -
 
 def wait_caught_up(s: Settings, worker: Worker | None, timeout: float = 180) -> None:
     ends = end_offsets(s, s.topic_reads)
-    client = redis.Redis.from_url(s.redis_url)
+    client = redis_client(s)
 
     def done() -> bool:
         if worker is not None and worker.proc.poll() is not None:
@@ -84,7 +85,7 @@ def read_topic(s: Settings, topic: str) -> list[Any]:
     """Every record of ``topic`` (all partitions, from the beginning)."""
     ends = end_offsets(s, topic)
     total = sum(ends.values())
-    c = KafkaConsumer(bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest",
+    c = KafkaConsumer(**kafka(s), auto_offset_reset="earliest",
                       enable_auto_commit=False, consumer_timeout_ms=10_000)
     c.assign([TopicPartition(topic, p) for p in ends])
     c.seek_to_beginning()
@@ -115,7 +116,7 @@ class Accounting:
 
 def verify_against_truth(s: Settings, traffic: Traffic) -> Accounting:
     """Compare Redis trails, the deduped changelog and the DLQ with the simulator's ground truth."""
-    client = redis.Redis.from_url(s.redis_url)
+    client = redis_client(s)
     acc = Accounting(produced=len(traffic.messages))
     by_vehicle: dict[tuple[str, str], list[Any]] = collections.defaultdict(list)
     for t in traffic.truth:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -50,7 +52,8 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
     log.close()
 
 
-def call(url: str, path: str, body: dict[str, Any] | None = None, token: str | None = None) -> tuple[int, Any]:
+def fetch(url: str, path: str, body: dict[str, Any] | None = None,
+          token: str | None = None) -> tuple[int, dict[str, str], str]:
     req = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
                                  method="GET" if body is None else "POST")
     req.add_header("Content-Type", "application/json")
@@ -58,9 +61,14 @@ def call(url: str, path: str, body: dict[str, Any] | None = None, token: str | N
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
+            return resp.status, dict(resp.headers), resp.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def call(url: str, path: str, body: dict[str, Any] | None = None, token: str | None = None) -> tuple[int, Any]:
+    status, _, text = fetch(url, path, body, token)
+    return status, json.loads(text)
 
 
 def test_governed_http_api(server: str, settings: Settings) -> None:
@@ -106,6 +114,22 @@ def test_governed_http_api(server: str, settings: Settings) -> None:
     assert call(server, "/v1/area", {"lat": 41.7, "purpose": "criminal_investigation", "case": "c"},
                 TOKENS["alice"])[1]["error"]["code"] == "invalid_query"
 
+    # partial plate search and exports (CSV, JSON lines) over HTTP, with the audit seq in a header
+    search = {"pattern": "AP?12*", "purpose": "criminal_investigation", "case": "HPD-9"}
+    status, out = call(server, "/v1/plates/search", search, TOKENS["alice"])
+    assert status == 200 and [s["read_id"] for s in out["sightings"]] == [r["read_id"] for r in reads]
+    assert {s["plate"] for s in out["sightings"]} == {"API123"}
+    assert call(server, "/v1/plates/search", {**search, "pattern": "A*"}, TOKENS["alice"])[1]["error"]["code"] == \
+        "invalid_query"
+    status, headers, text = fetch(server, "/v1/trail", {**q, "format": "csv"}, TOKENS["alice"])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert (status, headers["Content-Type"].split(";")[0]) == (200, "text/csv")
+    assert [r["read_id"] for r in rows] == [r["read_id"] for r in reads] and int(headers["X-Audit-Seq"]) > 0
+    status, headers, text = fetch(server, "/v1/plates/search", {**search, "format": "jsonl"}, TOKENS["fred"])
+    assert (status, text, headers["Content-Type"].split(";")[0]) == (200, "", "application/x-ndjson")
+    assert "hartford-pd.never_with_kinds" in headers["X-Withheld-By"]
+    assert call(server, "/v1/trail", {**q, "format": "xml"}, TOKENS["alice"])[1]["error"]["code"] == "invalid_query"
+
     # everything above is in the audit chain, which the auditor can verify over HTTP
     assert call(server, "/v1/audit/verify", None, TOKENS["alice"])[1]["error"]["code"] == "forbidden_role"
     status, v = call(server, "/v1/audit/verify", None, TOKENS["audrey"])
@@ -115,8 +139,12 @@ def test_governed_http_api(server: str, settings: Settings) -> None:
     assert call(server, "/v1/audit/report?agency=westport-pd", None, TOKENS["audrey"])[0] == 403
     audit = AuditLog(client, b"api-test-audit-key-0123")
     trails = [r for r in audit.records() if r["action"] == "query.trail"]
-    # refused ones too: unauthenticated, no case, unknown purpose; then alice twice and fred
+    # refused ones too: unauthenticated, no case, unknown purpose; then alice twice, fred, alice's CSV export
     assert [(r["user"], r["decision"]) for r in trails] == [
         (None, "refused"), ("alice", "refused"), ("alice", "refused"), ("alice", "partial"), ("alice", "partial"),
-        ("fred", "partial")]  # fred may see his own agency's data (there is none)
+        ("fred", "partial"), ("alice", "partial")]  # fred may see his own agency's data (there is none)
+    searches = [r for r in audit.records() if r["action"] == "query.plate_search"]
+    assert [(r["user"], r["decision"], r["result_count"]) for r in searches] == [
+        ("alice", "partial", 4), ("alice", "refused", 0), ("fred", "partial", 0)]
+    assert "API" not in json.dumps(searches)
     assert "API123" not in json.dumps(trails)  # the audit names the vehicle by its pseudonym only

@@ -49,16 +49,23 @@ def test_trail_exports_and_refusals(settings: Settings, tmp_path: Path) -> None:
     assert [(r["read_id"], r["plate"], r["agency"]) for r in rows] == [(f"r{i}", "CLI123", "hartford-pd")
                                                                        for i in range(3)]
 
+    search = run(settings, tmp_path, "search", "C?I1*", "--purpose", "criminal_investigation", "--case", "HPD-1",
+                 "--format", "csv", token=TOKENS["alice"])
+    assert search.returncode == 0, search.stderr
+    assert [(r["read_id"], r["plate"]) for r in csv.DictReader(io.StringIO(search.stdout))] == [
+        (f"r{i}", "CLI123") for i in range(3)]
+    assert "3 sightings of 1 plates" in search.stderr
+
     no_case = run(settings, tmp_path, *q[:-2], token=TOKENS["alice"])
     assert no_case.returncode == 2 and "case_required" in no_case.stderr and no_case.stdout == ""
     fred = run(settings, tmp_path, "trail", "CLI123", "--region", "US-CT", "--purpose", "immigration_enforcement",
                "--case", "X", "--format", "jsonl", token=TOKENS["fred"])
     assert fred.returncode == 0 and fred.stdout == "" and "hartford-pd.never_for_purposes" in fred.stderr
     verify = run(settings, tmp_path, "audit", "verify")
-    # three of alice's, her refused one without a case, and fred's
-    assert verify.returncode == 0 and "OK, 5 verified records" in verify.stdout, verify.stdout
+    # four of alice's (3 trails, 1 search), her refused one without a case, and fred's
+    assert verify.returncode == 0 and "OK, 6 verified records" in verify.stdout, verify.stdout
     report = run(settings, tmp_path, "audit", "report", "--agency", "hartford-pd", token=TOKENS["audrey"])
     assert report.returncode == 0, report.stderr
-    assert orjson.loads(report.stdout)["by_user"] == {"alice": 4}  # fred's query is ICE's, not Hartford's
+    assert orjson.loads(report.stdout)["by_user"] == {"alice": 5}  # fred's query is ICE's, not Hartford's
     denied = run(settings, tmp_path, "audit", "report", "--agency", "westport-pd", token=TOKENS["audrey"])
     assert denied.returncode == 2 and "forbidden_role" in denied.stderr

@@ -131,9 +131,89 @@ def test_historical_hits_find_ocr_variants_and_are_audited(settings: Settings) -
     fred = p.context(TOKENS["fred"], "hotlist_response", "X")
     assert historical_hits(client, settings, p, fred, audit, entry).rows == []
     assert audit.verify().records == 2
-    with pytest.raises(QueryError):
-        wildcard = make_entry("hartford-pd", {"plate": "HO*", "reason": "r"}, "t")
-        historical_hits(client, settings, p, ctx, audit, wildcard)
+    # a wildcard entry for every region runs through the encrypted plate directory
+    wildcard = make_entry("hartford-pd", {"plate": "HOT*", "reason": "r"}, "t")
+    assert [r["read_id"] for r in historical_hits(client, settings, p, ctx, audit, wildcard).rows] == ["r0", "r1",
+                                                                                                       "r2"]
+    broad = make_entry("hartford-pd", {"plate": "HO*", "reason": "r"}, "t")
+    with pytest.raises(QueryError, match="pattern_too_broad"):
+        historical_hits(client, settings, p, ctx, audit, broad)
+
+
+def test_partial_plate_search_is_ocr_tolerant_policy_filtered_and_audited(settings: Settings) -> None:
+    from streams.query import QueryError, plate_search
+    from tests.governance import TOKENS, policy
+
+    client = redis.Redis.from_url(settings.redis_url)
+    plates = [("7ABC123", "hartford-pd", "US-CT"), ("7A8C123", "hartford-pd", "US-CT"),
+              ("7ABD999", "westport-pd", "US-CT"), ("X7ABC12", "hartford-pd", "US-CT"),
+              ("7ABC129", "nypd", "US-NY"), ("7ABC120", "ice-hartford", "US-CT")]
+    store_reads(settings, client, [
+        {"read_id": f"p{i}", "camera_id": "cam-p", "agency": a, "plate": plate, "region": region,
+         "ts": BASE + i * 60_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+        for i, (plate, a, region) in enumerate(plates)])
+    p = policy()
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+    alice = p.context(TOKENS["alice"], "criminal_investigation", "C-7")
+
+    def search(ctx: object, pattern: str, region: str | None = None) -> list[tuple[str, str]]:
+        return [(r["plate"], r["read_id"]) for r in plate_search(client, settings, p, ctx, audit, pattern,  # type: ignore[arg-type]
+                                                                 region).rows]
+
+    # alice (hartford) sees her own data, and westport's for criminal_investigation only with a grant:
+    # none here; NYPD has no sharing rules, ICE never shares
+    assert search(alice, "7AB*") == [("7ABC123", "p0"), ("7A8C123", "p1")]  # B/8 tolerant, anchored
+    assert search(alice, "?ABC12?") == [("7ABC123", "p0"), ("7A8C123", "p1")]
+    assert search(alice, "7ABC12*", "US-NY") == []
+    nina = p.context(TOKENS["nina"], "criminal_investigation", "N-1")  # NYPD: sees only its own
+    assert search(nina, "7ABC12?") == [("7ABC129", "p4")]
+    walt = p.context(TOKENS["walt"], "criminal_investigation", "W-1")
+    assert search(walt, "7AB*") == [("7ABD999", "p2")]  # hartford never shares without a grant
+
+    records = list(audit.records())
+    assert [r["action"] for r in records] == ["query.plate_search"] * 5
+    assert records[0]["terms"]["pattern_shape"] == "###*" and records[0]["result_count"] == 2
+    assert b"7AB" not in orjson.dumps(records)  # the audit names the pattern's shape and digest, not its text
+    with pytest.raises(QueryError, match="pattern_too_broad"):
+        search(alice, "7*")
+    with pytest.raises(QueryError, match="pattern must be"):
+        search(alice, "7AB%")
+    last = list(audit.records())
+    assert [(r["decision"], r["rules"]) for r in last[5:]] == [("refused", ["pattern_too_broad"]),
+                                                                ("refused", ["invalid_query"])]
+
+
+def test_lookups_during_hash_key_rotation_read_both_keys(settings: Settings) -> None:
+    import dataclasses
+
+    from streams.query import area_search, plate_search
+    from tests.governance import TOKENS, policy
+
+    client = redis.Redis.from_url(settings.redis_url)
+    read = {"camera_id": "cam-r", "agency": "hartford-pd", "plate": "ROT8", "region": "US-CT",
+            "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+    old_reads = [dict(read, read_id="o1", ts=BASE), dict(read, read_id="o2", ts=BASE + 3_600_000)]
+    store_reads(settings, client, old_reads)
+    rotated = dataclasses.replace(settings, hash_key=b"the-new-key-0123456789", previous_hash_key=settings.hash_key)
+    client.delete(*client.keys("ps:ck:*"))
+    # a worker restarted with the new key replays from its checkpoint: the second pass gets one more frame
+    # (its new revision lands in the new key's trail, the old revision stays in the old one), then a new pass
+    store_reads(rotated, client, [*old_reads, dict(read, read_id="n1", ts=BASE + 3_601_000, confidence=0.95),
+                                  dict(read, read_id="n2", ts=BASE + 7_200_000)])
+    assert len(client.keys("ps:t:*")) == 2  # one trail per key
+
+    assert [(r["read_id"], r["reads"]) for r in trail(client, rotated, "ROT8", "US-CT")] == [
+        ("o1", 1), ("n1", 2), ("n2", 1)]  # each sighting once, at its latest revision
+    assert [r["read_id"] for r in trail(client, settings, "ROT8", "US-CT")] == ["o1", "o2"]  # old key alone
+    p = policy()
+    alice = p.context(TOKENS["alice"], "criminal_investigation", "C-8")
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+    assert [r["read_id"] for r in plate_search(client, rotated, p, alice, audit, "R0T*").rows] == ["o1", "n1", "n2"]
+    area = area_search(client, rotated, p, alice, audit, 41.7, -72.7, 100, BASE, BASE + 8_000_000)
+    assert sorted(r["read_id"] for r in area.rows) == ["n1", "n2", "o1"]
+    # once the old key is dropped, the old trail is unreachable and ages out under retention
+    fresh = dataclasses.replace(rotated, previous_hash_key=b"")
+    assert [r["read_id"] for r in trail(client, fresh, "ROT8", "US-CT")] == ["o1", "n1", "n2"]
 
 
 def test_area_search_is_exact_policy_filtered_and_audited(settings: Settings) -> None:

@@ -23,8 +23,14 @@ def test_defaults() -> None:
     ("PLATESTREAM_DEDUP_WINDOW_S", "-1", "outside"),
     ("PLATESTREAM_REDIS_URL", "localhost:6379", "must start with"),
     ("PLATESTREAM_HASH_KEY", "short", "at least 16"),
+    ("PLATESTREAM_PREVIOUS_HASH_KEY", "short", "at least 16"),
+    ("PLATESTREAM_PREVIOUS_HASH_KEY", "platestream-dev-key-not-secret", "differ"),
     ("PLATESTREAM_TOPIC_DLQ", "plates.reads", "must differ"),
     ("PLATESTREAM_TYPO", "1", "unknown setting"),
+    ("PLATESTREAM_KAFKA_SECURITY_PROTOCOL", "SASL_TLS", "must be one of"),
+    ("PLATESTREAM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "needs PLATESTREAM_KAFKA_SASL_USERNAME"),
+    ("PLATESTREAM_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem", "is not a file"),
+    ("PLATESTREAM_REDIS_CA_FILE", __file__, "need a rediss://"),
 ])
 def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
@@ -36,8 +42,10 @@ def test_missing_addresses_are_an_error() -> None:
         Settings.from_env({"PLATESTREAM_STATE_DIR": "/nonexistent"})
 
 
-def test_redacted_hides_redis_password() -> None:
-    s = Settings.from_env({**BASE, "PLATESTREAM_REDIS_URL": "redis://user:secret@h:1/0"})
+def test_redacted_hides_passwords() -> None:
+    s = Settings.from_env({**BASE, "PLATESTREAM_REDIS_URL": "redis://user:secret@h:1/0",
+                           "PLATESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "PLATESTREAM_KAFKA_SASL_USERNAME": "u", "PLATESTREAM_KAFKA_SASL_PASSWORD": "kafkasecret"})
     assert "secret" not in str(s.redacted())
 
 

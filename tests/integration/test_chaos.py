@@ -67,7 +67,7 @@ def test_zombie_worker_after_sigstop_does_not_overwrite_newer_state(settings: Se
     s = settings
     traffic = generate(seed=22, vehicles=1500, hours=12, malformed=0.01, late=0.03)
     ensure_topics(s)
-    send_all(s.kafka_bootstrap, s.topic_reads, traffic.messages)
+    send_all(s, s.topic_reads, traffic.messages)
     client = redis.Redis.from_url(s.redis_url)
     total = len(traffic.messages)
     zombie = Worker(s, tmp_path, name="zombie", **SMALL)
@@ -94,7 +94,7 @@ def _crash_and_restart(settings: Settings, local_stack: stack.StackInfo, tmp_pat
     s = settings
     traffic = generate(seed=seed, vehicles=1500, hours=12, malformed=0.01, late=0.03)
     ensure_topics(s)
-    send_all(s.kafka_bootstrap, s.topic_reads, traffic.messages)
+    send_all(s, s.topic_reads, traffic.messages)
     client = redis.Redis.from_url(s.redis_url)
     total = len(traffic.messages)
     worker = Worker(s, tmp_path, name="worker", **SMALL)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def test_day_of_traffic_exactly_one_trail_entry_per_true_sighting(settings: Settings, tmp_path: Path) -> None:
     traffic = generate(seed=11, vehicles=1500, hours=24, malformed=0.01, late=0.03)
     ensure_topics(settings)
-    assert send_all(settings.kafka_bootstrap, settings.topic_reads, traffic.messages) == len(traffic.messages)
+    assert send_all(settings, settings.topic_reads, traffic.messages) == len(traffic.messages)
     worker = Worker(settings, tmp_path)
     try:
         wait_caught_up(settings, worker)
@@ -54,7 +54,7 @@ def test_day_of_traffic_exactly_one_trail_entry_per_true_sighting(settings: Sett
 def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, tmp_path: Path) -> None:
     traffic = generate(seed=12, vehicles=1500, hours=12, malformed=0.01, late=0.03)
     ensure_topics(settings)
-    send_all(settings.kafka_bootstrap, settings.topic_reads, traffic.messages)
+    send_all(settings, settings.topic_reads, traffic.messages)
     total = len(traffic.messages)
     client = redis.Redis.from_url(settings.redis_url)
     small = {"PLATESTREAM_BATCH_MAX_RECORDS": "500"}  # many small batches: the kill lands mid-stream
@@ -95,7 +95,7 @@ def test_hotlist_alerts_through_the_worker(settings: Settings, tmp_path: Path) -
     hotlist.store(client, [hotlist.make_entry("hartford-pd", {"plate": wanted, "region": region,
                                                               "reason": "stolen"}, "test")])
     ensure_topics(settings)
-    send_all(settings.kafka_bootstrap, settings.topic_reads, traffic.messages)
+    send_all(settings, settings.topic_reads, traffic.messages)
     policy = Path(__file__).resolve().parents[2] / "deploy" / "policy.example.yaml"
     worker = Worker(settings, tmp_path, PLATESTREAM_POLICY=str(policy))
     try:

@@ -1,0 +1,64 @@
+"""The encrypted plate directory: which plate each pseudonymous vehicle id stands for, readable only with the key.
+
+Trails are keyed by a keyed hash of region + plate, which makes exact lookups cheap and wildcard
+searches impossible: ``7AB*`` names no hash. The directory closes that gap without putting plates in
+clear: for every vehicle that has a stored sighting it holds ``AES-SIV(region|plate)`` under a key
+derived (HKDF) from ``PLATESTREAM_HASH_KEY``, with the vehicle id as associated data (so an entry cannot
+be moved to another vehicle). AES-SIV is deterministic, so a replayed batch writes the same bytes and
+Redis dumps stay identical; it reveals only equality, which the vehicle id already reveals. A Redis dump
+without the key shows neither plates nor anything to brute-force offline without the key.
+
+Layout: 256 hashes ``ps:pd:{<first byte of vehicle id, hex>}``, field = vehicle id (12 bytes), value =
+ciphertext. The worker writes the entry in the same atomic script as the sighting; the retention sweeper
+removes it, atomically, once the vehicle's trail is empty. A wildcard search decrypts every entry (about
+1 µs each) and matches by OCR-confusion class; it is the caller's job to policy-filter and audit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+
+import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+BUCKETS = 256
+_INFO = b"platestream plate directory v1"
+
+
+def directory_key(vehicle: bytes) -> str:
+    return f"ps:pd:{{{vehicle[0]:02x}}}"
+
+
+@lru_cache(maxsize=8)
+def _cipher(hash_key: bytes) -> AESSIV:
+    key = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_INFO).derive(hash_key)
+    return AESSIV(key)
+
+
+def seal(hash_key: bytes, vehicle: bytes, region: str, plate: str) -> bytes:
+    """Directory value of one vehicle (deterministic: same inputs, same bytes)."""
+    return _cipher(hash_key).encrypt(f"{region}|{plate}".encode(), [vehicle])
+
+
+def open_entry(keys: tuple[bytes, ...], vehicle: bytes, sealed: bytes) -> tuple[str, str] | None:
+    """(region, plate) of an entry, trying each key (current first, then the one being rotated out)."""
+    for k in keys:
+        try:
+            region, plate = _cipher(k).decrypt(sealed, [vehicle]).decode().split("|", 1)
+            return region, plate
+        except InvalidTag:
+            continue
+    return None
+
+
+def entries(client: redis.Redis, keys: tuple[bytes, ...], count: int = 5000) -> Iterator[tuple[bytes, str, str]]:
+    """Every (vehicle id, region, plate) in the directory; entries no key opens are skipped."""
+    for b in range(BUCKETS):
+        for vehicle, sealed in client.hscan_iter(f"ps:pd:{{{b:02x}}}", count=count):
+            found = open_entry(keys, vehicle, sealed)
+            if found is not None:
+                yield vehicle, found[0], found[1]
