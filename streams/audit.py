@@ -1,6 +1,6 @@
 """The tamper-evident audit log: every query and sharing decision, allowed or refused.
 
-Records are appended to a Redis list (``ps:audit``) as a hash chain: each record carries the previous
+Records are appended to a Redis list (``ps:{audit}:log``) as a hash chain: each record carries the previous
 record's hash and its own ``hash = HMAC-SHA256(audit key, previous hash + canonical JSON of the record)``.
 Editing, removing or reordering any record breaks the chain from that point, and without the audit key
 nobody can forge a consistent replacement. Each record is also published to the ``plates.audit`` topic
@@ -21,8 +21,8 @@ from typing import Any, cast
 import orjson
 import redis
 
-LOG_KEY = "ps:audit"
-HEAD_KEY = "ps:audit:head"
+LOG_KEY = "ps:{audit}:log"  # the hash tag keeps the log and its head in one Redis Cluster slot
+HEAD_KEY = "ps:{audit}:head"
 GENESIS = "0" * 64
 
 

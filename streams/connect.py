@@ -2,16 +2,18 @@
 
 Every client platestream opens (aiokafka in the worker, kafka-python for producing, admin and the audit
 copy, faust's own connection, redis-py sync and async) goes through here: SASL (PLAIN, SCRAM-SHA-256/512)
-and TLS for Kafka, TLS and ACL users (``rediss://user:password@host``) for Redis.
+and TLS for Kafka, TLS and ACL users (``rediss://user:password@host``) and Redis Cluster for Redis.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from streams.settings import Settings
 
@@ -59,8 +61,13 @@ def _redis_tls(s: Settings) -> dict[str, Any]:
 
 
 def redis_client(s: Settings, **kw: Any) -> redis.Redis:
+    """A redis-py client; a ``RedisCluster`` (same command API) when ``PLATESTREAM_REDIS_CLUSTER=1``."""
+    if s.redis_cluster:
+        return cast(redis.Redis, RedisCluster.from_url(s.redis_url, **_redis_tls(s), **kw))
     return redis.Redis.from_url(s.redis_url, **_redis_tls(s), **kw)
 
 
 def redis_async(s: Settings, **kw: Any) -> aioredis.Redis:
+    if s.redis_cluster:
+        return cast(aioredis.Redis, AsyncRedisCluster.from_url(s.redis_url, **_redis_tls(s), **kw))
     return aioredis.from_url(s.redis_url, **_redis_tls(s), **kw)

@@ -9,8 +9,9 @@ Redis dumps stay identical; it reveals only equality, which the vehicle id alrea
 without the key shows neither plates nor anything to brute-force offline without the key.
 
 Layout: 256 hashes ``ps:pd:{<first byte of vehicle id, hex>}``, field = vehicle id (12 bytes), value =
-ciphertext. The worker writes the entry in the same atomic script as the sighting; the retention sweeper
-removes it, atomically, once the vehicle's trail is empty. A wildcard search decrypts every entry (about
+ciphertext. The worker writes the entry with every sighting it stores; the retention sweeper removes
+entries whose vehicle has no trail any more (``collect``: its last sighting expired, or the sighting
+moved to another plate when a better read corrected the OCR). A wildcard search decrypts every entry (about
 1 µs each) and matches by OCR-confusion class; it is the caller's job to policy-filter and audit.
 """
 
@@ -53,6 +54,31 @@ def open_entry(keys: tuple[bytes, ...], vehicle: bytes, sealed: bytes) -> tuple[
         except InvalidTag:
             continue
     return None
+
+
+def collect(client: redis.Redis, count: int = 1000) -> int:
+    """Remove entries of vehicles without a trail; returns how many. Lock-free and single-key (so it works
+    on Redis Cluster): an entry is removed only after its trail was seen empty, and put back if a worker
+    stored a sighting of the vehicle meanwhile (the worker also rewrites it with every sighting)."""
+    from streams.store import trail_key
+
+    removed = 0
+    for b in range(BUCKETS):
+        key = f"ps:pd:{{{b:02x}}}"
+        found = list(client.hscan_iter(key, count=count))
+        for lo in range(0, len(found), count):
+            chunk = found[lo : lo + count]
+            with client.pipeline(transaction=False) as pipe:
+                for vehicle, _ in chunk:
+                    pipe.exists(trail_key(vehicle))
+                orphans = [(v, sealed) for (v, sealed), n in zip(chunk, pipe.execute(), strict=True) if not n]
+            for vehicle, sealed in orphans:
+                client.hdel(key, vehicle)
+                if client.exists(trail_key(vehicle)):
+                    client.hset(key, vehicle, sealed)  # a sighting arrived meanwhile: keep it findable
+                else:
+                    removed += 1
+    return removed
 
 
 def entries(client: redis.Redis, keys: tuple[bytes, ...], count: int = 5000) -> Iterator[tuple[bytes, str, str]]:

@@ -28,6 +28,7 @@ from streams.records import DeadLetter, ReadBatch, RecordLike, decode_batch, ext
 from streams.settings import Settings
 from streams.store import (
     CELL_MEMBER,
+    PENDING,
     Sighting,
     cell_key,
     checkpoint_key,
@@ -129,7 +130,7 @@ class PartitionPipeline:
         if META_OFFSET in checkpoint:
             self.next_offset = int(checkpoint[META_OFFSET])
             self.state.watermark = int(checkpoint[META_WATERMARK])
-        rows = [v for k, v in checkpoint.items() if k not in (META_OFFSET, META_WATERMARK)]
+        rows = [v for k, v in checkpoint.items() if k not in (META_OFFSET, META_WATERMARK, PENDING)]
         st = self.state
         st.reserve(len(rows))
         for i, value in enumerate(rows):
@@ -248,7 +249,6 @@ class PartitionPipeline:
         confs = p["best_conf"][live].tolist()
         ck_fields: list[bytes] = []
         directory: dict[str, list[bytes]] = {}
-        gone: list[tuple[str, str, str, bytes]] = []
         bucket_ms = s.cell_bucket_ms
         for j, i in enumerate(live.tolist()):
             best_seq = col["best_seq"][j]
@@ -269,9 +269,6 @@ class PartitionPipeline:
             prev = self._old.pop(i) if i in self._old else None
             if prev is not None and prev[:2] != entry[:2]:
                 out.redis.append(("ZREM", prev[0], prev[1]))
-                if prev[0] != entry[0]:  # the sighting moved to another vehicle (its best read changed)
-                    old_vid = bytes.fromhex(prev[0][prev[0].index("{") + 1 : -1])
-                    gone.append(("DIRGC", prev[0], directory_key(old_vid), old_vid))
             if prev is not None and prev[2:4] != entry[2:]:
                 out.redis.append(("ZREM", prev[2], prev[3]))
             out.redis.append(("ZADD", entry[0], start, entry[1]))
@@ -291,7 +288,6 @@ class PartitionPipeline:
                 msg["extra"] = extras(docs[row])
             out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(msg)))
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
-        out.redis.extend(gone)
         out.redis.append(("HSET", self.ck_key, *ck_fields))
 
     def _evict(self, out: BatchResult) -> None:

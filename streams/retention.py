@@ -2,8 +2,8 @@
 
 The sweeper walks the trails (SCAN, so Redis stays responsive), finds sightings whose first capture
 time is older than ``now - limit`` of the agency that owns them, and removes them from the trail and
-from the area index (and a vehicle whose trail empties from the plate directory) in one script per
-trail. It takes the clock as a parameter so tests can move time. The worker runs it on a faust timer
+from the area index, and vehicles whose trail emptied from the plate directory. It takes the clock as a
+parameter so tests can move time. The worker runs it on a faust timer
 (``PLATESTREAM_RETENTION_INTERVAL_S``); ``platestream retention sweep`` runs it once. Agencies without
 a declared limit keep their data; data of agencies the policy does not know is kept and never shown.
 """
@@ -15,25 +15,11 @@ from collections import Counter
 import numpy as np
 import redis
 
-from streams.directory import directory_key
+from streams.directory import collect
 from streams.kernels.geohash import geo52_decode, geohash_str
 from streams.policy import Policy
 from streams.settings import Settings
-from streams.store import CELL_MEMBER, Sighting, cell_key, read_trail
-
-# One trail's expired sightings leave the trail and the area index together; when the trail is empty the
-# vehicle's plate directory entry goes too. Atomic, so a worker writing a new sighting of the vehicle at
-# the same moment either lands first (the trail is not empty) or after (it writes the entry again).
-# KEYS: trail, directory, cell of each pair; ARGV: vehicle, then (trail member, cell member) pairs.
-SWEEP_TRAIL = """
-local removed = {}
-for i = 2, #ARGV, 2 do
-  removed[#removed + 1] = redis.call('ZREM', KEYS[1], ARGV[i])
-  redis.call('ZREM', KEYS[2 + i / 2], ARGV[i + 1])
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
-return removed
-"""
+from streams.store import CELL_MEMBER, cell_key, read_trail
 
 
 def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
@@ -51,30 +37,34 @@ def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
 
 
 def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) -> Counter[str]:
-    """One pass over every trail; returns how many sightings were removed per agency."""
+    """One pass over every trail, then over the plate directory; returns sightings removed per agency.
+
+    Only single-key commands, ordered so that an interruption anywhere is repaired by the next pass (and
+    so that it works the same on Redis Cluster): a sighting's area index entry goes first, then the
+    trail entry, so no index entry outlives its sighting; vehicles whose trail emptied leave the plate
+    directory last (``directory.collect``).
+    """
     limit = cutoffs(policy, now_ms)
     removed: Counter[str] = Counter()
-    if not limit:
-        return removed
-    newest_cutoff = max(limit.values())
-    script = client.register_script(SWEEP_TRAIL)
-    for key in client.scan_iter(match="ps:t:*", count=1000):
+    newest_cutoff = max(limit.values(), default=0)
+    for key in client.scan_iter(match="ps:t:*", count=1000) if limit else ():
         vid = bytes.fromhex(key.decode().split("{", 1)[1].rstrip("}"))
-        expired: list[tuple[bytes, Sighting]] = []
-        for s in read_trail(client, key, "-inf", newest_cutoff - 1):
-            cut = limit.get((s.agency, s.hit))
-            if cut is not None and s.ts < cut:
-                expired.append((s.pack(), s))
+        expired = [s for s in read_trail(client, key, "-inf", newest_cutoff - 1)
+                   if (cut := limit.get((s.agency, s.hit))) is not None and s.ts < cut]
         if not expired:
             continue
-        lat, lon = geo52_decode(np.array([s.geo52 for _, s in expired], dtype=np.uint64))
+        lat, lon = geo52_decode(np.array([s.geo52 for s in expired], dtype=np.uint64))
         cells = geohash_str(lat, lon, settings.cell_precision)
-        keys = [key, directory_key(vid)]
-        args: list[bytes] = [vid]
-        for (member, s), cell in zip(expired, cells, strict=True):
-            keys.append(cell_key(cell.tobytes().decode(), s.ts // settings.cell_bucket_ms))
-            args += [member, CELL_MEMBER.pack(vid, s.sighting_id)]
-        # a sighting the worker revised meanwhile is not removed now (it is still expired next pass)
-        for (_, s), gone in zip(expired, script(keys=keys, args=args), strict=True):
-            removed[s.agency] += int(gone)
+        with client.pipeline(transaction=False) as pipe:
+            for s, cell in zip(expired, cells, strict=True):
+                pipe.zrem(cell_key(cell.tobytes().decode(), s.ts // settings.cell_bucket_ms),
+                          CELL_MEMBER.pack(vid, s.sighting_id))
+            pipe.execute()
+        with client.pipeline(transaction=False) as pipe:
+            for s in expired:
+                pipe.zrem(key, s.pack())
+            # a sighting the worker revised meanwhile is not removed now (it is still expired next pass)
+            for s, gone in zip(expired, pipe.execute(), strict=True):
+                removed[s.agency] += int(gone)
+    collect(client)
     return removed

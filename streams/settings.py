@@ -56,6 +56,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_KAFKA_SSL_CAFILE": ("", "with *SSL: CA bundle (PEM) that signed the brokers' certificates"),
     "PLATESTREAM_KAFKA_SSL_CERTFILE": ("", "with *SSL: client certificate (PEM) for mutual TLS"),
     "PLATESTREAM_KAFKA_SSL_KEYFILE": ("", "with *SSL: the client certificate's key (PEM)"),
+    "PLATESTREAM_REDIS_CLUSTER": ("0", "1: PLATESTREAM_REDIS_URL names a node of a Redis Cluster"),
     "PLATESTREAM_REDIS_CA_FILE": ("", "with rediss://: CA bundle (PEM) that signed Redis's certificate"),
     "PLATESTREAM_REDIS_CERT_FILE": ("", "with rediss://: client certificate (PEM) when Redis requires one"),
     "PLATESTREAM_REDIS_KEY_FILE": ("", "with rediss://: the client certificate's key (PEM)"),
@@ -106,6 +107,7 @@ class Settings:
     redis_ca_file: str = ""
     redis_cert_file: str = ""
     redis_key_file: str = ""
+    redis_cluster: bool = False
 
     @property
     def lookup_keys(self) -> tuple[bytes, ...]:
@@ -187,6 +189,7 @@ class Settings:
             token=str(raw("PLATESTREAM_TOKEN") or ""),
             web_host=str(raw("PLATESTREAM_WEB_HOST")),
             previous_hash_key=previous.encode(),
+            redis_cluster=integer("PLATESTREAM_REDIS_CLUSTER", 0, 1) == 1,
             **security,
         )
         if overrides:
@@ -220,6 +223,7 @@ class Settings:
             "PLATESTREAM_RETENTION_INTERVAL_S": str(self.retention_interval_s), "PLATESTREAM_TOKEN": self.token,
             "PLATESTREAM_PREVIOUS_HASH_KEY": self.previous_hash_key.decode(),
             **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},
+            "PLATESTREAM_REDIS_CLUSTER": "1" if self.redis_cluster else "0",
         }
         env.update(extra)
         return env

@@ -208,7 +208,8 @@ def start_kafka(state_dir: Path, port: int, controller_port: int, partitions: in
             f"-Dlog4j2.configurationFile={DEPLOY / 'log4j2.properties'}", "-cp", f"{jars}/*"]
     if not (data / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        proc = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+        # "--cluster-id=": an id may start with "-", which argparse would take for an option
+        proc = subprocess.run([*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                                "-c", str(kdir / "server.properties")], capture_output=True, text=True)
         if proc.returncode != 0:
             raise StackError(f"kafka storage format failed: {proc.stdout}{proc.stderr}")
@@ -399,3 +400,51 @@ def up_secure(state_dir: Path, partitions: int = 4) -> SecureStack:
            "PLATESTREAM_REDIS_URL": f"rediss://platestream:{redis_pw}@127.0.0.1:{rport}/0",
            "PLATESTREAM_REDIS_CA_FILE": str(tls["ca"])}
     return SecureStack(env, kpid, rpid)
+
+
+# -- a local Redis Cluster ---------------------------------------------------------------------------
+
+
+@dataclass
+class ClusterInfo:
+    url: str
+    ports: list[int]
+    pids: list[int]
+
+
+def start_cluster(state_dir: Path, primaries: int = 3) -> ClusterInfo:
+    """A Redis Cluster of ``primaries`` redis-server processes (no replicas) on free loopback ports.
+
+    Slots are split evenly (``CLUSTER ADDSLOTSRANGE``) and the nodes introduced with ``CLUSTER MEET``;
+    returns once every node reports ``cluster_state:ok``.
+    """
+    import redis
+
+    ports = [free_port() for _ in range(primaries)]
+    bus = [free_port() for _ in range(primaries)]  # the default (port + 10000) may not exist
+    pids: list[int] = []
+    try:
+        for port, bus_port in zip(ports, bus, strict=True):
+            node_dir = state_dir / f"cluster-{port}"
+            pids.append(start_redis(node_dir, port, [
+                "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout", "5000", "--cluster-port", str(bus_port)]))
+        clients = [redis.Redis(port=p, socket_timeout=5) for p in ports]
+        step = 16384 // primaries
+        for i, c in enumerate(clients):
+            lo, hi = i * step, (16383 if i == primaries - 1 else (i + 1) * step - 1)
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        for p, b in zip(ports[1:], bus[1:], strict=True):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", p, b)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+            if all("cluster_state:ok" in t and f"cluster_known_nodes:{primaries}" in t for t in text):
+                return ClusterInfo(f"redis://127.0.0.1:{ports[0]}/0", ports, pids)
+            time.sleep(0.2)
+        raise StackError(f"Redis Cluster on ports {ports} did not reach cluster_state:ok")
+    except BaseException:
+        for pid in pids:
+            stop_pid(pid)
+        raise

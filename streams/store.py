@@ -142,23 +142,14 @@ def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | 
 # then run the batch's commands. The client sends one command per partition instead of one per change,
 # which is where redis-py spent most of its time. Commands arrive as one msgpack blob (cmsgpack is part
 # of Redis's Lua). Note: the script touches keys it does not declare, which standalone Redis allows and
-# Redis Cluster does not. Besides Redis commands, the batch may hold ``DIRGC`` (below).
+# Redis Cluster does not (see ``apply_batches_cluster``).
 APPLY_BATCH = """
 local cur = redis.call('HGET', KEYS[1], 'offset')
 if (cur or '') ~= ARGV[1] then return 0 end
 local cmds = cmsgpack.unpack(ARGV[2])
-for i = 1, #cmds do
-  local c = cmds[i]
-  if c[1] == 'DIRGC' then
-    if redis.call('EXISTS', c[2]) == 0 then redis.call('HDEL', c[3], c[4]) end
-  else
-    redis.call(unpack(c))
-  end
-end
+for i = 1, #cmds do redis.call(unpack(cmds[i])) end
 return 1
 """
-# ("DIRGC", trail key, directory key, vehicle): drop the vehicle's plate directory entry if its trail is
-# empty. The pipeline sends it last, for a vehicle a sighting moved away from (its best read changed plate).
 MAX_ARGS = 4000  # Lua's unpack() limit is ~8000 stack slots; longer commands are split
 
 
@@ -196,3 +187,128 @@ def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, comman
     script = client.register_script(APPLY_BATCH)
     blob = msgpack.packb(split_long(commands), use_bin_type=False)
     return bool(script(keys=[key], args=["" if expected is None else str(expected), blob]))
+
+
+# -- Redis Cluster ---------------------------------------------------------------------------------
+# A batch's keys live on several nodes, and a script may only touch keys of the node it runs on. So a
+# partition's batch is split by node and applied in two steps, each atomic on its node:
+# 1. on the node of the checkpoint key: fenced exactly like APPLY_BATCH, that node's commands, the
+#    checkpoint, and - as a write-ahead record in the checkpoint hash (``pending``) - every other node's
+#    commands with the batch's end offset;
+# 2. on each other node: its commands, applied once per end offset (a per-node fence hash remembers the
+#    last end offset applied for this partition).
+# A crash between 1 and 2 leaves ``pending``; whoever loads the partition next replays it before
+# anything else (``replay_pending``), and the fences make the replay a no-op where step 2 already ran.
+# Scripts use the ``allow-cross-slot-keys`` flag: keys of any slot, as long as the node serves it.
+# Resharding while workers run is not supported (a moved slot fails the batch; the worker retries).
+PENDING = b"pending"
+APPLY_PRIMARY = """#!lua flags=allow-cross-slot-keys
+local cur = redis.call('HGET', KEYS[1], 'offset')
+if (cur or '') ~= ARGV[1] then return 0 end
+local cmds = cmsgpack.unpack(ARGV[2])
+for i = 1, #cmds do redis.call(unpack(cmds[i])) end
+redis.call('HSET', KEYS[1], 'pending', ARGV[3])
+return 1
+"""
+APPLY_NODE = """#!lua flags=allow-cross-slot-keys
+local done = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if done >= tonumber(ARGV[2]) then return 0 end
+local cmds = cmsgpack.unpack(ARGV[3])
+for i = 1, #cmds do redis.call(unpack(cmds[i])) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def _key_slot(key: str | bytes) -> int:
+    from redis.crc import key_slot
+
+    return int(key_slot(key.encode() if isinstance(key, str) else key))
+
+
+def fence_keys(node_of_slot: Any) -> dict[str, str]:
+    """Node name -> a fence hash key (``ps:fence:{n}``) whose slot that node serves."""
+    out: dict[str, str] = {}
+    names = {node_of_slot(slot).name for slot in range(0, 16384, 64)}
+    for i in range(100_000):
+        key = f"ps:fence:{{{i}}}"
+        out.setdefault(node_of_slot(_key_slot(key)).name, key)
+        if len(out) >= len(names):
+            return out
+    raise RuntimeError("no fence key found for every cluster node")
+
+
+def plan_cluster(ck_key: str, next_offset: int, commands: Sequence[tuple[Any, ...]], node_of_slot: Any,
+                 fences: dict[str, str]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(primary commands blob, pending blob, [(fence key, commands blob)] for the other nodes)."""
+    primary = node_of_slot(_key_slot(ck_key)).name
+    by_node: dict[str, list[tuple[Any, ...]]] = {}
+    for cmd in split_long(commands):
+        by_node.setdefault(node_of_slot(_key_slot(cmd[1])).name, []).append(cmd)
+    others = [(fences[name], msgpack.packb(cmds, use_bin_type=False)) for name, cmds in sorted(by_node.items())
+              if name != primary]
+    pending = msgpack.packb([next_offset, [[k, blob] for k, blob in others]], use_bin_type=True)
+    return msgpack.packb(by_node.get(primary, []), use_bin_type=False), pending, others
+
+
+def _pending_parts(raw: bytes | None) -> tuple[int, list[tuple[str, bytes]]]:
+    if not raw:
+        return -1, []
+    next_offset, parts = msgpack.unpackb(raw, raw=False)
+    return int(next_offset), [(str(k), bytes(b)) for k, b in parts]
+
+
+def apply_cluster_sync(client: Any, ck_key: str, expected: int | None, next_offset: int,
+                       commands: Sequence[tuple[Any, ...]], crash_after_primary: bool = False) -> bool:
+    """One partition's batch on a Redis Cluster (sync; tests and tools). ``crash_after_primary`` stops
+    between the two steps, as a crash would."""
+    node_of_slot = client.nodes_manager.get_node_from_slot
+    primary_blob, pending, others = plan_cluster(ck_key, next_offset, commands, node_of_slot,
+                                                 fence_keys(node_of_slot))
+    ok = client.register_script(APPLY_PRIMARY)(
+        keys=[ck_key], args=["" if expected is None else str(expected), primary_blob, pending])
+    if not ok or crash_after_primary:
+        return bool(ok)
+    node_script = client.register_script(APPLY_NODE)
+    for fence, blob in others:
+        node_script(keys=[fence], args=[ck_key, next_offset, blob])
+    return True
+
+
+def replay_pending_sync(client: Any, ck_key: str) -> int:
+    """Apply the other nodes' part of the last batch where it has not been applied; returns how many."""
+    next_offset, parts = _pending_parts(client.hget(ck_key, PENDING))
+    script = client.register_script(APPLY_NODE)
+    return sum(int(script(keys=[fence], args=[ck_key, next_offset, blob])) for fence, blob in parts)
+
+
+async def apply_batches_cluster(client: Any, batches: Sequence[tuple[str, int | None, int,
+                                                                     Sequence[tuple[Any, ...]]]]) -> list[bool]:
+    """``apply_batches`` for Redis Cluster: (checkpoint key, expected offset, end offset, commands).
+
+    All partitions' first steps run concurrently, then all second steps; a partition fenced in step 1
+    (False) writes nothing anywhere.
+    """
+    import asyncio
+
+    node_of_slot = client.nodes_manager.get_node_from_slot
+    fences = fence_keys(node_of_slot)
+    plans = [plan_cluster(ck, nxt, cmds, node_of_slot, fences) for ck, _, nxt, cmds in batches]
+    primary = client.register_script(APPLY_PRIMARY)
+    applied = await asyncio.gather(*(
+        primary(keys=[ck], args=["" if exp is None else str(exp), blob, pending])
+        for (ck, exp, _, _), (blob, pending, _) in zip(batches, plans, strict=True)))
+    node_script = client.register_script(APPLY_NODE)
+    await asyncio.gather(*(
+        node_script(keys=[fence], args=[ck, nxt, blob])
+        for (ck, _, nxt, _), (_, _, others), ok in zip(batches, plans, applied, strict=True) if ok
+        for fence, blob in others))
+    return [bool(x) for x in applied]
+
+
+async def replay_pending(client: Any, ck_key: str) -> int:
+    """Async ``replay_pending_sync`` (the worker, on partition load)."""
+    next_offset, parts = _pending_parts(await client.hget(ck_key, PENDING))
+    script = client.register_script(APPLY_NODE)
+    done = [await script(keys=[fence], args=[ck_key, next_offset, blob]) for fence, blob in parts]
+    return sum(int(x) for x in done)

@@ -40,7 +40,7 @@ from streams.pipeline import NO_HOTLIST, BatchResult, HotContext, PartitionPipel
 from streams.policy import PolicyStore
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
-from streams.store import apply_batches
+from streams.store import apply_batches, apply_batches_cluster, replay_pending
 from streams.topics import ensure_topics
 
 log = logging.getLogger("platestream.worker")
@@ -137,6 +137,8 @@ class BatchRunner:
         assert self.redis is not None and self.consumer is not None
         for tp in assigned:
             pipe = PartitionPipeline(self.s, tp.topic, tp.partition)
+            if self.s.redis_cluster:  # finish the last batch on every node first (see store.py)
+                self.metrics["cluster_pending_replayed"] += await replay_pending(self.redis, pipe.ck_key)
             pipe.restore(await self.redis.hgetall(pipe.ck_key))  # type: ignore[arg-type]
             self.pipelines[tp] = pipe
             if pipe.next_offset is not None:
@@ -272,7 +274,12 @@ class BatchRunner:
                            ) -> set[TopicPartition]:
         """One atomic, fenced script per partition; returns partitions found owned by someone else."""
         assert self.redis is not None
-        applied = await apply_batches(self.redis, [(pipe.ck_key, expected, r.redis) for _, pipe, expected, r in work])
+        if self.s.redis_cluster:
+            applied = await apply_batches_cluster(
+                self.redis, [(pipe.ck_key, expected, r.next_offset, r.redis) for _, pipe, expected, r in work])
+        else:
+            applied = await apply_batches(self.redis, [(pipe.ck_key, expected, r.redis) for _, pipe, expected, r
+                                                       in work])
         fenced = {tp for (tp, *_), ok in zip(work, applied, strict=True) if not ok}
         for tp in fenced:  # a newer owner moved the checkpoint: our state is stale, reload it
             log.warning("partition %s: checkpoint moved under us (another worker owns it); reloading", tp)
@@ -280,6 +287,17 @@ class BatchRunner:
             self.pipelines.pop(tp, None)
             await self.load([tp])
         return fenced
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux), for /metrics and the soak test."""
+    try:
+        for line in open("/proc/self/status"):  # noqa: SIM115
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def make_app(settings: Settings) -> faust.App:
@@ -350,6 +368,11 @@ def make_app(settings: Settings) -> faust.App:
         m: dict[str, Any] = dict(runner.metrics)
         m["uptime_s"] = round(time.monotonic() - runner.started, 3)
         m["partitions"] = sorted(tp.partition for tp in runner.pipelines)
+        # dedup state held in memory: open sessions (bounded by window + lateness) and pool slots
+        m["dedup_open_sessions"] = sum(int(p.state.pool["alive"][: p.state.n_used].sum())
+                                       for p in runner.pipelines.values())
+        m["dedup_pool_slots"] = sum(p.state.n_used for p in runner.pipelines.values())
+        m["rss_bytes"] = _rss_bytes()
         m.update(runner.latency.percentiles())
         if request.query.get("reset_latency"):
             runner.latency.reset()

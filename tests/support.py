@@ -20,9 +20,9 @@ from streams.pipeline import META_OFFSET, PartitionPipeline
 from streams.query import trail
 from streams.records import Raw
 from streams.settings import Settings
-from streams.simulate import Traffic
+from streams.simulate import Traffic, generate
 from streams.stack import free_port
-from streams.store import apply_batch_sync, checkpoint_key
+from streams.store import apply_batch_sync, apply_cluster_sync, checkpoint_key
 from streams.topics import end_offsets
 from tests.conftest import settings_env, wait_for
 
@@ -162,4 +162,30 @@ def store_reads(s: Settings, client: redis.Redis, reads: list[dict[str, Any]]) -
     """Process plate_read documents through a real PartitionPipeline and apply the batch to Redis."""
     pipe = PartitionPipeline(s, s.topic_reads, 0)
     raws = [Raw(s.topic_reads, 0, i, None, None, orjson.dumps(r)) for i, r in enumerate(reads)]
-    assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws).redis)
+    result = pipe.process_raw(raws)
+    if s.redis_cluster:
+        assert apply_cluster_sync(client, pipe.ck_key, None, result.next_offset, result.redis)
+    else:
+        assert apply_batch_sync(client, pipe.ck_key, None, result.redis)
+
+
+def dump_redis(client: redis.Redis, skip: tuple[bytes, ...] = ()) -> dict[bytes, object]:
+    """Every key and its content (sorted sets and hashes), for exact comparisons; ``skip`` = key prefixes."""
+    out: dict[bytes, object] = {}
+    for key in client.scan_iter(count=1000):
+        if key.startswith(skip):
+            continue
+        kind = client.type(key)
+        if kind == b"zset":
+            out[key] = sorted(client.zrange(key, 0, -1, withscores=True))
+        elif kind == b"hash":
+            out[key] = client.hgetall(key)
+        else:
+            raise AssertionError(f"unexpected key type {kind!r} for {key!r}")
+    return out
+
+
+def pipeline_raws(s: Settings, seed: int) -> list[Raw]:
+    """A small simulated partition (malformed, late and OCR-confused reads included) as consumer records."""
+    traffic = generate(seed=seed, vehicles=300, sites=8, hours=2, malformed=0.02, late=0.1, start_ts=1_764_000_000_000)
+    return [Raw(s.topic_reads, 0, i, None, k, v) for i, (k, v) in enumerate(traffic.messages)]

@@ -71,7 +71,7 @@ def call(url: str, path: str, body: dict[str, Any] | None = None, token: str | N
     return status, json.loads(text)
 
 
-def test_governed_http_api(server: str, settings: Settings) -> None:
+def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     reads = [{"read_id": f"{a}-{i}", "camera_id": f"cam-{a}", "agency": a, "plate": "API123", "region": "US-CT",
               "ts": 1_764_000_000_000 + (j * 2 + i) * 60_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
@@ -148,3 +148,7 @@ def test_governed_http_api(server: str, settings: Settings) -> None:
         ("alice", "partial", 4), ("alice", "refused", 0), ("fred", "partial", 0)]
     assert "API" not in json.dumps(searches)
     assert "API123" not in json.dumps(trails)  # the audit names the vehicle by its pseudonym only
+    # the server's own log (access log at INFO) names paths, never plates or tokens
+    log = (tmp_path / "api.log").read_text()
+    assert "/v1/plates/search" in log
+    assert not [x for x in ["API123", *TOKENS.values()] if x in log]

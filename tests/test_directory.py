@@ -6,7 +6,7 @@ import orjson
 import pytest
 import redis
 
-from streams.directory import directory_key, entries, open_entry, seal
+from streams.directory import collect, directory_key, entries, open_entry, seal
 from streams.pipeline import PartitionPipeline
 from streams.policy import DAY_MS
 from streams.records import Raw
@@ -49,6 +49,9 @@ def test_directory_holds_exactly_the_vehicles_with_a_trail(settings: Settings) -
     assert apply_batch_sync(client, pipe.ck_key, None, pipe.process_raw(raws[:1]).redis)
     assert {p for _, _, p in entries(client, (settings.hash_key,))} == {"7ABC1O3"}
     assert apply_batch_sync(client, pipe.ck_key, 1, pipe.process_raw(raws[1:]).redis)
+    found = sorted((r, p) for _, r, p in entries(client, (settings.hash_key,)))
+    assert found == [("US-CT", "7ABC103"), ("US-CT", "7ABC1O3"), ("US-CT", "XYZ999")]
+    assert collect(client) == 1  # the corrected plate has no trail: the sweeper drops it
     found = sorted((r, p) for _, r, p in entries(client, (settings.hash_key,)))
     assert found == [("US-CT", "7ABC103"), ("US-CT", "XYZ999")]
     raw = b"".join(k + b"".join(client.hgetall(k)) for k in client.keys("ps:pd:*"))  # type: ignore[operator]

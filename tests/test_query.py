@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from streams.audit import AuditLog
+from streams.audit import LOG_KEY, AuditLog
 from streams.policy import Policy, PolicyError, token_hash
 from streams.query import governed_trail, trail
 from streams.settings import Settings
@@ -86,14 +86,14 @@ def test_no_query_returns_a_sighting_its_policy_forbids(settings: Settings) -> N
         for (owner, req), purposes in grant_map.items():
             client.hset(GRANTS_KEY, f"{owner}|{req}", orjson.dumps(
                 {"owner": owner, "requester": req, "purposes": purposes, "status": "approved", "expires": None}))
-        before = client.llen("ps:audit")
+        before = client.llen(LOG_KEY)
         ctx = policy.context("t", purpose, "case-42")
         result = governed_trail(client, settings, policy, ctx, audit, "ABC123", "US-CT")
         got = {r["agency"] for r in result.rows}
         allowed = {a for a in AGENCIES if oracle(doc, grant_map, requester, purpose, a)}
         assert got == allowed  # nothing forbidden, and nothing allowed withheld
         assert all(len([r for r in result.rows if r["agency"] == a]) == 2 for a in got)
-        assert client.llen("ps:audit") == before + 1  # every query is audited, allowed or not
+        assert client.llen(LOG_KEY) == before + 1  # every query is audited, allowed or not
         assert set(result.refused) == set(AGENCIES) - allowed
 
     check()
