@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell md5sum pyproject.toml | cut -c1-8)
 
-.PHONY: setup demo test lint unit bench soak stack-up stack-down clean
+.PHONY: setup demo test lint unit bench soak chaos stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: setup
 soak: setup
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks.soak
+
+# The crash-injection scenarios of the suite, with their produced/stored/merged/dead-lettered/lost/duplicated
+# table -> benchmarks/results/chaos-<date>.*
+chaos: setup
+	$(PY) -m benchmarks.chaos
 
 stack-up: setup
 	$(PY) -m streams.cli stack up

@@ -20,6 +20,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,16 @@ def _lag(admin: KafkaAdminClient, s: Settings) -> int:
     return sum(max(0, end - max(done.get(p, 0), 0)) for p, end in ends.items())
 
 
-def run(duration_s: float, rate: float, sample_s: float = 5.0, state_dir: Path | None = None) -> dict[str, Any]:
-    """Run the soak; returns samples and the verdicts (see the module docstring for the criteria)."""
-    state_dir = state_dir or Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream"))
-    info = stack.up(state_dir)
+def run(duration_s: float, rate: float, sample_s: float = 5.0, info: stack.StackInfo | None = None,
+        events: Sequence[tuple[float, Callable[[], None]]] = ()) -> dict[str, Any]:
+    """Run the soak; returns samples and the verdicts (see the module docstring for the criteria).
+
+    ``info``: a running stack (default: start or reuse the local one); ``events``: (seconds, action) to
+    disturb the run, e.g. pause Redis to see backpressure.
+    """
+    info = info or stack.up(Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream")))
     s = e2e.isolated_settings(info, db=9)
-    log_dir = state_dir / "bench-logs"
+    log_dir = Path(info.state_dir) / "bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     pool, span_ms = _pool(seed=5, vehicles=3000, hours=2)
     ensure_topics(s)
@@ -95,9 +100,12 @@ def run(duration_s: float, rate: float, sample_s: float = 5.0, state_dir: Path |
     e2e.log(f"soak: {duration_s:.0f} s at {rate:,.0f} reads/s into {s.topic_reads}")
     t0 = time.monotonic()
     thread.start()
+    todo = sorted(events, key=lambda e: e[0])
     try:
         while (elapsed := time.monotonic() - t0) < duration_s:
             time.sleep(sample_s - (elapsed % sample_s))
+            while todo and todo[0][0] <= time.monotonic() - t0:
+                todo.pop(0)[1]()
             m = worker.metrics()
             samples.append({"t": round(time.monotonic() - t0, 1), "rss_mb": round(m["rss_bytes"] / 2**20, 1),
                             "lag": _lag(admin, s), "produced": produced[0],

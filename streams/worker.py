@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import typing
 from collections import Counter
@@ -197,7 +198,9 @@ class BatchRunner:
             if not work:
                 return
             await self._produce([(tp.partition, r) for tp, _, _, r in work])
+            self._fault_point(names.STEP_SINK_DEDUPED)
             fenced = await self._write_redis(work)
+            self._fault_point(names.STEP_SINK_REDIS)
         now_ms = time.time() * 1000.0
         for tp, msgs in batches.items():
             if tp not in fenced and msgs:
@@ -217,6 +220,16 @@ class BatchRunner:
             self.metrics["alerts"] += len(r.alerts)
         self.metrics["batches"] += 1
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
+
+    def _fault_point(self, step: str) -> None:
+        """Chaos testing (``PLATESTREAM_CRASH_AFTER``): die like SIGKILL right after ``step`` of the n-th batch."""
+        if self.s.crash_after is None or self.s.crash_after[0] != step:
+            return
+        self.metrics[f"fault_point.{step}"] += 1
+        if self.metrics[f"fault_point.{step}"] == self.s.crash_after[1]:
+            log.warning("fault injection: exiting right after %s of batch %d", step, self.s.crash_after[1])
+            logging.shutdown()
+            os._exit(137)
 
     async def _produce(self, work: list[tuple[int, BatchResult]]) -> None:
         """Send dead letters and sightings in whole record batches; wait for every ack.

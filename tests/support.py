@@ -189,3 +189,14 @@ def pipeline_raws(s: Settings, seed: int) -> list[Raw]:
     """A small simulated partition (malformed, late and OCR-confused reads included) as consumer records."""
     traffic = generate(seed=seed, vehicles=300, sites=8, hours=2, malformed=0.02, late=0.1, start_ts=1_764_000_000_000)
     return [Raw(s.topic_reads, 0, i, None, k, v) for i, (k, v) in enumerate(traffic.messages)]
+
+
+def record_run(scenario: str, row: dict[str, int], **extra: object) -> None:
+    """Append one chaos run's accounting to the file named by ``CHAOS_REPORT`` (``make chaos`` sets it), and
+    print it (``pytest -s`` shows it)."""
+    line = orjson.dumps({"scenario": scenario, **row, **extra}).decode()
+    print(line)
+    path = os.environ.get("CHAOS_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")

@@ -15,14 +15,15 @@ VALID = {"read_id": "r", "camera_id": "cam-1", "agency": "a", "plate": "ABC123",
          "ts": 1_764_000_000_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
 
 
-def adversarial(rng: random.Random, i: int) -> bytes:
+def adversarial(rng: random.Random, i: int, nest: int = 5000, huge: int = 70_000) -> bytes:
+    """The i-th poison payload (16 kinds in turn); ``nest``/``huge`` size the nesting and the long string."""
     kind = i % 16
     if kind == 0:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))  # random bytes, bad UTF-8
     if kind == 1:
-        return b"[" * 5000 + b"]" * 5000  # deep nesting
+        return b"[" * nest + b"]" * nest  # deep nesting
     if kind == 2:
-        return b'{"plate": "' + b"A" * 70_000 + b'"}'  # huge string, over the size limit
+        return b'{"plate": "' + b"A" * huge + b'"}'  # huge string, over the size limit
     if kind == 3:
         return b'{"lat": NaN, "lon": Infinity}'
     if kind == 4:

@@ -15,12 +15,21 @@ import pytest
 import redis
 
 from streams import stack
+from streams.connect import redis_client
 from streams.producer import send_all
+from streams.query import trail
 from streams.settings import Settings
 from streams.simulate import generate
 from streams.topics import ensure_topics
 from tests.conftest import wait_for
-from tests.support import Worker, checkpoint_offsets, final_sightings, verify_against_truth, wait_caught_up
+from tests.support import (
+    Worker,
+    checkpoint_offsets,
+    final_sightings,
+    record_run,
+    verify_against_truth,
+    wait_caught_up,
+)
 
 pytestmark = pytest.mark.integration
 SMALL = {"PLATESTREAM_BATCH_MAX_RECORDS": "200"}
@@ -43,7 +52,7 @@ def test_rebalance_storm_three_workers_six_partitions(settings: Settings, tmp_pa
     workers = [Worker(s, tmp_path, name=f"w{i}", **SMALL) for i in range(3)]
     # the load keeps coming (~6k reads/s for ~15 s) while workers are added and removed every few
     # seconds, by SIGTERM (graceful) or SIGKILL
-    producer = threading.Thread(target=send_all, args=(s.kafka_bootstrap, s.topic_reads, traffic.messages, 6000))
+    producer = threading.Thread(target=send_all, args=(s, s.topic_reads, traffic.messages, 6000))
     producer.start()
     bounced = 0
     while producer.is_alive() or bounced < 6:
@@ -59,8 +68,8 @@ def test_rebalance_storm_three_workers_six_partitions(settings: Settings, tmp_pa
     finally:
         for w in workers:
             w.stop()
-    row = _exact(s, traffic)
-    print(f"rebalance storm ({bounced} bounces): {json.dumps(row)}")
+    record_run("5. rebalance storm: 3 workers, 6 partitions, SIGTERM/SIGKILL bounces under load", _exact(s, traffic),
+               bounces=bounced)
 
 
 def test_zombie_worker_after_sigstop_does_not_overwrite_newer_state(settings: Settings, tmp_path: Path) -> None:
@@ -83,8 +92,7 @@ def test_zombie_worker_after_sigstop_does_not_overwrite_newer_state(settings: Se
     finally:
         zombie.stop()
         heir.stop()
-    row = _exact(s, traffic)
-    print(f"zombie: {json.dumps(row)}")
+    record_run("6. SIGSTOP a worker past the session timeout, heir takes over, SIGCONT", _exact(s, traffic))
 
 
 def _crash_and_restart(settings: Settings, local_stack: stack.StackInfo, tmp_path: Path, seed: int,
@@ -121,9 +129,70 @@ def _crash_and_restart(settings: Settings, local_stack: stack.StackInfo, tmp_pat
 def test_redis_crash_with_aof_loses_nothing(settings: Settings, local_stack: stack.StackInfo, tmp_path: Path) -> None:
     worker, row = _crash_and_restart(settings, local_stack, tmp_path, 23, "redis")
     assert "rewinding to the checkpoints" in worker.log()
-    print(f"redis crash: {json.dumps(row)}")
+    record_run("3. Redis SIGKILL mid-stream, restart from AOF (everysec)", row)
 
 
 def test_kafka_broker_restart_under_load(settings: Settings, local_stack: stack.StackInfo, tmp_path: Path) -> None:
     _, row = _crash_and_restart(settings, local_stack, tmp_path, 24, "kafka")
-    print(f"broker restart: {json.dumps(row)}")
+    record_run("4. Kafka broker SIGKILL mid-stream, restart", row)
+
+
+def test_fault_injection_between_the_sinks(settings: Settings, tmp_path: Path) -> None:
+    """Scenario 2 at process level: the worker dies right after Redis acked and before the offset commit
+    (and, once, after the topics acked and before Redis); each restart converges to the exact result."""
+    s = settings
+    traffic = generate(seed=25, vehicles=1500, hours=12, malformed=0.01, late=0.03)
+    ensure_topics(s)
+    send_all(s, s.topic_reads, traffic.messages)
+    points = ["sink.redis:6", "sink.deduped:4", "sink.redis:9", "sink.redis:2"]
+    for i, point in enumerate(points):
+        w = Worker(s, tmp_path, name=f"crash{i}", PLATESTREAM_CRASH_AFTER=point, **SMALL)
+        assert w.proc.wait(120) == 137, w.log()[-2000:]
+        assert f"fault injection: exiting right after {point.split(':')[0]}" in w.log()
+    final = Worker(s, tmp_path, name="final", **SMALL)
+    try:
+        wait_caught_up(s, final)
+    finally:
+        final.stop()
+    record_run("2. crash right after the Redis write, before the commit (x3), and after produce (x1)",
+               _exact(s, traffic), crashes=len(points))
+
+
+def test_hundred_thousand_poison_messages_through_kafka(settings: Settings, tmp_path: Path) -> None:
+    """Scenario 7 end to end: poison and valid reads interleaved in Kafka; the worker never stops, every
+    poison message is in the DLQ once with its reason and coordinates, every valid read is stored."""
+    import orjson
+
+    from tests.support import read_topic
+    from tests.test_fuzz import VALID, adversarial
+
+    s = dataclasses.replace(settings, max_message_bytes=4096)
+    rng = random.Random(7)
+    messages: list[tuple[bytes | None, bytes]] = []
+    poison: set[int] = set()
+    for i in range(100_000):
+        poison.add(len(messages))
+        messages.append((None, adversarial(rng, i, nest=1100, huge=5000)))  # sized for the broker, same kinds
+        if i % 10 == 0:
+            messages.append((None, orjson.dumps({**VALID, "read_id": f"ok-{i}", "ts": VALID["ts"] + i * 60_000})))
+    ensure_topics(s, partitions=1)  # one partition: offsets name the messages exactly
+    send_all(s, s.topic_reads, messages)
+    worker = Worker(s, tmp_path)
+    try:
+        wait_caught_up(s, worker, timeout=240)
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    dead = {}
+    for r in read_topic(s, s.topic_dlq):
+        rec = orjson.loads(r.value)
+        assert rec["reason"] and rec["topic"] == s.topic_reads and rec["partition"] == 0
+        assert rec["offset"] not in dead, "dead-lettered twice"
+        dead[rec["offset"]] = rec["reason"]
+    assert set(dead) == poison
+    assert set(dead.values()) >= {"invalid_utf8", "invalid_json", "too_large", "not_an_object", "missing_field",
+                                  "invalid_field"}
+    stored = trail(redis_client(s), s, VALID["plate"], VALID["region"])
+    assert sorted(r["read_id"] for r in stored) == sorted(f"ok-{i}" for i in range(0, 100_000, 10))
+    record_run("7. 100,000 poison payloads (16 kinds) + 10,000 valid reads through Kafka and a worker",
+               {"produced": len(messages), "stored": len(stored), "merged": 0, "dead_lettered": len(dead),
+                "lost": len(poison - set(dead)) + 10_000 - len(stored), "duplicated": 0})

@@ -37,6 +37,7 @@ from tests.support import (
     checkpoint_offsets,
     dump_redis,
     pipeline_raws,
+    record_run,
     store_reads,
     verify_against_truth,
     wait_caught_up,
@@ -146,6 +147,7 @@ def test_worker_on_redis_cluster_exact_through_a_sigkill(csettings: Settings, tm
     acc = verify_against_truth(csettings, traffic)
     assert (acc.lost, acc.duplicated, acc.wrong) == (0, 0, [])
     assert acc.stored + acc.merged + acc.dead_lettered == acc.produced
+    record_run("9. Redis Cluster (3 primaries): SIGKILL the worker mid-stream, restart", acc.row())
 
 
 def test_governed_queries_retention_and_audit_on_cluster(csettings: Settings) -> None:

@@ -23,7 +23,7 @@ from streams.settings import Settings
 from streams.simulate import generate
 from streams.topics import ensure_topics
 from tests.governance import TOKENS, policy_doc, with_tokens
-from tests.support import Worker, read_topic, verify_against_truth, wait_caught_up
+from tests.support import Worker, read_topic, record_run, verify_against_truth, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +59,7 @@ def test_end_to_end_over_sasl_ssl_and_redis_tls_acl(secure: stack.SecureStack, t
     acc = verify_against_truth(s, traffic)
     assert (acc.lost, acc.duplicated, acc.wrong) == (0, 0, [])
     assert acc.stored + acc.merged + acc.dead_lettered == acc.produced and acc.dead_lettered == traffic.malformed
+    record_run("10. Kafka SASL_SSL + Redis TLS with an ACL user, end to end", acc.row())
 
     # a governed query: its audit record is published to Kafka over SASL_SSL too
     t = next(t for t in traffic.truth if t.agency == "hartford-pd")

@@ -14,7 +14,7 @@ from streams.settings import Settings
 from streams.simulate import generate
 from streams.topics import ensure_topics
 from tests.conftest import wait_for
-from tests.support import Worker, checkpoint_offsets, final_sightings, verify_against_truth, wait_caught_up
+from tests.support import Worker, checkpoint_offsets, final_sightings, record_run, verify_against_truth, wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, 
     assert (acc.lost, acc.duplicated) == (0, 0)
     assert acc.stored + acc.merged + acc.dead_lettered == acc.produced
     assert len(final_sightings(settings)) == len(traffic.truth)
-    print(f"sigkill x2: {acc.row()}")
+    record_run("1. SIGKILL the worker mid-batch, twice, restart", acc.row())
 
 
 def test_hotlist_alerts_through_the_worker(settings: Settings, tmp_path: Path) -> None:
