@@ -40,7 +40,7 @@ def markdown(rows: list[dict[str, object]], command: str, ok: bool, seconds: flo
            "", "Every run is compared with the simulator's ground truth: each true pass must be exactly one "
            "trail entry (and one live sighting downstream), every other message a merged read or a dead letter.",
            "", "| scenario | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for r in sorted(rows, key=lambda r: str(r["scenario"])):
+    for r in sorted(rows, key=lambda r: int(str(r["scenario"]).split(".")[0])):
         out.append(f"| {r['scenario']} | " + " | ".join(f"{r.get(c, '')!s}" if not isinstance(r.get(c), int)
                                                            else f"{r[c]:,}" for c in COLUMNS) + " |")
     return "\n".join(out) + "\n"

@@ -56,8 +56,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_KAFKA_SSL_CAFILE": ("", "with *SSL: CA bundle (PEM) that signed the brokers' certificates"),
     "PLATESTREAM_KAFKA_SSL_CERTFILE": ("", "with *SSL: client certificate (PEM) for mutual TLS"),
     "PLATESTREAM_KAFKA_SSL_KEYFILE": ("", "with *SSL: the client certificate's key (PEM)"),
-    "PLATESTREAM_CRASH_AFTER": ("", "fault injection for chaos tests: <step>:<n> = exit abruptly right after "
-                                    "step sink.deduped or sink.redis of the n-th batch (never set in production)"),
+    "PLATESTREAM_CRASH_AFTER": ("", "fault injection for chaos tests: <step>:<n>[:stop] = exit abruptly (or "
+                                    "SIGSTOP itself) right after step sink.deduped or sink.redis of the n-th "
+                                    "batch (never set in production)"),
     "PLATESTREAM_REDIS_CLUSTER": ("0", "1: PLATESTREAM_REDIS_URL names a node of a Redis Cluster"),
     "PLATESTREAM_REDIS_CA_FILE": ("", "with rediss://: CA bundle (PEM) that signed Redis's certificate"),
     "PLATESTREAM_REDIS_CERT_FILE": ("", "with rediss://: client certificate (PEM) when Redis requires one"),
@@ -110,7 +111,7 @@ class Settings:
     redis_cert_file: str = ""
     redis_key_file: str = ""
     redis_cluster: bool = False
-    crash_after: tuple[str, int] | None = None
+    crash_after: tuple[str, int, str] | None = None  # (step, batch number, "exit" or "stop")
 
     @property
     def lookup_keys(self) -> tuple[bytes, ...]:
@@ -228,7 +229,7 @@ class Settings:
             "PLATESTREAM_PREVIOUS_HASH_KEY": self.previous_hash_key.decode(),
             **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},
             "PLATESTREAM_REDIS_CLUSTER": "1" if self.redis_cluster else "0",
-            "PLATESTREAM_CRASH_AFTER": f"{self.crash_after[0]}:{self.crash_after[1]}" if self.crash_after else "",
+            "PLATESTREAM_CRASH_AFTER": ":".join(map(str, self.crash_after)) if self.crash_after else "",
         }
         env.update(extra)
         return env
@@ -274,13 +275,13 @@ def _security(raw: Any, redis_url: str) -> dict[str, str]:
     return out
 
 
-def _crash_after(value: str) -> tuple[str, int] | None:
+def _crash_after(value: str) -> tuple[str, int, str] | None:
     if not value:
         return None
-    step, _, n = value.partition(":")
-    if step not in ("sink.deduped", "sink.redis") or not n.isdigit() or int(n) < 1:
-        raise SettingsError(f"PLATESTREAM_CRASH_AFTER={value!r} must be sink.deduped:<n> or sink.redis:<n>")
-    return step, int(n)
+    step, n, action = [*value.split(":"), "exit"][:3]
+    if step not in ("sink.deduped", "sink.redis") or not n.isdigit() or int(n) < 1 or action not in ("exit", "stop"):
+        raise SettingsError(f"PLATESTREAM_CRASH_AFTER={value!r} must be sink.deduped|sink.redis:<n>[:exit|:stop]")
+    return step, int(n), action
 
 
 def _redact_url(url: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 import typing
 from collections import Counter
@@ -222,13 +223,21 @@ class BatchRunner:
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
 
     def _fault_point(self, step: str) -> None:
-        """Chaos testing (``PLATESTREAM_CRASH_AFTER``): die like SIGKILL right after ``step`` of the n-th batch."""
+        """Chaos testing (``PLATESTREAM_CRASH_AFTER``): right after ``step`` of the n-th batch, die like SIGKILL
+        or freeze like SIGSTOP (a zombie that resumes, with its batch in hand, when sent SIGCONT)."""
         if self.s.crash_after is None or self.s.crash_after[0] != step:
             return
         self.metrics[f"fault_point.{step}"] += 1
-        if self.metrics[f"fault_point.{step}"] == self.s.crash_after[1]:
-            log.warning("fault injection: exiting right after %s of batch %d", step, self.s.crash_after[1])
-            logging.shutdown()
+        _, n, action = self.s.crash_after
+        if self.metrics[f"fault_point.{step}"] == n:
+            log.warning("fault injection: %s right after %s of batch %d", "exiting" if action == "exit" else
+                        "stopping", step, n)
+            for h in logging.getLogger().handlers:
+                h.flush()
+            if action == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+                log.warning("fault injection: resumed after SIGSTOP")
+                return
             os._exit(137)
 
     async def _produce(self, work: list[tuple[int, BatchResult]]) -> None:

@@ -31,6 +31,8 @@ def test_defaults() -> None:
     ("PLATESTREAM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "needs PLATESTREAM_KAFKA_SASL_USERNAME"),
     ("PLATESTREAM_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem", "is not a file"),
     ("PLATESTREAM_REDIS_CA_FILE", __file__, "need a rediss://"),
+    ("PLATESTREAM_CRASH_AFTER", "sink.redis:0", "must be sink.deduped"),
+    ("PLATESTREAM_CRASH_AFTER", "sink.redis:3:pause", "must be sink.deduped"),
 ])
 def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):

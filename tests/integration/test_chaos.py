@@ -73,26 +73,30 @@ def test_rebalance_storm_three_workers_six_partitions(settings: Settings, tmp_pa
 
 
 def test_zombie_worker_after_sigstop_does_not_overwrite_newer_state(settings: Settings, tmp_path: Path) -> None:
+    """The zombie freezes itself (fault injection) with a processed batch in hand, right before its Redis
+    write; an heir takes its partitions and moves on; woken up, the zombie's write must be fenced."""
     s = settings
     traffic = generate(seed=22, vehicles=1500, hours=12, malformed=0.01, late=0.03)
     ensure_topics(s)
     send_all(s, s.topic_reads, traffic.messages)
     client = redis.Redis.from_url(s.redis_url)
-    total = len(traffic.messages)
-    zombie = Worker(s, tmp_path, name="zombie", **SMALL)
-    wait_for(lambda: sum(checkpoint_offsets(s, client).values()) > 0.1 * total, 120, "first progress")
-    os.killpg(zombie.proc.pid, signal.SIGSTOP)  # frozen mid-stream, past the session timeout
+    zombie = Worker(s, tmp_path, name="zombie", PLATESTREAM_CRASH_AFTER="sink.deduped:5:stop", **SMALL)
+    wait_for(lambda: "fault injection: stopping" in zombie.log(), 120, "the zombie to freeze")
+    frozen_at = checkpoint_offsets(s, client)
     heir = Worker(s, tmp_path, name="heir", **SMALL)
     try:
-        frozen_at = sum(checkpoint_offsets(s, client).values())
-        wait_for(lambda: sum(checkpoint_offsets(s, client).values()) > frozen_at, 120, "the heir's progress")
-        os.killpg(zombie.proc.pid, signal.SIGCONT)  # wakes up with a stale batch in hand
+        # the heir has moved every partition's checkpoint past where the zombie froze
+        wait_for(lambda: all(checkpoint_offsets(s, client).get(p, 0) > frozen_at.get(p, 0) for p in range(4)), 120,
+                 "the heir's progress on every partition")
+        os.killpg(zombie.proc.pid, signal.SIGCONT)  # wakes up and tries to write its stale batch
+        wait_for(lambda: "checkpoint moved under us" in zombie.log(), 60, "the zombie to be fenced")
         wait_caught_up(s, heir, timeout=180)
-        time.sleep(3)  # give the zombie every chance to write what it still holds
     finally:
         zombie.stop()
         heir.stop()
-    record_run("6. SIGSTOP a worker past the session timeout, heir takes over, SIGCONT", _exact(s, traffic))
+    assert "fault injection: resumed after SIGSTOP" in zombie.log()
+    record_run("6. SIGSTOP a worker with a batch in hand past the session timeout, heir takes over, SIGCONT: "
+               "fenced", _exact(s, traffic))
 
 
 def _crash_and_restart(settings: Settings, local_stack: stack.StackInfo, tmp_path: Path, seed: int,
