@@ -19,7 +19,7 @@ from streams import sharing
 from streams.access import Access
 from streams.audit import AuditError
 from streams.export import FORMATS, render
-from streams.policy import PURPOSES, PolicyError
+from streams.policy import PURPOSES, Context, Policy, PolicyError
 from streams.query import (
     GovernedResult,
     QueryError,
@@ -28,6 +28,7 @@ from streams.query import (
     governed_trail,
     pattern_terms,
     plate_search,
+    polygon_search,
     trail_terms,
 )
 from streams.settings import Settings
@@ -114,6 +115,7 @@ def openapi() -> dict[str, Any]:
                 "responses": {"200": {"description": "sightings (with plate) the caller may see"},
                               "400": err, "401": err, "403": err, "503": err}}},
             "/v1/area": {"post": {"summary": "Vehicles (by pseudonym) that passed within radius_m of lat/lon "
+                                             "(or inside polygon: [[lat, lon], ...]) "
                                              "between since and until (epoch ms); body also needs purpose, case; "
                                              "format as for /v1/trail",
                                   "responses": {"200": {"description": "sightings, withheld rules, audit seq"},
@@ -163,52 +165,57 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
             raise ValueError("not an object")
         return data
 
-    @guarded
-    async def trail(request: web.Request) -> web.Response:
+    async def governed_query(request: web.Request, action: str, terms: Callable[[dict[str, Any]], dict[str, Any]],
+                             run: Callable[[dict[str, Any], Policy, Context], GovernedResult]) -> web.Response:
+        """Token, purpose and case checked first (refusals audited too), then the query: JSON or an export."""
         q = await body(request)
         policy = acc.policy()
         ctx = await blocking(lambda: checked_context(policy, acc.audit, _token(request), q.get("purpose"),
-                                                     q.get("case"), "query.trail",
-                                                     trail_terms(settings, q.get("plate"), q.get("region"))))
-        for name in ("plate", "region"):
-            if not isinstance(q.get(name), str):
-                raise QueryError(f"{name} is required")
+                                                     q.get("case"), action, terms(q)))
         fmt = _format(q)
-        result = await blocking(lambda: governed_trail(
-            acc.client, settings, policy, ctx, acc.audit, q["plate"], q["region"], _int(q.get("since"), "since"),
-            _int(q.get("until"), "until"), _int(q.get("limit"), "limit")))
-        return governed_response(result, fmt)
+        return governed_response(await blocking(lambda: run(q, policy, ctx)), fmt)
+
+    def _window(q: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+        return _int(q.get("since"), "since"), _int(q.get("until"), "until"), _int(q.get("limit"), "limit")
+
+    @guarded
+    async def trail(request: web.Request) -> web.Response:
+        def run(q: dict[str, Any], policy: Policy, ctx: Context) -> GovernedResult:
+            for name in ("plate", "region"):
+                if not isinstance(q.get(name), str):
+                    raise QueryError(f"{name} is required")
+            return governed_trail(acc.client, settings, policy, ctx, acc.audit, q["plate"], q["region"], *_window(q))
+
+        return await governed_query(request, "query.trail",
+                                    lambda q: trail_terms(settings, q.get("plate"), q.get("region")), run)
 
     @guarded
     async def plates(request: web.Request) -> web.Response:
-        q = await body(request)
-        policy = acc.policy()
-        ctx = await blocking(lambda: checked_context(policy, acc.audit, _token(request), q.get("purpose"),
-                                                     q.get("case"), "query.plate_search",
-                                                     pattern_terms(settings, str(q.get("pattern")).upper(),
-                                                                   str(q.get("region") or "")[:16] or None)))
-        fmt = _format(q)
-        result = await blocking(lambda: plate_search(
-            acc.client, settings, policy, ctx, acc.audit, str(q.get("pattern") or ""), q.get("region"),
-            _int(q.get("since"), "since"), _int(q.get("until"), "until"), _int(q.get("limit"), "limit")))
-        return governed_response(result, fmt)
+        def run(q: dict[str, Any], policy: Policy, ctx: Context) -> GovernedResult:
+            return plate_search(acc.client, settings, policy, ctx, acc.audit, str(q.get("pattern") or ""),
+                                q.get("region"), *_window(q))
+
+        return await governed_query(request, "query.plate_search", lambda q: pattern_terms(
+            settings, str(q.get("pattern")).upper(), str(q.get("region") or "")[:16] or None), run)
 
     @guarded
     async def area(request: web.Request) -> web.Response:
-        q = await body(request)
-        policy = acc.policy()
-        terms = {k: q.get(k) for k in ("lat", "lon", "radius_m", "since", "until")}
-        ctx = await blocking(lambda: checked_context(policy, acc.audit, _token(request), q.get("purpose"),
-                                                     q.get("case"), "query.area", terms))
-        try:
-            lat, lon, radius = float(q["lat"]), float(q["lon"]), float(q["radius_m"])
-            since, until = int(q["since"]), int(q["until"])
-        except (KeyError, TypeError, ValueError):
-            raise QueryError("lat, lon, radius_m, since and until are required numbers") from None
-        fmt = _format(q)
-        result = await blocking(lambda: area_search(acc.client, settings, policy, ctx, acc.audit, lat, lon, radius,
-                                                    since, until))
-        return governed_response(result, fmt)
+        def run(q: dict[str, Any], policy: Policy, ctx: Context) -> GovernedResult:
+            polygon = q.get("polygon")
+            try:
+                since, until = int(q["since"]), int(q["until"])
+                if not isinstance(polygon, list):
+                    lat, lon, radius = float(q["lat"]), float(q["lon"]), float(q["radius_m"])
+            except (KeyError, TypeError, ValueError):
+                raise QueryError("since, until and either lat, lon, radius_m or polygon ([[lat, lon], ...]) "
+                                 "are required") from None
+            if isinstance(polygon, list):
+                return polygon_search(acc.client, settings, policy, ctx, acc.audit, polygon, since, until)
+            return area_search(acc.client, settings, policy, ctx, acc.audit, lat, lon, radius, since, until)
+
+        return await governed_query(
+            request, "query.area",
+            lambda q: {k: q.get(k) for k in ("lat", "lon", "radius_m", "polygon", "since", "until") if k in q}, run)
 
     @guarded
     async def share_request(request: web.Request) -> web.Response:

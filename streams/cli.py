@@ -34,6 +34,16 @@ def _time(value: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def _polygon(value: str) -> list[tuple[float, float]]:
+    try:
+        pts = [tuple(float(x) for x in p.split(",")) for p in value.split(";") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("polygon must look like 'lat,lon;lat,lon;lat,lon'") from None
+    if any(len(p) != 2 for p in pts):
+        raise argparse.ArgumentTypeError("polygon must look like 'lat,lon;lat,lon;lat,lon'")
+    return [(p[0], p[1]) for p in pts]
+
+
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -183,13 +193,20 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_area(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.query import area_search
+    from streams.query import QueryError, area_search, polygon_search
 
     def run(acc: Access, policy: Policy, ctx: Context) -> GovernedResult:
+        if args.polygon:
+            return polygon_search(acc.client, settings, policy, ctx, acc.audit, args.polygon, args.since,
+                                  args.until)
+        if None in (args.lat, args.lon, args.radius):
+            raise QueryError("give --lat, --lon and --radius, or --polygon")
         return area_search(acc.client, settings, policy, ctx, acc.audit, args.lat, args.lon, args.radius,
                            args.since, args.until)
 
-    terms = {"lat": args.lat, "lon": args.lon, "radius_m": args.radius, "since": args.since, "until": args.until}
+    terms = ({"polygon": args.polygon} if args.polygon else {"lat": args.lat, "lon": args.lon,
+                                                               "radius_m": args.radius})
+    terms.update(since=args.since, until=args.until)
     result = _governed_query(args, settings, "query.area", lambda: terms, run)
     if isinstance(result, int):
         return result
@@ -407,10 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--limit", type=int)
     se.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
 
-    ar = sub.add_parser("area", help="which vehicles (by pseudonym) passed within a radius in a time range")
-    ar.add_argument("--lat", type=float, required=True)
-    ar.add_argument("--lon", type=float, required=True)
-    ar.add_argument("--radius", type=float, required=True, help="metres (at most 50,000)")
+    ar = sub.add_parser("area", help="which vehicles (by pseudonym) passed within a radius or polygon in a "
+                                     "time range")
+    ar.add_argument("--lat", type=float)
+    ar.add_argument("--lon", type=float)
+    ar.add_argument("--radius", type=float, help="metres (at most 50,000)")
+    ar.add_argument("--polygon", type=_polygon, help="instead of a circle: 'lat,lon;lat,lon;lat,lon;...'")
     ar.add_argument("--since", type=_time, required=True, help="epoch ms or ISO 8601")
     ar.add_argument("--until", type=_time, required=True, help="epoch ms or ISO 8601")
     ar.add_argument("--format", choices=["jsonl", "json", "csv"], default="jsonl")

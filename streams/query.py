@@ -8,11 +8,13 @@ import hmac
 import itertools
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
+import shapely
 
 from streams.audit import AuditLog
 from streams.directory import entries
@@ -257,30 +259,29 @@ def _haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: float, lon2: float) -
     return np.asarray(2 * EARTH_M * np.arcsin(np.sqrt(np.minimum(a, 1.0))))
 
 
-def area_cells(lat: float, lon: float, radius_m: float, precision: int) -> list[str]:
-    """Geohash cells of ``precision`` that cover the circle (its bounding box, cell by cell)."""
-    dlat = np.degrees(radius_m / EARTH_M)
-    dlon = dlat / max(np.cos(np.radians(lat)), 1e-6)
+def bbox_cells(lat_lo: float, lat_hi: float, lon_lo: float, lon_hi: float, precision: int) -> list[str]:
+    """Geohash cells of ``precision`` that cover a latitude/longitude box, cell by cell."""
     bits = 5 * precision
     cell_h, cell_w = 180.0 / 2 ** (bits // 2), 360.0 / 2 ** (bits - bits // 2)
-    lats = np.arange(max(lat - dlat, -90.0), min(lat + dlat, 90.0) + cell_h, cell_h / 2)
-    lons = np.arange(lon - dlon, lon + dlon + cell_w, cell_w / 2)
-    grid_lat, grid_lon = np.meshgrid(np.minimum(lats, min(lat + dlat, 90.0)), np.clip(lons, -180.0, 179.9999999))
+    lat_lo, lat_hi = max(lat_lo, -90.0), min(lat_hi, 90.0)
+    lats = np.arange(lat_lo, lat_hi + cell_h, cell_h / 2)
+    lons = np.arange(lon_lo, lon_hi + cell_w, cell_w / 2)
+    grid_lat, grid_lon = np.meshgrid(np.minimum(lats, lat_hi), np.clip(lons, -180.0, 179.9999999))
     return sorted(set(geohash_strings(grid_lat.ravel(), grid_lon.ravel(), precision)))
 
 
-def area_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
-                lat: float, lon: float, radius_m: float, since: int, until: int) -> GovernedResult:
-    """Which vehicles passed within ``radius_m`` of a point between ``since`` and ``until`` (epoch ms).
+def area_cells(lat: float, lon: float, radius_m: float, precision: int) -> list[str]:
+    """Geohash cells of ``precision`` that cover the circle (its bounding box)."""
+    dlat = np.degrees(radius_m / EARTH_M)
+    dlon = dlat / max(np.cos(np.radians(lat)), 1e-6)
+    return bbox_cells(lat - dlat, lat + dlat, lon - dlon, lon + dlon, precision)
 
-    Served from the area index; each hit is checked against its stored sighting (exact distance) and its
-    owning agency's rules. Vehicles are named by their pseudonym: the plate is not stored, so an area
-    search cannot reveal it. Refused (``area_too_large``) when it would touch more than 20,000 index keys.
-    """
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and 0 < radius_m <= 50_000 and since <= until):
-        raise QueryError("need -90<=lat<=90, -180<=lon<=180, 0<radius<=50000 m and since<=until")
-    terms = {"lat": lat, "lon": lon, "radius_m": radius_m, "since": since, "until": until}
-    cells = area_cells(lat, lon, radius_m, settings.cell_precision)
+
+def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+          cells: list[str], since: int, until: int, exact: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+          terms: dict[str, Any]) -> GovernedResult:
+    """Sightings indexed in ``cells`` between ``since`` and ``until``, checked against their trail entry,
+    the owners' rules and the ``exact`` geometry; audited."""
     buckets = range(since // settings.cell_bucket_ms, until // settings.cell_bucket_ms + 1)
     if len(cells) * len(buckets) > MAX_AREA_KEYS:
         raise QueryError(f"area_too_large: {len(cells)} cells x {len(buckets)} time buckets; narrow the search")
@@ -300,24 +301,64 @@ def area_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Co
     for (member, _), candidates in zip(found, trails, strict=True):
         vid, sid = CELL_MEMBER.unpack(member)
         for m, sc in candidates:
-            s = Sighting.unpack(m, sc)
-            if s.sighting_id == sid and s.agency in policy.agencies and s.agency not in refused:
-                d = s.as_dict()
-                d["vehicle"] = vid.hex()
-                rows.append(d)
+            sight = Sighting.unpack(m, sc)
+            if sight.sighting_id == sid and sight.agency in policy.agencies and sight.agency not in refused:
+                rows.append({**sight.as_dict(), "vehicle": vid.hex()})
     # during a key rotation one sighting can sit under both pseudonyms: keep its latest revision
     latest: dict[str, dict[str, Any]] = {}
     for r in rows:
         cur = latest.get(r["sighting_id"])
         if cur is None or (r["ts_last"], r["reads"]) > (cur["ts_last"], cur["reads"]):
             latest[r["sighting_id"]] = r
-    rows = list(latest.values())
-    if rows:
-        dist = _haversine_m(np.array([r["lat"] for r in rows]), np.array([r["lon"] for r in rows]), lat, lon)
-        rows = [dict(r, distance_m=round(float(x), 1)) for r, x in zip(rows, dist, strict=True) if x <= radius_m]
+    rows = exact(list(latest.values())) if latest else []
     rows.sort(key=lambda r: (r["ts"], r["vehicle"]))
     owners = Counter(r["agency"] for r in rows)
     record = audit.append(action="query.area", agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose,
                           case=ctx.case, terms=terms, decision=_decision(refused, policy),
                           rules=sorted(set(refused.values())), result_count=len(rows), owners=dict(owners))
     return GovernedResult(rows, refused, int(record["seq"]))
+
+
+def area_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+                lat: float, lon: float, radius_m: float, since: int, until: int) -> GovernedResult:
+    """Which vehicles passed within ``radius_m`` of a point between ``since`` and ``until`` (epoch ms).
+
+    Served from the area index; each hit is checked against its stored sighting (exact distance) and its
+    owning agency's rules. Vehicles are named by their pseudonym: the plate is not stored, so an area
+    search cannot reveal it. Refused (``area_too_large``) when it would touch more than 20,000 index keys.
+    """
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180 and 0 < radius_m <= 50_000 and since <= until):
+        raise QueryError("need -90<=lat<=90, -180<=lon<=180, 0<radius<=50000 m and since<=until")
+
+    def within(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        dist = _haversine_m(np.array([r["lat"] for r in rows]), np.array([r["lon"] for r in rows]), lat, lon)
+        return [dict(r, distance_m=round(float(x), 1)) for r, x in zip(rows, dist, strict=True) if x <= radius_m]
+
+    return _area(client, settings, policy, ctx, audit, area_cells(lat, lon, radius_m, settings.cell_precision),
+                 since, until, within, {"lat": lat, "lon": lon, "radius_m": radius_m, "since": since, "until": until})
+
+
+def polygon_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
+                   polygon: Sequence[tuple[float, float]], since: int, until: int) -> GovernedResult:
+    """``area_search`` for a polygon of (lat, lon) vertices (a street, a block, a neighbourhood): sightings
+    inside it or on its edge. The polygon must be simple (no self-intersection), at most 1 degree across."""
+    try:
+        pts = [(float(la), float(lo)) for la, lo in polygon]
+    except (TypeError, ValueError):
+        raise QueryError("polygon must be a list of [lat, lon] pairs") from None
+    if not 3 <= len(pts) <= 1000 or not all(-90 <= la <= 90 and -180 <= lo <= 180 for la, lo in pts) or since > until:
+        raise QueryError("polygon needs 3-1000 [lat, lon] vertices with -90<=lat<=90, -180<=lon<=180; since<=until")
+    shape = shapely.Polygon([(lo, la) for la, lo in pts])  # x = lon, y = lat
+    if not shape.is_valid or shape.area == 0:
+        raise QueryError(f"polygon is not a simple polygon ({shapely.is_valid_reason(shape)})")
+    lon_lo, lat_lo, lon_hi, lat_hi = shape.bounds
+    if lat_hi - lat_lo > 1 or lon_hi - lon_lo > 1:
+        raise QueryError("area_too_large: the polygon spans more than 1 degree; narrow the search")
+
+    def inside(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        mask = shapely.intersects_xy(shape, np.array([r["lon"] for r in rows]), np.array([r["lat"] for r in rows]))
+        return [r for r, m in zip(rows, mask.tolist(), strict=True) if m]
+
+    return _area(client, settings, policy, ctx, audit,
+                 bbox_cells(lat_lo, lat_hi, lon_lo, lon_hi, settings.cell_precision), since, until, inside,
+                 {"polygon": [list(p) for p in pts], "since": since, "until": until})

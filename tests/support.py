@@ -17,13 +17,14 @@ from kafka import KafkaConsumer, TopicPartition
 
 from streams.connect import kafka, redis_client
 from streams.pipeline import META_OFFSET, PartitionPipeline
+from streams.producer import send_all
 from streams.query import trail
 from streams.records import Raw
 from streams.settings import Settings
 from streams.simulate import Traffic, generate
 from streams.stack import free_port
 from streams.store import apply_batch_sync, apply_cluster_sync, checkpoint_key
-from streams.topics import end_offsets
+from streams.topics import end_offsets, ensure_topics
 from tests.conftest import settings_env, wait_for
 
 
@@ -200,3 +201,17 @@ def record_run(scenario: str, row: dict[str, int], **extra: object) -> None:
     if path:
         with open(path, "a") as f:
             f.write(line + "\n")
+
+
+def process_all(s: Settings, log_dir: Path, messages: list[tuple[bytes | None, bytes]], partitions: int | None = None,
+                timeout: float = 180, **env: str) -> Worker:
+    """Produce ``messages`` to the reads topic, run one worker until it has stored all of them, stop it
+    cleanly (exit 0); returns it, for its log."""
+    ensure_topics(s, partitions)
+    assert send_all(s, s.topic_reads, messages) == len(messages)
+    worker = Worker(s, log_dir, **env)
+    try:
+        wait_caught_up(s, worker, timeout)
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    return worker

@@ -113,6 +113,13 @@ def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> N
     assert status == 200 and len(out["sightings"]) == 4
     assert call(server, "/v1/area", {"lat": 41.7, "purpose": "criminal_investigation", "case": "c"},
                 TOKENS["alice"])[1]["error"]["code"] == "invalid_query"
+    square = [[41.69, -72.71], [41.69, -72.69], [41.71, -72.69], [41.71, -72.71]]
+    status, out = call(server, "/v1/area", {"polygon": square, "since": 1_764_000_000_000, "until": 1_764_000_600_000,
+                                            "purpose": "criminal_investigation", "case": "HPD-9"}, TOKENS["alice"])
+    assert status == 200 and len(out["sightings"]) == 4
+    status, err = call(server, "/v1/area", {"polygon": [[41.69, -72.71], [41.7, -72.7]], "since": 0, "until": 1,
+                                            "purpose": "criminal_investigation", "case": "HPD-9"}, TOKENS["alice"])
+    assert (status, err["error"]["code"]) == (400, "invalid_query") and "3-1000" in err["error"]["message"]
 
     # partial plate search and exports (CSV, JSON lines) over HTTP, with the audit seq in a header
     search = {"pattern": "AP?12*", "purpose": "criminal_investigation", "case": "HPD-9"}

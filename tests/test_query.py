@@ -248,3 +248,23 @@ def test_area_search_is_exact_policy_filtered_and_audited(settings: Settings) ->
     assert len(wide.rows) == 5
     with pytest.raises(QueryError, match="area_too_large"):
         area_search(client, settings, p, ctx, audit, lat0, lon0, 50_000, BASE, BASE + 365 * 86_400_000)
+
+    # a polygon instead of a circle: the rectangle 200 m south to 200 m north, 1 km west to 1 km east
+    # (the edge counts), and a concave L-shape that cuts out the north-east quadrant
+    from streams.query import polygon_search
+
+    def at(north: float, east: float) -> tuple[float, float]:
+        return lat0 + north / 111_195.0, lon0 + east / (111_195.0 * float(np.cos(np.radians(lat0))))
+
+    box = [at(-200, -1000), at(-200, 1000), at(200, 1000), at(200, -1000)]
+    rows = polygon_search(client, settings, p, ctx, audit, box, BASE, BASE + 3_600_000).rows
+    assert sorted(r["read_id"] for r in rows) == ["hartford-pd-0-900", "hartford-pd-100-0"]
+    ell = [at(-800, -600), at(-800, 1000), at(50, 1000), at(50, -50), at(200, -50), at(200, -600)]
+    rows = polygon_search(client, settings, p, ctx, audit, ell, BASE, BASE + 3_600_000).rows
+    assert sorted(r["read_id"] for r in rows) == ["hartford-pd--700--500", "hartford-pd-0-900"]  # not (100, 0)
+    assert list(audit.records())[-1]["terms"]["polygon"][0] == list(ell[0])
+    with pytest.raises(QueryError, match="simple polygon"):
+        polygon_search(client, settings, p, ctx, audit, [at(0, 0), at(100, 100), at(0, 100), at(100, 0)], BASE,
+                       BASE + 1)  # a bow tie
+    with pytest.raises(QueryError, match="area_too_large"):
+        polygon_search(client, settings, p, ctx, audit, [(41.0, -73.0), (41.0, -71.5), (42.0, -72.0)], BASE, BASE)

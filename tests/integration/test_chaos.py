@@ -26,6 +26,7 @@ from tests.support import (
     Worker,
     checkpoint_offsets,
     final_sightings,
+    process_all,
     record_run,
     verify_against_truth,
     wait_caught_up,
@@ -179,13 +180,7 @@ def test_hundred_thousand_poison_messages_through_kafka(settings: Settings, tmp_
         messages.append((None, adversarial(rng, i, nest=1100, huge=5000)))  # sized for the broker, same kinds
         if i % 10 == 0:
             messages.append((None, orjson.dumps({**VALID, "read_id": f"ok-{i}", "ts": VALID["ts"] + i * 60_000})))
-    ensure_topics(s, partitions=1)  # one partition: offsets name the messages exactly
-    send_all(s, s.topic_reads, messages)
-    worker = Worker(s, tmp_path)
-    try:
-        wait_caught_up(s, worker, timeout=240)
-    finally:
-        assert worker.stop() == 0, worker.log()[-3000:]
+    process_all(s, tmp_path, messages, partitions=1, timeout=240)  # one partition: offsets name the messages
     dead = {}
     for r in read_topic(s, s.topic_dlq):
         rec = orjson.loads(r.value)

@@ -17,13 +17,11 @@ import redis
 
 from streams import stack
 from streams.access import Access
-from streams.producer import send_all
 from streams.query import governed_trail
 from streams.settings import Settings
 from streams.simulate import generate
-from streams.topics import ensure_topics
 from tests.governance import TOKENS, policy_doc, with_tokens
-from tests.support import Worker, read_topic, record_run, verify_against_truth, wait_caught_up
+from tests.support import process_all, read_topic, record_run, verify_against_truth
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +47,7 @@ def test_end_to_end_over_sasl_ssl_and_redis_tls_acl(secure: stack.SecureStack, t
         "PLATESTREAM_GROUP": f"s{tag}", "PLATESTREAM_HASH_KEY": f"secure-test-key-{tag}",
         "PLATESTREAM_AUDIT_KEY": f"secure-audit-key-{tag}", "PLATESTREAM_POLICY": str(policy_file)})
     traffic = generate(seed=21, vehicles=400, hours=4, malformed=0.01, late=0.03)
-    ensure_topics(s)
-    assert send_all(s, s.topic_reads, traffic.messages) == len(traffic.messages)
-    worker = Worker(s, tmp_path)
-    try:
-        wait_caught_up(s, worker)
-    finally:
-        assert worker.stop() == 0, worker.log()[-3000:]
+    worker = process_all(s, tmp_path, traffic.messages)
     acc = verify_against_truth(s, traffic)
     assert (acc.lost, acc.duplicated, acc.wrong) == (0, 0, [])
     assert acc.stored + acc.merged + acc.dead_lettered == acc.produced and acc.dead_lettered == traffic.malformed

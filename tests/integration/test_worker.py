@@ -14,20 +14,22 @@ from streams.settings import Settings
 from streams.simulate import generate
 from streams.topics import ensure_topics
 from tests.conftest import wait_for
-from tests.support import Worker, checkpoint_offsets, final_sightings, record_run, verify_against_truth, wait_caught_up
+from tests.support import (
+    Worker,
+    checkpoint_offsets,
+    final_sightings,
+    process_all,
+    record_run,
+    verify_against_truth,
+    wait_caught_up,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def test_day_of_traffic_exactly_one_trail_entry_per_true_sighting(settings: Settings, tmp_path: Path) -> None:
     traffic = generate(seed=11, vehicles=1500, hours=24, malformed=0.01, late=0.03)
-    ensure_topics(settings)
-    assert send_all(settings, settings.topic_reads, traffic.messages) == len(traffic.messages)
-    worker = Worker(settings, tmp_path)
-    try:
-        wait_caught_up(settings, worker)
-    finally:
-        assert worker.stop() == 0, worker.log()[-3000:]
+    worker = process_all(settings, tmp_path, traffic.messages)
 
     acc = verify_against_truth(settings, traffic)
     assert acc.wrong == []
@@ -94,14 +96,8 @@ def test_hotlist_alerts_through_the_worker(settings: Settings, tmp_path: Path) -
     client = redis.Redis.from_url(settings.redis_url)
     hotlist.store(client, [hotlist.make_entry("hartford-pd", {"plate": wanted, "region": region,
                                                               "reason": "stolen"}, "test")])
-    ensure_topics(settings)
-    send_all(settings, settings.topic_reads, traffic.messages)
     policy = Path(__file__).resolve().parents[2] / "deploy" / "policy.example.yaml"
-    worker = Worker(settings, tmp_path, PLATESTREAM_POLICY=str(policy))
-    try:
-        wait_caught_up(settings, worker)
-    finally:
-        assert worker.stop() == 0, worker.log()[-3000:]
+    process_all(settings, tmp_path, traffic.messages, PLATESTREAM_POLICY=str(policy))
     alerts = [orjson.loads(r.value) for r in read_topic(settings, settings.topic_alerts)]
     # the example policy lets nobody else's cameras answer Hartford's hotlist without a grant
     expected = sorted((t.camera_id, t.ts) for t in traffic.truth if t.plate == wanted and t.agency == "hartford-pd")
