@@ -29,7 +29,7 @@ SCENARIOS = [
     "tests/integration/test_cluster.py::test_worker_on_redis_cluster_exact_through_a_sigkill",
     "tests/integration/test_security.py",
 ]
-COLUMNS = ("produced", "stored", "merged", "dead_lettered", "lost", "duplicated")
+COLUMNS = ("produced", "stored", "merged", "dead_lettered", "lost", "duplicated", "changelog_replays")
 
 
 def markdown(rows: list[dict[str, object]], command: str, ok: bool, seconds: float) -> str:
@@ -38,7 +38,10 @@ def markdown(rows: list[dict[str, object]], command: str, ok: bool, seconds: flo
            f"Command: `{command}` ({seconds:.0f} s, {'all passed' if ok else 'FAILURES - see the output'})  ",
            f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory')}; Kafka, Redis and workers on it.",
            "", "Every run is compared with the simulator's ground truth: each true pass must be exactly one "
-           "trail entry (and one live sighting downstream), every other message a merged read or a dead letter.",
+           "trail entry (and one live sighting downstream), every other message a merged read or a dead letter. "
+           "`changelog_replays`: records of `plates.reads.deduped` that repeat an earlier (sighting id, revision) "
+           "with identical content - the at-least-once replay of a batch after a crash, which consumers drop "
+           "by revision (not counted where the scenario does not read the changelog).",
            "", "| scenario | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for r in sorted(rows, key=lambda r: int(str(r["scenario"]).split(".")[0])):
         out.append(f"| {r['scenario']} | " + " | ".join(f"{r.get(c, '')!s}" if not isinstance(r.get(c), int)

@@ -6,7 +6,7 @@ clear: for every vehicle that has a stored sighting it holds ``AES-SIV(region|pl
 derived (HKDF) from ``PLATESTREAM_HASH_KEY``, with the vehicle id as associated data (so an entry cannot
 be moved to another vehicle). AES-SIV is deterministic, so a replayed batch writes the same bytes and
 Redis dumps stay identical; it reveals only equality, which the vehicle id already reveals. A Redis dump
-without the key shows neither plates nor anything to brute-force offline without the key.
+without the key shows no plate, and a guessed plate cannot be checked against it offline.
 
 Layout: 256 hashes ``ps:pd:{<first byte of vehicle id, hex>}``, field = vehicle id (12 bytes), value =
 ciphertext. The worker writes the entry with every sighting it stores; the retention sweeper removes
@@ -25,6 +25,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from streams.store import trail_key
 
 BUCKETS = 256
 _INFO = b"platestream plate directory v1"
@@ -60,8 +62,6 @@ def collect(client: redis.Redis, count: int = 1000) -> int:
     """Remove entries of vehicles without a trail; returns how many. Lock-free and single-key (so it works
     on Redis Cluster): an entry is removed only after its trail was seen empty, and put back if a worker
     stored a sighting of the vehicle meanwhile (the worker also rewrites it with every sighting)."""
-    from streams.store import trail_key
-
     removed = 0
     for b in range(BUCKETS):
         key = f"ps:pd:{{{b:02x}}}"

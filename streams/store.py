@@ -19,6 +19,7 @@ Kafka offsets are committed only after Redis acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ import msgpack
 import numpy as np
 import redis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from streams.kernels.geohash import geo52_decode
 
@@ -221,15 +223,14 @@ return 1
 
 
 def _key_slot(key: str | bytes) -> int:
-    from redis.crc import key_slot
-
     return int(key_slot(key.encode() if isinstance(key, str) else key))
 
 
-def fence_keys(node_of_slot: Any) -> dict[str, str]:
-    """Node name -> a fence hash key (``ps:fence:{n}``) whose slot that node serves."""
+def fence_keys(client: Any) -> dict[str, str]:
+    """Primary node name -> a fence hash key (``ps:fence:{n}``) whose slot that node serves."""
+    node_of_slot = client.nodes_manager.get_node_from_slot
+    names = {node.name for node in client.get_primaries()}
     out: dict[str, str] = {}
-    names = {node_of_slot(slot).name for slot in range(0, 16384, 64)}
     for i in range(100_000):
         key = f"ps:fence:{{{i}}}"
         out.setdefault(node_of_slot(_key_slot(key)).name, key)
@@ -262,9 +263,8 @@ def apply_cluster_sync(client: Any, ck_key: str, expected: int | None, next_offs
                        commands: Sequence[tuple[Any, ...]], crash_after_primary: bool = False) -> bool:
     """One partition's batch on a Redis Cluster (sync; tests and tools). ``crash_after_primary`` stops
     between the two steps, as a crash would."""
-    node_of_slot = client.nodes_manager.get_node_from_slot
-    primary_blob, pending, others = plan_cluster(ck_key, next_offset, commands, node_of_slot,
-                                                 fence_keys(node_of_slot))
+    primary_blob, pending, others = plan_cluster(ck_key, next_offset, commands,
+                                                 client.nodes_manager.get_node_from_slot, fence_keys(client))
     ok = client.register_script(APPLY_PRIMARY)(
         keys=[ck_key], args=["" if expected is None else str(expected), primary_blob, pending])
     if not ok or crash_after_primary:
@@ -289,10 +289,8 @@ async def apply_batches_cluster(client: Any, batches: Sequence[tuple[str, int | 
     All partitions' first steps run concurrently, then all second steps; a partition fenced in step 1
     (False) writes nothing anywhere.
     """
-    import asyncio
-
     node_of_slot = client.nodes_manager.get_node_from_slot
-    fences = fence_keys(node_of_slot)
+    fences = fence_keys(client)
     plans = [plan_cluster(ck, nxt, cmds, node_of_slot, fences) for ck, _, nxt, cmds in batches]
     primary = client.register_script(APPLY_PRIMARY)
     applied = await asyncio.gather(*(

@@ -145,11 +145,18 @@ def verify_against_truth(s: Settings, traffic: Traffic) -> Accounting:
     return acc
 
 
-def final_sightings(s: Settings) -> dict[str, dict[str, Any]]:
-    """The deduped changelog folded by sighting id (highest revision wins; deletes remove)."""
+def final_sightings(s: Settings, replays: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """The deduped changelog folded by sighting id (highest revision wins; deletes remove). ``replays``
+    (if given) receives how many records repeat an earlier (sighting id, revision, op): replays of a
+    batch after a crash, identical by construction (asserted)."""
     latest: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[str, int, str]] = set()
     for r in read_topic(s, s.topic_deduped):
         msg = orjson.loads(r.value)
+        ident = (msg["sighting_id"], msg["revision"], msg["op"])
+        if replays is not None and ident in seen:
+            replays.append(1)
+        seen.add(ident)
         cur = latest.get(msg["sighting_id"])
         if cur is None or msg["revision"] >= cur["revision"]:
             if cur is not None and msg["revision"] == cur["revision"]:

@@ -78,8 +78,9 @@ def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, 
     assert acc.wrong == []
     assert (acc.lost, acc.duplicated) == (0, 0)
     assert acc.stored + acc.merged + acc.dead_lettered == acc.produced
-    assert len(final_sightings(settings)) == len(traffic.truth)
-    record_run("1. SIGKILL the worker mid-batch, twice, restart", acc.row())
+    replays: list[int] = []
+    assert len(final_sightings(settings, replays)) == len(traffic.truth)
+    record_run("1. SIGKILL the worker mid-batch, twice, restart", acc.row(), changelog_replays=len(replays))
 
 
 def test_hotlist_alerts_through_the_worker(settings: Settings, tmp_path: Path) -> None:
