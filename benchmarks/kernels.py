@@ -65,9 +65,7 @@ def dedup_reads_per_s(n: int = 3_000_000, batch: int = 20_000) -> dict[str, floa
                       r["seq"][sl], 10_000, 900_000)
             gone = expired(st.pool["end"], st.pool["alive"], st.n_used, st.watermark - 910_000)
             st.pool["alive"][gone] = 0
-            dead = st.n_used - int(st.pool["alive"][: st.n_used].sum())
-            if dead > 1024 and dead * 4 > st.n_used:
-                st.compact(st.pool["alive"][: st.n_used].astype(bool))
+            st.reclaim()
         return st
 
     run()  # compile + warm

@@ -301,9 +301,7 @@ class PartitionPipeline:
                 self.best.pop(int(st.pool["best_seq"][int(i)]), None)
                 st.pool["alive"][int(i)] = 0
             out.redis.append(("HDEL", self.ck_key, *fields))
-        dead = st.n_used - int(st.pool["alive"][: st.n_used].sum())
-        if dead > 1024 and dead * 4 > st.n_used:
-            st.compact(st.pool["alive"][: st.n_used].astype(bool))
+        st.reclaim()
 
     def _survivor(self, i: int) -> int:
         p, merged = self.state.pool, self.state.merged_into

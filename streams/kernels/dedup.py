@@ -102,25 +102,47 @@ class DedupArrays:
 
     def rebuild_table(self, size: int | None = None) -> None:
         """Re-index the live sessions (after growth or compaction)."""
-        size = size or self.t_head.shape[0]
-        self._new_table(size)
+        if size is None or size == self.t_head.shape[0]:  # same size: reuse the arrays
+            self.t_cam.fill(EMPTY)
+            self.t_cls.fill(0)
+            self.t_head.fill(EMPTY)
+        else:
+            self._new_table(size)
         p = self.pool
         self.n_keys = _reindex(
             p["cam"], p["cls"], p["alive"], p["first_seq"], self.n_used, self.nxt,
             self.t_cam, self.t_cls, self.t_head,
         )
 
+    def reclaim(self, dead_share: float = 0.25) -> bool:
+        """Compact once more than ``dead_share`` of the used slots hold evicted sessions (and at least 1024
+        do); returns whether it did. Called after each batch's eviction."""
+        alive = self.pool["alive"][: self.n_used]
+        dead = self.n_used - int(alive.sum())
+        if dead > 1024 and dead > dead_share * self.n_used:
+            self.compact(alive.astype(bool))
+            return True
+        return False
+
     def compact(self, keep: NDArray[np.bool_]) -> NDArray[np.int64]:
         """Drop sessions where ``keep`` is false; returns the old index of each kept session."""
         idx = np.flatnonzero(keep[: self.n_used])
         for arr in self.pool.values():
-            arr[: idx.shape[0]] = arr[idx]
-        self.best_row[:] = EMPTY
-        self.merged_into[:] = EMPTY
-        self.touch_mark[:] = -1
+            _gather_inplace(arr, idx)
+        used = self.n_used
+        self.best_row[:used] = EMPTY
+        self.merged_into[:used] = EMPTY
+        self.touch_mark[:used] = -1
         self.n_used = int(idx.shape[0])
         self.rebuild_table()
         return idx
+
+
+@nb.njit(cache=True)
+def _gather_inplace(arr: NDArray, idx: NDArray[np.int64]) -> None:
+    # arr[:len(idx)] = arr[idx] without a temporary; safe in place because idx is increasing (idx[j] >= j)
+    for j in range(idx.shape[0]):
+        arr[j] = arr[idx[j]]
 
 
 @nb.njit(inline="always", cache=True)
@@ -142,8 +164,14 @@ def _slot(t_cam: NDArray[np.int32], t_cls: NDArray[np.uint64], cam: np.int32, cl
 
 @nb.njit(cache=True)
 def _reindex(cam, cls, alive, first_seq, n_used, nxt, t_cam, t_cls, t_head) -> int:  # type: ignore[no-untyped-def]
-    # Chains are kept in order of creation (newest first), so rebuild by ascending first_seq.
-    order = np.argsort(first_seq[:n_used], kind="mergesort")
+    # Chains are kept in order of creation (newest first), so rebuild by ascending first_seq. Slots are
+    # usually already in that order (created in arrival order, compaction keeps it): skip the sort then.
+    ordered = True
+    for s in range(1, n_used):
+        if first_seq[s] < first_seq[s - 1]:
+            ordered = False
+            break
+    order = np.arange(n_used) if ordered else np.argsort(first_seq[:n_used], kind="mergesort")
     n_keys = 0
     for s in order:
         if not alive[s]:
