@@ -60,6 +60,10 @@ class DedupArrays:
     t_cam: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     t_cls: NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
     t_head: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    # per-batch output buffers of dedup_batch (valid until the next batch)
+    touched: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    snap: NDArray[np.int64] = field(default_factory=lambda: np.empty((0, 9), np.int64))
+    snap_conf: NDArray[np.float32] = field(default_factory=lambda: np.empty(0, np.float32))
     n_used: int = 0
     n_keys: int = 0
     watermark: int = -(2**62)
@@ -223,20 +227,18 @@ def dedup_batch(  # type: ignore[no-untyped-def]
     r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
     cam, cls, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
     written, last_seq, nxt, best_row, merged_into, touch_mark, t_cam, t_cls, t_head,
-    n_used, n_keys, watermark, batch_no, window, lateness,
+    n_used, n_keys, watermark, batch_no, window, lateness, touched, snap, snap_conf,
 ):
     """Fold one batch of reads (in arrival order) into the session pool.
 
     Returns (n_used, n_keys, watermark, session_of_read, late_flags, touched, n_touched, snapshot,
     snapshot_confidence).
-    ``touched`` lists every session created, extended or absorbed in this batch, in first-touch order.
+    ``touched`` lists every session created, extended or absorbed in this batch, in first-touch order;
+    it and the snapshot are written into the caller's buffers (at least 2 * n + 1 rows).
     """
     n = r_ts.shape[0]
     session_of = np.empty(n, dtype=np.int32)
     late = np.zeros(n, dtype=np.uint8)
-    touched = np.empty(2 * n + 1, dtype=np.int32)
-    snap = np.empty((2 * n + 1, 9), dtype=np.int64)
-    snap_conf = np.empty(2 * n + 1, dtype=np.float32)
     n_touched = 0
     for i in range(n):
         c = r_cam[i]
@@ -359,13 +361,18 @@ def run_batch(
     window_ms: int,
     lateness_ms: int,
 ) -> tuple[NDArray[np.int32], NDArray[np.uint8], NDArray[np.int32], NDArray[np.int64], NDArray[np.float32]]:
-    """Run ``dedup_batch`` on ``st``; returns (session_of_read, late, touched, snapshot, snapshot_conf).
+    """Run ``dedup_batch`` on ``st``; returns (session_of_read, late, touched, snapshot, snapshot_conf), the
+    last three views of buffers the next batch overwrites.
 
     Snapshot columns hold each touched session's values before this batch: start, end, count,
     best_plate, best_geo, best_seq, written, last_seq, best_ts (uint64 columns stored as int64 bits).
     """
     st.reserve(int(r_ts.shape[0]))
     st.batch_no += 1
+    rows = 2 * int(r_ts.shape[0]) + 1
+    if st.snap.shape[0] < rows:  # reused from batch to batch: fresh pages cost as much as the dedup
+        st.touched, st.snap, st.snap_conf = (np.empty(rows, np.int32), np.empty((rows, 9), np.int64),
+                                             np.empty(rows, np.float32))
     p = st.pool
     st.best_row[: st.n_used] = EMPTY
     st.merged_into[: st.n_used] = EMPTY
@@ -374,6 +381,6 @@ def run_batch(
         p["cam"], p["cls"], p["start"], p["end"], p["count"], p["best_conf"], p["best_ts"], p["best_seq"],
         p["best_plate"], p["best_geo"], p["first_seq"], p["alive"], p["written"], p["last_seq"],
         st.nxt, st.best_row, st.merged_into, st.touch_mark, st.t_cam, st.t_cls, st.t_head,
-        st.n_used, st.n_keys, st.watermark, st.batch_no, window_ms, lateness_ms,
+        st.n_used, st.n_keys, st.watermark, st.batch_no, window_ms, lateness_ms, st.touched, st.snap, st.snap_conf,
     )
     return session_of, late, touched[:n_touched], snap[:n_touched], snap_conf[:n_touched]
