@@ -36,7 +36,7 @@ def ensure_topics(s: Settings, partitions: int | None = None) -> None:
 
 def end_offsets(s: Settings, topic: str) -> dict[int, int]:
     """Partition -> end offset (the number of records ever written, for a never-compacted topic)."""
-    c = KafkaConsumer(**connect.kafka(s))
+    c = KafkaConsumer(**connect.kafka(s), enable_auto_commit=False)  # no group: no commits (and no warning)
     try:
         parts = c.partitions_for_topic(topic) or set()
         ends = c.end_offsets([TopicPartition(topic, p) for p in parts])
