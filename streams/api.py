@@ -195,8 +195,8 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
             return plate_search(acc.client, settings, policy, ctx, acc.audit, str(q.get("pattern") or ""),
                                 q.get("region"), *_window(q))
 
-        return await governed_query(request, "query.plate_search", lambda q: pattern_terms(
-            settings, str(q.get("pattern")).upper(), str(q.get("region") or "")[:16] or None), run)
+        return await governed_query(request, "query.plate_search",
+                                    lambda q: pattern_terms(settings, q.get("pattern"), q.get("region")), run)
 
     @guarded
     async def area(request: web.Request) -> web.Response:

@@ -186,7 +186,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                             args.until, args.limit)
 
     result = _governed_query(args, settings, "query.plate_search",
-                             lambda: pattern_terms(settings, args.pattern.upper(), args.region), run)
+                             lambda: pattern_terms(settings, args.pattern, args.region), run)
     if isinstance(result, int):
         return result
     return _print_result(result, args.format, f" of {len({r['plate'] for r in result.rows})} plates")

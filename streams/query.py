@@ -8,9 +8,9 @@ import hmac
 import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -42,15 +42,20 @@ def _check_plate(plate: str, region: str) -> str:
     return normalize_plate(plate)
 
 
-def _latest(found: list[Sighting]) -> list[Sighting]:
-    """One entry per sighting id, its latest revision: during a key rotation a sighting still open in the
-    dedup state is written under the new key while its older revision stays in the old key's trail."""
-    best: dict[int, Sighting] = {}
-    for s in found:
+T = TypeVar("T")
+
+
+def _latest(found: Iterable[T], sighting: Callable[[T], Sighting]) -> list[T]:
+    """One item per sighting id, the one holding its latest revision: during a key rotation a sighting
+    still open in the dedup state is written under the new key while its older revision stays under the
+    old one (in the old trail and the area index)."""
+    best: dict[int, tuple[T, Sighting]] = {}
+    for item in found:
+        s = sighting(item)
         cur = best.get(s.sighting_id)
-        if cur is None or (s.ts_last, s.reads) > (cur.ts_last, cur.reads):
-            best[s.sighting_id] = s
-    return sorted(best.values(), key=lambda s: (s.ts, s.sighting_id))
+        if cur is None or (s.ts_last, s.reads) > (cur[1].ts_last, cur[1].reads):
+            best[s.sighting_id] = (item, s)
+    return [item for item, _ in best.values()]
 
 
 def trail(client: redis.Redis, settings: Settings, plate: str, region: str, since: int | None = None,
@@ -64,7 +69,7 @@ def trail(client: redis.Redis, settings: Settings, plate: str, region: str, sinc
     found = [s for k in settings.lookup_keys
              for s in read_trail(client, trail_key(vehicle_id(k, region, norm)), lo, hi, limit)]
     if len(settings.lookup_keys) > 1:
-        found = _latest(found)[:limit]
+        found = sorted(_latest(found, lambda s: s), key=lambda s: (s.ts, s.sighting_id))[:limit]
     # positions and geohashes of the whole trail in one kernel call each
     lat, lon = geo52_decode(np.fromiter((s.geo52 for s in found), dtype=np.uint64, count=len(found)))
     hashes = geohash_strings(lat, lon, settings.geohash_precision)
@@ -147,11 +152,13 @@ _PATTERN = re.compile(r"[A-Z0-9*?]{1,16}")
 _REGION = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,3}")
 
 
-def pattern_terms(settings: Settings, pattern: str, region: str | None) -> dict[str, Any]:
-    """Audit terms of a plate search: the pattern's shape and a keyed digest, never its characters."""
+def pattern_terms(settings: Settings, pattern: Any, region: Any) -> dict[str, Any]:
+    """Audit terms of a plate search (also of a refused one, so any input is accepted): the pattern's
+    shape and a keyed digest, never its characters."""
+    pattern = str(pattern).upper()
     digest = hmac.new(settings.hash_key, f"pattern|{pattern}".encode(), hashlib.sha256).hexdigest()[:24]
-    shape = "".join(c if c in "*?" else "#" for c in str(pattern)[:16])
-    return {"pattern_shape": shape, "pattern_digest": digest, "region": region}
+    shape = "".join(c if c in "*?" else "#" for c in pattern[:16])
+    return {"pattern_shape": shape, "pattern_digest": digest, "region": str(region)[:16] if region else None}
 
 
 def matching_plates(client: redis.Redis, settings: Settings, pattern: str,
@@ -194,7 +201,7 @@ def plate_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: C
     and digest. A plate whose sightings are all withheld does not appear, so a search never reveals that
     another agency has seen a vehicle.
     """
-    terms = pattern_terms(settings, str(pattern).upper(), str(region)[:16] if region else None)
+    terms = pattern_terms(settings, pattern, region)
     try:
         pat, reg = check_pattern(pattern, region)
         plates = matching_plates(client, settings, pat, reg)
@@ -297,20 +304,16 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
             vid, _ = CELL_MEMBER.unpack(member)
             pipe.zrangebyscore(trail_key(vid), score, score, withscores=True)
         trails = pipe.execute()
-    rows: list[dict[str, Any]] = []
+    hits: list[tuple[bytes, Sighting]] = []
     for (member, _), candidates in zip(found, trails, strict=True):
         vid, sid = CELL_MEMBER.unpack(member)
         for m, sc in candidates:
             sight = Sighting.unpack(m, sc)
             if sight.sighting_id == sid and sight.agency in policy.agencies and sight.agency not in refused:
-                rows.append({**sight.as_dict(), "vehicle": vid.hex()})
+                hits.append((vid, sight))
     # during a key rotation one sighting can sit under both pseudonyms: keep its latest revision
-    latest: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        cur = latest.get(r["sighting_id"])
-        if cur is None or (r["ts_last"], r["reads"]) > (cur["ts_last"], cur["reads"]):
-            latest[r["sighting_id"]] = r
-    rows = exact(list(latest.values())) if latest else []
+    rows = [{**sight.as_dict(), "vehicle": vid.hex()} for vid, sight in _latest(hits, lambda h: h[1])]
+    rows = exact(rows) if rows else []
     rows.sort(key=lambda r: (r["ts"], r["vehicle"]))
     owners = Counter(r["agency"] for r in rows)
     record = audit.append(action="query.area", agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose,
