@@ -28,11 +28,13 @@ from streams.records import DeadLetter, ReadBatch, RecordLike, decode_batch, ext
 from streams.settings import Settings
 from streams.store import (
     CELL_MEMBER,
+    MEMBER_FIXED,
     PENDING,
     Sighting,
     cell_key,
     checkpoint_key,
-    pack_strings,
+    member_fixed,
+    pack_string,
     sighting_id,
     stats_key,
     trail_key,
@@ -121,6 +123,7 @@ class PartitionPipeline:
         # best read's (read_id, region, agency, plate), by its offset; one entry per live session
         self.best: dict[int, tuple[str, str, str, str]] = {}
         self._old: dict[int, tuple[str, bytes, str, bytes]] = {}
+        self._packed: dict[str, bytes] = {}  # pack_string of cameras, agencies and regions (they repeat)
         self.next_offset: int | None = None
 
     # -- restore -------------------------------------------------------------------------------------
@@ -165,7 +168,7 @@ class PartitionPipeline:
             self._dedup(batch, out, hot or NO_HOTLIST)
             # reads collected per owning agency and day, for transparency reports; exactly once, because
             # they travel in the same atomic, offset-fenced script as the checkpoint
-            per_day = Counter((d["agency"], d["ts"] // DAY_MS) for d in batch.docs)
+            per_day = Counter(zip(batch.agency, (batch.ts // DAY_MS).tolist(), strict=True))
             for (agency, day), n in per_day.items():
                 out.redis.append(("HINCRBY", stats_key(agency), f"reads:{_date(day)}", n))
         self._evict(out)
@@ -226,67 +229,87 @@ class PartitionPipeline:
             return
         rows = st.best_row[live]
         docs = batch.docs
-        for i, row in zip(live[rows >= 0].tolist(), rows[rows >= 0].tolist(), strict=True):
-            d = docs[row]
-            self.best[int(p["best_seq"][i])] = (d["read_id"], d["region"], d["agency"], batch.plates[row].decode())
+        read_ids, regions, agencies, plates = batch.read_id, batch.region, batch.agency, batch.plates
+        best_seqs = p["best_seq"][live[rows >= 0]].tolist()
+        for seq, row in zip(best_seqs, rows[rows >= 0].tolist(), strict=True):
+            self.best[seq] = (read_ids[row], regions[row], agencies[row], plates[row].decode())
+        best_seqs_all = p["best_seq"][live].tolist()
+        bests = [self.best[q] for q in best_seqs_all]  # (read_id, region, agency, plate)
         # hit-only agencies: a sighting that matched no hotlist is never stored (its dedup state is kept,
         # so a later frame that hits still merges into it)
-        store_it = np.fromiter((bool(p["hit"][i]) or self.best[int(p["best_seq"][i])][2] not in hot.hit_only
-                                for i in live.tolist()), dtype=np.bool_, count=live.shape[0])
+        store_it = p["hit"][live].astype(np.bool_)
+        if hot.hit_only:
+            store_it |= np.fromiter((b[2] not in hot.hit_only for b in bests), dtype=np.bool_, count=len(bests))
+        else:
+            store_it[:] = True
         p["written"][live[store_it]] = 1  # before the checkpoint values, which must say so after a restore
 
         lat, lon = geo52_decode(p["best_geo"][live])
         cells = geohash_str(lat, lon, s.cell_precision)
         hashes = geohash_str(lat, lon, s.geohash_precision)
+        size = _CK_DTYPE.itemsize
         ck = np.empty(live.shape[0], dtype=_CK_DTYPE)
         for name in _CK_FIELDS:
             ck[name] = p[name][live]
         ck_raw = ck.tobytes()
-        size = _CK_DTYPE.itemsize
-        col = {name: p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_seq", "best_geo",
-                                                         "best_ts", "last_seq", "cam", "hit")}
+        fixed_size = MEMBER_FIXED.itemsize
+        fixed_raw = member_fixed(p["sid"][live], p["best_geo"][live], p["start"][live], p["end"][live],
+                                 p["best_ts"][live], p["count"][live], p["best_conf"][live], p["hit"][live]).tobytes()
+        sid_raw = p["sid"][live].astype("<u8").tobytes()
+        col = {name: p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_geo", "best_ts",
+                                                         "last_seq", "cam", "hit")}
         stored = store_it.tolist()
         confs = p["best_conf"][live].tolist()
+        lats, lons = lat.tolist(), lon.tolist()
+        best_rows = st.best_row[live].tolist()
         ck_fields: list[bytes] = []
         directory: dict[str, list[bytes]] = {}
+        sealed: set[bytes] = set()
         bucket_ms = s.cell_bucket_ms
-        for j, i in enumerate(live.tolist()):
-            best_seq = col["best_seq"][j]
-            read_id, region, agency, plate_text = self.best[best_seq]
-            camera = self.cam_names[col["cam"][j]]
+        packed = self._packed
+        if len(packed) > 100_000:  # distinct cameras, agencies and regions: small, but never unbounded
+            packed.clear()
+        cam_names = self.cam_names
+        for j, (read_id, region, agency, plate_text) in enumerate(bests):
+            camera = cam_names[col["cam"][j]]
+            pk_camera = packed.get(camera) or packed.setdefault(camera, pack_string(camera))
+            pk_region = packed.get(region) or packed.setdefault(region, pack_string(region))
+            pk_agency = packed.get(agency) or packed.setdefault(agency, pack_string(agency))
+            pk_read = pack_string(read_id)
             sid = col["sid"][j]
             start = col["start"][j]
-            ck_fields.append(struct.pack("<Q", sid))
-            strings = pack_strings(camera, read_id, region, agency, plate_text)
-            ck_fields.append(ck_raw[j * size : (j + 1) * size] + strings)
+            ck_fields.append(sid_raw[j * 8 : j * 8 + 8])
+            ck_fields.append(b"".join((ck_raw[j * size : (j + 1) * size], pk_camera, pk_read, pk_region, pk_agency,
+                                       pack_string(plate_text))))
             if not stored[j]:
                 continue
-            sight = Sighting(sid, start, col["end"][j], col["best_ts"][j], col["best_geo"][j], col["count"][j],
-                             confs[j], camera, agency, read_id, bool(col["hit"][j]))
             vid = vehicle_id(s.hash_key, region, plate_text)
-            entry = (trail_key(vid), sight.pack(), cell_key(cells[j].tobytes().decode(), start // bucket_ms),
-                     CELL_MEMBER.pack(vid, sid))
-            prev = self._old.pop(i) if i in self._old else None
+            entry = (trail_key(vid), fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read,
+                     cell_key(cells[j].tobytes().decode(), start // bucket_ms), CELL_MEMBER.pack(vid, sid))
+            prev = self._old.pop(i) if (i := int(live[j])) in self._old else None
             if prev is not None and prev[:2] != entry[:2]:
                 out.redis.append(("ZREM", prev[0], prev[1]))
             if prev is not None and prev[2:4] != entry[2:]:
                 out.redis.append(("ZREM", prev[2], prev[3]))
             out.redis.append(("ZADD", entry[0], start, entry[1]))
             out.redis.append(("ZADD", entry[2], start, entry[3]))
-            directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
-            row = int(st.best_row[i])
+            if vid not in sealed:
+                sealed.add(vid)
+                directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
+            hex_sid = f"{sid:016x}"
             msg: dict[str, Any] = {
-                "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": f"{sid:016x}",
+                "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid,
                 "revision": col["last_seq"][j], "vehicle": vid.hex(), "plate": plate_text, "region": region,
-                "camera_id": camera, "agency": agency, "ts": start, "ts_last": sight.ts_last, "best_ts": sight.best_ts,
-                "lat": round(float(lat[j]), 7), "lon": round(float(lon[j]), 7),
-                "geohash": hashes[j].tobytes().decode(), "geo52": sight.geo52,
-                "confidence": round(confs[j], 6), "reads": sight.reads, "read_id": read_id, "hit": sight.hit,
-                "source": {"topic": self.topic, "partition": self.partition, "offset": best_seq},
+                "camera_id": camera, "agency": agency, "ts": start, "ts_last": col["end"][j],
+                "best_ts": col["best_ts"][j], "lat": round(lats[j], 7), "lon": round(lons[j], 7),
+                "geohash": hashes[j].tobytes().decode(), "geo52": col["best_geo"][j],
+                "confidence": round(confs[j], 6), "reads": col["count"][j], "read_id": read_id,
+                "hit": bool(col["hit"][j]),
+                "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs_all[j]},
             }
-            if row >= 0:
-                msg["extra"] = extras(docs[row])
-            out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(msg)))
+            if best_rows[j] >= 0:
+                msg["extra"] = extras(docs[best_rows[j]])
+            out.deduped.append((hex_sid.encode(), orjson.dumps(msg)))
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
 

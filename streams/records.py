@@ -8,7 +8,9 @@ each field with plain comparisons, then ``decode_batch`` turns the valid reads i
 from __future__ import annotations
 
 import base64
+import itertools
 import math
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -175,64 +177,14 @@ class ReadBatch:
     camera: list[str]
     docs: list[dict[str, Any]]
     dead: list[DeadLetter] = field(default_factory=list)
+    read_id: list[str] = field(default_factory=list)
+    region: list[str] = field(default_factory=list)
+    agency: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.docs)
 
 
-def _fast_valid(docs: list[Any]) -> NDArray[np.bool_]:
-    """Column-at-a-time check of the common case; ``True`` rows are valid (``validate_read`` agrees).
-
-    ``False`` rows are not necessarily invalid: they go through ``validate_read``, which gives the reason.
-    Tests check that every row this accepts, ``validate_read`` accepts too.
-    """
-    n = len(docs)
-    ok = np.fromiter((type(d) is dict for d in docs), dtype=np.bool_, count=n)
-    if not ok.all():
-        docs = [d if type(d) is dict else {} for d in docs]
-    for name in ("read_id", "camera_id", "agency"):
-        col = [d.get(name) for d in docs]
-        if set(map(type, col)) == {str}:
-            lens = np.fromiter(map(len, col), dtype=np.int64, count=n)
-            ok &= (lens >= 1) & (lens <= 64)
-            if "\n" in "".join(col):
-                ok &= np.fromiter(("\n" not in v for v in col), dtype=np.bool_, count=n)
-        else:
-            ok &= np.fromiter((type(v) is str and 1 <= len(v) <= 64 and "\n" not in v for v in col),
-                              dtype=np.bool_, count=n)
-    for name, pattern, most in (("plate", _PLATE_RAW, 16), ("region", _REGION, 16)):
-        col = [d.get(name) for d in docs]
-        ok &= np.fromiter((type(v) is str and len(v) <= most and pattern.fullmatch(v) is not None for v in col),
-                          dtype=np.bool_, count=n)
-    ts = [d.get("ts") for d in docs]
-    if set(map(type, ts)) == {int}:
-        try:
-            arr = np.array(ts, dtype=np.int64)
-            ok &= (arr >= 0) & (arr <= TS_MAX)
-        except OverflowError:
-            ok &= np.fromiter((0 <= v <= TS_MAX for v in ts), dtype=np.bool_, count=n)
-    else:
-        ok &= np.fromiter((type(v) is int and 0 <= v <= TS_MAX for v in ts), dtype=np.bool_, count=n)
-    for name, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0), ("confidence", 0.0, 1.0)):
-        col = [d.get(name) for d in docs]
-        types = set(map(type, col))
-        if types <= {float, int}:
-            arr = np.array(col, dtype=np.float64)
-            ok &= (arr >= lo) & (arr <= hi)  # NaN and infinities fail both
-        else:
-            ok &= np.fromiter(((type(v) is float or type(v) is int) and lo <= v <= hi for v in col),
-                              dtype=np.bool_, count=n)
-    for name, lo, hi in (("heading", 0.0, 360.0), ("lane", 0, 64)):
-        col = [d.get(name, 0) for d in docs]  # absent = a valid value
-        allowed = (float, int) if name == "heading" else (int,)  # lane 5.0 takes the reference path
-        ok &= np.fromiter((type(v) in allowed and lo <= v <= hi for v in col), dtype=np.bool_, count=n)
-    ok &= np.fromiter((_vehicle_ok(d.get("vehicle", _NO_VEHICLE)) for d in docs), dtype=np.bool_, count=n)
-    ok &= np.fromiter((type(u) is str and len(u) <= 2048 for u in (d.get("image_uri", "") for d in docs)),
-                      dtype=np.bool_, count=n)
-    return ok
-
-
-_NO_VEHICLE: dict[str, Any] = {}
 _VEHICLE_KEYS = ("make", "model", "color", "type")
 
 
@@ -240,6 +192,142 @@ def _vehicle_ok(v: Any) -> bool:
     if type(v) is not dict:
         return False
     return all(type(v[k]) is str and len(v[k]) <= 64 for k in _VEHICLE_KEYS if k in v)
+
+
+_CORE_GET = operator.itemgetter(*REQUIRED)
+
+
+@dataclass(slots=True)
+class _Columns:
+    """The core fields of every document of a batch, column by column (only when all docs have them)."""
+
+    read_id: tuple[Any, ...]
+    camera: tuple[Any, ...]
+    agency: tuple[Any, ...]
+    plate: tuple[Any, ...]
+    region: tuple[Any, ...]
+    ts: NDArray[np.int64]
+    lat: NDArray[np.float64]
+    lon: NDArray[np.float64]
+    conf: NDArray[np.float64]
+
+    def take(self, rows: list[int], idx: NDArray[np.intp]) -> _Columns:
+        def pick(col: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(col[i] for i in rows)
+
+        return _Columns(pick(self.read_id), pick(self.camera), pick(self.agency), pick(self.plate),
+                        pick(self.region), self.ts[idx], self.lat[idx], self.lon[idx], self.conf[idx])
+
+
+def _by_value(col: tuple[Any, ...], check: Any) -> NDArray[np.bool_] | bool:
+    """``check`` once per distinct value (cameras, agencies, regions and plates repeat within a batch)."""
+    try:
+        distinct = set(col)
+    except TypeError:  # an unhashable value (list, object): row by row
+        return np.fromiter(map(check, col), dtype=np.bool_, count=len(col))
+    bad = {v for v in distinct if not check(v)}
+    if not bad:
+        return True
+    # only str values pass ``check`` and no str equals a non-str, so equal-hash collisions cannot hide a bad row
+    return np.fromiter((v not in bad for v in col), dtype=np.bool_, count=len(col))
+
+
+def _id_ok(v: Any) -> bool:
+    return type(v) is str and 1 <= len(v) <= 64 and "\n" not in v
+
+
+def _plate_ok(v: Any) -> bool:
+    return type(v) is str and len(v) <= 16 and _PLATE_RAW.fullmatch(v) is not None
+
+
+def _region_ok(v: Any) -> bool:
+    return type(v) is str and len(v) <= 16 and _REGION.fullmatch(v) is not None
+
+
+_ABSENT = object()
+_NO_FIELDS: dict[str, Any] = {}
+_STAND_IN_ROW = ("-", "-", "-", "0", "XX-0", 0, 0.0, 0.0, 0.0)  # REQUIRED's order; stands in for unshaped docs
+
+
+def _optional_ok(d: dict[str, Any]) -> bool:
+    h = d.get("heading", 0)
+    if not ((type(h) is int or type(h) is float) and 0 <= h <= 360):
+        return False
+    lane = d.get("lane", 0)
+    if not (type(lane) is int and 0 <= lane <= 64):  # lane 5.0 takes the reference path
+        return False
+    v = d.get("vehicle", _ABSENT)
+    if v is not _ABSENT and not _vehicle_ok(v):
+        return False
+    u = d.get("image_uri", "")
+    return type(u) is str and len(u) <= 2048
+
+
+def _numbers(col: tuple[Any, ...], lo: float, hi: float) -> tuple[NDArray[np.bool_] | bool, NDArray[np.float64]]:
+    if set(map(type, col)) <= {float, int}:
+        arr = np.array(col, dtype=np.float64)
+        return (arr >= lo) & (arr <= hi), arr  # NaN and infinities fail both
+    ok = np.fromiter(((type(v) is float or type(v) is int) and lo <= v <= hi for v in col), dtype=np.bool_,
+                     count=len(col))
+    return ok, np.array([v if good else 0.0 for v, good in zip(col, ok.tolist(), strict=True)], dtype=np.float64)
+
+
+def _fast_valid(docs: list[Any]) -> tuple[NDArray[np.bool_], _Columns]:
+    """Column-at-a-time check of the common case, and the columns; ``True`` rows are valid.
+
+    ``False`` rows are not necessarily invalid: they go through ``validate_read``, which gives the reason
+    (tests check that every row this accepts, ``validate_read`` accepts too). One C-level pass extracts
+    the core fields, distinct values (cameras, agencies, regions, plates repeat) are checked once, and
+    ``decode_batch`` reuses the columns.
+    """
+    n = len(docs)
+    ok = np.ones(n, dtype=np.bool_)
+    rows: list[tuple[Any, ...]] = []
+    unshaped = False
+    while True:  # list.extend keeps what it took before an exception: restart after each unshaped document
+        try:
+            rows.extend(map(_CORE_GET, itertools.islice(docs, len(rows), None)))
+            break
+        except (KeyError, TypeError, IndexError):  # not an object, or a core field missing: a stand-in row
+            ok[len(rows)] = False
+            rows.append(_STAND_IN_ROW)
+            unshaped = True
+    read_id, camera, agency, plate, region, ts_col, lat_col, lon_col, conf_col = zip(*rows, strict=True)
+    if set(map(type, read_id)) == {str}:
+        lens = np.fromiter(map(len, read_id), dtype=np.int64, count=n)
+        ok &= (lens >= 1) & (lens <= 64)
+        if "\n" in "".join(read_id):
+            ok &= np.fromiter(("\n" not in v for v in read_id), dtype=np.bool_, count=n)
+    else:
+        ok &= np.fromiter(map(_id_ok, read_id), dtype=np.bool_, count=n)
+    ok &= _by_value(camera, _id_ok)
+    ok &= _by_value(agency, _id_ok)
+    ok &= _by_value(plate, _plate_ok)
+    ok &= _by_value(region, _region_ok)
+    if set(map(type, ts_col)) == {int}:
+        try:
+            ts = np.array(ts_col, dtype=np.int64)
+            ok &= (ts >= 0) & (ts <= TS_MAX)
+        except OverflowError:
+            good = np.fromiter((0 <= v <= TS_MAX for v in ts_col), dtype=np.bool_, count=n)
+            ok &= good
+            ts = np.array([v if g else 0 for v, g in zip(ts_col, good.tolist(), strict=True)], dtype=np.int64)
+    else:
+        good = np.fromiter((type(v) is int and 0 <= v <= TS_MAX for v in ts_col), dtype=np.bool_, count=n)
+        ok &= good
+        ts = np.array([v if g else 0 for v, g in zip(ts_col, good.tolist(), strict=True)], dtype=np.int64)
+    lat_ok, lat = _numbers(lat_col, -90.0, 90.0)
+    lon_ok, lon = _numbers(lon_col, -180.0, 180.0)
+    conf_ok, conf = _numbers(conf_col, 0.0, 1.0)
+    ok &= lat_ok
+    ok &= lon_ok
+    ok &= conf_ok
+    shaped = [d if type(d) is dict else _NO_FIELDS for d in docs] if unshaped else docs
+    n_fields = np.fromiter(map(len, shaped), dtype=np.int64, count=n)
+    for i in np.flatnonzero((n_fields > len(REQUIRED)) & ok).tolist():  # only these can hold optional fields
+        if not _optional_ok(docs[i]):
+            ok[i] = False
+    return ok, _Columns(read_id, camera, agency, plate, region, ts, lat, lon, conf)
 
 
 def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
@@ -262,21 +350,34 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
             dead.append(DeadLetter(r, reason, STEP_DECODE, None, str(e)[:200]))
             continue
         kept.append(r)
-    fast = _fast_valid(loaded) if loaded else np.zeros(0, dtype=np.bool_)
+    fast, cols = _fast_valid(loaded) if loaded else (np.zeros(0, dtype=np.bool_), None)
+    rescued = False
     if not fast.all():
         for j in np.flatnonzero(~fast).tolist():
             try:
                 validate_read(loaded[j])
-                fast[j] = True  # the reference validator is the judge
+                fast[j] = rescued = True  # the reference validator is the judge
             except Invalid as e:
                 dead.append(DeadLetter(kept[j], e.reason, STEP_VALIDATE, e.field, e.detail))
         if dead:
             dead.sort(key=lambda d: d.raw.offset)
-        docs = [d for d, good in zip(loaded, fast.tolist(), strict=True) if good]
-        offsets = [r.offset for r, good in zip(kept, fast.tolist(), strict=True) if good]
-    else:
-        docs = loaded
-        offsets = [r.offset for r in kept]
+    if cols is not None and not rescued:  # the usual batch: reuse the validated columns
+        if fast.all():
+            offsets, docs = [r.offset for r in kept], loaded
+        else:
+            idx = np.flatnonzero(fast)
+            rows = idx.tolist()
+            offsets, docs = [kept[i].offset for i in rows], [loaded[i] for i in rows]
+            cols = cols.take(rows, idx)
+        norm = {p: p.translate(_NORMALIZE).upper().encode("ascii") for p in set(cols.plate)}
+        return ReadBatch(
+            offset=np.array(offsets, dtype=np.int64), ts=cols.ts, lat=cols.lat, lon=cols.lon,
+            conf=cols.conf.astype(np.float32), plates=list(map(norm.__getitem__, cols.plate)),
+            camera=list(cols.camera), docs=docs, dead=dead, read_id=list(cols.read_id),
+            region=list(cols.region), agency=list(cols.agency))
+    # a value only the reference validator accepts (ts 5.0, lane 3.0): build the columns from the documents
+    docs = [d for d, good in zip(loaded, fast.tolist(), strict=True) if good]
+    offsets = [r.offset for r, good in zip(kept, fast.tolist(), strict=True) if good]
     plates = [d["plate"].translate(_NORMALIZE).upper().encode("ascii") for d in docs]
     return ReadBatch(
         offset=np.array(offsets, dtype=np.int64),
@@ -288,6 +389,9 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
         camera=[d["camera_id"] for d in docs],
         docs=docs,
         dead=dead,
+        read_id=[d["read_id"] for d in docs],
+        region=[d["region"] for d in docs],
+        agency=[d["agency"] for d in docs],
     )
 
 

@@ -38,6 +38,11 @@ MEMBER_VERSION = 2
 # version, sighting id, geo52, duration ms, best offset ms, reads, confidence, flags (bit 0: hotlist hit)
 _FIXED = struct.Struct("<BQQIIIfB")
 CELL_MEMBER = struct.Struct("<12sQ")
+# _FIXED as a NumPy record, so a batch's members are packed in one go (``member_fixed``)
+MEMBER_FIXED = np.dtype([("version", "u1"), ("sid", "<u8"), ("geo52", "<u8"), ("duration", "<u4"),
+                         ("best_dt", "<u4"), ("reads", "<u4"), ("confidence", "<f4"), ("flags", "u1")])
+assert MEMBER_FIXED.itemsize == _FIXED.size
+_U32_MAX = 2**32 - 1
 
 
 def vehicle_id(hash_key: bytes, region: str, plate: str) -> bytes:
@@ -68,15 +73,21 @@ def checkpoint_key(group: str, topic: str, partition: int) -> str:
     return f"ps:ck:{{{group}:{topic}:{partition}}}"
 
 
+def pack_string(value: str) -> bytes:
+    """Length-prefixed UTF-8: one length byte, or 0xFF and two little-endian bytes from 255 bytes on
+    (64 characters of the schema can be 256 bytes of UTF-8)."""
+    b = value.encode()
+    n = len(b)
+    if n < 0xFF:
+        return bytes((n,)) + b
+    if n > 0xFFFF:
+        raise ValueError("string longer than 65535 bytes")
+    return b"\xff" + n.to_bytes(2, "little") + b
+
+
 def pack_strings(*values: str) -> bytes:
-    """Length-prefixed (1 byte) UTF-8 strings: the variable part of members and checkpoints."""
-    out = []
-    for v in values:
-        b = v.encode()
-        if len(b) > 255:
-            raise ValueError("string longer than 255 bytes")
-        out.append(bytes([len(b)]) + b)
-    return b"".join(out)
+    """The variable part of members and checkpoints: ``pack_string`` of each value, concatenated."""
+    return b"".join(map(pack_string, values))
 
 
 def unpack_strings(buf: bytes, pos: int, count: int) -> list[str]:
@@ -84,9 +95,32 @@ def unpack_strings(buf: bytes, pos: int, count: int) -> list[str]:
     strings = []
     for _ in range(count):
         n = buf[pos]
-        strings.append(buf[pos + 1 : pos + 1 + n].decode())
-        pos += 1 + n
+        pos += 1
+        if n == 0xFF:
+            n = int.from_bytes(buf[pos : pos + 2], "little")
+            pos += 2
+        strings.append(buf[pos : pos + n].decode())
+        pos += n
     return strings
+
+
+def member_fixed(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.ndarray, best_ts: np.ndarray,
+                 reads: np.ndarray, confidence: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """The fixed part of many trail members at once: the bytes ``Sighting.pack`` writes for each.
+
+    A sighting longer than 49 days (a parked car read every few seconds) saturates its duration instead of
+    failing the batch.
+    """
+    out = np.empty(sid.shape[0], dtype=MEMBER_FIXED)
+    out["version"] = MEMBER_VERSION
+    out["sid"] = sid
+    out["geo52"] = geo52
+    out["duration"] = np.minimum(end - start, _U32_MAX)
+    out["best_dt"] = np.minimum(best_ts - start, _U32_MAX)
+    out["reads"] = reads
+    out["confidence"] = confidence
+    out["flags"] = hit & 1
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +140,8 @@ class Sighting:
     hit: bool = False
 
     def pack(self) -> bytes:
-        fixed = _FIXED.pack(MEMBER_VERSION, self.sighting_id, self.geo52, self.ts_last - self.ts,
-                            self.best_ts - self.ts, self.reads, self.confidence, 1 if self.hit else 0)
+        fixed = _FIXED.pack(MEMBER_VERSION, self.sighting_id, self.geo52, min(self.ts_last - self.ts, _U32_MAX),
+                            min(self.best_ts - self.ts, _U32_MAX), self.reads, self.confidence, 1 if self.hit else 0)
         return fixed + pack_strings(self.camera_id, self.agency, self.read_id)
 
     @classmethod

@@ -138,3 +138,26 @@ def test_hotlist_hits_alerts_hit_only_and_hit_retention(settings: Settings, west
     sweep(client, settings, policy, now + 7 * DAY_MS)
     assert trail(client, settings, "COLD2", "US-CT") == []
     assert {r["agency"] for r in trail(client, settings, "HOT1", "US-CT")} >= {"hartford-pd"}
+
+
+def test_longest_utf8_strings_the_schema_allows_are_stored_and_restored(settings: Settings) -> None:
+    """64 four-byte characters are 256 bytes: once a worker-crashing poison pill (one-byte length prefixes)."""
+    import orjson
+
+    from streams.store import read_trail, trail_key, vehicle_id
+
+    client = redis.Redis.from_url(settings.redis_url)
+    long_id, long_cam, long_agency = "\U0001F600" * 64, "\u00e9" * 64, "\U0001F697" * 64
+    doc = {"read_id": long_id, "camera_id": long_cam, "agency": long_agency, "plate": "7ABC123",
+           "region": "US-CT", "ts": 1_700_000_000_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    result = pipe.process_raw([Raw(settings.topic_reads, 0, 0, None, None, orjson.dumps(doc))])
+    assert result.dlq == [] and len(result.deduped) == 1
+    assert orjson.loads(result.deduped[0][1])["read_id"] == long_id
+    assert apply_batch_sync(client, pipe.ck_key, None, result.redis)
+    [sighting] = read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "7ABC123")))
+    assert (sighting.read_id, sighting.camera_id, sighting.agency) == (long_id, long_cam, long_agency)
+    restored = PartitionPipeline(settings, settings.topic_reads, 0)
+    restored.restore(client.hgetall(pipe.ck_key))
+    assert list(restored.best.values()) == [(long_id, "US-CT", long_agency, "7ABC123")]
+    assert restored.cam_names == [long_cam]

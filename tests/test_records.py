@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.records import Invalid, Raw, decode_batch, validate_read
+from streams.records import Invalid, Raw, ReadBatch, decode_batch, normalize_plate, validate_read
+from streams.simulate import generate
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 READ_SCHEMA = json.loads((SCHEMAS / "plate_read.v1.json").read_text())
@@ -66,6 +68,30 @@ def test_validator_agrees_with_json_schema(changes: dict[str, Any], removed: set
     good = orjson.dumps(valid_read())
     mixed = decode_batch([Raw("t", 0, i, None, None, v) for i, v in enumerate([good, wire, good])], 65536)
     assert list(mixed.offset) == ([0, 1, 2] if ours_ok(doc) else [0, 2])
+    assert_columns_match_docs(mixed)
+
+
+def assert_columns_match_docs(batch: ReadBatch) -> None:
+    """Whichever path built the batch (reused validated columns or the documents), the columns are the docs'."""
+    docs = batch.docs
+    assert batch.ts.tolist() == [d["ts"] for d in docs] and batch.ts.dtype == np.int64
+    assert batch.lat.tolist() == [float(d["lat"]) for d in docs]
+    assert batch.lon.tolist() == [float(d["lon"]) for d in docs]
+    assert batch.conf.tolist() == np.array([d["confidence"] for d in docs], dtype=np.float32).tolist()
+    assert batch.plates == [normalize_plate(d["plate"]).encode() for d in docs]
+    assert (batch.camera, batch.read_id, batch.region, batch.agency) == tuple(
+        [d[k] for d in docs] for k in ("camera_id", "read_id", "region", "agency"))
+
+
+def test_columns_of_simulated_traffic_match_the_documents() -> None:
+    traffic = generate(seed=5, vehicles=300, hours=0.5)
+    raws = [Raw("t", 0, i, None, k, v) for i, (k, v) in enumerate(traffic.messages)]
+    clean = [r for r in raws if decode_batch([r], 65536).dead == []]
+    assert len(clean) < len(raws)  # the traffic has malformed messages: both paths are exercised
+    for part in (raws[:2000], clean[:2000]):
+        batch = decode_batch(part, 65536)
+        assert len(batch) + len(batch.dead) == len(part)
+        assert_columns_match_docs(batch)
 
 
 @settings(max_examples=500)

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from streams.store import Sighting, trail_key, vehicle_id
 
-text = st.text(min_size=1, max_size=64).filter(lambda s: len(s.encode()) <= 255)
+# the schema allows 64 characters: up to 256 bytes of UTF-8 (4-byte characters are drawn on purpose)
+text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64) | st.sampled_from(["\U0001F600" * 64, "é" * 64])
 
 
 @given(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**40), st.integers(0, 10**6),
@@ -16,6 +17,13 @@ def test_sighting_round_trip(sid: int, geo: int, ts: int, dur: int, best: int, r
                              cam: str, agency: str, read_id: str) -> None:
     s = Sighting(sid, ts, ts + dur, ts + min(best, dur), geo, reads, conf, cam, agency, read_id)
     assert Sighting.unpack(s.pack(), float(ts)) == s
+
+
+def test_strings_of_every_length_the_schema_allows_round_trip() -> None:
+    from streams.store import pack_strings, unpack_strings
+
+    values = ["", "a" * 254, "b" * 255, "\U0001F600" * 64, "x"]  # 254, 255 and 256 bytes around the escape
+    assert unpack_strings(b"hdr" + pack_strings(*values), 3, len(values)) == values
 
 
 def test_vehicle_id_depends_on_key_region_and_plate() -> None:
