@@ -29,7 +29,6 @@ from typing import Any, cast
 import msgpack
 import numpy as np
 import redis
-import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from streams.kernels.geohash import geo52_decode
@@ -203,18 +202,20 @@ def split_long(commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return out
 
 
-async def apply_batches(client: aioredis.Redis, batches: Sequence[tuple[str, int | None, Sequence[tuple[Any, ...]]]],
-                        ) -> list[bool]:
+def apply_batches(client: redis.Redis, batches: Sequence[tuple[str, int | None, Sequence[tuple[Any, ...]]]],
+                  ) -> list[bool]:
     """Apply (checkpoint key, expected offset, commands) batches; one pipelined EVALSHA each.
 
-    Returns, per batch, whether it was applied (False: the checkpoint had moved - fenced).
+    Returns, per batch, whether it was applied (False: the checkpoint had moved - fenced). Synchronous on
+    purpose: the worker runs it in a thread, so Redis executes batch N while the event loop's thread
+    computes batch N+1 (socket I/O releases the GIL).
     """
     script = client.register_script(APPLY_BATCH)
-    async with client.pipeline(transaction=False) as pipe:
+    with client.pipeline(transaction=False) as pipe:
         for key, expected, commands in batches:
             blob = msgpack.packb(split_long(commands), use_bin_type=False)
-            await script(keys=[key], args=["" if expected is None else str(expected), blob], client=pipe)
-        results = await pipe.execute()
+            script(keys=[key], args=["" if expected is None else str(expected), blob], client=pipe)
+        results = pipe.execute()
     return [bool(r) for r in results]
 
 

@@ -6,13 +6,16 @@ hands each partition's batch to ``PartitionPipeline`` - one orjson decode, NumPy
 per batch instead of faust's per-event stream machinery, which on this machine tops out around 17k
 events/s (see README, "Why not stream.take").
 
-Per poll, in this order (crash anywhere and a restart converges to the same Redis state):
+Per batch, in this order (crash anywhere and a restart converges to the same Redis state):
 1. ``sink.dlq`` and ``sink.deduped``: produce whole record batches and wait for the broker's acks
    (at-least-once).
 2. ``sink.redis``: per partition, one atomic server-side script with every sighting change and the
    partition's checkpoint (its open dedup sessions and next offset), fenced on the checkpoint's offset so a
    zombie worker that lost its partitions cannot overwrite newer state (effectively-once).
 3. Kafka offset commit (only after Redis acknowledged; Redis's checkpoint is authoritative on restart).
+
+Two batches overlap: while Redis runs batch N's scripts (sent from a thread), the event loop's thread
+decodes and deduplicates batch N+1; N+1's records leave the worker only after N is in Redis.
 """
 
 from __future__ import annotations
@@ -24,16 +27,20 @@ import signal
 import time
 import typing
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 import mode
 import numpy as np
 import orjson
+import redis
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
+from numpy.typing import NDArray
 from redis.exceptions import RedisError
 
 from streams import connect, names
@@ -46,6 +53,10 @@ from streams.store import apply_batches, apply_batches_cluster, replay_pending
 from streams.topics import ensure_topics
 
 log = logging.getLogger("platestream.worker")
+# A batch script that has not answered after this long counts as failed: the worker rewinds to the Redis
+# checkpoint (which says whether it ran) instead of waiting forever. Redis stalls shorter than this only
+# delay the batch (lag grows).
+REDIS_WRITE_TIMEOUT_S = 120.0
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -54,6 +65,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.runner.lock:  # let the batch in flight finish first
+            try:
+                await self.runner._land()
+            except (RedisError, OSError, KafkaError) as e:  # the next owner replays it from the checkpoint
+                log.warning("batch in flight not finished at revocation (%s)", type(e).__name__)
             for tp in revoked:
                 self.runner.pipelines.pop(tp, None)
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
@@ -92,6 +107,19 @@ class LatencyWindow:
         self.n = 0
 
 
+_Work = tuple[TopicPartition, PartitionPipeline, int | None, BatchResult]
+
+
+@dataclass
+class _Flight:
+    """A processed batch whose records are produced (acks pending); Redis and the commit come next."""
+
+    work: list[_Work]
+    acks: asyncio.Future[list[Any]]
+    produced_ms: dict[TopicPartition, NDArray[np.float64]]  # the records' produce times (latency); not
+    # the records themselves, so only one batch's records are held at a time
+
+
 class BatchRunner:
     """Poll -> process -> produce -> Redis transaction -> commit, one batch at a time (backpressure)."""
 
@@ -109,11 +137,16 @@ class BatchRunner:
         self.policies = PolicyStore(settings.policy_path) if settings.policy_path else None
         self._hot: HotContext | None = None
         self._hot_at = 0.0
+        self._flight: _Flight | None = None
+        self.redis_sync: redis.Redis | None = None
+        self._redis_thread = ThreadPoolExecutor(1, thread_name_prefix="sink.redis")
 
     async def start(self) -> None:
         s = self.s
         self.redis = connect.redis_async(s)
         await self.redis.ping()
+        if not s.redis_cluster:  # the batch writes (see _write_redis); bounded, so a hung Redis cannot hang exit
+            self.redis_sync = connect.redis_client(s, socket_timeout=REDIS_WRITE_TIMEOUT_S)
         self.producer = AIOKafkaProducer(
             **connect.kafka(s), acks="all", enable_idempotence=True, linger_ms=5,
             max_batch_size=1 << 20, max_request_size=8 << 20,
@@ -133,6 +166,9 @@ class BatchRunner:
                 await closer.stop()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.redis_sync is not None:
+            self.redis_sync.close()
+        self._redis_thread.shutdown(wait=False)
 
     async def load(self, assigned: list[TopicPartition]) -> None:
         """Restore each newly assigned partition's dedup state and position from its Redis checkpoint."""
@@ -150,18 +186,29 @@ class BatchRunner:
     async def run(self, should_stop: Any) -> None:
         assert self.consumer is not None
         while not should_stop():
-            batches = await self.consumer.getmany(timeout_ms=self.s.batch_timeout_ms,
-                                                  max_records=self.s.batch_max_records)
-            if not batches:
+            # with a batch in flight, take only what is already fetched: its Redis write must not wait
+            batches = await self.consumer.getmany(
+                timeout_ms=0 if self._flight is not None else self.s.batch_timeout_ms,
+                max_records=self.s.batch_max_records)
+            if not batches and self._flight is None:
                 continue
             try:
                 await self.handle(batches)
             except (RedisError, OSError, KafkaError) as e:
-                # Nothing of this batch was committed. Rewind every partition to its Redis checkpoint
-                # once the sinks answer again, and go on: lag grows, nothing is lost.
-                log.error("batch failed in a sink (%s: %s); rewinding to the checkpoints", type(e).__name__, e)
-                self.metrics["sink_errors"] += 1
-                await self._rewind(should_stop)
+                await self._sink_failed(e, should_stop)
+        try:  # stopping: the batch in flight finishes its sinks and commits
+            async with self.lock:
+                await self._land()
+        except (RedisError, OSError, KafkaError) as e:
+            log.warning("batch in flight not finished at stop (%s); a restart replays it", type(e).__name__)
+
+    async def _sink_failed(self, e: Exception, should_stop: Any) -> None:
+        # Nothing of this batch was committed. Rewind every partition to its Redis checkpoint once the
+        # sinks answer again, and go on: lag grows, nothing is lost.
+        log.error("batch failed in a sink (%s: %s); rewinding to the checkpoints", type(e).__name__, e)
+        self.metrics["sink_errors"] += 1
+        self._flight = None
+        await self._rewind(should_stop)
 
     async def _rewind(self, should_stop: Any) -> None:
         delay = 0.2
@@ -180,45 +227,83 @@ class BatchRunner:
                 delay = min(delay * 2, 5.0)
 
     async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """One step of the two-stage pipeline: batch N (in flight: produced, acks pending) gets its acks,
+        its Redis script goes out, and *while Redis runs it* batch N+1 is processed; then N commits and
+        N+1's records are produced and become the batch in flight.
+
+        Nothing of N+1 leaves the worker before N is in Redis: N+1 was computed from dedup state that
+        includes N, so if N fails, N+1 is discarded (rewind), and a partition fenced or revoked meanwhile
+        drops its part of N+1. At most two batches are held: memory stays bounded, lag grows instead.
+        """
         assert self.consumer is not None and self.producer is not None and self.redis is not None
         t0 = time.perf_counter()
-        hot = await self.hot_context()
+        hot = await self.hot_context() if batches else NO_HOTLIST
         async with self.lock:
-            work: list[tuple[TopicPartition, PartitionPipeline, int | None, BatchResult]] = []
-            for tp, msgs in batches.items():
-                pipe = self.pipelines.get(tp)
-                if pipe is None:
-                    continue  # revoked while this poll was in flight
-                expected = pipe.next_offset
-                raws = msgs if expected is None or msgs[0].offset >= expected else [
-                    m for m in msgs if m.offset >= expected]
-                self.metrics["skipped_already_stored"] += len(msgs) - len(raws)
-                if not raws:
-                    continue
-                work.append((tp, pipe, expected, pipe.process_raw(raws, hot)))
-            if not work:
-                return
+            flight, self._flight = self._flight, None
+            writing = None
+            if flight is not None:
+                await flight.acks
+                self._fault_point(names.STEP_SINK_DEDUPED)
+                writing = asyncio.ensure_future(self._write_redis(flight.work))
+                await asyncio.sleep(0)  # let the script go out before the CPU is busy with N+1
             t1 = time.perf_counter()
-            await self._produce([(tp.partition, r) for tp, _, _, r in work])
-            self._fault_point(names.STEP_SINK_DEDUPED)
+            work = self._process(batches, hot)
             t2 = time.perf_counter()
-            fenced = await self._write_redis(work)
-            self._fault_point(names.STEP_SINK_REDIS)
+            if flight is not None and writing is not None:
+                await self._commit(flight, await writing)
+                work = [w for w in work if self.pipelines.get(w[0]) is w[1]]  # fenced or revoked: dropped
             t3 = time.perf_counter()
-        # where a batch's time goes, per stage (the sinks' share is time waiting for broker acks / Redis)
-        self.metrics["stage_us.process"] += int((t1 - t0) * 1e6)
-        self.metrics["stage_us.sink.deduped"] += int((t2 - t1) * 1e6)
-        self.metrics["stage_us.sink.redis"] += int((t3 - t2) * 1e6)
-        now_ms = time.time() * 1000.0
+            if work:
+                produced_ms = {tp: np.fromiter((m.timestamp for m in batches[tp]), dtype=np.float64,
+                                               count=len(batches[tp])) for tp, _, _, _ in work}
+                acks = await self._produce([(tp.partition, r) for tp, _, _, r in work])
+                for _, _, _, r in work:  # copied into record batches: free them while they are in flight
+                    r.deduped, r.dlq = [], []
+                self._flight = _Flight(work, acks, produced_ms)
+        self.metrics["stage_us.wait.sink.deduped"] += int((t1 - t0) * 1e6)
+        self.metrics["stage_us.process"] += int((t2 - t1) * 1e6)
+        self.metrics["stage_us.wait.sink.redis"] += int((t3 - t2) * 1e6)
+        self.metrics["batches"] += 1
+        self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
+
+    def _process(self, batches: dict[TopicPartition, list[Any]], hot: HotContext) -> list[_Work]:
+        work: list[_Work] = []
         for tp, msgs in batches.items():
-            if tp not in fenced and msgs:
-                self.latency.add(np.fromiter((m.timestamp for m in msgs), dtype=np.float64, count=len(msgs)), now_ms)
-        commits = {tp: r.next_offset for tp, _, _, r in work if tp not in fenced}
+            pipe = self.pipelines.get(tp)
+            if pipe is None:
+                continue  # revoked while this poll was in flight
+            expected = pipe.next_offset
+            raws = msgs if expected is None or msgs[0].offset >= expected else [
+                m for m in msgs if m.offset >= expected]
+            self.metrics["skipped_already_stored"] += len(msgs) - len(raws)
+            if not raws:
+                continue
+            work.append((tp, pipe, expected, pipe.process_raw(raws, hot)))
+        return work
+
+    async def _land(self) -> None:
+        """Finish the batch in flight, if any: acks, Redis, commit (rebalance and stop call this)."""
+        flight, self._flight = self._flight, None
+        if flight is None:
+            return
+        await flight.acks
+        self._fault_point(names.STEP_SINK_DEDUPED)
+        await self._commit(flight, await self._write_redis(flight.work))
+
+    async def _commit(self, flight: _Flight, fenced: set[TopicPartition]) -> None:
+        """Redis acknowledged ``flight``: record latency, commit the Kafka offsets, count."""
+        assert self.consumer is not None
+        self._fault_point(names.STEP_SINK_REDIS)
+        now_ms = time.time() * 1000.0
+        for tp, produced_ms in flight.produced_ms.items():
+            if tp not in fenced:
+                self.latency.add(produced_ms, now_ms)
+        commits = {tp: r.next_offset for tp, _, _, r in flight.work if tp not in fenced}
         try:
             await self.consumer.commit(commits)
         except Exception as e:  # a rebalance may interrupt; Redis's checkpoint has the position
             log.warning("offset commit failed (%s); the Redis checkpoint keeps the position", type(e).__name__)
-        for _, _, _, r in work:
+        for _, _, _, r in flight.work:
             self.metrics["consumed"] += r.consumed
             self.metrics["valid"] += r.valid
             self.metrics["dead_lettered"] += r.dead
@@ -226,8 +311,6 @@ class BatchRunner:
             self.metrics["sightings_new"] += r.sightings_new
             self.metrics["sightings_retracted"] += r.sightings_retracted
             self.metrics["alerts"] += len(r.alerts)
-        self.metrics["batches"] += 1
-        self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
 
     def _fault_point(self, step: str) -> None:
         """Chaos testing (``PLATESTREAM_CRASH_AFTER``): right after ``step`` of the n-th batch, die like SIGKILL
@@ -247,8 +330,8 @@ class BatchRunner:
                 return
             os._exit(137)
 
-    async def _produce(self, work: list[tuple[int, BatchResult]]) -> None:
-        """Send dead letters and sightings in whole record batches; wait for every ack.
+    async def _produce(self, work: list[tuple[int, BatchResult]]) -> asyncio.Future[list[Any]]:
+        """Send dead letters and sightings in whole record batches; returns the future of every ack.
 
         A result from input partition p goes to partition p mod N of each output topic, so all
         revisions of a sighting (one camera, one input partition) stay in order in one partition.
@@ -272,8 +355,7 @@ class BatchRunner:
                         if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
                             raise ValueError(f"a {len(value)}-byte message does not fit in a record batch")
                 pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
-        if pending:
-            await asyncio.gather(*pending)
+        return asyncio.gather(*pending)
 
     async def hot_context(self) -> HotContext:
         """Hotlists, policy and grants as the pipeline needs them; rebuilt at most every 5 seconds."""
@@ -307,8 +389,10 @@ class BatchRunner:
             applied = await apply_batches_cluster(
                 self.redis, [(pipe.ck_key, expected, r.next_offset, r.redis) for _, pipe, expected, r in work])
         else:
-            applied = await apply_batches(self.redis, [(pipe.ck_key, expected, r.redis) for _, pipe, expected, r
-                                                       in work])
+            assert self.redis_sync is not None
+            applied = await asyncio.get_running_loop().run_in_executor(
+                self._redis_thread, apply_batches, self.redis_sync,
+                [(pipe.ck_key, expected, r.redis) for _, pipe, expected, r in work])
         fenced = {tp for (tp, *_), ok in zip(work, applied, strict=True) if not ok}
         for tp in fenced:  # a newer owner moved the checkpoint: our state is stale, reload it
             log.warning("partition %s: checkpoint moved under us (another worker owns it); reloading", tp)
