@@ -24,7 +24,7 @@ from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
 from streams.kernels.plates import pack_plates, plates_matrix
 from streams.policy import DAY_MS, Context, Policy, User
-from streams.records import DeadLetter, ReadBatch, RecordLike, decode_batch, extras
+from streams.records import REQUIRED, DeadLetter, ReadBatch, RecordLike, decode_batch, extras
 from streams.settings import Settings
 from streams.store import (
     CELL_MEMBER,
@@ -48,6 +48,7 @@ _STRUCT_CODE: dict[type, str] = {np.int32: "i", np.uint64: "Q", np.int64: "q", n
 _CK = struct.Struct("<" + "".join(_STRUCT_CODE[POOL_FIELDS[k]] for k in _CK_FIELDS))
 _CK_DTYPE = np.dtype([(k, np.dtype(POOL_FIELDS[k]).newbyteorder("<")) for k in _CK_FIELDS])
 assert _CK_DTYPE.itemsize == _CK.size
+N_CORE = len(REQUIRED)  # a document with no more fields than these has no extras
 META_OFFSET = b"offset"
 META_WATERMARK = b"watermark"
 
@@ -308,7 +309,8 @@ class PartitionPipeline:
                 "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs_all[j]},
             }
             if best_rows[j] >= 0:
-                msg["extra"] = extras(docs[best_rows[j]])
+                doc = docs[best_rows[j]]
+                msg["extra"] = extras(doc) if len(doc) > N_CORE else {}
             out.deduped.append((hex_sid.encode(), orjson.dumps(msg)))
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
@@ -318,12 +320,12 @@ class PartitionPipeline:
         horizon = st.watermark - self.s.allowed_lateness_ms - self.s.dedup_window_ms
         gone = expired(st.pool["end"], st.pool["alive"], st.n_used, horizon)
         if gone.shape[0]:
-            fields = []
-            for i in gone:
-                fields.append(struct.pack("<Q", int(st.pool["sid"][int(i)])))
-                self.best.pop(int(st.pool["best_seq"][int(i)]), None)
-                st.pool["alive"][int(i)] = 0
-            out.redis.append(("HDEL", self.ck_key, *fields))
+            raw = st.pool["sid"][gone].astype("<u8").tobytes()
+            best = self.best
+            for seq in st.pool["best_seq"][gone].tolist():
+                best.pop(seq, None)
+            st.pool["alive"][gone] = 0
+            out.redis.append(("HDEL", self.ck_key, *(raw[k : k + 8] for k in range(0, len(raw), 8))))
         st.reclaim()
 
     def _survivor(self, i: int) -> int:
