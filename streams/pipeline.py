@@ -257,8 +257,11 @@ class PartitionPipeline:
         fixed_raw = member_fixed(p["sid"][live], p["best_geo"][live], p["start"][live], p["end"][live],
                                  p["best_ts"][live], p["count"][live], p["best_conf"][live], p["hit"][live]).tobytes()
         sid_raw = p["sid"][live].astype("<u8").tobytes()
-        col = {name: p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_geo", "best_ts",
-                                                         "last_seq", "cam", "hit")}
+        sids, starts, ends, counts, geos, best_tss, last_seqs, cam_ids, hits = (
+            p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_geo", "best_ts", "last_seq",
+                                                "cam", "hit"))
+        cell_texts = [c.decode() for c in cells.view(f"S{cells.shape[1]}").ravel().tolist()]
+        hash_texts = [h.decode() for h in hashes.view(f"S{hashes.shape[1]}").ravel().tolist()]
         stored = store_it.tolist()
         confs = p["best_conf"][live].tolist()
         lats, lons = lat.tolist(), lon.tolist()
@@ -272,13 +275,13 @@ class PartitionPipeline:
             packed.clear()
         cam_names = self.cam_names
         for j, (read_id, region, agency, plate_text) in enumerate(bests):
-            camera = cam_names[col["cam"][j]]
+            camera = cam_names[cam_ids[j]]
             pk_camera = packed.get(camera) or packed.setdefault(camera, pack_string(camera))
             pk_region = packed.get(region) or packed.setdefault(region, pack_string(region))
             pk_agency = packed.get(agency) or packed.setdefault(agency, pack_string(agency))
             pk_read = pack_string(read_id)
-            sid = col["sid"][j]
-            start = col["start"][j]
+            sid = sids[j]
+            start = starts[j]
             ck_fields.append(sid_raw[j * 8 : j * 8 + 8])
             ck_fields.append(b"".join((ck_raw[j * size : (j + 1) * size], pk_camera, pk_read, pk_region, pk_agency,
                                        pack_string(plate_text))))
@@ -286,7 +289,7 @@ class PartitionPipeline:
                 continue
             vid = vehicle_id(s.hash_key, region, plate_text)
             entry = (trail_key(vid), fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read,
-                     cell_key(cells[j].tobytes().decode(), start // bucket_ms), CELL_MEMBER.pack(vid, sid))
+                     cell_key(cell_texts[j], start // bucket_ms), CELL_MEMBER.pack(vid, sid))
             prev = self._old.pop(i) if (i := int(live[j])) in self._old else None
             if prev is not None and prev[:2] != entry[:2]:
                 out.redis.append(("ZREM", prev[0], prev[1]))
@@ -300,12 +303,12 @@ class PartitionPipeline:
             hex_sid = f"{sid:016x}"
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid,
-                "revision": col["last_seq"][j], "vehicle": vid.hex(), "plate": plate_text, "region": region,
-                "camera_id": camera, "agency": agency, "ts": start, "ts_last": col["end"][j],
-                "best_ts": col["best_ts"][j], "lat": round(lats[j], 7), "lon": round(lons[j], 7),
-                "geohash": hashes[j].tobytes().decode(), "geo52": col["best_geo"][j],
-                "confidence": round(confs[j], 6), "reads": col["count"][j], "read_id": read_id,
-                "hit": bool(col["hit"][j]),
+                "revision": last_seqs[j], "vehicle": vid.hex(), "plate": plate_text, "region": region,
+                "camera_id": camera, "agency": agency, "ts": start, "ts_last": ends[j],
+                "best_ts": best_tss[j], "lat": round(lats[j], 7), "lon": round(lons[j], 7),
+                "geohash": hash_texts[j], "geo52": geos[j],
+                "confidence": round(confs[j], 6), "reads": counts[j], "read_id": read_id,
+                "hit": bool(hits[j]),
                 "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs_all[j]},
             }
             if best_rows[j] >= 0:

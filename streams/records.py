@@ -212,8 +212,12 @@ class _Columns:
     conf: NDArray[np.float64]
 
     def take(self, rows: list[int], idx: NDArray[np.intp]) -> _Columns:
+        get = operator.itemgetter(*rows) if rows else None
+
         def pick(col: tuple[Any, ...]) -> tuple[Any, ...]:
-            return tuple(col[i] for i in rows)
+            if get is None:
+                return ()
+            return get(col) if len(rows) > 1 else (get(col),)
 
         return _Columns(pick(self.read_id), pick(self.camera), pick(self.agency), pick(self.plate),
                         pick(self.region), self.ts[idx], self.lat[idx], self.lon[idx], self.conf[idx])
