@@ -118,7 +118,7 @@ class DedupArrays:
             self.t_cam, self.t_cls, self.t_head,
         )
 
-    def reclaim(self, dead_share: float = 0.25) -> bool:
+    def reclaim(self, dead_share: float = 0.4) -> bool:
         """Compact once more than ``dead_share`` of the used slots hold evicted sessions (and at least 1024
         do); returns whether it did. Called after each batch's eviction."""
         alive = self.pool["alive"][: self.n_used]

@@ -133,3 +133,27 @@ def test_late_read_bridges_two_sightings() -> None:
     reads = [(0, "AB1", 0, 0.5), (0, "AB1", 20_000, 0.9), (0, "A81", 10_000, 0.6)]
     got = normalize_kernel_rows(run_kernel(reads, 1)[0], reads)
     assert got == {(0, "A81", 0, 20_000, 3, 1, 2)}
+
+
+def test_reclaim_compacts_only_past_the_dead_share_and_keeps_the_live_sessions() -> None:
+    n = 4000
+    st_ = DedupArrays()
+    cam = np.arange(n, dtype=np.int32)  # one session per read: distinct cameras
+    cls = np.full(n, 7, dtype=np.uint64)
+    ts = np.arange(n, dtype=np.int64) * 1000
+    run_batch(st_, cam, cls, cls, ts, np.full(n, 0.9, np.float32), np.zeros(n, np.uint64),
+              np.arange(n, dtype=np.int64), W, L)
+    assert st_.n_used == n
+    st_.pool["alive"][: int(0.39 * n)] = 0  # 39% dead: under the 40% share, nothing moves
+    assert not st_.reclaim() and st_.n_used == n
+    st_.pool["alive"][: int(0.41 * n)] = 0  # 41% dead: compacted to the live sessions, in order
+    survivors = st_.pool["cam"][int(0.41 * n) : n].copy()
+    assert st_.reclaim()
+    assert st_.n_used == n - int(0.41 * n)
+    assert np.array_equal(st_.pool["cam"][: st_.n_used], survivors)
+    # the re-indexed table still finds every live session: a read of each key joins its session
+    before = st_.n_used
+    run_batch(st_, survivors, np.full(before, 7, np.uint64), np.full(before, 7, np.uint64),
+              ts[int(0.41 * n) :] + 1, np.full(before, 0.5, np.float32), np.zeros(before, np.uint64),
+              np.arange(n, n + before, dtype=np.int64), W, L)
+    assert st_.n_used == before
