@@ -124,6 +124,7 @@ class PartitionPipeline:
         # best read's (read_id, region, agency, plate), by its offset; one entry per live session
         self.best: dict[int, tuple[str, str, str, str]] = {}
         self._old: dict[int, tuple[str, bytes, str, bytes]] = {}
+        self._strings: dict[str, str] = {}  # regions and agencies: a few distinct values
         self._packed: dict[str, bytes] = {}  # pack_string of cameras, agencies and regions (they repeat)
         self.next_offset: int | None = None
 
@@ -143,9 +144,14 @@ class PartitionPipeline:
                 st.pool[name][i] = v
             camera, read_id, region, agency, plate_text = unpack_strings(value, _CK.size, 5)
             st.pool["cam"][i] = self._cam(camera)
-            self.best[int(st.pool["best_seq"][i])] = (read_id, region, agency, plate_text)
+            self.best[int(st.pool["best_seq"][i])] = (read_id, self._shared(region), self._shared(agency),
+                                                      plate_text)
         st.n_used = len(rows)
         st.rebuild_table()
+
+    def _shared(self, value: str) -> str:
+        """One string object per distinct region or agency, instead of one per open session (memory)."""
+        return self._strings.get(value) or self._strings.setdefault(value, value)
 
     def _cam(self, camera: str) -> int:
         idx = self.cam_index.get(camera)
@@ -232,8 +238,9 @@ class PartitionPipeline:
         docs = batch.docs
         read_ids, regions, agencies, plates = batch.read_id, batch.region, batch.agency, batch.plates
         best_seqs = p["best_seq"][live[rows >= 0]].tolist()
+        shared = self._shared
         for seq, row in zip(best_seqs, rows[rows >= 0].tolist(), strict=True):
-            self.best[seq] = (read_ids[row], regions[row], agencies[row], plates[row].decode())
+            self.best[seq] = (read_ids[row], shared(regions[row]), shared(agencies[row]), plates[row].decode())
         best_seqs_all = p["best_seq"][live].tolist()
         bests = [self.best[q] for q in best_seqs_all]  # (read_id, region, agency, plate)
         # hit-only agencies: a sighting that matched no hotlist is never stored (its dedup state is kept,
