@@ -167,9 +167,44 @@ class Sighting:
 def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
                limit: int | None = None) -> list[Sighting]:
     """Sightings stored under one trail key with first capture time in [lo, hi], oldest first."""
-    rows = cast(list[tuple[bytes, float]], client.zrangebyscore(
-        key, lo, hi, withscores=True, start=0 if limit else None, num=limit if limit else None))
-    return [Sighting.unpack(member, score) for member, score in rows]
+    args: list[Any] = ["ZRANGEBYSCORE", key, lo, hi, "WITHSCORES"]
+    if limit:
+        args += ["LIMIT", 0, limit]
+    # the raw reply: redis-py's per-pair score re-encoding cost more than the query itself
+    reply = cast(list[Any], client.execute_command(*args))
+    if reply and isinstance(reply[0], list):  # RESP3: [[member, score], ...], scores as doubles
+        return unpack_many([m for m, _ in reply], [int(sc) for _, sc in reply])
+    return unpack_many(reply[0::2], [int(float(x)) for x in reply[1::2]])  # RESP2: flat, scores as bytes
+
+
+def unpack_many(members: Sequence[bytes], scores: Sequence[int]) -> list[Sighting]:
+    """``Sighting.unpack`` of a whole trail: fixed parts decoded with one NumPy view, repeated camera and
+    agency names decoded once."""
+    if not members:
+        return []
+    size = _FIXED.size
+    fixed = np.frombuffer(b"".join([m[:size] for m in members]), dtype=MEMBER_FIXED)
+    if (fixed["version"] != MEMBER_VERSION).any():
+        raise ValueError("unknown sighting member version")
+    sid, geo, dur, best_dt, reads, conf, flags = (fixed[name].tolist() for name in (
+        "sid", "geo52", "duration", "best_dt", "reads", "confidence", "flags"))
+    names: dict[bytes, str] = {}
+    out = []
+    for j, (m, ts) in enumerate(zip(members, scores, strict=True)):
+        n1 = m[size]
+        p2 = size + 1 + n1
+        n2 = m[p2] if n1 != 0xFF else 0xFF
+        p3 = p2 + 1 + n2
+        if n1 == 0xFF or n2 == 0xFF or m[p3] == 0xFF:  # a long string: the general decoder
+            camera, agency, read_id = unpack_strings(m, size, 3)
+        else:
+            cb, ab = m[size + 1 : p2], m[p2 + 1 : p3]
+            camera = names.get(cb) or names.setdefault(cb, cb.decode())
+            agency = names.get(ab) or names.setdefault(ab, ab.decode())
+            read_id = m[p3 + 1 : p3 + 1 + m[p3]].decode()
+        out.append(Sighting(sid[j], ts, ts + dur[j], ts + best_dt[j], geo[j], reads[j], conf[j], camera, agency,
+                            read_id, bool(flags[j] & 1)))
+    return out
 
 
 # One partition's batch, applied atomically by the server: check that the checkpoint still holds the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,3 +46,16 @@ def test_split_long_keeps_every_argument_and_pairs() -> None:
     assert [x for c in hset for x in c[2:]] == fields and all(len(c[2:]) % 2 == 0 for c in hset)
     assert sum(len(c) - 2 for c in cmds if c[0] == "HDEL") == 9000
     assert cmds[-1] == ("ZADD", "z", 1, "m")
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**40),
+                          st.integers(0, 10**6), st.integers(1, 10**6), st.floats(0, 1, width=32), text, text,
+                          text, st.booleans()), max_size=20))
+def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
+    from streams.store import unpack_many
+
+    sightings = [Sighting(sid, ts, ts + dur, ts, geo, reads, conf, cam, agency, read_id, hit)
+                 for sid, geo, ts, dur, reads, conf, cam, agency, read_id, hit in rows]
+    members = [s.pack() for s in sightings]
+    assert unpack_many(members, [s.ts for s in sightings]) == [
+        Sighting.unpack(m, float(s.ts)) for m, s in zip(members, sightings, strict=True)] == sightings
