@@ -32,8 +32,11 @@ BUCKETS = 256
 _INFO = b"platestream plate directory v1"
 
 
+_KEYS = [f"ps:pd:{{{b:02x}}}" for b in range(256)]
+
+
 def directory_key(vehicle: bytes) -> str:
-    return f"ps:pd:{{{vehicle[0]:02x}}}"
+    return _KEYS[vehicle[0]]
 
 
 @lru_cache(maxsize=8)

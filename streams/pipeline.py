@@ -281,6 +281,8 @@ class PartitionPipeline:
         if len(packed) > 100_000:  # distinct cameras, agencies and regions: small, but never unbounded
             packed.clear()
         cam_names = self.cam_names
+        old_entries = self._old
+        live_list = live.tolist()
         for j, (read_id, region, agency, plate_text) in enumerate(bests):
             camera = cam_names[cam_ids[j]]
             pk_camera = packed.get(camera) or packed.setdefault(camera, pack_string(camera))
@@ -297,7 +299,7 @@ class PartitionPipeline:
             vid = vehicle_id(s.hash_key, region, plate_text)
             entry = (trail_key(vid), fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read,
                      cell_key(cell_texts[j], start // bucket_ms), CELL_MEMBER.pack(vid, sid))
-            prev = self._old.pop(i) if (i := int(live[j])) in self._old else None
+            prev = old_entries.pop(live_list[j], None) if old_entries else None
             if prev is not None and prev[:2] != entry[:2]:
                 out.redis.append(("ZREM", prev[0], prev[1]))
             if prev is not None and prev[2:4] != entry[2:]:
