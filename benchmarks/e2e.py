@@ -28,7 +28,7 @@ from streams import stack
 from streams.pipeline import META_OFFSET
 from streams.query import trail
 from streams.settings import Settings
-from streams.store import checkpoint_key, read_trail
+from streams.store import checkpoint_key, read_trail, trail_key, vehicle_id
 from streams.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,14 +184,30 @@ def throughput(s: Settings, total: int, log_dir: Path) -> dict[str, Any]:
         for sg in read_trail(client, key):
             sightings += 1
             reads += sg.reads
+    by_kind = {f"redis_bytes_per_sighting_{kind}": _kind_bytes(client, pattern) / max(sightings, 1)
+               for kind, pattern in (("trails", "ps:t:*"), ("area_index", "ps:c:*"), ("plate_directory", "ps:pd:*"))}
     return {
         "e2e_reads_per_s": (total - first[1]) / span, "e2e_messages": total, "e2e_seconds": span,
         "e2e_sightings": sightings, "e2e_reads_stored_or_merged": reads,
         "redis_bytes_per_sighting": (used - mem0 - ck) / max(sightings, 1),
         "redis_checkpoint_bytes": ck,
+        **by_kind,
+        "redis_vehicles": sum(1 for _ in client.scan_iter(match="ps:t:*", count=10_000)),
         "worker_metrics": metrics,
         "progress_curve": [(round(t - first[0], 3), n) for t, n in curve],
     }
+
+
+def _kind_bytes(client: redis.Redis, pattern: str, sample: int = 3000) -> float:
+    """MEMORY USAGE of the keys matching ``pattern``: a sample of ``sample`` keys, scaled to all of them."""
+    keys = list(client.scan_iter(match=pattern, count=10_000))
+    if not keys:
+        return 0.0
+    picked = keys[:: max(1, len(keys) // sample)]
+    pipe = client.pipeline(transaction=False)
+    for k in picked:
+        pipe.memory_usage(k, samples=0)
+    return sum(int(x or 0) for x in pipe.execute()) * len(keys) / len(picked)
 
 
 def naive_faust(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], log_dir: Path) -> dict[str, Any]:
@@ -281,6 +297,12 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             time.sleep(0.1)
         assert len(trail(client, s, "HEAVY1", "US-CT")) == 1000
 
+        # where a lookup's time goes with nothing else running: the whole query vs Redis's reply alone
+        key = trail_key(vehicle_id(s.hash_key, "US-CT", "HEAVY1"))
+        idle = _timed(lambda: trail(client, s, "HEAVY1", "US-CT"), 200)
+        raw = _timed(lambda: client.execute_command("ZRANGEBYSCORE", key, "-inf", "+inf", "WITHSCORES"), 200)
+        scripts0 = client.info("commandstats").get("cmdstat_evalsha", {})
+
         # the querying client is its own process, as an analyst's would be (no GIL shared with the load)
         ctx = multiprocessing.get_context("spawn")
         results: Any = ctx.Queue()
@@ -294,12 +316,26 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         flag.set()
         samples = results.get(timeout=60)
         proc.join(30)
+        scripts1 = client.info("commandstats").get("cmdstat_evalsha", {})
     finally:
         stop.set()
         worker.stop()
     arr = np.array(samples)
+    calls = int(scripts1.get("calls", 0)) - int(scripts0.get("calls", 0))
+    usec = int(scripts1.get("usec", 0)) - int(scripts0.get("usec", 0))
     return {"trail_p50_ms": float(np.percentile(arr, 50)), "trail_p99_ms": float(np.percentile(arr, 99)),
-            "trail_queries": len(samples), "trail_ingest_rate_target": rate, "trail_ingest_rate_achieved": achieved}
+            "trail_queries": len(samples), "trail_ingest_rate_target": rate, "trail_ingest_rate_achieved": achieved,
+            "trail_idle_p50_ms": float(np.median(idle)), "trail_idle_redis_reply_p50_ms": float(np.median(raw)),
+            "trail_ingest_batch_scripts": calls, "trail_ingest_batch_script_ms_avg": usec / max(calls, 1) / 1000}
+
+
+def _timed(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
 
 
 def _query_loop(s: Settings, flag: Any, results: Any) -> None:

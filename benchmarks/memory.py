@@ -24,7 +24,7 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     pipe = PartitionPipeline(s, "t", 0)
-    peak: tuple[int, int, int] = (0, 0, 0)  # (active keys, sessions, bytes) where the state was largest
+    peak: tuple[int, int, int, int] = (0, 0, 0, 0)  # (active keys, sessions, bytes) where the state was largest
     for lo in range(0, len(raws), 20_000):
         result = pipe.process_raw(raws[lo : lo + 20_000])
         del result
@@ -34,9 +34,16 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
         live = st.pool["alive"][: st.n_used].astype(bool)
         keys = len(set(zip(st.pool["cam"][: st.n_used][live].tolist(), st.pool["cls"][: st.n_used][live].tolist(),
                            strict=True)))
+        arrays = (sum(a.nbytes for a in st.pool.values()) + sum(a.nbytes for a in (
+            st.nxt, st.best_row, st.merged_into, st.touch_mark, st.t_cam, st.t_cls, st.t_head, st.touched, st.snap,
+            st.snap_conf)))
         if keys > peak[0]:
-            peak = (keys, int(live.sum()), used)
+            peak = (keys, int(live.sum()), used, arrays)
     tracemalloc.stop()
-    keys, sessions, used = peak
+    keys, sessions, used, arrays = peak
     return {"dedup_state_bytes_per_key": used / max(keys, 1), "dedup_state_active_keys": keys,
-            "dedup_state_active_sessions": sessions, "dedup_state_bytes_total": used}
+            "dedup_state_active_sessions": sessions, "dedup_state_bytes_total": used,
+            # NumPy arrays (session pool at its capacity, hash table, per-batch buffers) vs Python objects
+            # (each open session's best-read strings, camera names)
+            "dedup_state_array_bytes_per_key": arrays / max(keys, 1),
+            "dedup_state_python_bytes_per_key": (used - arrays) / max(keys, 1)}

@@ -38,7 +38,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_BATCH_TIMEOUT_MS": ("200", "max wait for a batch to fill"),
     "PLATESTREAM_GEOHASH_PRECISION": ("9", "characters of the base32 geohash published with sightings"),
     "PLATESTREAM_CELL_PRECISION": ("6", "geohash characters of the area index cells (6 = ~1.2 km x 0.6 km)"),
-    "PLATESTREAM_CELL_BUCKET_S": ("3600", "time bucket of the area index, seconds"),
+    "PLATESTREAM_CELL_BUCKET_S": ("900", "time bucket of the area index, seconds (keep it for the life of the data)"),
     "PLATESTREAM_HASH_KEY": (DEV_HASH_KEY, "secret for the keyed hash of region+plate (vehicle id)"),
     "PLATESTREAM_PREVIOUS_HASH_KEY": ("", "during key rotation: the old PLATESTREAM_HASH_KEY, still used for lookups"),
     "PLATESTREAM_WEB_PORT": ("6066", "faust web server port (metrics at /metrics)"),
