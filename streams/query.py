@@ -256,7 +256,9 @@ def trail_terms(settings: Settings, plate: Any, region: Any) -> dict[str, Any]:
 
 
 EARTH_M = 6_371_008.8
-MAX_AREA_KEYS = 20_000
+# cells x time buckets one area query may read (each an empty-or-small sorted set, pipelined): 80,000
+# quarter-hour buckets cover what 20,000 hourly buckets did, e.g. a 2 km radius over 10 days (~46,000)
+MAX_AREA_KEYS = 80_000
 
 
 def _haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: float, lon2: float) -> np.ndarray:
