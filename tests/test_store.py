@@ -59,3 +59,20 @@ def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
     members = [s.pack() for s in sightings]
     assert unpack_many(members, [s.ts for s in sightings]) == [
         Sighting.unpack(m, float(s.ts)) for m, s in zip(members, sightings, strict=True)] == sightings
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**40), st.integers(0, 2**33),
+       st.integers(0, 2**33), st.integers(1, 2**31 - 1), st.floats(0, 1, width=32), st.booleans())
+def test_batch_packed_members_equal_sighting_pack(sid: int, geo: int, ts: int, dur: int, best: int, reads: int,
+                                                  conf: float, hit: bool) -> None:
+    """The pipeline's whole-batch encoder writes exactly Sighting.pack's bytes (durations past 49 days
+    saturate in both)."""
+    import numpy as np
+
+    from streams.store import MEMBER_FIXED, member_fixed
+
+    s = Sighting(sid, ts, ts + dur, ts + best, geo, reads, conf, "cam", "agency", "r1", hit)
+    row = member_fixed(np.array([sid], np.uint64), np.array([geo], np.uint64), np.array([ts], np.int64),
+                       np.array([ts + dur], np.int64), np.array([ts + best], np.int64), np.array([reads], np.int32),
+                       np.array([conf], np.float32), np.array([hit], np.uint8))
+    assert row.tobytes() == s.pack()[: MEMBER_FIXED.itemsize]
