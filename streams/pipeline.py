@@ -234,15 +234,15 @@ class PartitionPipeline:
         live = touched[alive]
         if not live.shape[0]:
             return
-        rows = st.best_row[live]
         docs = batch.docs
         read_ids, regions, agencies, plates = batch.read_id, batch.region, batch.agency, batch.plates
-        best_seqs = p["best_seq"][live[rows >= 0]].tolist()
+        best_seqs = p["best_seq"][live].tolist()
+        best_rows = st.best_row[live].tolist()  # the best read's row in this batch, -1 if an earlier batch's
         shared = self._shared
-        for seq, row in zip(best_seqs, rows[rows >= 0].tolist(), strict=True):
-            self.best[seq] = (read_ids[row], shared(regions[row]), shared(agencies[row]), plates[row].decode())
-        best_seqs_all = p["best_seq"][live].tolist()
-        bests = [self.best[q] for q in best_seqs_all]  # (read_id, region, agency, plate)
+        for seq, row in zip(best_seqs, best_rows, strict=True):
+            if row >= 0:
+                self.best[seq] = (read_ids[row], shared(regions[row]), shared(agencies[row]), plates[row].decode())
+        bests = [self.best[q] for q in best_seqs]  # (read_id, region, agency, plate)
         # hit-only agencies: a sighting that matched no hotlist is never stored (its dedup state is kept,
         # so a later frame that hits still merges into it)
         store_it = p["hit"][live].astype(np.bool_)
@@ -272,7 +272,6 @@ class PartitionPipeline:
         stored = store_it.tolist()
         confs = p["best_conf"][live].tolist()
         lats, lons = lat.tolist(), lon.tolist()
-        best_rows = st.best_row[live].tolist()
         ck_fields: list[bytes] = []
         directory: dict[str, list[bytes]] = {}
         sealed: set[bytes] = set()
@@ -318,7 +317,7 @@ class PartitionPipeline:
                 "geohash": hash_texts[j], "geo52": geos[j],
                 "confidence": round(confs[j], 6), "reads": counts[j], "read_id": read_id,
                 "hit": bool(hits[j]),
-                "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs_all[j]},
+                "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs[j]},
             }
             if best_rows[j] >= 0:
                 doc = docs[best_rows[j]]

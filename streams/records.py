@@ -199,7 +199,8 @@ _CORE_GET = operator.itemgetter(*REQUIRED)
 
 @dataclass(slots=True)
 class _Columns:
-    """The core fields of every document of a batch, column by column (only when all docs have them)."""
+    """The core fields of every document of a batch, column by column (stand-in values in the rows of
+    documents that are not objects or lack a core field; those rows are invalid anyway)."""
 
     read_id: tuple[Any, ...]
     camera: tuple[Any, ...]

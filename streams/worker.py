@@ -390,8 +390,7 @@ class BatchRunner:
             n = self._partitions[topic] = len(await self.producer.partitions_for(topic))
         return n
 
-    async def _write_redis(self, work: list[tuple[TopicPartition, PartitionPipeline, int | None, BatchResult]],
-                           ) -> set[TopicPartition]:
+    async def _write_redis(self, work: list[_Work]) -> set[TopicPartition]:
         """One atomic, fenced script per partition; returns partitions found owned by someone else."""
         assert self.redis is not None
         if self.s.redis_cluster:
