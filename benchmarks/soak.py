@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from benchmarks import e2e
 from benchmarks.__main__ import machine
@@ -64,7 +65,14 @@ def _pool(seed: int, vehicles: int, hours: float) -> tuple[list[tuple[bytes, Any
 def _lag(admin: KafkaAdminClient, s: Settings) -> int:
     """Messages in the reads topic not yet committed by the worker's group."""
     ends = end_offsets(s, s.topic_reads)
-    committed = admin.list_group_offsets({s.group: None}).get(s.group, {})
+    for attempt in range(20):  # the group coordinator may still be loading (a retriable broker answer)
+        try:
+            committed = admin.list_group_offsets({s.group: None}).get(s.group, {})
+            break
+        except KafkaError as e:
+            if not e.retriable or attempt == 19:
+                raise
+            time.sleep(0.1)
     done = {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == s.topic_reads}
     return sum(max(0, end - max(done.get(p, 0), 0)) for p, end in ends.items())
 
