@@ -18,11 +18,12 @@ import numpy as np
 import orjson
 
 from streams import names
-from streams.directory import directory_key, seal
+from streams.directory import directory_key, vehicle
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
 from streams.kernels.plates import pack_plates, plates_matrix
+from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import REQUIRED, DeadLetter, ReadBatch, RecordLike, decode_batch, extras
 from streams.settings import Settings
@@ -35,9 +36,10 @@ from streams.store import (
     checkpoint_key,
     member_fixed,
     pack_string,
-    sighting_id,
+    sighting_ids,
     stats_key,
     trail_key,
+    trail_key_hex,
     unpack_strings,
     vehicle_id,
 )
@@ -153,6 +155,13 @@ class PartitionPipeline:
         """One string object per distinct region or agency, instead of one per open session (memory)."""
         return self._strings.get(value) or self._strings.setdefault(value, value)
 
+    def _cams(self, cameras: list[str]) -> np.ndarray:
+        """Camera names -> dense indexes (new names registered first, then one C-level lookup pass)."""
+        index = self.cam_index
+        for camera in set(cameras).difference(index):
+            self._cam(camera)
+        return np.fromiter(map(index.__getitem__, cameras), dtype=np.int32, count=len(cameras))
+
     def _cam(self, camera: str) -> int:
         idx = self.cam_index.get(camera)
         if idx is None:
@@ -187,7 +196,7 @@ class PartitionPipeline:
     def _dedup(self, batch: ReadBatch, out: BatchResult, hot: HotContext) -> None:
         s = self.s
         st = self.state
-        cams = np.fromiter((self._cam(c) for c in batch.camera), dtype=np.int32, count=len(batch))
+        cams = self._cams(batch.camera)
         plate, cls = pack_plates(plates_matrix(batch.plates))
         geo = geo52(batch.lat, batch.lon)
         n_before = st.n_used
@@ -199,7 +208,7 @@ class PartitionPipeline:
         was_written = snap[:, 6].astype(bool)
         created = touched[touched >= n_before]  # the kernel appends new sessions to the pool
         p["hit"][created] = 0
-        p["sid"][created] = [self._sid_of(int(q)) for q in p["first_seq"][created]]
+        p["sid"][created] = sighting_ids(self.topic, self.partition, p["first_seq"][created].tolist())
         out.sightings_new += int(np.count_nonzero(p["alive"][created]))
         hit_before = p["hit"][touched].copy()
         for i in touched[~alive].tolist():  # a merged-away sighting's hit carries over to its survivor
@@ -270,8 +279,8 @@ class PartitionPipeline:
         cell_texts = [c.decode() for c in cells.view(f"S{cells.shape[1]}").ravel().tolist()]
         hash_texts = [h.decode() for h in hashes.view(f"S{hashes.shape[1]}").ravel().tolist()]
         stored = store_it.tolist()
-        confs = p["best_conf"][live].tolist()
-        lats, lons = lat.tolist(), lon.tolist()
+        confs = rounded(p["best_conf"][live], 6)
+        lats, lons = rounded(lat, 7), rounded(lon, 7)
         ck_fields: list[bytes] = []
         directory: dict[str, list[bytes]] = {}
         sealed: set[bytes] = set()
@@ -295,8 +304,9 @@ class PartitionPipeline:
                                        pack_string(plate_text))))
             if not stored[j]:
                 continue
-            vid = vehicle_id(s.hash_key, region, plate_text)
-            entry = (trail_key(vid), fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read,
+            vid, vhex, sealed_entry = vehicle(s.hash_key, region, plate_text)
+            member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read
+            entry = (trail_key_hex(vhex), member,
                      cell_key(cell_texts[j], start // bucket_ms), CELL_MEMBER.pack(vid, sid))
             prev = old_entries.pop(live_list[j], None) if old_entries else None
             if prev is not None and prev[:2] != entry[:2]:
@@ -307,15 +317,15 @@ class PartitionPipeline:
             out.redis.append(("ZADD", entry[2], start, entry[3]))
             if vid not in sealed:
                 sealed.add(vid)
-                directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
+                directory.setdefault(directory_key(vid), []).extend((vid, sealed_entry))
             hex_sid = f"{sid:016x}"
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid,
-                "revision": last_seqs[j], "vehicle": vid.hex(), "plate": plate_text, "region": region,
+                "revision": last_seqs[j], "vehicle": vhex, "plate": plate_text, "region": region,
                 "camera_id": camera, "agency": agency, "ts": start, "ts_last": ends[j],
-                "best_ts": best_tss[j], "lat": round(lats[j], 7), "lon": round(lons[j], 7),
+                "best_ts": best_tss[j], "lat": lats[j], "lon": lons[j],
                 "geohash": hash_texts[j], "geo52": geos[j],
-                "confidence": round(confs[j], 6), "reads": counts[j], "read_id": read_id,
+                "confidence": confs[j], "reads": counts[j], "read_id": read_id,
                 "hit": bool(hits[j]),
                 "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs[j]},
             }
@@ -369,9 +379,6 @@ class PartitionPipeline:
             out.redis.append(("HINCRBY", stats_key(d["agency"]), f"hits:{_date(d['ts'] // DAY_MS)}", 1))
 
     # -- encoding ------------------------------------------------------------------------------------
-    def _sid_of(self, first_offset: int) -> int:
-        return sighting_id(self.topic, self.partition, first_offset)
-
     def _entry_from_snapshot(self, i: int, snap: np.ndarray, conf: float,
                              hit: bool) -> tuple[str, bytes, str, bytes]:
         """Trail and cell entries of session ``i`` as last written (from its pre-batch snapshot)."""

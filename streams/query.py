@@ -21,6 +21,7 @@ from streams.directory import entries
 from streams.hotlist import Entry, class_regex
 from streams.kernels.geohash import geo52_decode, geohash_strings
 from streams.kernels.plates import CONFUSABLE, plate_class
+from streams.kernels.rounding import rounded
 from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
@@ -73,11 +74,12 @@ def trail(client: redis.Redis, settings: Settings, plate: str, region: str, sinc
     # positions and geohashes of the whole trail in one kernel call each
     lat, lon = geo52_decode(np.fromiter((s.geo52 for s in found), dtype=np.uint64, count=len(found)))
     hashes = geohash_strings(lat, lon, settings.geohash_precision)
+    confs = rounded(np.fromiter((s.confidence for s in found), dtype=np.float64, count=len(found)), 4)
     return [{"ts": s.ts, "ts_last": s.ts_last, "plate": norm, "region": region, "camera_id": s.camera_id,
-             "agency": s.agency, "lat": round(float(la), 6), "lon": round(float(lo), 6), "geohash": gh,
-             "geo52": s.geo52, "confidence": round(s.confidence, 4), "reads": s.reads, "read_id": s.read_id,
+             "agency": s.agency, "lat": la, "lon": lo, "geohash": gh,
+             "geo52": s.geo52, "confidence": c, "reads": s.reads, "read_id": s.read_id,
              "sighting_id": f"{s.sighting_id:016x}", "hit": s.hit}
-            for s, la, lo, gh in zip(found, lat.tolist(), lon.tolist(), hashes, strict=True)]
+            for s, la, lo, gh, c in zip(found, rounded(lat, 6), rounded(lon, 6), hashes, confs, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,8 +55,23 @@ def sighting_id(topic: str, partition: int, first_offset: int) -> int:
     return int.from_bytes(h, "big")
 
 
+def sighting_ids(topic: str, partition: int, first_offsets: Sequence[int]) -> list[int]:
+    """``sighting_id`` of many offsets of one partition (the common prefix hashed once)."""
+    prefix = hashlib.blake2b(f"{topic}|{partition}|".encode(), digest_size=8)
+    out = []
+    for off in first_offsets:
+        h = prefix.copy()
+        h.update(str(off).encode())
+        out.append(int.from_bytes(h.digest(), "big"))
+    return out
+
+
 def trail_key(vehicle: bytes) -> str:
-    return f"ps:t:{{{vehicle.hex()}}}"
+    return trail_key_hex(vehicle.hex())
+
+
+def trail_key_hex(vehicle_hex: str) -> str:
+    return f"ps:t:{{{vehicle_hex}}}"
 
 
 def cell_key(cell: str, bucket: int) -> str:

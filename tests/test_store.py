@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.store import Sighting, trail_key, vehicle_id
+from streams.store import Sighting, sighting_id, sighting_ids, trail_key, vehicle_id
 
 # the schema allows 64 characters: up to 256 bytes of UTF-8 (4-byte characters are drawn on purpose)
 text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64) | st.sampled_from(["\U0001F600" * 64, "é" * 64])
@@ -34,6 +34,12 @@ def test_vehicle_id_depends_on_key_region_and_plate() -> None:
     assert a != vehicle_id(b"j" * 16, "US-CT", "7ABC123")
     assert a != vehicle_id(b"k" * 16, "US-NY", "7ABC123")
     assert "7ABC123" not in trail_key(a)
+
+
+@given(st.lists(st.integers(0, 2**62), max_size=20), st.integers(0, 1000))
+def test_sighting_ids_equal_sighting_id_of_each_offset(offsets: list[int], partition: int) -> None:
+    assert sighting_ids("plate-reads", partition, offsets) == [sighting_id("plate-reads", partition, o)
+                                                               for o in offsets]
 
 
 def test_split_long_keeps_every_argument_and_pairs() -> None:
