@@ -6,7 +6,6 @@ import gc
 import tracemalloc
 from typing import Any
 
-from streams.directory import VEHICLE_CACHE, vehicle
 from streams.pipeline import PartitionPipeline
 from streams.records import Raw
 from streams.settings import Settings
@@ -21,16 +20,9 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     # load the Numba kernels (and fill one-time caches) first: their code is not dedup state, and
     # without this the figure depends on whether something else in the process ran them already
     PartitionPipeline(s, "warm-up", 0).process_raw(raws[:2000])
-    # the worker-wide cache of recent vehicle ids is bounded and not per key: filled to its bound first
-    # (measured on its own), so it stays the same size while the dedup state is measured
-    # (traced from the start, so the entries it drops later are subtracted)
-    vehicle.cache_clear()
     gc.collect()
     tracemalloc.start()
-    for i in range(VEHICLE_CACHE):
-        vehicle(s.hash_key, "ZZ-CACHE", f"{i:07d}")
-    gc.collect()
-    base = cache_bytes = tracemalloc.get_traced_memory()[0]
+    base = tracemalloc.get_traced_memory()[0]
     pipe = PartitionPipeline(s, "t", 0)
     peak: tuple[int, int, int, int] = (0, 0, 0, 0)  # (active keys, sessions, bytes) where the state was largest
     for lo in range(0, len(raws), 20_000):
@@ -51,7 +43,6 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     keys, sessions, used, arrays = peak
     return {"dedup_state_bytes_per_key": used / max(keys, 1), "dedup_state_active_keys": keys,
             "dedup_state_active_sessions": sessions, "dedup_state_bytes_total": used,
-            "vehicle_cache_bytes": cache_bytes,
             # NumPy arrays (session pool at its capacity, hash table, per-batch buffers) vs Python objects
             # (each open session's best-read strings, camera names)
             "dedup_state_array_bytes_per_key": arrays / max(keys, 1),

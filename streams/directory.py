@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from streams.store import trail_key, vehicle_id
+from streams.store import trail_key
 
 BUCKETS = 256
 _INFO = b"platestream plate directory v1"
@@ -48,19 +48,6 @@ def _cipher(hash_key: bytes) -> AESSIV:
 def seal(hash_key: bytes, vehicle: bytes, region: str, plate: str) -> bytes:
     """Directory value of one vehicle (deterministic: same inputs, same bytes)."""
     return _cipher(hash_key).encrypt(f"{region}|{plate}".encode(), [vehicle])
-
-
-# Vehicles pass camera after camera: the ids and directory entries of recent ones are kept (about 460
-# bytes each, ~15 MB at most, reported as ``vehicle_cache_bytes`` by the benchmark) instead of hashing
-# and encrypting again for every sighting.
-VEHICLE_CACHE = 32_768
-
-
-@lru_cache(maxsize=VEHICLE_CACHE)
-def vehicle(hash_key: bytes, region: str, plate: str) -> tuple[bytes, str, bytes]:
-    """(``vehicle_id``, its hex, ``seal`` of the directory entry) of a normalized plate."""
-    vid = vehicle_id(hash_key, region, plate)
-    return vid, vid.hex(), seal(hash_key, vid, region, plate)
 
 
 def open_entry(keys: tuple[bytes, ...], vehicle: bytes, sealed: bytes) -> tuple[str, str] | None:

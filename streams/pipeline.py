@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from streams import names
-from streams.directory import directory_key, vehicle
+from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
@@ -304,7 +304,8 @@ class PartitionPipeline:
                                        pack_string(plate_text))))
             if not stored[j]:
                 continue
-            vid, vhex, sealed_entry = vehicle(s.hash_key, region, plate_text)
+            vid = vehicle_id(s.hash_key, region, plate_text)
+            vhex = vid.hex()
             member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read
             entry = (trail_key_hex(vhex), member,
                      cell_key(cell_texts[j], start // bucket_ms), CELL_MEMBER.pack(vid, sid))
@@ -317,7 +318,7 @@ class PartitionPipeline:
             out.redis.append(("ZADD", entry[2], start, entry[3]))
             if vid not in sealed:
                 sealed.add(vid)
-                directory.setdefault(directory_key(vid), []).extend((vid, sealed_entry))
+                directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
             hex_sid = f"{sid:016x}"
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid,

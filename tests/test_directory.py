@@ -6,7 +6,7 @@ import orjson
 import pytest
 import redis
 
-from streams.directory import collect, directory_key, entries, open_entry, seal, vehicle
+from streams.directory import collect, directory_key, entries, open_entry, seal
 from streams.pipeline import PartitionPipeline
 from streams.policy import DAY_MS
 from streams.records import Raw
@@ -30,14 +30,6 @@ def test_seal_is_deterministic_and_opens_only_with_its_key_and_vehicle() -> None
     assert open_entry((KEY, OLD), v, seal(OLD, v, "US-CT", "7ABC123")) == ("US-CT", "7ABC123")  # rotation
     flipped = bytes([sealed[0] ^ 1]) + sealed[1:]
     assert open_entry((KEY,), v, flipped) is None  # tampered
-
-
-def test_cached_vehicle_equals_computing_it_under_each_key() -> None:
-    for _ in range(2):  # computed, then from the cache
-        for k in (KEY, OLD):
-            v = vehicle_id(k, "US-CT", "7ABC123")
-            assert vehicle(k, "US-CT", "7ABC123") == (v, v.hex(), seal(k, v, "US-CT", "7ABC123"))
-    assert vehicle(KEY, "US-CT", "7ABC123")[0] != vehicle(OLD, "US-CT", "7ABC123")[0]  # keyed by the hash key
 
 
 def _read(i: int, plate: str, ts: int, conf: float = 0.9, agency: str = "hartford-pd") -> dict:
