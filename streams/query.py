@@ -26,7 +26,16 @@ from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
 from streams.sharing import granted_purposes
-from streams.store import CELL_MEMBER, Sighting, cell_key, read_trail, trail_key, vehicle_id
+from streams.store import (
+    CELL_MEMBER,
+    Sighting,
+    TrailColumns,
+    cell_key,
+    read_trail,
+    read_trail_columns,
+    trail_key,
+    vehicle_id,
+)
 
 
 class QueryError(ValueError):
@@ -67,19 +76,21 @@ def trail(client: redis.Redis, settings: Settings, plate: str, region: str, sinc
     """
     norm = _check_plate(plate, region)
     lo, hi = "-inf" if since is None else since, "+inf" if until is None else until
-    found = [s for k in settings.lookup_keys
-             for s in read_trail(client, trail_key(vehicle_id(k, region, norm)), lo, hi, limit)]
-    if len(settings.lookup_keys) > 1:
-        found = sorted(_latest(found, lambda s: s), key=lambda s: (s.ts, s.sighting_id))[:limit]
-    # positions and geohashes of the whole trail in one kernel call each
-    lat, lon = geo52_decode(np.fromiter((s.geo52 for s in found), dtype=np.uint64, count=len(found)))
-    hashes = geohash_strings(lat, lon, settings.geohash_precision)
-    confs = rounded(np.fromiter((s.confidence for s in found), dtype=np.float64, count=len(found)), 4)
-    return [{"ts": s.ts, "ts_last": s.ts_last, "plate": norm, "region": region, "camera_id": s.camera_id,
-             "agency": s.agency, "lat": la, "lon": lo, "geohash": gh,
-             "geo52": s.geo52, "confidence": c, "reads": s.reads, "read_id": s.read_id,
-             "sighting_id": f"{s.sighting_id:016x}", "hit": s.hit}
-            for s, la, lo, gh, c in zip(found, rounded(lat, 6), rounded(lon, 6), hashes, confs, strict=True)]
+    if len(settings.lookup_keys) == 1:
+        cols = read_trail_columns(client, trail_key(vehicle_id(settings.lookup_keys[0], region, norm)), lo, hi, limit)
+    else:
+        found = [s for k in settings.lookup_keys
+                 for s in read_trail(client, trail_key(vehicle_id(k, region, norm)), lo, hi, limit)]
+        cols = TrailColumns.of(sorted(_latest(found, lambda s: s), key=lambda s: (s.ts, s.sighting_id))[:limit])
+    # positions, geohashes and roundings of the whole trail in one call each; no object per sighting
+    lat, lon = geo52_decode(cols.geo52)
+    return [{"ts": ts, "ts_last": ts_last, "plate": norm, "region": region, "camera_id": camera, "agency": agency,
+             "lat": la, "lon": lo, "geohash": gh, "geo52": geo, "confidence": conf, "reads": reads,
+             "read_id": read_id, "sighting_id": f"{sid:016x}", "hit": hit}
+            for ts, ts_last, camera, agency, la, lo, gh, geo, conf, reads, read_id, sid, hit in zip(
+                cols.ts, cols.ts_last, cols.camera_id, cols.agency, rounded(lat, 6), rounded(lon, 6),
+                geohash_strings(lat, lon, settings.geohash_precision), cols.geo52.tolist(),
+                rounded(cols.confidence, 4), cols.reads, cols.read_id, cols.sighting_id, cols.hit, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)

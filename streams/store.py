@@ -29,6 +29,7 @@ from typing import Any, cast
 import msgpack
 import numpy as np
 import redis
+from numpy.typing import NDArray
 from redis.crc import key_slot
 
 from streams.kernels.geohash import geo52_decode
@@ -179,33 +180,77 @@ class Sighting:
                 "sighting_id": f"{self.sighting_id:016x}", "hit": self.hit}
 
 
-def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
-               limit: int | None = None) -> list[Sighting]:
-    """Sightings stored under one trail key with first capture time in [lo, hi], oldest first."""
+def _trail_reply(client: redis.Redis, key: str, lo: int | str, hi: int | str,
+                 limit: int | None) -> tuple[list[bytes], list[int]]:
     args: list[Any] = ["ZRANGEBYSCORE", key, lo, hi, "WITHSCORES"]
     if limit:
         args += ["LIMIT", 0, limit]
     # the raw reply: redis-py's per-pair score re-encoding cost more than the query itself
     reply = cast(list[Any], client.execute_command(*args))
     if reply and isinstance(reply[0], list):  # RESP3: [[member, score], ...], scores as doubles
-        return unpack_many([m for m, _ in reply], [int(sc) for _, sc in reply])
-    return unpack_many(reply[0::2], [int(float(x)) for x in reply[1::2]])  # RESP2: flat, scores as bytes
+        return [m for m, _ in reply], [int(sc) for _, sc in reply]
+    return reply[0::2], [int(float(x)) for x in reply[1::2]]  # RESP2: flat, scores as bytes
+
+
+def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
+               limit: int | None = None) -> list[Sighting]:
+    """Sightings stored under one trail key with first capture time in [lo, hi], oldest first."""
+    return unpack_many(*_trail_reply(client, key, lo, hi, limit))
+
+
+def read_trail_columns(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
+                       limit: int | None = None) -> TrailColumns:
+    """``read_trail`` as columns: lookups build their rows from these without a ``Sighting`` per row."""
+    return unpack_columns(*_trail_reply(client, key, lo, hi, limit))
+
+
+@dataclass(slots=True)
+class TrailColumns:
+    """Sightings column by column (same fields as ``Sighting``)."""
+
+    sighting_id: list[int]
+    ts: list[int]
+    ts_last: list[int]
+    best_ts: list[int]
+    geo52: NDArray[np.uint64]
+    reads: list[int]
+    confidence: NDArray[np.float32]
+    camera_id: list[str]
+    agency: list[str]
+    read_id: list[str]
+    hit: list[bool]
+
+    @classmethod
+    def of(cls, sightings: Sequence[Sighting]) -> TrailColumns:
+        return cls([s.sighting_id for s in sightings], [s.ts for s in sightings], [s.ts_last for s in sightings],
+                   [s.best_ts for s in sightings], np.array([s.geo52 for s in sightings], dtype=np.uint64),
+                   [s.reads for s in sightings], np.array([s.confidence for s in sightings], dtype=np.float32),
+                   [s.camera_id for s in sightings], [s.agency for s in sightings], [s.read_id for s in sightings],
+                   [s.hit for s in sightings])
+
+    def sightings(self) -> list[Sighting]:
+        return list(map(Sighting, self.sighting_id, self.ts, self.ts_last, self.best_ts, self.geo52.tolist(),
+                        self.reads, self.confidence.tolist(), self.camera_id, self.agency, self.read_id, self.hit))
 
 
 def unpack_many(members: Sequence[bytes], scores: Sequence[int]) -> list[Sighting]:
-    """``Sighting.unpack`` of a whole trail: fixed parts decoded with one NumPy view, repeated camera and
-    agency names decoded once."""
+    """``Sighting.unpack`` of a whole trail."""
+    return unpack_columns(members, scores).sightings()
+
+
+def unpack_columns(members: Sequence[bytes], scores: Sequence[int]) -> TrailColumns:
+    """Trail members as columns: fixed parts decoded with one NumPy view, repeated camera and agency names
+    decoded once."""
     if not members:
-        return []
+        return TrailColumns.of([])
     size = _FIXED.size
     fixed = np.frombuffer(b"".join([m[:size] for m in members]), dtype=MEMBER_FIXED)
     if (fixed["version"] != MEMBER_VERSION).any():
         raise ValueError("unknown sighting member version")
-    sid, geo, dur, best_dt, reads, conf, flags = (fixed[name].tolist() for name in (
-        "sid", "geo52", "duration", "best_dt", "reads", "confidence", "flags"))
+    ts = np.array(scores, dtype=np.int64)
     names: dict[bytes, str] = {}
-    out = []
-    for j, (m, ts) in enumerate(zip(members, scores, strict=True)):
+    cameras, agencies, read_ids = [], [], []
+    for m in members:
         n1 = m[size]
         p2 = size + 1 + n1
         n2 = m[p2] if n1 != 0xFF else 0xFF
@@ -217,9 +262,13 @@ def unpack_many(members: Sequence[bytes], scores: Sequence[int]) -> list[Sightin
             camera = names.get(cb) or names.setdefault(cb, cb.decode())
             agency = names.get(ab) or names.setdefault(ab, ab.decode())
             read_id = m[p3 + 1 : p3 + 1 + m[p3]].decode()
-        out.append(Sighting(sid[j], ts, ts + dur[j], ts + best_dt[j], geo[j], reads[j], conf[j], camera, agency,
-                            read_id, bool(flags[j] & 1)))
-    return out
+        cameras.append(camera)
+        agencies.append(agency)
+        read_ids.append(read_id)
+    hit = (fixed["flags"] & 1).astype(bool).tolist()
+    return TrailColumns(fixed["sid"].tolist(), ts.tolist(), (ts + fixed["duration"]).tolist(),
+                        (ts + fixed["best_dt"]).tolist(), fixed["geo52"].copy(), fixed["reads"].tolist(),
+                        fixed["confidence"].copy(), cameras, agencies, read_ids, hit)
 
 
 # One partition's batch, applied atomically by the server: check that the checkpoint still holds the

@@ -58,13 +58,21 @@ def test_split_long_keeps_every_argument_and_pairs() -> None:
                           st.integers(0, 10**6), st.integers(1, 10**6), st.floats(0, 1, width=32), text, text,
                           text, st.booleans()), max_size=20))
 def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
-    from streams.store import unpack_many
+    from streams.store import TrailColumns, unpack_columns, unpack_many
 
     sightings = [Sighting(sid, ts, ts + dur, ts, geo, reads, conf, cam, agency, read_id, hit)
                  for sid, geo, ts, dur, reads, conf, cam, agency, read_id, hit in rows]
     members = [s.pack() for s in sightings]
     assert unpack_many(members, [s.ts for s in sightings]) == [
         Sighting.unpack(m, float(s.ts)) for m, s in zip(members, sightings, strict=True)] == sightings
+    # the columns lookups use hold the same values, with the same Python types
+    cols = unpack_columns(members, [s.ts for s in sightings])
+    assert cols.sightings() == sightings and TrailColumns.of(sightings).sightings() == sightings
+    as_rows = list(zip(cols.sighting_id, cols.ts, cols.ts_last, cols.best_ts, cols.geo52.tolist(), cols.reads,
+                       cols.confidence.tolist(), cols.camera_id, cols.agency, cols.read_id, cols.hit, strict=True))
+    expected = [(s.sighting_id, s.ts, s.ts_last, s.best_ts, s.geo52, s.reads, s.confidence, s.camera_id, s.agency,
+                 s.read_id, s.hit) for s in sightings]
+    assert [[type(v) for v in r] for r in as_rows] == [[type(v) for v in r] for r in expected] and as_rows == expected
 
 
 @given(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**40), st.integers(0, 2**33),

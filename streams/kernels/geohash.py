@@ -124,6 +124,8 @@ def geohash_str(lat: NDArray[np.float64], lon: NDArray[np.float64], precision: i
 
 
 def geohash_strings(lat: NDArray[np.float64], lon: NDArray[np.float64], precision: int) -> list[str]:
-    """Convenience wrapper returning Python strings (not for the hot path)."""
-    rows = geohash_str(lat, lon, precision)
-    return [bytes(r).decode("ascii") for r in rows]
+    """``geohash_str`` as Python strings (lookups: one decode, then slices)."""
+    if precision <= 0:
+        return [""] * lat.shape[0]
+    text = geohash_str(lat, lon, precision).tobytes().decode("ascii")
+    return [text[i : i + precision] for i in range(0, len(text), precision)]
