@@ -51,9 +51,9 @@ def vehicle_id(hash_key: bytes, region: str, plate: str) -> bytes:
 
 
 def sighting_id(topic: str, partition: int, first_offset: int) -> int:
-    """Stable id of a sighting: derived from the Kafka coordinates of the read that opened it."""
-    h = hashlib.blake2b(f"{topic}|{partition}|{first_offset}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big")
+    """Stable id of a sighting: derived from the Kafka coordinates of the read that opened it
+    (BLAKE2b-64 of ``topic|partition|offset``)."""
+    return sighting_ids(topic, partition, [first_offset])[0]
 
 
 def sighting_ids(topic: str, partition: int, first_offsets: Sequence[int]) -> list[int]:

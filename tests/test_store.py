@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from hypothesis import given
@@ -37,9 +38,13 @@ def test_vehicle_id_depends_on_key_region_and_plate() -> None:
 
 
 @given(st.lists(st.integers(0, 2**62), max_size=20), st.integers(0, 1000))
-def test_sighting_ids_equal_sighting_id_of_each_offset(offsets: list[int], partition: int) -> None:
-    assert sighting_ids("plate-reads", partition, offsets) == [sighting_id("plate-reads", partition, o)
-                                                               for o in offsets]
+def test_sighting_ids_are_the_hash_of_the_kafka_coordinates(offsets: list[int], partition: int) -> None:
+    # stored ids must never change: checked against the documented formula, computed here independently
+    def reference(o: int) -> int:
+        return int.from_bytes(hashlib.blake2b(f"plate-reads|{partition}|{o}".encode(), digest_size=8).digest(), "big")
+
+    assert sighting_ids("plate-reads", partition, offsets) == [reference(o) for o in offsets]
+    assert [sighting_id("plate-reads", partition, o) for o in offsets] == [reference(o) for o in offsets]
 
 
 def test_split_long_keeps_every_argument_and_pairs() -> None:
