@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell md5sum pyproject.toml | cut -c1-8)
 
-.PHONY: setup demo test lint unit bench soak chaos stack-up stack-down clean
+.PHONY: setup demo test lint unit bench bench-ab soak chaos stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ unit: setup
 bench: setup
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks
+
+# Did a change make the worker faster? It and REF (a git ref) take turns on one pre-filled topic.
+bench-ab: setup
+	$(PY) -m benchmarks.ab $(REF)
 
 # 15 minutes at 10,000 reads/s through one worker: RSS curve and consumer lag -> benchmarks/results/soak-<date>.*
 soak: setup

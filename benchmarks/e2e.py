@@ -124,11 +124,12 @@ class RunningWorker:
         stop_process(self.proc)
 
 
-def start_worker(s: Settings, log_path: Path) -> RunningWorker:
+def start_worker(s: Settings, log_path: Path, root: Path = ROOT) -> RunningWorker:
+    """The worker of the checkout at ``root`` (``python -m`` imports ``streams`` from its working directory)."""
     port = stack.free_port()
     with open(log_path, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
-                                env=worker_env(s, port), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=worker_env(s, port), stdout=out, stderr=subprocess.STDOUT, cwd=root,
                                 start_new_session=True)
     w = RunningWorker(proc, port)
     deadline = time.monotonic() + 90
@@ -148,12 +149,12 @@ def processed(s: Settings, client: redis.Redis) -> int:
     return sum(int(o) for o in offs if o is not None)
 
 
-def throughput(s: Settings, total: int, log_dir: Path) -> dict[str, Any]:
+def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT) -> dict[str, Any]:
     """Worker on a pre-filled topic: reads/s from its first committed batch to its last, plus memory."""
     client = redis.Redis.from_url(s.redis_url)
     client.flushdb()
     mem0 = int(client.info("memory")["used_memory"])
-    worker = start_worker(s, log_dir / "bench-worker.log")
+    worker = start_worker(s, log_dir / "bench-worker.log", root)
     first: tuple[float, int] | None = None
     done = 0
     last_t = time.monotonic()

@@ -1,0 +1,79 @@
+"""A/B of two versions of the worker on one pre-filled topic, alternating: did a change make it faster?
+
+    python -m benchmarks.ab <git-ref> [--rounds 3] [--vehicles 50000]      (or: make bench-ab REF=<git-ref>)
+
+Whole runs on this 2-core machine swing by ~10% together (the untouched kernels included), so two
+``make bench`` reports made at different times cannot show a 5% change. Here ``<git-ref>`` (checked out in
+a temporary ``git worktree``) and the working tree take turns on the same topic and the same Redis in one
+session, and both runs of a round see the same machine. The two versions must share the Redis layout
+(the sightings are counted with the working tree's decoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from benchmarks import e2e
+from streams import stack
+from streams.simulate import generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ref", help="git ref of the version to compare the working tree with (e.g. HEAD~3)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each version, alternating")
+    ap.add_argument("--vehicles", type=int, default=50_000, help="simulated vehicles (~34 messages each)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="platestream-ab-") as tmp:
+        ref_root = Path(tmp) / "ref"
+        subprocess.run(["git", "-C", str(e2e.ROOT), "worktree", "add", "--detach", str(ref_root), args.ref],
+                       check=True, capture_output=True)
+        try:
+            runs = _rounds(args, ref_root)
+        finally:
+            subprocess.run(["git", "-C", str(e2e.ROOT), "worktree", "remove", "--force", str(ref_root)],
+                           check=False, capture_output=True)
+    print(f"{'version':12s} {'reads/s (each run)':40s} {'median':>9s} {'process us/msg':>15s}")
+    for name, rows in runs.items():
+        rates = [r for r, _ in rows]
+        proc = statistics.median(p for _, p in rows)
+        print(f"{name:12s} {' / '.join(f'{r:,.0f}' for r in rates):40s} {statistics.median(rates):9,.0f} {proc:15.2f}")
+    ref, cur = (statistics.median(r for r, _ in runs[k]) for k in (args.ref, "working tree"))
+    print(f"working tree vs {args.ref}: {cur / ref - 1:+.1%} (median reads/s)")
+    return 0
+
+
+def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[float, float]]]:
+    state_dir = Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream"))
+    info = stack.up(state_dir)
+    traffic = generate(seed=42, vehicles=args.vehicles, hours=24)
+    s = e2e.isolated_settings(info, db=11)
+    e2e.log(f"pre-filling {len(traffic.messages):,} messages")
+    e2e.produce(s, traffic.messages)
+    log_dir = state_dir / "bench-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[tuple[float, float]]] = {args.ref: [], "working tree": []}
+    for i in range(args.rounds):
+        for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):
+            e2e.log(f"round {i + 1}/{args.rounds}: {name}")
+            group = dataclasses.replace(s, group=f"ab-{uuid.uuid4().hex[:6]}")  # each run from offset 0
+            r = e2e.throughput(group, len(traffic.messages), log_dir, root)
+            if r["e2e_sightings"] != len(traffic.truth):
+                raise RuntimeError(f"{name}: {r['e2e_sightings']} sightings, truth has {len(traffic.truth)}")
+            m = r["worker_metrics"]
+            process_us = m.get("stage_us.process", float("nan")) / max(m["consumed"], 1)  # nan: ref predates it
+            runs[name].append((r["e2e_reads_per_s"], process_us))
+    return runs
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
