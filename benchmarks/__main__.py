@@ -158,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     vehicles = 3000 if args.quick else args.vehicles
     results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": machine(), "notes": []}
-    state_dir = Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream"))
-    log_dir = state_dir / "bench-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = e2e.state_dir()
+    log_dir = e2e.log_dir(state_dir)
 
     e2e.log("kernels: geohash, dedup (one core)")
     results.update(kernels.geohash_points_per_s(2_000_000 if args.quick else 20_000_000))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import subprocess
 import sys
@@ -53,14 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[float, float]]]:
-    state_dir = Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream"))
-    info = stack.up(state_dir)
+    info = stack.up(e2e.state_dir())
     traffic = generate(seed=42, vehicles=args.vehicles, hours=24)
     s = e2e.isolated_settings(info, db=11)
     e2e.log(f"pre-filling {len(traffic.messages):,} messages")
     e2e.produce(s, traffic.messages)
-    log_dir = state_dir / "bench-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = e2e.log_dir(info.state_dir)
     runs: dict[str, list[tuple[float, float]]] = {args.ref: [], "working tree": []}
     for i in range(args.rounds):
         for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):

@@ -34,6 +34,18 @@ from streams.topics import ensure_topics
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def state_dir() -> Path:
+    """Where the local stack lives (``PLATESTREAM_STATE_DIR``, as for the CLI)."""
+    return Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream"))
+
+
+def log_dir(state: Path | str) -> Path:
+    """The harnesses' worker logs, under the stack's state directory."""
+    out = Path(state) / "bench-logs"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import threading
 import time
@@ -84,10 +83,9 @@ def run(duration_s: float, rate: float, sample_s: float = 5.0, info: stack.Stack
     ``info``: a running stack (default: start or reuse the local one); ``events``: (seconds, action) to
     disturb the run, e.g. pause Redis to see backpressure.
     """
-    info = info or stack.up(Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream")))
+    info = info or stack.up(e2e.state_dir())
     s = e2e.isolated_settings(info, db=9)
-    log_dir = Path(info.state_dir) / "bench-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = e2e.log_dir(info.state_dir)
     pool, span_ms = _pool(seed=5, vehicles=3000, hours=2)
     ensure_topics(s)
     worker = e2e.start_worker(s, log_dir / "soak-worker.log")
