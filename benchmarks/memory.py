@@ -35,7 +35,7 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
         keys = len(set(zip(st.pool["cam"][: st.n_used][live].tolist(), st.pool["cls"][: st.n_used][live].tolist(),
                            strict=True)))
         arrays = (sum(a.nbytes for a in st.pool.values()) + sum(a.nbytes for a in (
-            st.nxt, st.best_row, st.merged_into, st.touch_mark, st.t_cam, st.t_cls, st.t_head, st.touched, st.snap,
+            st.nxt, st.best_row, st.merged_into, st.touch_mark, st.table, st.touched, st.snap,
             st.snap_conf)))
         if keys > peak[0]:
             peak = (keys, int(live.sum()), used, arrays)

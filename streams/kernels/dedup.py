@@ -24,7 +24,11 @@ import numba as nb
 import numpy as np
 from numpy.typing import NDArray
 
+from streams.kernels.prefetch import prefetch
+
 EMPTY = np.int32(-1)
+AHEAD = 16  # reads between a probe's prefetch hint and the probe (enough to cover a miss)
+TABLE = np.dtype([("cls", "<u8"), ("cam", "<i4"), ("head", "<i4")])
 
 # Field layout shared by the pool, the snapshot of touched sessions and the checkpoint codec.
 POOL_FIELDS: dict[str, type] = {
@@ -60,6 +64,7 @@ class DedupArrays:
     t_cam: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     t_cls: NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
     t_head: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    table: NDArray[np.void] = field(default_factory=lambda: np.empty(0, TABLE))
     # per-batch output buffers of dedup_batch (valid until the next batch)
     touched: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     snap: NDArray[np.int64] = field(default_factory=lambda: np.empty((0, 9), np.int64))
@@ -79,9 +84,15 @@ class DedupArrays:
             self._new_table(16)
 
     def _new_table(self, size: int) -> None:
-        self.t_cam = np.full(size, EMPTY, np.int32)
-        self.t_cls = np.zeros(size, np.uint64)
-        self.t_head = np.full(size, EMPTY, np.int32)
+        # one 16-byte entry per slot (views of a record array): a probe is one cache miss, not three
+        self.table = np.empty(size, dtype=TABLE)
+        self.t_cam, self.t_cls, self.t_head = self.table["cam"], self.table["cls"], self.table["head"]
+        self._clear_table()
+
+    def _clear_table(self) -> None:
+        words = self.table.view(np.uint64).reshape(-1, 2)
+        words[:, 0] = 0  # cls
+        words[:, 1] = np.uint64(2**64 - 1)  # cam = head = EMPTY
 
     def reserve(self, extra: int) -> None:
         """Make room for ``extra`` new sessions and keys (called before each batch)."""
@@ -109,9 +120,7 @@ class DedupArrays:
     def rebuild_table(self, size: int | None = None) -> None:
         """Re-index the live sessions (after growth or compaction)."""
         if size is None or size == self.t_head.shape[0]:  # same size: reuse the arrays
-            self.t_cam.fill(EMPTY)
-            self.t_cls.fill(0)
-            self.t_head.fill(EMPTY)
+            self._clear_table()
         else:
             self._new_table(size)
         p = self.pool
@@ -158,10 +167,16 @@ def _hash(cam: np.int32, cls: np.uint64) -> np.uint64:
     return h
 
 
-@nb.njit(cache=True)
+@nb.njit(inline="always", cache=True)
+def _home(t_cam: NDArray[np.int32], cam: np.int32, cls: np.uint64) -> np.int64:
+    """The first slot a key's probe looks at."""
+    return np.int64(_hash(cam, cls) >> np.uint64(1)) & np.int64(t_cam.shape[0] - 1)
+
+
+@nb.njit(inline="always", cache=True)
 def _slot(t_cam: NDArray[np.int32], t_cls: NDArray[np.uint64], cam: np.int32, cls: np.uint64) -> np.int64:
     mask = np.int64(t_cam.shape[0] - 1)
-    i = np.int64(_hash(cam, cls) >> np.uint64(1)) & mask
+    i = _home(t_cam, cam, cls)
     while True:
         if t_cam[i] == -1 or (t_cam[i] == cam and t_cls[i] == cls):
             return i
@@ -179,7 +194,11 @@ def _reindex(cam, cls, alive, first_seq, n_used, nxt, t_cam, t_cls, t_head) -> i
             break
     order = np.arange(n_used) if ordered else np.argsort(first_seq[:n_used], kind="mergesort")
     n_keys = 0
-    for s in order:
+    for j in range(n_used):
+        if j + AHEAD < n_used:
+            a = order[j + AHEAD]
+            prefetch(t_cam, _home(t_cam, cam[a], cls[a]))
+        s = order[j]
         if not alive[s]:
             nxt[s] = -1
             continue
@@ -243,6 +262,8 @@ def dedup_batch(  # type: ignore[no-untyped-def]
     late = np.zeros(n, dtype=np.uint8)
     n_touched = 0
     for i in range(n):
+        if i + AHEAD < n:  # hint the probe of the read AHEAD on: a new key's slot is a miss anywhere in the table
+            prefetch(t_cam, _home(t_cam, r_cam[i + AHEAD], r_cls[i + AHEAD]))
         c = r_cam[i]
         k = r_cls[i]
         t = r_ts[i]
