@@ -7,10 +7,12 @@ copied from an earlier run. Progress goes to stderr; the report to ``benchmarks/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -87,6 +89,8 @@ def fmt(v: Any) -> str:
         return "—"
     if isinstance(v, bool):
         return "yes" if v else "NO"
+    if isinstance(v, list):
+        return " / ".join(map(fmt, v))
     if isinstance(v, float):
         if abs(v) >= 1e6:
             return f"{v / 1e6:,.1f} M"
@@ -148,9 +152,17 @@ def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (of an even number, the lower middle: the conservative one)."""
+    ordered = sorted(runs, key=lambda r: r["e2e_reads_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--vehicles", type=int, default=95_000, help="simulated vehicles for the e2e run (~35 reads each)")
+    ap.add_argument("--runs", type=int, help="worker and naive-baseline runs, alternating; the median is "
+                    "reported (default 3, 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="small sizes, for trying the harness (not a report)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
@@ -177,16 +189,27 @@ def main(argv: list[str] | None = None) -> int:
     s = e2e.isolated_settings(info, db=10)
     e2e.log("pre-filling the reads topic")
     e2e.produce(s, msgs)
-    e2e.log("platestream worker on the pre-filled topic")
-    results.update(e2e.throughput(s, len(msgs), log_dir))
-    results["e2e_correct"] = results["e2e_sightings"] == len(traffic.truth)
+    # Whole runs on this 2-core machine swing by ~10% together, so one run of each is a coin toss near a
+    # threshold: the worker and the naive baseline take turns, and the median run of each is reported
+    # (every run is in the JSON).
+    naive_n = min(len(msgs), 20_000 if args.quick else 60_000)
+    runs: list[dict[str, Any]] = []
+    naive: list[float] = []
+    n_runs = args.runs or (1 if args.quick else 3)
+    for i in range(n_runs):
+        e2e.log(f"platestream worker on the pre-filled topic (run {i + 1}/{n_runs})")
+        runs.append(e2e.throughput(dataclasses.replace(s, group=f"{s.group}-{i}"), len(msgs), log_dir))
+        e2e.log(f"naive faust baseline on {naive_n:,} messages (run {i + 1}/{n_runs})")
+        naive.append(e2e.naive_faust(info, msgs[:naive_n], log_dir)["naive_faust_reads_per_s"])
+    results.update(median_run(runs))
+    results["e2e_reads_per_s_runs"] = [r["e2e_reads_per_s"] for r in runs]
+    results["e2e_correct"] = all(r["e2e_sightings"] == len(traffic.truth) for r in runs)
+    results["naive_faust_reads_per_s"] = statistics.median_high(naive)  # even counts: the conservative middle
+    results["naive_faust_reads_per_s_runs"] = naive
+    results["naive_faust_messages"] = naive_n
+    results["ratio_vs_naive_faust"] = results["e2e_reads_per_s"] / results["naive_faust_reads_per_s"]
     e2e.log("profiling the batch loop in-process (cProfile) on the same topic")
     results["profile_top"] = e2e.profile_worker(info, s, min(len(msgs), 300_000))
-
-    naive_n = min(len(msgs), 20_000 if args.quick else 60_000)
-    e2e.log(f"naive faust baseline on {naive_n:,} messages")
-    results.update(e2e.naive_faust(info, msgs[:naive_n], log_dir))
-    results["ratio_vs_naive_faust"] = results["e2e_reads_per_s"] / results["naive_faust_reads_per_s"]
 
     try:
         from benchmarks.quix import quix_baseline
