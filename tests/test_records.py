@@ -121,3 +121,15 @@ def test_decode_batch_routes_every_bad_message_with_a_reason() -> None:
     dlq_schema = json.loads((SCHEMAS / "dlq.v1.json").read_text())
     for d in batch.dead:
         jsonschema.validate(d.to_record(), dlq_schema)
+
+
+def test_undecodable_messages_anywhere_in_a_batch_keep_offset_order() -> None:
+    # every other message valid: the dead letters come from decoding alone (first, last, adjacent ones)
+    good = orjson.dumps(valid_read())
+    values = [b"{", good, b"x" * 70_000, b"[1,", b"\xff", good, None, good, b"nul"]
+    batch = decode_batch([Raw("t", 0, 10 + i, None, None, v) for i, v in enumerate(values)], max_bytes=65536)
+    assert batch.offset.tolist() == [11, 15, 17]
+    assert len(batch.docs) == 3 and all(d == valid_read() for d in batch.docs)
+    assert [(d.raw.offset, d.reason) for d in batch.dead] == [
+        (10, "invalid_json"), (12, "too_large"), (13, "invalid_json"), (14, "invalid_utf8"), (16, "invalid_json"),
+        (18, "invalid_json")]
