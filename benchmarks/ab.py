@@ -58,6 +58,15 @@ def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[fl
     e2e.log(f"pre-filling {len(traffic.messages):,} messages")
     e2e.produce(s, traffic.messages)
     log_dir = e2e.log_dir(info.state_dir)
+    # Numba caches compiled kernels per source path, so the ref's fresh worktree would compile them in its
+    # first timed run: one short untimed run of each version first
+    warm = generate(seed=43, vehicles=600, hours=1)
+    warm_s = e2e.isolated_settings(info, db=11)
+    e2e.produce(warm_s, warm.messages)
+    for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):
+        e2e.log(f"warm-up: {name}")
+        e2e.throughput(dataclasses.replace(warm_s, group=f"warm-{uuid.uuid4().hex[:6]}"), len(warm.messages),
+                       log_dir, root)
     runs: dict[str, list[tuple[float, float]]] = {args.ref: [], "working tree": []}
     for i in range(args.rounds):
         for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):
