@@ -44,7 +44,10 @@ def brute_force(reads: list[tuple[int, str, int, float]]) -> set[tuple[int, str,
     return out
 
 
-def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int) -> tuple[set, int]:
+def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int,
+               compact_each_batch: bool = True) -> tuple[set, int]:
+    """Without ``compact_each_batch``, evicted sessions keep their slots (as in the pipeline) and the pool
+    of 4 is compacted by ``reserve`` whenever a batch needs room."""
     st_ = DedupArrays(capacity=4)
     evicted: list[tuple] = []
     n_late = 0
@@ -68,6 +71,9 @@ def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int) -> tup
         n_late += int(late.sum())
         gone = expired(st_.pool["end"], st_.pool["alive"], st_.n_used, st_.watermark - L - W)
         evicted.extend(row(int(s)) for s in gone)
+        if not compact_each_batch:
+            st_.pool["alive"][gone] = 0
+            continue
         keep = st_.pool["alive"][: st_.n_used].astype(bool)
         keep[gone] = False
         st_.compact(keep)
@@ -108,6 +114,31 @@ def test_dedup_equals_brute_force_when_nothing_is_too_late(reads: list, batch_si
     got, n_late = run_kernel(reads, batch_size)
     assert n_late == 0
     assert normalize_kernel_rows(got, reads) == normalize_oracle_rows(brute_force(reads))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(PLATES), st.integers(0, 400).map(lambda s: s * 1000),
+                          st.sampled_from([0.5, 0.9])), max_size=60), st.integers(1, 25))
+def test_dedup_equals_brute_force_when_room_is_made_by_compaction(reads: list, batch_size: int) -> None:
+    # in time order over 400 s: sessions are evicted (W + L = 70 s) while later batches need room
+    reads = sorted(reads, key=lambda r: r[2])
+    got, _ = run_kernel(reads, batch_size, compact_each_batch=False)
+    assert normalize_kernel_rows(got, reads) == normalize_oracle_rows(brute_force(reads))
+
+
+def test_reserve_compacts_evicted_sessions_before_growing() -> None:
+    n = 1000
+    st_ = DedupArrays(capacity=n)
+    cam = np.arange(n, dtype=np.int32)
+    ts = np.arange(n, dtype=np.int64) * 1000
+    run_batch(st_, cam, np.full(n, 7, np.uint64), np.full(n, 7, np.uint64), ts, np.full(n, 0.9, np.float32),
+              np.zeros(n, np.uint64), np.arange(n, dtype=np.int64), W, L)
+    st_.pool["alive"][:600] = 0  # evicted, still holding slots
+    st_.reserve(500)  # 1000 used + 500 > 1000: the 600 evicted make room, nothing grows
+    assert (st_.n_used, st_.capacity) == (400, n)
+    assert np.array_equal(st_.pool["cam"][:400], cam[600:])
+    st_.reserve(700)  # 400 live + 700 > 1000 and nothing evicted: grows
+    assert st_.n_used == 400 and st_.capacity >= 1100
 
 
 @settings(max_examples=200, deadline=None)
