@@ -12,8 +12,9 @@ The best read of a sighting is the one with the highest confidence; ties go to t
 time, then to the earlier arrival (Kafka offset), so the choice is deterministic.
 
 State is a struct of arrays (a session pool) plus an open-addressing hash table from (camera, class) to
-the head of a chain of sessions of that key. ``DedupArrays`` owns the arrays; the ``njit`` functions
-mutate them in place.
+the head of a chain of sessions of that key (one 16-byte record per slot; probes are prefetched a few
+reads ahead, since a new key's slot is a cache miss). ``DedupArrays`` owns the arrays; the ``njit``
+functions mutate them in place.
 """
 
 from __future__ import annotations
