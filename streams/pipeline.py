@@ -22,7 +22,7 @@ from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
-from streams.kernels.plates import pack_plates, plates_matrix
+from streams.kernels.plates import pack_plates, plates_matrix, unpack_plate, unpack_plates
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import REQUIRED, DeadLetter, ReadBatch, RecordLike, decode_batch, extras
@@ -123,8 +123,9 @@ class PartitionPipeline:
         self.state = DedupArrays()
         self.cam_index: dict[str, int] = {}
         self.cam_names: list[str] = []
-        # best read's (read_id, region, agency, plate), by its offset; one entry per live session
-        self.best: dict[int, tuple[str, str, str, str]] = {}
+        # best read's (read_id, region, agency), by its offset; one entry per live session (its plate is the
+        # pool's best_plate, turned back into text when needed: 64 bytes less per open session)
+        self.best: dict[int, tuple[str, str, str]] = {}
         self._old: dict[int, tuple[str, bytes, str, bytes]] = {}
         self._strings: dict[str, str] = {}  # regions and agencies: a few distinct values
         self._packed: dict[str, bytes] = {}  # pack_string of cameras, agencies and regions (they repeat)
@@ -144,10 +145,9 @@ class PartitionPipeline:
             fixed = _CK.unpack_from(value)
             for name, v in zip(_CK_FIELDS, fixed, strict=True):
                 st.pool[name][i] = v
-            camera, read_id, region, agency, plate_text = unpack_strings(value, _CK.size, 5)
+            camera, read_id, region, agency = unpack_strings(value, _CK.size, 4)  # then the plate: best_plate
             st.pool["cam"][i] = self._cam(camera)
-            self.best[int(st.pool["best_seq"][i])] = (read_id, self._shared(region), self._shared(agency),
-                                                      plate_text)
+            self.best[int(st.pool["best_seq"][i])] = (read_id, self._shared(region), self._shared(agency))
         st.n_used = len(rows)
         st.rebuild_table()
 
@@ -245,14 +245,15 @@ class PartitionPipeline:
         if not live.shape[0]:
             return
         docs = batch.docs
-        read_ids, regions, agencies, plates = batch.read_id, batch.region, batch.agency, batch.plates
+        read_ids, regions, agencies = batch.read_id, batch.region, batch.agency
         best_seqs = p["best_seq"][live].tolist()
         best_rows = st.best_row[live].tolist()  # the best read's row in this batch, -1 if an earlier batch's
         shared = self._shared
         for seq, row in zip(best_seqs, best_rows, strict=True):
             if row >= 0:
-                self.best[seq] = (read_ids[row], shared(regions[row]), shared(agencies[row]), plates[row].decode())
-        bests = [self.best[q] for q in best_seqs]  # (read_id, region, agency, plate)
+                self.best[seq] = (read_ids[row], shared(regions[row]), shared(agencies[row]))
+        bests = [self.best[q] for q in best_seqs]  # (read_id, region, agency)
+        plate_texts = unpack_plates(p["best_plate"][live])
         # hit-only agencies: a sighting that matched no hotlist is never stored (its dedup state is kept,
         # so a later frame that hits still merges into it)
         store_it = p["hit"][live].astype(np.bool_)
@@ -292,7 +293,7 @@ class PartitionPipeline:
         cam_names = self.cam_names
         old_entries = self._old
         live_list = live.tolist()
-        for j, (read_id, region, agency, plate_text) in enumerate(bests):
+        for j, ((read_id, region, agency), plate_text) in enumerate(zip(bests, plate_texts, strict=True)):
             camera = cam_names[cam_ids[j]]
             pk_camera = packed.get(camera) or packed.setdefault(camera, pack_string(camera))
             pk_region = packed.get(region) or packed.setdefault(region, pack_string(region))
@@ -385,7 +386,8 @@ class PartitionPipeline:
                              hit: bool) -> tuple[str, bytes, str, bytes]:
         """Trail and cell entries of session ``i`` as last written (from its pre-batch snapshot)."""
         # snapshot columns: start, end, count, best_plate, best_geo, best_seq, written, rev, best_ts
-        read_id, region, agency, plate_text = self.best[int(snap[5])]
+        read_id, region, agency = self.best[int(snap[5])]
+        plate_text = unpack_plate(int(snap[3:4].view(np.uint64)[0]))
         geo = int(snap[4:5].view(np.uint64)[0])
         sight = Sighting(int(self.state.pool["sid"][i]), int(snap[0]), int(snap[1]), int(snap[8]), geo,
                          int(snap[2]), conf, self.cam_names[int(self.state.pool["cam"][i])], agency, read_id, hit)

@@ -144,6 +144,7 @@ def test_longest_utf8_strings_the_schema_allows_are_stored_and_restored(settings
     """64 four-byte characters are 256 bytes: once a worker-crashing poison pill (one-byte length prefixes)."""
     import orjson
 
+    from streams.kernels.plates import unpack_plates
     from streams.store import read_trail, trail_key, vehicle_id
 
     client = redis.Redis.from_url(settings.redis_url)
@@ -159,5 +160,6 @@ def test_longest_utf8_strings_the_schema_allows_are_stored_and_restored(settings
     assert (sighting.read_id, sighting.camera_id, sighting.agency) == (long_id, long_cam, long_agency)
     restored = PartitionPipeline(settings, settings.topic_reads, 0)
     restored.restore(client.hgetall(pipe.ck_key))
-    assert list(restored.best.values()) == [(long_id, "US-CT", long_agency, "7ABC123")]
+    assert list(restored.best.values()) == [(long_id, "US-CT", long_agency)]
+    assert unpack_plates(restored.state.pool["best_plate"][: restored.state.n_used]) == ["7ABC123"]
     assert restored.cam_names == [long_cam]

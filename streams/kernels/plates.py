@@ -44,6 +44,26 @@ def pack_plates(mat: NDArray[np.uint8]) -> tuple[NDArray[np.uint64], NDArray[np.
     return plate, cls
 
 
+@nb.njit(cache=True)
+def _unpack_matrix(codes: NDArray[np.uint64]) -> NDArray[np.uint8]:
+    out = np.zeros((codes.shape[0], MAX_PLATE), dtype=np.uint8)
+    for i in range(codes.shape[0]):
+        k = 0
+        for j in range(MAX_PLATE):
+            v = (codes[i] >> np.uint64(6 * (MAX_PLATE - 1 - j))) & np.uint64(63)
+            if v:
+                out[i, k] = _DECODE[v]
+                k += 1
+    return out
+
+
+def unpack_plates(codes: NDArray[np.uint64]) -> list[str]:
+    """``unpack_plate`` of many codes at once (the pipeline's best plates: the text need not be kept)."""
+    if not codes.shape[0]:
+        return []
+    return [b.decode() for b in _unpack_matrix(codes).view(f"S{MAX_PLATE}").ravel().tolist()]
+
+
 def unpack_plate(code: int) -> str:
     """Inverse of ``pack_plates`` for one plate (outputs only, not the hot path)."""
     chars = []
