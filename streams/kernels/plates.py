@@ -23,7 +23,7 @@ for _i, _ch in enumerate(_ALPHABET):
     _CODE[ord(_ch)] = _i + 1
 for _i, _ch in enumerate(_ALPHABET):
     _CLASS_CODE[ord(_ch)] = _CODE[ord(CONFUSABLE.get(_ch, _ch))]
-_DECODE = np.frombuffer(b"\0" + _ALPHABET.encode(), dtype=np.uint8).copy()
+_DECODE = np.frombuffer(b"\0" + _ALPHABET.encode(), dtype=np.uint8).copy()  # 6-bit code -> byte
 
 
 @nb.njit(cache=True)
@@ -66,12 +66,7 @@ def unpack_plates(codes: NDArray[np.uint64]) -> list[str]:
 
 def unpack_plate(code: int) -> str:
     """Inverse of ``pack_plates`` for one plate (outputs only, not the hot path)."""
-    chars = []
-    for j in range(MAX_PLATE):
-        v = (code >> (6 * (MAX_PLATE - 1 - j))) & 63
-        if v:
-            chars.append(chr(_DECODE[v]))
-    return "".join(chars)
+    return unpack_plates(np.array([code], dtype=np.uint64))[0]
 
 
 def plate_class(plate: str) -> str:
