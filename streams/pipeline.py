@@ -25,7 +25,7 @@ from streams.kernels.geohash import geo52, geo52_decode, geohash_str
 from streams.kernels.plates import pack_plates, plates_matrix, unpack_plate, unpack_plates
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
-from streams.records import REQUIRED, DeadLetter, ReadBatch, RecordLike, decode_batch, extras
+from streams.records import DeadLetter, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
 from streams.store import (
     CELL_MEMBER,
@@ -50,7 +50,6 @@ _STRUCT_CODE: dict[type, str] = {np.int32: "i", np.uint64: "Q", np.int64: "q", n
 _CK = struct.Struct("<" + "".join(_STRUCT_CODE[POOL_FIELDS[k]] for k in _CK_FIELDS))
 _CK_DTYPE = np.dtype([(k, np.dtype(POOL_FIELDS[k]).newbyteorder("<")) for k in _CK_FIELDS])
 assert _CK_DTYPE.itemsize == _CK.size
-N_CORE = len(REQUIRED)  # a document with no more fields than these has no extras
 META_OFFSET = b"offset"
 META_WATERMARK = b"watermark"
 
@@ -333,8 +332,7 @@ class PartitionPipeline:
                 "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs[j]},
             }
             if best_rows[j] >= 0:
-                doc = docs[best_rows[j]]
-                msg["extra"] = extras(doc) if len(doc) > N_CORE else {}
+                msg["extra"] = docs.extra(best_rows[j])
             out.deduped.append((hex_sid.encode(), orjson.dumps(msg)))
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
@@ -363,8 +361,7 @@ class PartitionPipeline:
         """Hotlist hits of this batch: mark their sightings and send one alert per sighting that turns hit."""
         p = self.state.pool
         docs = batch.docs
-        regions = [d["region"] for d in docs]
-        for row, entry in hot.matcher.match(cls, batch.plates, regions,
+        for row, entry in hot.matcher.match(cls, batch.plates, batch.region,
                                             lambda e, r: hot.allowed(e.agency, docs[r]["agency"])):
             s = self._survivor(int(session_of[row]))
             if p["hit"][s]:

@@ -14,12 +14,13 @@ import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast, overload
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from streams.kernels.scan import EXTRA, OPTIONAL, SLOW, intern_spans, scan_reads
 from streams.names import SCHEMA_DLQ, STEP_DECODE, STEP_VALIDATE
 
 REQUIRED = ("read_id", "camera_id", "agency", "plate", "region", "ts", "lat", "lon", "confidence")
@@ -164,6 +165,53 @@ class DeadLetter:
         return rec
 
 
+class Documents(Sequence[dict[str, Any]]):
+    """A batch's documents, parsed on access: the columnar decode never builds most of them.
+
+    Rows with unknown fields (and rows the reference path decoded) hold their parsed
+    document; the others are parsed from their message when asked for (hotlist alerts, tests).
+    """
+
+    __slots__ = ("_loaded", "_optional", "_pos", "_values")
+
+    def __init__(self, values: Sequence[bytes | None], pos: list[int], loaded: dict[int, dict[str, Any]],
+                 optional: set[int] | frozenset[int] = frozenset()) -> None:
+        self._values = values
+        self._pos = pos
+        self._loaded = loaded
+        self._optional = optional  # rows not parsed that have optional fields
+
+    @classmethod
+    def of(cls, docs: list[dict[str, Any]]) -> Documents:
+        return cls((), list(range(len(docs))), dict(enumerate(docs)))
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    @overload
+    def __getitem__(self, row: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, row: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, row: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(len(self)))]
+        if row < 0:
+            row += len(self)
+        if not 0 <= row < len(self):
+            raise IndexError(row)
+        doc = self._loaded.get(row)
+        if doc is None:
+            doc = orjson.loads(self._values[self._pos[row]])  # type: ignore[arg-type]
+        return cast(dict[str, Any], doc)
+
+    def extra(self, row: int) -> dict[str, Any]:
+        """Optional and unknown fields of ``row`` (a core-only row has none, and is not parsed for it)."""
+        doc = self._loaded.get(row)
+        if doc is None and row in self._optional:
+            doc = self[row]
+        return extras(doc) if doc is not None and len(doc) > len(REQUIRED) else {}
+
+
 @dataclass(slots=True)
 class ReadBatch:
     """Valid reads of one batch as columns (arrival order), plus the documents for outputs."""
@@ -175,7 +223,7 @@ class ReadBatch:
     conf: NDArray[np.float32]
     plates: list[bytes]
     camera: list[str]
-    docs: list[dict[str, Any]]
+    docs: Documents
     dead: list[DeadLetter] = field(default_factory=list)
     read_id: list[str] = field(default_factory=list)
     region: list[str] = field(default_factory=list)
@@ -336,12 +384,117 @@ def _fast_valid(docs: list[Any]) -> tuple[NDArray[np.bool_], _Columns]:
 
 
 def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
-    """orjson-decode and validate ``records``; invalid ones become ``DeadLetter``s, none is dropped."""
+    """Decode and validate ``records``; invalid ones become ``DeadLetter``s, none is dropped.
+
+    Columnar first (``kernels.scan``: the core fields of plain messages straight from the bytes, each
+    distinct camera, agency, plate and region checked once); every message the scan does not accept goes
+    through the reference path (orjson and the validator), which is also the one that names the reason.
+    Tests check both give the same batch.
+    """
+    n = len(records)
+    if n == 0:
+        return _decode_reference(records, max_bytes)[0]
+    values: list[Any] = [r.value for r in records]
+    try:
+        lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
+        raw = b"".join(values)
+    except TypeError:  # a null value (a tombstone): scanned as empty, so the reference path takes it
+        present = [b"" if v is None else v for v in values]
+        lens = np.fromiter(map(len, present), dtype=np.int64, count=n)
+        raw = b"".join(present)
+    ends = np.cumsum(lens)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    status, spans, ts, nums = scan_reads(buf, ends - lens, ends)
+    lat, lon, conf = nums[:, 0], nums[:, 1], nums[:, 2]
+    id_len = spans[:, 1] - spans[:, 0]
+    ok = ((status != SLOW) & (lens <= max_bytes) & (ts >= 0) & (ts <= TS_MAX) & (lat >= -90.0) & (lat <= 90.0)
+          & (lon >= -180.0) & (lon <= 180.0) & (conf >= 0.0) & (conf <= 1.0) & (id_len >= 1) & (id_len <= 64))
+    rows = np.flatnonzero(ok)
+    text = raw.decode("latin-1")  # one character per byte: spans index it directly (scanned strings are ASCII)
+    columns: list[list[Any]] = []
+    for k, check in ((1, _id_ok), (2, _id_ok), (3, _plate_ok), (4, _region_ok)):
+        codes, first = intern_spans(buf, spans[rows, 2 * k], spans[rows, 2 * k + 1])
+        starts, stops = spans[rows[first], 2 * k].tolist(), spans[rows[first], 2 * k + 1].tolist()
+        distinct = [text[i:j] for i, j in zip(starts, stops, strict=True)]
+        bad = [c for c, v in enumerate(distinct) if not check(v)]
+        if k == 3:  # plates: their normalized bytes, once per distinct plate
+            distinct = [v.translate(_NORMALIZE).upper().encode("ascii") for v in distinct]  # type: ignore[misc]
+        if bad:
+            keep = ~np.isin(codes, bad)
+            ok[rows[~keep]] = False
+            rows, codes = rows[keep], codes[keep]
+            columns = [[col[i] for i in np.flatnonzero(keep).tolist()] for col in columns]
+        columns.append(list(map(distinct.__getitem__, codes.tolist())))
+    loaded: dict[int, dict[str, Any]] = {}
+    extra_rows = np.flatnonzero(status[rows] == EXTRA).tolist()
+    if extra_rows:  # unknown fields: orjson parses the whole message (the scan checked the optional ones)
+        drop = []
+        for j in extra_rows:
+            try:
+                doc = orjson.loads(values[rows[j]])
+            except orjson.JSONDecodeError:
+                doc = None
+            if type(doc) is dict and _optional_ok(doc):
+                loaded[j] = doc
+            else:
+                drop.append(j)
+        if drop:
+            keep = np.ones(rows.shape[0], dtype=np.bool_)
+            keep[drop] = False
+            ok[rows[drop]] = False
+            rows = rows[keep]
+            kept = np.flatnonzero(keep).tolist()
+            columns = [[col[i] for i in kept] for col in columns]
+            renum = np.cumsum(keep) - 1
+            loaded = {int(renum[j]): d for j, d in loaded.items()}
+    optional = set(np.flatnonzero(status[rows] == OPTIONAL).tolist())
+    camera, agency, plates, region = columns
+    read_id = [text[i:j] for i, j in zip(spans[rows, 0].tolist(), spans[rows, 1].tolist(), strict=True)]
+    pos = rows.tolist()
+    offset = np.array([records[i].offset for i in pos], dtype=np.int64)
+    fast = ReadBatch(offset=offset, ts=ts[rows], lat=lat[rows], lon=lon[rows], conf=conf[rows].astype(np.float32),
+                     plates=plates, camera=camera, docs=Documents(values, pos, loaded, optional), read_id=read_id,
+                     region=region, agency=agency)
+    if rows.shape[0] == n:
+        return fast
+    slow_rows = np.flatnonzero(~ok)
+    slow, slow_kept = _decode_reference([records[i] for i in slow_rows.tolist()], max_bytes)
+    return _merge(fast, rows, slow, slow_rows[slow_kept], values)
+
+
+def _merge(a: ReadBatch, a_pos: NDArray[np.intp], b: ReadBatch, b_pos: NDArray[np.intp],
+           values: list[bytes | None]) -> ReadBatch:
+    """Two batches of one poll's reads as one, rows in input order (``*_pos``: each row's input index)."""
+    pos = np.concatenate([a_pos, b_pos])
+    order = np.argsort(pos, kind="stable")
+    take = order.tolist()
+    new_row = np.empty(len(take), dtype=np.int64)
+    new_row[order] = np.arange(len(take))
+    loaded = {int(new_row[r]): d for r, d in a.docs._loaded.items()}
+    loaded.update((int(new_row[len(a) + r]), d) for r, d in b.docs._loaded.items())
+    optional = {int(new_row[r]) for r in a.docs._optional}
+
+    def cat(x: list[Any], y: list[Any]) -> list[Any]:
+        both = x + y
+        return [both[i] for i in take]
+
+    def arr(x: NDArray[Any], y: NDArray[Any]) -> NDArray[Any]:
+        return np.concatenate([x, y])[order]
+
+    return ReadBatch(
+        offset=arr(a.offset, b.offset), ts=arr(a.ts, b.ts), lat=arr(a.lat, b.lat), lon=arr(a.lon, b.lon),
+        conf=arr(a.conf, b.conf), plates=cat(a.plates, b.plates), camera=cat(a.camera, b.camera),
+        docs=Documents(values, pos[order].tolist(), loaded, optional), dead=b.dead, read_id=cat(a.read_id, b.read_id),
+        region=cat(a.region, b.region), agency=cat(a.agency, b.agency))
+
+
+def _decode_reference(records: Sequence[RecordLike], max_bytes: int) -> tuple[ReadBatch, list[int]]:
+    """orjson-decode and validate ``records``: the batch, and each valid row's index in ``records``."""
     loaded: list[Any] = []
-    kept: list[RecordLike] = []
+    kept: list[int] = []
     dead: list[DeadLetter] = []
     loads = orjson.loads
-    for r in records:
+    for i, r in enumerate(records):
         v = r.value
         if v is None or len(v) > max_bytes:
             size = "null" if v is None else f"{len(v)} bytes"
@@ -354,7 +507,7 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
             reason = "invalid_utf8" if "utf-8" in str(e).lower() else "invalid_json"
             dead.append(DeadLetter(r, reason, STEP_DECODE, None, str(e)[:200]))
             continue
-        kept.append(r)
+        kept.append(i)
     fast, cols = _fast_valid(loaded) if loaded else (np.zeros(0, dtype=np.bool_), None)
     rescued = False
     if not fast.all():
@@ -363,41 +516,39 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
                 validate_read(loaded[j])
                 fast[j] = rescued = True  # the reference validator is the judge
             except Invalid as e:
-                dead.append(DeadLetter(kept[j], e.reason, STEP_VALIDATE, e.field, e.detail))
+                dead.append(DeadLetter(records[kept[j]], e.reason, STEP_VALIDATE, e.field, e.detail))
         if dead:
             dead.sort(key=lambda d: d.raw.offset)
+    good = fast.tolist()
+    docs = [d for d, g in zip(loaded, good, strict=True) if g]
+    pos = [i for i, g in zip(kept, good, strict=True) if g]
+    offsets = np.array([records[i].offset for i in pos], dtype=np.int64)
     if cols is not None and not rescued:  # the usual batch: reuse the validated columns
-        if fast.all():
-            offsets, docs = [r.offset for r in kept], loaded
-        else:
+        if not fast.all():
             idx = np.flatnonzero(fast)
-            rows = idx.tolist()
-            offsets, docs = [kept[i].offset for i in rows], [loaded[i] for i in rows]
-            cols = cols.take(rows, idx)
+            cols = cols.take(idx.tolist(), idx)
         norm = {p: p.translate(_NORMALIZE).upper().encode("ascii") for p in set(cols.plate)}
         return ReadBatch(
-            offset=np.array(offsets, dtype=np.int64), ts=cols.ts, lat=cols.lat, lon=cols.lon,
+            offset=offsets, ts=cols.ts, lat=cols.lat, lon=cols.lon,
             conf=cols.conf.astype(np.float32), plates=list(map(norm.__getitem__, cols.plate)),
-            camera=list(cols.camera), docs=docs, dead=dead, read_id=list(cols.read_id),
-            region=list(cols.region), agency=list(cols.agency))
+            camera=list(cols.camera), docs=Documents.of(docs), dead=dead, read_id=list(cols.read_id),
+            region=list(cols.region), agency=list(cols.agency)), pos
     # a value only the reference validator accepts (ts 5.0, lane 3.0): build the columns from the documents
-    docs = [d for d, good in zip(loaded, fast.tolist(), strict=True) if good]
-    offsets = [r.offset for r, good in zip(kept, fast.tolist(), strict=True) if good]
     plates = [d["plate"].translate(_NORMALIZE).upper().encode("ascii") for d in docs]
     return ReadBatch(
-        offset=np.array(offsets, dtype=np.int64),
+        offset=offsets,
         ts=np.array([int(d["ts"]) for d in docs], dtype=np.int64),
         lat=np.array([d["lat"] for d in docs], dtype=np.float64),
         lon=np.array([d["lon"] for d in docs], dtype=np.float64),
         conf=np.array([d["confidence"] for d in docs], dtype=np.float32),
         plates=plates,
         camera=[d["camera_id"] for d in docs],
-        docs=docs,
+        docs=Documents.of(docs),
         dead=dead,
         read_id=[d["read_id"] for d in docs],
         region=[d["region"] for d in docs],
         agency=[d["agency"] for d in docs],
-    )
+    ), pos
 
 
 def extras(doc: dict[str, Any]) -> dict[str, Any]:

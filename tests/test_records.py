@@ -12,8 +12,18 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.records import Invalid, Raw, ReadBatch, decode_batch, normalize_plate, validate_read
+from streams.records import (
+    Invalid,
+    Raw,
+    ReadBatch,
+    _decode_reference,
+    decode_batch,
+    extras,
+    normalize_plate,
+    validate_read,
+)
 from streams.simulate import generate
+from tests.kernels.test_scan import documents
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 READ_SCHEMA = json.loads((SCHEMAS / "plate_read.v1.json").read_text())
@@ -50,7 +60,7 @@ FIELDS = ["read_id", "camera_id", "agency", "plate", "region", "ts", "lat", "lon
           "heading", "lane", "vehicle", "image_uri", "unknown"]
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(FIELDS), weird_values, max_size=4), st.sets(st.sampled_from(FIELDS)))
 def test_validator_agrees_with_json_schema(changes: dict[str, Any], removed: set[str]) -> None:
     doc = valid_read()
@@ -133,3 +143,47 @@ def test_undecodable_messages_anywhere_in_a_batch_keep_offset_order() -> None:
     assert [(d.raw.offset, d.reason) for d in batch.dead] == [
         (10, "invalid_json"), (12, "too_large"), (13, "invalid_json"), (14, "invalid_utf8"), (16, "invalid_json"),
         (18, "invalid_json")]
+
+
+def assert_same_batch(got: ReadBatch, ref: ReadBatch) -> None:
+    for name in ("offset", "ts", "lat", "lon", "conf"):
+        a, b = getattr(got, name), getattr(ref, name)
+        assert a.dtype == b.dtype and a.tolist() == b.tolist(), name
+        assert np.signbit(a).tolist() == np.signbit(b).tolist(), name  # -0.0 stays -0.0, 0 stays 0.0
+    for name in ("plates", "camera", "read_id", "region", "agency"):
+        assert getattr(got, name) == getattr(ref, name), name
+    assert list(got.docs) == list(ref.docs)
+    assert [got.docs.extra(i) for i in range(len(got))] == [extras(d) for d in ref.docs]
+    assert [(d.raw.offset, d.reason, d.step, d.field, d.detail) for d in got.dead] == [
+        (d.raw.offset, d.reason, d.step, d.field, d.detail) for d in ref.dead]
+
+
+BOUNDARY = [orjson.dumps({**valid_read(), **change}) for change in (
+    {"read_id": "x" * 64}, {"read_id": "x" * 65}, {"read_id": ""}, {"camera_id": "c" * 65}, {"agency": ""},
+    {"region": "US-CT1"}, {"region": "us-ct"}, {"plate": "A" * 10}, {"plate": "A" * 11}, {"plate": "--"},
+    {"ts": 4102444800000}, {"ts": 4102444800001}, {"ts": -1}, {"confidence": 1.0000001}, {"lat": -90.0},
+    {"lon": 180.0000001}, {"lane": 3.0}, {"heading": 361, "speed": 1}, {"heading": 360, "speed": 1},
+    {"vehicle": {"color": "c" * 65}, "speed": 1}, {"vehicle": {"color": "c" * 64}}, {"image_uri": "u" * 2049})]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.one_of(documents(), st.just(orjson.dumps(valid_read())), st.sampled_from(
+    [b"{", b"", b"\xff", b"[1]", b"null", None, b"x" * 3000, *BOUNDARY])), max_size=12))
+def test_columnar_decode_gives_the_reference_batch(values: list[bytes | None]) -> None:
+    """The scan takes what it understands, the reference path the rest: together exactly the reference."""
+    records = [Raw("t", 1, 100 + 2 * i, None, None, v) for i, v in enumerate(values)]
+    assert_same_batch(decode_batch(records, 2500), _decode_reference(records, 2500)[0])
+
+
+def test_columnar_decode_of_each_boundary_document_gives_the_reference_batch() -> None:
+    for raw in BOUNDARY:
+        one = [Raw("t", 1, 7, None, None, raw)]
+        assert_same_batch(decode_batch(one, 2500), _decode_reference(one, 2500)[0])
+
+
+def test_columnar_decode_of_simulated_traffic_gives_the_reference_batch() -> None:
+    traffic = generate(seed=11, vehicles=400, hours=0.5)
+    records = [Raw("t", 0, i, None, k, v) for i, (k, v) in enumerate(traffic.messages)]
+    for lo in range(0, len(records), 1500):
+        part = records[lo : lo + 1500]
+        assert_same_batch(decode_batch(part, 65536), _decode_reference(part, 65536)[0])
