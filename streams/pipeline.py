@@ -243,10 +243,10 @@ class PartitionPipeline:
         live = touched[alive]
         if not live.shape[0]:
             return
-        docs = batch.docs
         read_ids, regions, agencies = batch.read_id, batch.region, batch.agency
         best_seqs = p["best_seq"][live].tolist()
         best_rows = st.best_row[live].tolist()  # the best read's row in this batch, -1 if an earlier batch's
+        extra = batch.docs.extras_of(best_rows)
         shared = self._shared
         for seq, row in zip(best_seqs, best_rows, strict=True):
             if row >= 0:
@@ -331,8 +331,8 @@ class PartitionPipeline:
                 "hit": bool(hits[j]),
                 "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs[j]},
             }
-            if best_rows[j] >= 0:
-                msg["extra"] = docs.extra(best_rows[j])
+            if extra[j] is not None:
+                msg["extra"] = extra[j]
             out.deduped.append((hex_sid.encode(), orjson.dumps(msg)))
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
@@ -360,9 +360,9 @@ class PartitionPipeline:
                out: BatchResult) -> None:
         """Hotlist hits of this batch: mark their sightings and send one alert per sighting that turns hit."""
         p = self.state.pool
-        docs = batch.docs
+        docs, agencies = batch.docs, batch.agency
         for row, entry in hot.matcher.match(cls, batch.plates, batch.region,
-                                            lambda e, r: hot.allowed(e.agency, docs[r]["agency"])):
+                                            lambda e, r: hot.allowed(e.agency, agencies[r])):
             s = self._survivor(int(session_of[row]))
             if p["hit"][s]:
                 continue

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from streams.kernels.scan import EXTRA, OPTIONAL, SLOW, intern_spans, scan_reads
+from streams.kernels.scan import EXTRA, N_STRINGS, OPTIONAL, SLOW, intern_spans, scan_reads
 from streams.names import SCHEMA_DLQ, STEP_DECODE, STEP_VALIDATE
 
 REQUIRED = ("read_id", "camera_id", "agency", "plate", "region", "ts", "lat", "lon", "confidence")
@@ -168,18 +168,20 @@ class DeadLetter:
 class Documents(Sequence[dict[str, Any]]):
     """A batch's documents, parsed on access: the columnar decode never builds most of them.
 
-    Rows with unknown fields (and rows the reference path decoded) hold their parsed
-    document; the others are parsed from their message when asked for (hotlist alerts, tests).
+    Rows with unknown fields (and rows the reference path decoded) hold their parsed document; the
+    others are parsed from their message when asked for (hotlist alerts, tests). Rows with optional fields
+    keep where those are in the batch's bytes: a sighting's extras parse only that text.
     """
 
-    __slots__ = ("_loaded", "_optional", "_pos", "_values")
+    __slots__ = ("_loaded", "_optional", "_pos", "_raw", "_values")
 
     def __init__(self, values: Sequence[bytes | None], pos: list[int], loaded: dict[int, dict[str, Any]],
-                 optional: set[int] | frozenset[int] = frozenset()) -> None:
+                 optional: dict[int, tuple[int, int]] | None = None, raw: bytes = b"") -> None:
         self._values = values
         self._pos = pos
         self._loaded = loaded
-        self._optional = optional  # rows not parsed that have optional fields
+        self._optional = optional or {}  # row -> span of its optional fields in ``raw`` (empty: not adjacent)
+        self._raw = raw
 
     @classmethod
     def of(cls, docs: list[dict[str, Any]]) -> Documents:
@@ -204,12 +206,22 @@ class Documents(Sequence[dict[str, Any]]):
             doc = orjson.loads(self._values[self._pos[row]])  # type: ignore[arg-type]
         return cast(dict[str, Any], doc)
 
-    def extra(self, row: int) -> dict[str, Any]:
-        """Optional and unknown fields of ``row`` (a core-only row has none, and is not parsed for it)."""
-        doc = self._loaded.get(row)
-        if doc is None and row in self._optional:
-            doc = self[row]
-        return extras(doc) if doc is not None and len(doc) > len(REQUIRED) else {}
+    def extras_of(self, rows: list[int]) -> list[dict[str, Any] | None]:
+        """Optional and unknown fields of each of ``rows`` (None for a row of -1, i.e. not in this batch)."""
+        loaded, optional = self._loaded, self._optional
+        if not loaded and not optional:
+            return [None if r < 0 else {} for r in rows]
+        out: list[dict[str, Any] | None] = []
+        for r in rows:
+            if r < 0:
+                out.append(None)
+            elif r in optional:
+                a, b = optional[r]
+                out.append(orjson.loads(b"{" + self._raw[a:b] + b"}") if a < b else extras(self[r]))
+            else:
+                doc = loaded.get(r)
+                out.append(extras(doc) if doc is not None and len(doc) > len(REQUIRED) else {})
+        return out
 
 
 @dataclass(slots=True)
@@ -447,13 +459,14 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
             columns = [[col[i] for i in kept] for col in columns]
             renum = np.cumsum(keep) - 1
             loaded = {int(renum[j]): d for j, d in loaded.items()}
-    optional = set(np.flatnonzero(status[rows] == OPTIONAL).tolist())
+    opt = np.flatnonzero(status[rows] == OPTIONAL)
+    optional = dict(zip(opt.tolist(), map(tuple, spans[rows[opt], 2 * N_STRINGS :].tolist()), strict=True))
     camera, agency, plates, region = columns
     read_id = [text[i:j] for i, j in zip(spans[rows, 0].tolist(), spans[rows, 1].tolist(), strict=True)]
     pos = rows.tolist()
     offset = np.array([records[i].offset for i in pos], dtype=np.int64)
     fast = ReadBatch(offset=offset, ts=ts[rows], lat=lat[rows], lon=lon[rows], conf=conf[rows].astype(np.float32),
-                     plates=plates, camera=camera, docs=Documents(values, pos, loaded, optional), read_id=read_id,
+                     plates=plates, camera=camera, docs=Documents(values, pos, loaded, optional, raw), read_id=read_id,
                      region=region, agency=agency)
     if rows.shape[0] == n:
         return fast
@@ -472,7 +485,7 @@ def _merge(a: ReadBatch, a_pos: NDArray[np.intp], b: ReadBatch, b_pos: NDArray[n
     new_row[order] = np.arange(len(take))
     loaded = {int(new_row[r]): d for r, d in a.docs._loaded.items()}
     loaded.update((int(new_row[len(a) + r]), d) for r, d in b.docs._loaded.items())
-    optional = {int(new_row[r]) for r in a.docs._optional}
+    optional = {int(new_row[r]): span for r, span in a.docs._optional.items()}
 
     def cat(x: list[Any], y: list[Any]) -> list[Any]:
         both = x + y
@@ -484,8 +497,8 @@ def _merge(a: ReadBatch, a_pos: NDArray[np.intp], b: ReadBatch, b_pos: NDArray[n
     return ReadBatch(
         offset=arr(a.offset, b.offset), ts=arr(a.ts, b.ts), lat=arr(a.lat, b.lat), lon=arr(a.lon, b.lon),
         conf=arr(a.conf, b.conf), plates=cat(a.plates, b.plates), camera=cat(a.camera, b.camera),
-        docs=Documents(values, pos[order].tolist(), loaded, optional), dead=b.dead, read_id=cat(a.read_id, b.read_id),
-        region=cat(a.region, b.region), agency=cat(a.agency, b.agency))
+        docs=Documents(values, pos[order].tolist(), loaded, optional, a.docs._raw), dead=b.dead,
+        read_id=cat(a.read_id, b.read_id), region=cat(a.region, b.region), agency=cat(a.agency, b.agency))
 
 
 def _decode_reference(records: Sequence[RecordLike], max_bytes: int) -> tuple[ReadBatch, list[int]]:

@@ -153,7 +153,7 @@ def assert_same_batch(got: ReadBatch, ref: ReadBatch) -> None:
     for name in ("plates", "camera", "read_id", "region", "agency"):
         assert getattr(got, name) == getattr(ref, name), name
     assert list(got.docs) == list(ref.docs)
-    assert [got.docs.extra(i) for i in range(len(got))] == [extras(d) for d in ref.docs]
+    assert got.docs.extras_of([*range(len(got)), -1]) == [*(extras(d) for d in ref.docs), None]
     assert [(d.raw.offset, d.reason, d.step, d.field, d.detail) for d in got.dead] == [
         (d.raw.offset, d.reason, d.step, d.field, d.detail) for d in ref.dead]
 

@@ -235,7 +235,10 @@ def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64]
     i = _ws(buf, i + 1, end)
     seen = 0
     extra = False
+    opt_a = opt_b = -1  # the optional fields' text, if nothing else lies between them
+    core_after = gap = False
     while True:
+        ks = i
         ke = _plain_string(buf, i, end)
         if ke < 0:
             return SLOW
@@ -281,6 +284,14 @@ def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64]
                     ts[r] = v
                 else:
                     nums[r, k - 6] = f
+            if k >= _HEADING:
+                if opt_a < 0:
+                    opt_a = ks
+                elif core_after:
+                    gap = True
+                opt_b = i
+            elif opt_a >= 0:
+                core_after = True
         i = _ws(buf, i, end)
         if i >= end:
             return SLOW
@@ -292,17 +303,23 @@ def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64]
         break
     if _ws(buf, i + 1, end) != end or seen & _CORE_MASK != _CORE_MASK:
         return SLOW
+    if opt_a >= 0 and not gap:
+        spans[r, 2 * N_STRINGS] = opt_a
+        spans[r, 2 * N_STRINGS + 1] = opt_b
     return EXTRA if extra else OPTIONAL if seen != _CORE_MASK else FAST
 
 
 @nb.njit(cache=True)
 def scan_reads(buf: NDArray[np.uint8], starts: NDArray[np.int64], ends: NDArray[np.int64],
                ) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
-    """Messages ``buf[starts[r]:ends[r]]`` -> (status, string spans (n, 10: start/end of read_id, camera_id,
-    agency, plate, region), ts, (n, 3): lat, lon, confidence). Columns of ``SLOW`` rows are meaningless."""
+    """Messages ``buf[starts[r]:ends[r]]`` -> (status, spans, ts, (n, 3): lat, lon, confidence).
+
+    ``spans`` (n, 12): start and end of read_id, camera_id, agency, plate and region, then of the optional
+    fields' members (``"heading": 216, "vehicle": {...}``) when they are adjacent (else 0, 0): wrapped in
+    braces, that text is the message's extras as one object. Columns of ``SLOW`` rows are meaningless."""
     n = starts.shape[0]
     status = np.empty(n, dtype=np.uint8)
-    spans = np.zeros((n, 2 * N_STRINGS), dtype=np.int64)
+    spans = np.zeros((n, 2 * N_STRINGS + 2), dtype=np.int64)
     ts = np.zeros(n, dtype=np.int64)
     nums = np.zeros((n, 3), dtype=np.float64)
     for r in range(n):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.kernels.scan import EXTRA, FAST, OPTIONAL, SLOW, _number, intern_spans, scan_reads
-from streams.records import REQUIRED, _optional_ok
+from streams.records import REQUIRED, _optional_ok, extras
 from streams.simulate import generate
 
 OPTIONAL_FIELDS = {"heading", "lane", "vehicle", "image_uri"}
@@ -144,6 +144,10 @@ def test_what_the_scan_accepts_is_what_orjson_reads(messages: list[bytes]) -> No
                 assert not others
             elif status[r] == OPTIONAL:
                 assert others and others <= OPTIONAL_FIELDS and _optional_ok(doc)
+                a, b = spans[r, 10] - offset, spans[r, 11] - offset
+                if a < b:  # adjacent optional fields: their text is the extras object
+                    assert orjson.loads(b"{" + raw[a:b] + b"}") == extras(doc)
+                    assert list(orjson.loads(b"{" + raw[a:b] + b"}")) == list(extras(doc))
             else:
                 assert status[r] == EXTRA and others
         offset += len(raw)
@@ -153,7 +157,7 @@ def test_plain_reads_take_the_fast_path() -> None:
     """Guards the speed, not the result: simulated traffic must not fall back wholesale."""
     traffic = generate(seed=3, vehicles=200, hours=0.5)
     messages = [v for _, v in traffic.messages]
-    status, *_ = scan(messages)
+    status, spans, _, _ = scan(messages)
     valid = []
     for raw in messages:
         try:
@@ -163,6 +167,8 @@ def test_plain_reads_take_the_fast_path() -> None:
             valid.append(False)
     fast = np.isin(status, [FAST, OPTIONAL])
     assert fast[np.array(valid)].mean() > 0.98
+    optional = status == OPTIONAL
+    assert optional.any() and (spans[optional, 10] < spans[optional, 11]).all()  # extras without a full parse
     assert status[0] in (FAST, OPTIONAL)
     assert scan([orjson.dumps(plain_read())])[0][0] == FAST
     assert scan([orjson.dumps({**plain_read(), "heading": 12, "vehicle": {"color": "red"}})])[0][0] == OPTIONAL
