@@ -284,6 +284,9 @@ class PartitionPipeline:
         lats, lons = rounded(lat, 7), rounded(lon, 7)
         ck_fields: list[bytes] = []
         directory: dict[str, list[bytes]] = {}
+        # one ZADD per area cell and time bucket (a batch's sightings share few): far fewer commands for
+        # Redis to run; after every ZREM of this batch, which only remove entries written before it
+        cell_members: dict[str, list[Any]] = {}
         sealed: set[bytes] = set()
         bucket_ms = s.cell_bucket_ms
         packed = self._packed
@@ -316,7 +319,7 @@ class PartitionPipeline:
             if prev is not None and prev[2:4] != entry[2:]:
                 out.redis.append(("ZREM", prev[2], prev[3]))
             out.redis.append(("ZADD", entry[0], start, entry[1]))
-            out.redis.append(("ZADD", entry[2], start, entry[3]))
+            cell_members.setdefault(entry[2], []).extend((start, entry[3]))
             if vid not in sealed:
                 sealed.add(vid)
                 directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
@@ -334,6 +337,7 @@ class PartitionPipeline:
             if extra[j] is not None:
                 msg["extra"] = extra[j]
             out.deduped.append((hex_sid.encode(), orjson.dumps(msg)))
+        out.redis.extend(("ZADD", key, *members) for key, members in cell_members.items())
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
 
