@@ -196,7 +196,7 @@ class PartitionPipeline:
         s = self.s
         st = self.state
         cams = self._cams(batch.camera)
-        plate, cls = pack_plates(plates_matrix(batch.plates))
+        plate, cls = pack_plates(plates_matrix(batch.plates) if batch.plate_matrix is None else batch.plate_matrix)
         geo = geo52(batch.lat, batch.lon)
         st.reserve(len(batch))  # before n_before: making room may compact the pool
         n_before = st.n_used

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from streams.kernels.plates import MAX_PLATE
 from streams.kernels.scan import EXTRA, N_STRINGS, OPTIONAL, SLOW, intern_spans, scan_reads
 from streams.names import SCHEMA_DLQ, STEP_DECODE, STEP_VALIDATE
 
@@ -240,6 +241,7 @@ class ReadBatch:
     read_id: list[str] = field(default_factory=list)
     region: list[str] = field(default_factory=list)
     agency: list[str] = field(default_factory=list)
+    plate_matrix: NDArray[np.uint8] | None = None  # ``plates`` as ``plates_matrix`` rows, when the scan made them
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -398,10 +400,10 @@ def _fast_valid(docs: list[Any]) -> tuple[NDArray[np.bool_], _Columns]:
 def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
     """Decode and validate ``records``; invalid ones become ``DeadLetter``s, none is dropped.
 
-    Columnar first (``kernels.scan``: the core fields of plain messages straight from the bytes, each
-    distinct camera, agency, plate and region checked once); every message the scan does not accept goes
-    through the reference path (orjson and the validator), which is also the one that names the reason.
-    Tests check both give the same batch.
+    Columnar first (``kernels.scan``: the core fields of plain messages straight from the bytes, checked
+    and the plates normalized there); every message the scan does not accept goes through the reference
+    path (orjson and the validator), which is also the one that names the reason. Tests check both give
+    the same batch.
     """
     n = len(records)
     if n == 0:
@@ -416,62 +418,49 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
         raw = b"".join(present)
     ends = np.cumsum(lens)
     buf = np.frombuffer(raw, dtype=np.uint8)
-    status, spans, ts, nums = scan_reads(buf, ends - lens, ends)
+    status, spans, ts, nums, plate_matrix = scan_reads(buf, ends - lens, ends)
     lat, lon, conf = nums[:, 0], nums[:, 1], nums[:, 2]
-    id_len = spans[:, 1] - spans[:, 0]
     ok = ((status != SLOW) & (lens <= max_bytes) & (ts >= 0) & (ts <= TS_MAX) & (lat >= -90.0) & (lat <= 90.0)
-          & (lon >= -180.0) & (lon <= 180.0) & (conf >= 0.0) & (conf <= 1.0) & (id_len >= 1) & (id_len <= 64))
+          & (lon >= -180.0) & (lon <= 180.0) & (conf >= 0.0) & (conf <= 1.0))
+    parsed: dict[int, dict[str, Any]] = {}
+    for i in np.flatnonzero(ok & (status == EXTRA)).tolist():
+        # unknown fields: orjson parses the whole message (and judges the skipped values; the scan checked
+        # the optional fields already)
+        try:
+            doc = orjson.loads(values[i])
+        except orjson.JSONDecodeError:
+            doc = None
+        if type(doc) is dict and _optional_ok(doc):
+            parsed[i] = doc
+        else:
+            ok[i] = False
     rows = np.flatnonzero(ok)
+    pos = rows.tolist()
     text = raw.decode("latin-1")  # one character per byte: spans index it directly (scanned strings are ASCII)
-    columns: list[list[Any]] = []
-    for k, check in ((1, _id_ok), (2, _id_ok), (3, _plate_ok), (4, _region_ok)):
+    columns: list[list[str]] = []
+    for k in (1, 2, 4):  # camera, agency, region: one string object per distinct value
         codes, first = intern_spans(buf, spans[rows, 2 * k], spans[rows, 2 * k + 1])
         starts, stops = spans[rows[first], 2 * k].tolist(), spans[rows[first], 2 * k + 1].tolist()
         distinct = [text[i:j] for i, j in zip(starts, stops, strict=True)]
-        bad = [c for c, v in enumerate(distinct) if not check(v)]
-        if k == 3:  # plates: their normalized bytes, once per distinct plate
-            distinct = [v.translate(_NORMALIZE).upper().encode("ascii") for v in distinct]  # type: ignore[misc]
-        if bad:
-            keep = ~np.isin(codes, bad)
-            ok[rows[~keep]] = False
-            rows, codes = rows[keep], codes[keep]
-            columns = [[col[i] for i in np.flatnonzero(keep).tolist()] for col in columns]
         columns.append(list(map(distinct.__getitem__, codes.tolist())))
-    loaded: dict[int, dict[str, Any]] = {}
-    extra_rows = np.flatnonzero(status[rows] == EXTRA).tolist()
-    if extra_rows:  # unknown fields: orjson parses the whole message (the scan checked the optional ones)
-        drop = []
-        for j in extra_rows:
-            try:
-                doc = orjson.loads(values[rows[j]])
-            except orjson.JSONDecodeError:
-                doc = None
-            if type(doc) is dict and _optional_ok(doc):
-                loaded[j] = doc
-            else:
-                drop.append(j)
-        if drop:
-            keep = np.ones(rows.shape[0], dtype=np.bool_)
-            keep[drop] = False
-            ok[rows[drop]] = False
-            rows = rows[keep]
-            kept = np.flatnonzero(keep).tolist()
-            columns = [[col[i] for i in kept] for col in columns]
-            renum = np.cumsum(keep) - 1
-            loaded = {int(renum[j]): d for j, d in loaded.items()}
+    camera, agency, region = columns
+    read_id = [text[i:j] for i, j in zip(spans[rows, 0].tolist(), spans[rows, 1].tolist(), strict=True)]
+    plate_matrix = plate_matrix[rows]
+    loaded = {j: parsed[i] for j, i in enumerate(pos) if i in parsed} if parsed else {}
     opt = np.flatnonzero(status[rows] == OPTIONAL)
     optional = dict(zip(opt.tolist(), map(tuple, spans[rows[opt], 2 * N_STRINGS :].tolist()), strict=True))
-    camera, agency, plates, region = columns
-    read_id = [text[i:j] for i, j in zip(spans[rows, 0].tolist(), spans[rows, 1].tolist(), strict=True)]
-    pos = rows.tolist()
-    offset = np.array([records[i].offset for i in pos], dtype=np.int64)
-    fast = ReadBatch(offset=offset, ts=ts[rows], lat=lat[rows], lon=lon[rows], conf=conf[rows].astype(np.float32),
-                     plates=plates, camera=camera, docs=Documents(values, pos, loaded, optional, raw), read_id=read_id,
-                     region=region, agency=agency)
+    fast = ReadBatch(offset=np.array([records[i].offset for i in pos], dtype=np.int64), ts=ts[rows], lat=lat[rows],
+                     lon=lon[rows], conf=conf[rows].astype(np.float32),
+                     plates=plate_matrix.view(f"S{MAX_PLATE}").ravel().tolist(), camera=camera,
+                     docs=Documents(values, pos, loaded, optional, raw), read_id=read_id, region=region,
+                     agency=agency, plate_matrix=plate_matrix)
     if rows.shape[0] == n:
         return fast
     slow_rows = np.flatnonzero(~ok)
     slow, slow_kept = _decode_reference([records[i] for i in slow_rows.tolist()], max_bytes)
+    if not len(slow):  # the usual case: the rest is dead letters
+        fast.dead = slow.dead
+        return fast
     return _merge(fast, rows, slow, slow_rows[slow_kept], values)
 
 

@@ -160,7 +160,9 @@ def assert_same_batch(got: ReadBatch, ref: ReadBatch) -> None:
 
 BOUNDARY = [orjson.dumps({**valid_read(), **change}) for change in (
     {"read_id": "x" * 64}, {"read_id": "x" * 65}, {"read_id": ""}, {"camera_id": "c" * 65}, {"agency": ""},
-    {"region": "US-CT1"}, {"region": "us-ct"}, {"plate": "A" * 10}, {"plate": "A" * 11}, {"plate": "--"},
+    {"region": "US-CT1"}, {"region": "us-ct"}, {"region": "U1-CT"}, {"region": "US-"}, {"region": "US-CT12"},
+    {"region": "USXCT"}, {"region": "US-C"}, {"plate": "A" * 10}, {"plate": "A" * 11}, {"plate": "--"},
+    {"plate": "A-B-C-D-E-F-G-H-"}, {"plate": "A-B-C-D-E-F-G-H-I"}, {"plate": "ab_c"}, {"camera_id": "c" * 64},
     {"ts": 4102444800000}, {"ts": 4102444800001}, {"ts": -1}, {"confidence": 1.0000001}, {"lat": -90.0},
     {"lon": 180.0000001}, {"lane": 3.0}, {"heading": 361, "speed": 1}, {"heading": 360, "speed": 1},
     {"vehicle": {"color": "c" * 65}, "speed": 1}, {"vehicle": {"color": "c" * 64}}, {"image_uri": "u" * 2049})]

@@ -26,12 +26,15 @@ import numba as nb
 import numpy as np
 from numpy.typing import NDArray
 
+from streams.kernels.plates import MAX_PLATE
+
 FAST, OPTIONAL, EXTRA, SLOW = 0, 1, 2, 3
 # core keys in records.REQUIRED's order (0-4 are strings, 5 is ts, 6-8 are floats), then the optional ones
 CORE_KEYS = (b"read_id", b"camera_id", b"agency", b"plate", b"region", b"ts", b"lat", b"lon", b"confidence")
 OPTIONAL_KEYS = (b"heading", b"lane", b"vehicle", b"image_uri")
 VEHICLE_KEYS = (b"make", b"model", b"color", b"type")
 N_STRINGS = 5
+_PLATE, _REGION = 3, 4
 _CORE_MASK = (1 << len(CORE_KEYS)) - 1
 _HEADING, _LANE, _VEHICLE, _IMAGE_URI = range(len(CORE_KEYS), len(CORE_KEYS) + len(OPTIONAL_KEYS))
 _MAX_EXACT = 1 << 53
@@ -227,8 +230,43 @@ def _number(buf: NDArray[np.uint8], i: int, end: int, integer_only: bool) -> tup
 
 
 @nb.njit(cache=True)
+def _string_ok(buf: NDArray[np.uint8], a: int, b: int, k: int, plates: NDArray[np.uint8], r: int) -> bool:
+    """The schema's rules for core string ``k`` (plain ASCII here); a plate is also normalized into
+    ``plates[r]`` (spaces and dashes dropped, upper case, NUL-padded)."""
+    n = b - a
+    if k == _PLATE:  # [ -]* ([A-Za-z0-9] [ -]*){1,10}, at most 16 characters
+        if n > 16:
+            return False
+        m = 0
+        for j in range(a, b):
+            c = buf[j]
+            if c == 32 or c == 45:
+                continue
+            if 97 <= c <= 122:
+                c -= 32
+            elif not (48 <= c <= 57 or 65 <= c <= 90):
+                return False
+            if m == MAX_PLATE:
+                return False
+            plates[r, m] = c
+            m += 1
+        return m >= 1
+    if k == _REGION:  # [A-Z]{2}-[A-Z0-9]{1,3}
+        if n < 4 or n > 6 or buf[a + 2] != 45:
+            return False
+        for j in range(n):
+            c = buf[a + j]
+            if j == 2:
+                continue
+            if not (65 <= c <= 90 or (j > 2 and 48 <= c <= 57)):
+                return False
+        return True
+    return 1 <= n <= 64  # ids; scanned strings hold no newline
+
+
+@nb.njit(cache=True)
 def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64],
-              nums: NDArray[np.float64], ts: NDArray[np.int64], r: int) -> int:
+              nums: NDArray[np.float64], ts: NDArray[np.int64], plates: NDArray[np.uint8], r: int) -> int:
     i = _ws(buf, i, end)
     if i >= end or buf[i] != 123:
         return SLOW
@@ -271,7 +309,7 @@ def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64]
                 i = ve + 1
             elif k < N_STRINGS:
                 ve = _plain_string(buf, i, end)
-                if ve < 0:
+                if ve < 0 or not _string_ok(buf, i + 1, ve, k, plates, r):
                     return SLOW
                 spans[r, 2 * k] = i + 1
                 spans[r, 2 * k + 1] = ve
@@ -311,8 +349,12 @@ def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64]
 
 @nb.njit(cache=True)
 def scan_reads(buf: NDArray[np.uint8], starts: NDArray[np.int64], ends: NDArray[np.int64],
-               ) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
-    """Messages ``buf[starts[r]:ends[r]]`` -> (status, spans, ts, (n, 3): lat, lon, confidence).
+               ) -> tuple[NDArray[np.uint8], NDArray[np.int64], NDArray[np.int64], NDArray[np.float64],
+                          NDArray[np.uint8]]:
+    """Messages ``buf[starts[r]:ends[r]]`` -> (status, spans, ts, (n, 3): lat, lon, confidence, plates).
+
+    Core strings that break the schema's rules make a message ``SLOW`` (the reference path names the
+    reason); ``plates`` (n, 10) holds each plate normalized, as ``plates_matrix`` would.
 
     ``spans`` (n, 12): start and end of read_id, camera_id, agency, plate and region, then of the optional
     fields' members (``"heading": 216, "vehicle": {...}``) when they are adjacent (else 0, 0): wrapped in
@@ -322,9 +364,10 @@ def scan_reads(buf: NDArray[np.uint8], starts: NDArray[np.int64], ends: NDArray[
     spans = np.zeros((n, 2 * N_STRINGS + 2), dtype=np.int64)
     ts = np.zeros(n, dtype=np.int64)
     nums = np.zeros((n, 3), dtype=np.float64)
+    plates = np.zeros((n, MAX_PLATE), dtype=np.uint8)
     for r in range(n):
-        status[r] = _scan_one(buf, starts[r], ends[r], spans, nums, ts, r)
-    return status, spans, ts, nums
+        status[r] = _scan_one(buf, starts[r], ends[r], spans, nums, ts, plates, r)
+    return status, spans, ts, nums, plates
 
 
 @nb.njit(cache=True)

@@ -10,14 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.kernels.plates import plates_matrix
 from streams.kernels.scan import EXTRA, FAST, OPTIONAL, SLOW, _number, intern_spans, scan_reads
-from streams.records import REQUIRED, _optional_ok, extras
+from streams.records import REQUIRED, _id_ok, _optional_ok, _plate_ok, _region_ok, extras, normalize_plate
 from streams.simulate import generate
 
 OPTIONAL_FIELDS = {"heading", "lane", "vehicle", "image_uri"}
 
 
-def scan(messages: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def scan(messages: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     lens = np.array([len(m) for m in messages], dtype=np.int64)
     ends = np.cumsum(lens)
     return scan_reads(np.frombuffer(b"".join(messages), dtype=np.uint8), ends - lens, ends)
@@ -123,7 +124,7 @@ def documents(draw: st.DrawFn) -> bytes:
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(documents(), min_size=1, max_size=4))
 def test_what_the_scan_accepts_is_what_orjson_reads(messages: list[bytes]) -> None:
-    status, spans, ts, nums = scan(messages)
+    status, spans, ts, nums, plates = scan(messages)
     offset = 0
     for r, raw in enumerate(messages):
         if status[r] != SLOW:
@@ -138,6 +139,10 @@ def test_what_the_scan_accepts_is_what_orjson_reads(messages: list[bytes]) -> No
                 a, b = spans[r, 2 * k] - offset, spans[r, 2 * k + 1] - offset
                 assert raw[a:b].decode("ascii") == doc[name]
             assert type(doc["ts"]) is int and ts[r] == doc["ts"]
+            # the schema's string rules hold, and the plate is normalized as the reference does it
+            assert all(_id_ok(doc[k]) for k in ("read_id", "camera_id", "agency"))
+            assert _plate_ok(doc["plate"]) and _region_ok(doc["region"])
+            assert plates[r].tolist() == plates_matrix([normalize_plate(doc["plate"]).encode()])[0].tolist()
             assert nums[r].tolist() == [float(doc[k]) for k in ("lat", "lon", "confidence")]
             others = set(doc) - set(REQUIRED)
             if status[r] == FAST:
@@ -157,7 +162,7 @@ def test_plain_reads_take_the_fast_path() -> None:
     """Guards the speed, not the result: simulated traffic must not fall back wholesale."""
     traffic = generate(seed=3, vehicles=200, hours=0.5)
     messages = [v for _, v in traffic.messages]
-    status, spans, _, _ = scan(messages)
+    status, spans, *_ = scan(messages)
     valid = []
     for raw in messages:
         try:
