@@ -50,7 +50,6 @@ _STRUCT_CODE: dict[type, str] = {np.int32: "i", np.uint64: "Q", np.int64: "q", n
 _CK = struct.Struct("<" + "".join(_STRUCT_CODE[POOL_FIELDS[k]] for k in _CK_FIELDS))
 _CK_DTYPE = np.dtype([(k, np.dtype(POOL_FIELDS[k]).newbyteorder("<")) for k in _CK_FIELDS])
 assert _CK_DTYPE.itemsize == _CK.size
-VEHICLE_CACHE = 50_000  # entries (~360 bytes each) of PartitionPipeline._vehicles
 META_OFFSET = b"offset"
 META_WATERMARK = b"watermark"
 
@@ -129,9 +128,6 @@ class PartitionPipeline:
         self._old: dict[int, tuple[str, bytes, str, bytes]] = {}
         self._strings: dict[str, str] = {}  # regions and agencies: a few distinct values
         self._packed: dict[str, bytes] = {}  # pack_string of cameras, agencies and regions (they repeat)
-        # (region, plate) -> (packed plate, vehicle id, sealed directory value) of recent vehicles: most
-        # sightings are of a vehicle seen before, and the keyed hash and the AES-SIV seal are deterministic
-        self._vehicles: dict[tuple[str, str], tuple[bytes, bytes, bytes]] = {}
         self.next_offset: int | None = None
 
     # -- restore -------------------------------------------------------------------------------------
@@ -296,9 +292,6 @@ class PartitionPipeline:
         packed = self._packed
         if len(packed) > 100_000:  # distinct cameras, agencies and regions: small, but never unbounded
             packed.clear()
-        vehicles = self._vehicles
-        if len(vehicles) > VEHICLE_CACHE:
-            vehicles.clear()
         cam_names = self.cam_names
         old_entries = self._old
         live_list = live.tolist()
@@ -310,17 +303,12 @@ class PartitionPipeline:
             pk_read = pack_string(read_id)
             sid = sids[j]
             start = starts[j]
-            vehicle = vehicles.get((region, plate_text))
-            if vehicle is None:
-                vid = vehicle_id(s.hash_key, region, plate_text)
-                vehicle = vehicles[region, plate_text] = (pack_string(plate_text), vid,
-                                                          seal(s.hash_key, vid, region, plate_text))
-            pk_plate, vid, sealed_value = vehicle
             ck_fields.append(sid_raw[j * 8 : j * 8 + 8])
             ck_fields.append(b"".join((ck_raw[j * size : (j + 1) * size], pk_camera, pk_read, pk_region, pk_agency,
-                                       pk_plate)))
+                                       pack_string(plate_text))))
             if not stored[j]:
                 continue
+            vid = vehicle_id(s.hash_key, region, plate_text)
             vhex = vid.hex()
             member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read
             entry = (trail_key_hex(vhex), member,
@@ -334,7 +322,7 @@ class PartitionPipeline:
             cell_members.setdefault(entry[2], []).extend((start, entry[3]))
             if vid not in sealed:
                 sealed.add(vid)
-                directory.setdefault(directory_key(vid), []).extend((vid, sealed_value))
+                directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
             hex_sid = f"{sid:016x}"
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid,

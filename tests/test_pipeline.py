@@ -163,25 +163,3 @@ def test_longest_utf8_strings_the_schema_allows_are_stored_and_restored(settings
     assert list(restored.best.values()) == [(long_id, "US-CT", long_agency)]
     assert unpack_plates(restored.state.pool["best_plate"][: restored.state.n_used]) == ["7ABC123"]
     assert restored.cam_names == [long_cam]
-
-
-def test_the_vehicle_cache_changes_no_output_and_stays_bounded(settings: Settings,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import streams.pipeline as pipeline_module
-
-    raws = pipeline_raws(settings, 4)
-    cached, uncached = (PartitionPipeline(settings, settings.topic_reads, 0) for _ in range(2))
-    sightings = 0
-    for lo in range(0, len(raws), 400):
-        monkeypatch.setattr(pipeline_module, "VEHICLE_CACHE", 1_000_000)
-        a = cached.process_raw(raws[lo : lo + 400])
-        monkeypatch.setattr(pipeline_module, "VEHICLE_CACHE", -1)  # emptied before every batch
-        b = uncached.process_raw(raws[lo : lo + 400])
-        assert (a.redis, a.deduped, a.dlq) == (b.redis, b.deduped, b.dlq)
-        sightings += len(a.deduped)
-    assert len(cached._vehicles) < sightings / 2  # vehicles recur: the cache was used
-    bounded = PartitionPipeline(settings, settings.topic_reads, 0)
-    monkeypatch.setattr(pipeline_module, "VEHICLE_CACHE", 50)
-    for lo in range(0, len(raws), 400):
-        bounded.process_raw(raws[lo : lo + 400])
-        assert len(bounded._vehicles) <= 50 + 400  # emptied when over the bound, before a batch adds to it
