@@ -301,18 +301,22 @@ def split_long(commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return out
 
 
-def apply_batches(client: redis.Redis, batches: Sequence[tuple[str, int | None, Sequence[tuple[Any, ...]]]],
-                  ) -> list[bool]:
-    """Apply (checkpoint key, expected offset, commands) batches; one pipelined EVALSHA each.
+def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    """A batch's commands as the msgpack blob ``APPLY_BATCH`` unpacks."""
+    return cast(bytes, msgpack.packb(split_long(commands), use_bin_type=False))
+
+
+def apply_batches(client: redis.Redis, batches: Sequence[tuple[str, int | None, bytes]]) -> list[bool]:
+    """Apply (checkpoint key, expected offset, ``pack_commands`` blob) batches; one pipelined EVALSHA each.
 
     Returns, per batch, whether it was applied (False: the checkpoint had moved - fenced). Synchronous on
     purpose: the worker runs it in a thread, so Redis executes batch N while the event loop's thread
-    computes batch N+1 (socket I/O releases the GIL).
+    computes batch N+1. The blobs are packed before (by the event loop's thread): here the thread only
+    waits on the socket, which releases the GIL, instead of competing for it with the batch computation.
     """
     script = client.register_script(APPLY_BATCH)
     with client.pipeline(transaction=False) as pipe:
-        for key, expected, commands in batches:
-            blob = msgpack.packb(split_long(commands), use_bin_type=False)
+        for key, expected, blob in batches:
             script(keys=[key], args=["" if expected is None else str(expected), blob], client=pipe)
         results = pipe.execute()
     return [bool(r) for r in results]
@@ -320,9 +324,7 @@ def apply_batches(client: redis.Redis, batches: Sequence[tuple[str, int | None, 
 
 def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, commands: Sequence[tuple[Any, ...]]) -> bool:
     """Synchronous ``apply_batches`` for one batch (tests, tools)."""
-    script = client.register_script(APPLY_BATCH)
-    blob = msgpack.packb(split_long(commands), use_bin_type=False)
-    return bool(script(keys=[key], args=["" if expected is None else str(expected), blob]))
+    return apply_batches(client, [(key, expected, pack_commands(commands))])[0]
 
 
 # -- Redis Cluster ---------------------------------------------------------------------------------

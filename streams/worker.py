@@ -50,7 +50,7 @@ from streams.pipeline import NO_HOTLIST, BatchResult, HotContext, PartitionPipel
 from streams.policy import PolicyStore
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
-from streams.store import apply_batches, apply_batches_cluster, replay_pending
+from streams.store import apply_batches, apply_batches_cluster, pack_commands, replay_pending
 from streams.topics import ensure_topics
 
 log = logging.getLogger("platestream.worker")
@@ -140,6 +140,7 @@ class BatchRunner:
         self._hot: HotContext | None = None
         self._hot_at = 0.0
         self._flight: _Flight | None = None
+        self._committing: asyncio.Future[None] | None = None  # the Kafka offset commit in flight
         self.redis_sync: redis.Redis | None = None
         self._redis_thread = ThreadPoolExecutor(1, thread_name_prefix="sink.redis")
 
@@ -170,6 +171,7 @@ class BatchRunner:
         self.consumer.subscribe([s.topic_reads], listener=_Rebalance(self))
 
     async def stop(self) -> None:
+        await self._committed()
         for closer in (self.consumer, self.producer):
             if closer is not None:
                 await closer.stop()
@@ -293,25 +295,38 @@ class BatchRunner:
     async def _land(self) -> None:
         """Finish the batch in flight, if any: acks, Redis, commit (rebalance and stop call this)."""
         flight, self._flight = self._flight, None
-        if flight is None:
-            return
-        await flight.acks
-        self._fault_point(names.STEP_SINK_DEDUPED)
-        await self._commit(flight, await self._write_redis(flight.work))
+        if flight is not None:
+            await flight.acks
+            self._fault_point(names.STEP_SINK_DEDUPED)
+            await self._commit(flight, await self._write_redis(flight.work))
+        await self._committed()
+
+    async def _committed(self) -> None:
+        """Wait for the offset commit in flight, if any."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
+
+    async def _commit_offsets(self, commits: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit(commits)
+        except Exception as e:  # a rebalance may interrupt; Redis's checkpoint has the position
+            log.warning("offset commit failed (%s); the Redis checkpoint keeps the position", type(e).__name__)
 
     async def _commit(self, flight: _Flight, fenced: set[TopicPartition]) -> None:
         """Redis acknowledged ``flight``: record latency, commit the Kafka offsets, count."""
-        assert self.consumer is not None
         self._fault_point(names.STEP_SINK_REDIS)
         now_ms = time.time() * 1000.0
         for tp, produced_ms in flight.produced_ms.items():
             if tp not in fenced:
                 self.latency.add(produced_ms, now_ms)
         commits = {tp: r.next_offset for tp, _, _, r in flight.work if tp not in fenced}
-        try:
-            await self.consumer.commit(commits)
-        except Exception as e:  # a rebalance may interrupt; Redis's checkpoint has the position
-            log.warning("offset commit failed (%s); the Redis checkpoint keeps the position", type(e).__name__)
+        # The commit's round trip to the group coordinator overlaps the next batch: Redis already holds
+        # this batch and its checkpoint (the position a new owner resumes from), and commits stay in order
+        # (the previous one is awaited first; rebalance and stop wait for the last one in ``_land``).
+        await self._committed()
+        self._committing = asyncio.ensure_future(self._commit_offsets(commits))
         for _, _, _, r in flight.work:
             self.metrics["consumed"] += r.consumed
             self.metrics["valid"] += r.valid
@@ -398,9 +413,9 @@ class BatchRunner:
                 self.redis, [(pipe.ck_key, expected, r.next_offset, r.redis) for _, pipe, expected, r in work])
         else:
             assert self.redis_sync is not None
+            blobs = [(pipe.ck_key, expected, pack_commands(r.redis)) for _, pipe, expected, r in work]
             applied = await asyncio.get_running_loop().run_in_executor(
-                self._redis_thread, apply_batches, self.redis_sync,
-                [(pipe.ck_key, expected, r.redis) for _, pipe, expected, r in work])
+                self._redis_thread, apply_batches, self.redis_sync, blobs)
         fenced = {tp for (tp, *_), ok in zip(work, applied, strict=True) if not ok}
         for tp in fenced:  # a newer owner moved the checkpoint: our state is stale, reload it
             log.warning("partition %s: checkpoint moved under us (another worker owns it); reloading", tp)
