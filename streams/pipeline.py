@@ -25,7 +25,7 @@ from streams.kernels.geohash import geo52, geo52_decode, geohash_str
 from streams.kernels.plates import pack_plates, plates_matrix, unpack_plate, unpack_plates
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
-from streams.records import DeadLetter, ReadBatch, RecordLike, decode_batch
+from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
 from streams.store import (
     CELL_MEMBER,
@@ -398,3 +398,22 @@ class PartitionPipeline:
         return (trail_key(vid), sight.pack(), cell_key(cell, sight.ts // self.s.cell_bucket_ms),
                 CELL_MEMBER.pack(vid, sight.sighting_id))
 
+
+
+def warm_up(s: Settings) -> None:
+    """Run every kernel of the batch path once, on a throwaway pipeline and a few made-up reads.
+
+    Numba compiles a kernel on its first call (or loads it from its on-disk cache): on a fresh install
+    that takes seconds, and inside the first real batch it would block the event loop - heartbeats,
+    ``/metrics`` - long enough to look dead. The worker calls this before it joins its consumer group.
+    """
+    ts = 1_700_000_000_000
+    read: dict[str, Any] = {"read_id": "warm-up", "camera_id": "warm-up", "agency": "warm-up", "plate": "WARM 1",
+                            "region": "XX-1", "ts": ts, "lat": 0.5, "lon": 0.5, "confidence": 0.5}
+    docs = [read, {**read, "ts": ts + 1, "plate": "WARM I", "heading": 1, "vehicle": {"color": "red"}},
+            {**read, "ts": ts + 2, "speed": 1}, {**read, "ts": 5.0}]
+    pipe = PartitionPipeline(s, "warm-up", 0)
+    for batch in ([0, 1], [2, 3]):
+        pipe.process_raw([Raw("warm-up", 0, i, None, None, orjson.dumps(docs[i])) for i in batch])
+    st = pipe.state
+    st.compact(st.pool["alive"][: st.n_used].astype(bool))  # as reserve/reclaim do (it re-indexes too)

@@ -46,7 +46,7 @@ from redis.exceptions import RedisError
 
 from streams import connect, names
 from streams.hotlist import HOTLIST_KEY, Entry
-from streams.pipeline import NO_HOTLIST, BatchResult, HotContext, PartitionPipeline, build_hot_context
+from streams.pipeline import NO_HOTLIST, BatchResult, HotContext, PartitionPipeline, build_hot_context, warm_up
 from streams.policy import PolicyStore
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
@@ -155,6 +155,7 @@ class BatchRunner:
             max_batch_size=1 << 20, max_request_size=8 << 20,
         )
         await self.producer.start()
+        warm_up(s)  # compile the kernels now, not inside the first batch (see warm_up)
         self.consumer = AIOKafkaConsumer(
             **connect.kafka(s), group_id=s.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,

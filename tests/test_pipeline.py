@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 import redis
 
@@ -163,3 +164,35 @@ def test_longest_utf8_strings_the_schema_allows_are_stored_and_restored(settings
     assert list(restored.best.values()) == [(long_id, "US-CT", long_agency)]
     assert unpack_plates(restored.state.pool["best_plate"][: restored.state.n_used]) == ["7ABC123"]
     assert restored.cam_names == [long_cam]
+
+
+def test_warm_up_compiles_every_kernel_the_batch_path_calls() -> None:
+    """In a fresh interpreter (nothing compiled by other tests): after ``warm_up``, each kernel a batch
+    calls from Python has its compiled signature, so the worker's first batch compiles nothing."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib, json
+from numba.core.registry import CPUDispatcher
+from streams.pipeline import warm_up
+from streams.settings import Settings
+before = {}
+def counts():
+    out = {}
+    for m in ("scan", "dedup", "plates", "geohash"):
+        for name, obj in vars(importlib.import_module("streams.kernels." + m)).items():
+            if isinstance(obj, CPUDispatcher):
+                out[m + "." + name] = len(obj.signatures)
+    return out
+before = counts()
+warm_up(Settings.from_env(env={}, kafka_bootstrap="x:1", redis_url="redis://x:1/0", hash_key=b"k" * 24))
+print(json.dumps([before, counts()]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, after = orjson.loads(out.splitlines()[-1])
+    entry_points = ["scan.scan_reads", "scan.intern_spans", "dedup.dedup_batch", "dedup.expired", "dedup._reindex",
+                    "dedup._gather_inplace", "plates.pack_plates", "plates._unpack_matrix", "geohash.geo52_into",
+                    "geohash.geo52_decode", "geohash.geohash_str"]
+    assert all(before[k] == 0 for k in entry_points)
+    assert {k: after[k] > 0 for k in entry_points} == dict.fromkeys(entry_points, True)
