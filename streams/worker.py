@@ -155,7 +155,7 @@ class BatchRunner:
             max_batch_size=1 << 20, max_request_size=8 << 20,
         )
         await self.producer.start()
-        warm_up(s)  # compile the kernels now, not inside the first batch (see warm_up)
+        warm_up(s)  # before joining the group (a no-op in milliseconds once make_app did it)
         self.consumer = AIOKafkaConsumer(
             **connect.kafka(s), group_id=s.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
@@ -439,6 +439,9 @@ def _rss_bytes() -> int:
 
 def make_app(settings: Settings) -> faust.App:
     """The faust application: lifecycle, web (/metrics, /health) and the batch service."""
+    # Kernels compiled before the web server and the consumer exist: on a fresh install that takes
+    # seconds, during which an event loop that already answered /metrics or heartbeats would go silent.
+    warm_up(settings)
     app = faust.App(
         f"{settings.group}-app", broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
         web_port=settings.web_port, web_host=settings.web_host, topic_partitions=settings.partitions,
