@@ -372,6 +372,7 @@ def profile_worker(info: stack.StackInfo, prefilled: Settings, limit: int) -> st
     import io
     import pstats
 
+    from streams.pipeline import warm_up
     from streams.worker import BatchRunner
 
     s = dataclasses.replace(isolated_settings(info, db=8), topic_reads=prefilled.topic_reads,
@@ -387,6 +388,7 @@ def profile_worker(info: stack.StackInfo, prefilled: Settings, limit: int) -> st
         finally:
             await runner.stop()
 
+    warm_up(s)  # as make_app does: no kernel compilation in the profile
     prof = cProfile.Profile()
     prof.enable()
     asyncio.run(run())

@@ -155,7 +155,6 @@ class BatchRunner:
             max_batch_size=1 << 20, max_request_size=8 << 20,
         )
         await self.producer.start()
-        warm_up(s)  # before joining the group (a no-op in milliseconds once make_app did it)
         self.consumer = AIOKafkaConsumer(
             **connect.kafka(s), group_id=s.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
