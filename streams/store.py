@@ -382,10 +382,9 @@ def plan_cluster(ck_key: str, next_offset: int, commands: Sequence[tuple[Any, ..
     by_node: dict[str, list[tuple[Any, ...]]] = {}
     for cmd in split_long(commands):
         by_node.setdefault(node_of_slot(_key_slot(cmd[1])).name, []).append(cmd)
-    others = [(fences[name], msgpack.packb(cmds, use_bin_type=False)) for name, cmds in sorted(by_node.items())
-              if name != primary]
+    others = [(fences[name], pack_commands(cmds)) for name, cmds in sorted(by_node.items()) if name != primary]
     pending = msgpack.packb([next_offset, [[k, blob] for k, blob in others]], use_bin_type=True)
-    return msgpack.packb(by_node.get(primary, []), use_bin_type=False), pending, others
+    return pack_commands(by_node.get(primary, [])), pending, others
 
 
 def _pending_parts(raw: bytes | None) -> tuple[int, list[tuple[str, bytes]]]:
