@@ -141,6 +141,38 @@ class Raw:
     value: bytes | None
 
 
+class Polled(Sequence[Raw]):
+    """One partition's poll as columns (``streams.fetch``): the batch path reads ``values`` and ``offsets``
+    directly; indexing builds a ``Raw`` for the rare record-at-a-time paths (dead letters)."""
+
+    __slots__ = ("keys", "offsets", "partition", "timestamps", "topic", "values")
+
+    def __init__(self, topic: str, partition: int, offsets: list[int], timestamps: list[int | None],
+                 keys: list[bytes | None], values: list[bytes | None]) -> None:
+        self.topic, self.partition = topic, partition
+        self.offsets, self.timestamps, self.keys, self.values = offsets, timestamps, keys, values
+
+    @classmethod
+    def of(cls, topic: str, partition: int, records: Sequence[Any]) -> Polled:
+        """Columns of records with ``offset``, ``timestamp``, ``key`` and ``value`` (aiokafka's raw records
+        or ``ConsumerRecord``s)."""
+        return cls(topic, partition, [r.offset for r in records], [r.timestamp for r in records],
+                   [r.key for r in records], [r.value for r in records])
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @overload
+    def __getitem__(self, i: int) -> Raw: ...
+    @overload
+    def __getitem__(self, i: slice) -> Polled: ...
+    def __getitem__(self, i: int | slice) -> Raw | Polled:
+        if isinstance(i, slice):
+            return Polled(self.topic, self.partition, self.offsets[i], self.timestamps[i], self.keys[i],
+                          self.values[i])
+        return Raw(self.topic, self.partition, self.offsets[i], self.timestamps[i], self.keys[i], self.values[i])
+
+
 @dataclass(slots=True)
 class DeadLetter:
     raw: RecordLike
@@ -408,7 +440,7 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
     n = len(records)
     if n == 0:
         return _decode_reference(records, max_bytes)[0]
-    values: list[Any] = [r.value for r in records]
+    values: list[Any] = records.values if isinstance(records, Polled) else [r.value for r in records]
     try:
         lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
         raw = b"".join(values)
@@ -449,7 +481,9 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
     loaded = {j: parsed[i] for j, i in enumerate(pos) if i in parsed} if parsed else {}
     opt = np.flatnonzero(status[rows] == OPTIONAL)
     optional = dict(zip(opt.tolist(), map(tuple, spans[rows[opt], 2 * N_STRINGS :].tolist()), strict=True))
-    fast = ReadBatch(offset=np.array([records[i].offset for i in pos], dtype=np.int64), ts=ts[rows], lat=lat[rows],
+    offsets = (np.array(records.offsets, dtype=np.int64)[rows] if isinstance(records, Polled)
+               else np.array([records[i].offset for i in pos], dtype=np.int64))
+    fast = ReadBatch(offset=offsets, ts=ts[rows], lat=lat[rows],
                      lon=lon[rows], conf=conf[rows].astype(np.float32),
                      plates=plate_matrix.view(f"S{MAX_PLATE}").ravel().tolist(), camera=camera,
                      docs=Documents(values, pos, loaded, optional, raw), read_id=read_id, region=region,

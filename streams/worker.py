@@ -44,10 +44,11 @@ from aiokafka.errors import KafkaError
 from numpy.typing import NDArray
 from redis.exceptions import RedisError
 
-from streams import connect, names
+from streams import connect, fetch, names
 from streams.hotlist import HOTLIST_KEY, Entry
 from streams.pipeline import NO_HOTLIST, BatchResult, HotContext, PartitionPipeline, build_hot_context, warm_up
 from streams.policy import PolicyStore
+from streams.records import Polled
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
 from streams.store import apply_batches, apply_batches_cluster, pack_commands, replay_pending
@@ -150,14 +151,18 @@ class BatchRunner:
         await self.redis.ping()
         if not s.redis_cluster:  # the batch writes (see _write_redis); bounded, so a hung Redis cannot hang exit
             self.redis_sync = connect.redis_client(s, socket_timeout=REDIS_WRITE_TIMEOUT_S)
+        # linger 0: the worker hands over whole record batches (``_produce``), and aiokafka lets even a
+        # complete batch linger, which each batch's ack wait (before its Redis write) paid in full
         self.producer = AIOKafkaProducer(
-            **connect.kafka(s), acks="all", enable_idempotence=True, linger_ms=5,
+            **connect.kafka(s), acks="all", enable_idempotence=True, linger_ms=0,
             max_batch_size=1 << 20, max_request_size=8 << 20,
         )
         await self.producer.start()
+        fetch.install()
         self.consumer = AIOKafkaConsumer(
             **connect.kafka(s), group_id=s.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            value_deserializer=fetch.raw_records,  # records without a ConsumerRecord each (streams.fetch)
             isolation_level="read_committed", session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
         )
         await self.consumer.start()
@@ -289,7 +294,7 @@ class BatchRunner:
             self.metrics["skipped_already_stored"] += len(msgs) - len(raws)
             if not raws:
                 continue
-            work.append((tp, pipe, expected, pipe.process_raw(raws, hot)))
+            work.append((tp, pipe, expected, pipe.process_raw(Polled.of(tp.topic, tp.partition, raws), hot)))
         return work
 
     async def _land(self) -> None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from streams.records import (
     Invalid,
+    Polled,
     Raw,
     ReadBatch,
     _decode_reference,
@@ -173,8 +174,22 @@ BOUNDARY = [orjson.dumps({**valid_read(), **change}) for change in (
     [b"{", b"", b"\xff", b"[1]", b"null", None, b"x" * 3000, *BOUNDARY])), max_size=12))
 def test_columnar_decode_gives_the_reference_batch(values: list[bytes | None]) -> None:
     """The scan takes what it understands, the reference path the rest: together exactly the reference."""
-    records = [Raw("t", 1, 100 + 2 * i, None, None, v) for i, v in enumerate(values)]
-    assert_same_batch(decode_batch(records, 2500), _decode_reference(records, 2500)[0])
+    records = [Raw("t", 1, 100 + 2 * i, 5 * i, None if i % 3 else b"k%d" % i, v) for i, v in enumerate(values)]
+    ref = _decode_reference(records, 2500)[0]
+    assert_same_batch(decode_batch(records, 2500), ref)
+    # the worker's columns of a poll decode to the same batch, dead letters holding the same records
+    polled = decode_batch(Polled.of("t", 1, records), 2500)
+    assert_same_batch(polled, ref)
+    assert [d.raw for d in polled.dead] == [d.raw for d in ref.dead]
+
+
+def test_polled_columns_index_and_slice_as_records() -> None:
+    records = [Raw("plates.reads", 3, 40 + i, 1000 + i, b"k%d" % i if i % 2 else None, b"v%d" % i) for i in range(5)]
+    polled = Polled.of("plates.reads", 3, records)
+    assert len(polled) == 5 and list(polled) == records
+    assert polled[-1] == records[-1] and polled[0] == records[0]
+    part = polled[1:4]
+    assert isinstance(part, Polled) and list(part) == records[1:4] and part.values == [b"v1", b"v2", b"v3"]
 
 
 def test_columnar_decode_of_each_boundary_document_gives_the_reference_batch() -> None:
