@@ -45,6 +45,7 @@ from streams.store import (
 )
 
 Command = tuple[Any, ...]
+Decoded = tuple[ReadBatch, int, int]  # PartitionPipeline.decode: batch, next offset, records consumed
 _CK_FIELDS = [k for k in POOL_FIELDS if k != "cam"]
 _STRUCT_CODE: dict[type, str] = {np.int32: "i", np.uint64: "Q", np.int64: "q", np.float32: "f", np.uint8: "B"}
 _CK = struct.Struct("<" + "".join(_STRUCT_CODE[POOL_FIELDS[k]] for k in _CK_FIELDS))
@@ -170,9 +171,14 @@ class PartitionPipeline:
 
     # -- process -------------------------------------------------------------------------------------
     def process_raw(self, records: Sequence[RecordLike], hot: HotContext | None = None) -> BatchResult:
+        batch, next_offset, consumed = self.decode(records)
+        return self.process(batch, next_offset, consumed, hot)
+
+    def decode(self, records: Sequence[RecordLike]) -> Decoded:
+        """(batch, next offset, records consumed): the first step, apart so the worker can run it while it
+        waits for the broker; the dedup state is untouched."""
         batch = decode_batch(records, self.s.max_message_bytes)
-        return self.process(batch, records[-1].offset + 1 if records else (self.next_offset or 0),
-                            consumed=len(records), hot=hot)
+        return batch, records[-1].offset + 1 if records else (self.next_offset or 0), len(records)
 
     def process(self, batch: ReadBatch, next_offset: int, consumed: int | None = None,
                 hot: HotContext | None = None) -> BatchResult:

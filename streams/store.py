@@ -20,6 +20,7 @@ Kafka offsets are committed only after Redis acknowledged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -47,7 +48,14 @@ _U32_MAX = 2**32 - 1
 
 def vehicle_id(hash_key: bytes, region: str, plate: str) -> bytes:
     """Keyed hash of region + normalized plate (12 bytes): the only vehicle identity Redis sees."""
-    return hashlib.blake2b(f"{region}|{plate}".encode(), key=hash_key, digest_size=12).digest()
+    h = _keyed(hash_key).copy()  # the key block is hashed once per key, not once per call
+    h.update(f"{region}|{plate}".encode())
+    return h.digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(hash_key: bytes) -> Any:
+    return hashlib.blake2b(key=hash_key, digest_size=12)
 
 
 def sighting_id(topic: str, partition: int, first_offset: int) -> int:

@@ -46,7 +46,15 @@ from redis.exceptions import RedisError
 
 from streams import connect, fetch, names
 from streams.hotlist import HOTLIST_KEY, Entry
-from streams.pipeline import NO_HOTLIST, BatchResult, HotContext, PartitionPipeline, build_hot_context, warm_up
+from streams.pipeline import (
+    NO_HOTLIST,
+    BatchResult,
+    Decoded,
+    HotContext,
+    PartitionPipeline,
+    build_hot_context,
+    warm_up,
+)
 from streams.policy import PolicyStore
 from streams.records import Polled
 from streams.settings import Settings
@@ -60,6 +68,7 @@ log = logging.getLogger("platestream.worker")
 # delay the batch (lag grows).
 REDIS_WRITE_TIMEOUT_S = 120.0
 GC_YOUNG_THRESHOLD = 50_000
+SENDER_TURNS = 4  # event-loop iterations from send_batch to the produce request on the wire (see handle)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -121,6 +130,7 @@ class _Flight:
     acks: asyncio.Future[list[Any]]
     produced_ms: dict[TopicPartition, NDArray[np.float64]]  # the records' produce times (latency); not
     # the records themselves, so only one batch's records are held at a time
+    blobs: list[bytes] | None = None  # each partition's Redis commands, packed while the broker works
 
 
 class BatchRunner:
@@ -243,9 +253,9 @@ class BatchRunner:
                 delay = min(delay * 2, 5.0)
 
     async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """One step of the two-stage pipeline: batch N (in flight: produced, acks pending) gets its acks,
-        its Redis script goes out, and *while Redis runs it* batch N+1 is processed; then N commits and
-        N+1's records are produced and become the batch in flight.
+        """One step of the two-stage pipeline: batch N+1 is decoded while the broker acks batch N (in
+        flight: produced, acks pending); then N's Redis script goes out, and *while Redis runs it* N+1 is
+        processed; then N commits and N+1's records are produced and become the batch in flight.
 
         Nothing of N+1 leaves the worker before N is in Redis: N+1 was computed from dedup state that
         includes N, so if N fails, N+1 is discarded (rewind), and a partition fenced or revoked meanwhile
@@ -257,13 +267,17 @@ class BatchRunner:
         async with self.lock:
             flight, self._flight = self._flight, None
             writing = None
+            ta = time.perf_counter()
+            decoded = self._decode(batches)  # the event loop is busy: the acks wait in the socket meanwhile
+            tb = time.perf_counter()
             if flight is not None:
                 await flight.acks
                 self._fault_point(names.STEP_SINK_DEDUPED)
-                writing = asyncio.ensure_future(self._write_redis(flight.work))
+                writing = asyncio.ensure_future(self._write_redis(flight.work, flight.blobs))
                 await asyncio.sleep(0)  # let the script go out before the CPU is busy with N+1
             t1 = time.perf_counter()
-            work = self._process(batches, hot)
+            work = [(tp, pipe, expected, pipe.process(batch, nxt, consumed, hot))
+                    for tp, pipe, expected, (batch, nxt, consumed) in decoded]
             t2 = time.perf_counter()
             if flight is not None and writing is not None:
                 await self._commit(flight, await writing)
@@ -276,14 +290,24 @@ class BatchRunner:
                 for _, _, _, r in work:  # copied into record batches: free them while they are in flight
                     r.deduped, r.dlq = [], []
                 self._flight = _Flight(work, acks, produced_ms)
-        self.metrics["stage_us.wait.sink.deduped"] += int((t1 - t0) * 1e6)
-        self.metrics["stage_us.process"] += int((t2 - t1) * 1e6)
+                # a few turns of the event loop: aiokafka's sender wakes, drains the batches and writes the
+                # request, so the broker works on it while the next batch is decoded
+                for _ in range(SENDER_TURNS):
+                    await asyncio.sleep(0)
+                if not self.s.redis_cluster:  # (the cluster path splits them by node first)
+                    self._flight.blobs = [pack_commands(r.redis) for _, _, _, r in work]
+                    for _, _, _, r in work:
+                        r.redis = []
+        self.metrics["stage_us.wait.sink.deduped"] += int((t1 - t0 - (tb - ta)) * 1e6)
+        self.metrics["stage_us.process"] += int((t2 - t1 + tb - ta) * 1e6)
         self.metrics["stage_us.wait.sink.redis"] += int((t3 - t2) * 1e6)
         self.metrics["batches"] += 1
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
 
-    def _process(self, batches: dict[TopicPartition, list[Any]], hot: HotContext) -> list[_Work]:
-        work: list[_Work] = []
+    def _decode(self, batches: dict[TopicPartition, list[Any]]) -> list[tuple[TopicPartition, PartitionPipeline,
+                                                                             int | None, Decoded]]:
+        """Each partition's new records, decoded (``PartitionPipeline.decode``; no state changes yet)."""
+        out: list[tuple[TopicPartition, PartitionPipeline, int | None, Decoded]] = []
         for tp, msgs in batches.items():
             pipe = self.pipelines.get(tp)
             if pipe is None:
@@ -294,8 +318,8 @@ class BatchRunner:
             self.metrics["skipped_already_stored"] += len(msgs) - len(raws)
             if not raws:
                 continue
-            work.append((tp, pipe, expected, pipe.process_raw(Polled.of(tp.topic, tp.partition, raws), hot)))
-        return work
+            out.append((tp, pipe, expected, pipe.decode(Polled.of(tp.topic, tp.partition, raws))))
+        return out
 
     async def _land(self) -> None:
         """Finish the batch in flight, if any: acks, Redis, commit (rebalance and stop call this)."""
@@ -303,7 +327,7 @@ class BatchRunner:
         if flight is not None:
             await flight.acks
             self._fault_point(names.STEP_SINK_DEDUPED)
-            await self._commit(flight, await self._write_redis(flight.work))
+            await self._commit(flight, await self._write_redis(flight.work, flight.blobs))
         await self._committed()
 
     async def _committed(self) -> None:
@@ -410,7 +434,7 @@ class BatchRunner:
             n = self._partitions[topic] = len(await self.producer.partitions_for(topic))
         return n
 
-    async def _write_redis(self, work: list[_Work]) -> set[TopicPartition]:
+    async def _write_redis(self, work: list[_Work], blobs: list[bytes] | None = None) -> set[TopicPartition]:
         """One atomic, fenced script per partition; returns partitions found owned by someone else."""
         assert self.redis is not None
         if self.s.redis_cluster:
@@ -418,9 +442,10 @@ class BatchRunner:
                 self.redis, [(pipe.ck_key, expected, r.next_offset, r.redis) for _, pipe, expected, r in work])
         else:
             assert self.redis_sync is not None
-            blobs = [(pipe.ck_key, expected, pack_commands(r.redis)) for _, pipe, expected, r in work]
+            packed = blobs if blobs is not None else [pack_commands(r.redis) for _, _, _, r in work]
+            batches = [(pipe.ck_key, expected, blob) for (_, pipe, expected, _), blob in zip(work, packed, strict=True)]
             applied = await asyncio.get_running_loop().run_in_executor(
-                self._redis_thread, apply_batches, self.redis_sync, blobs)
+                self._redis_thread, apply_batches, self.redis_sync, batches)
         fenced = {tp for (tp, *_), ok in zip(work, applied, strict=True) if not ok}
         for tp in fenced:  # a newer owner moved the checkpoint: our state is stale, reload it
             log.warning("partition %s: checkpoint moved under us (another worker owns it); reloading", tp)

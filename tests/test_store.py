@@ -35,6 +35,10 @@ def test_vehicle_id_depends_on_key_region_and_plate() -> None:
     assert a != vehicle_id(b"j" * 16, "US-CT", "7ABC123")
     assert a != vehicle_id(b"k" * 16, "US-NY", "7ABC123")
     assert "7ABC123" not in trail_key(a)
+    # stored trails are found by this id: it must stay the documented keyed BLAKE2b, computed independently
+    for key in (b"k" * 16, b"j" * 16, b"k" * 16):  # keys interleaved: no state leaks between them
+        want = hashlib.blake2b(b"US-CT|7ABC123", key=key, digest_size=12).digest()
+        assert vehicle_id(key, "US-CT", "7ABC123") == want
 
 
 @given(st.lists(st.integers(0, 2**62), max_size=20), st.integers(0, 1000))
