@@ -33,6 +33,9 @@ def test_defaults() -> None:
     ("PLATESTREAM_REDIS_CA_FILE", __file__, "need a rediss://"),
     ("PLATESTREAM_CRASH_AFTER", "sink.redis:0", "must be sink.deduped"),
     ("PLATESTREAM_CRASH_AFTER", "sink.redis:3:pause", "must be sink.deduped"),
+    ("PLATESTREAM_STOP_TIMEOUT_S", "soon", "not a number"),
+    ("PLATESTREAM_STOP_TIMEOUT_S", "0", "outside"),
+    ("PLATESTREAM_STOP_TIMEOUT_S", "nan", "outside"),
 ])
 def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
@@ -61,6 +64,8 @@ def test_to_env_round_trips(tmp_path: Path) -> None:
     policy = tmp_path / "p.yaml"
     policy.write_text("version: 1\n")
     s = Settings.from_env({**BASE, "PLATESTREAM_DEDUP_WINDOW_S": "7", "PLATESTREAM_POLICY": str(policy),
-                           "PLATESTREAM_TOKEN": "t", "PLATESTREAM_WEB_HOST": "0.0.0.0"})
+                           "PLATESTREAM_TOKEN": "t", "PLATESTREAM_WEB_HOST": "0.0.0.0",
+                           "PLATESTREAM_STOP_TIMEOUT_S": "2.5"})
+    assert s.stop_timeout_s == 2.5
     assert Settings.from_env(s.to_env()) == s
     assert set(s.to_env()) == set(ENV_VARS)

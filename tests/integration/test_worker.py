@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,14 @@ def test_hotlist_alerts_through_the_worker(settings: Settings, tmp_path: Path) -
     got = sorted({(a["camera_id"], a["sighting_id"]): a["ts"] for a in alerts}.items())
     assert len(got) == len(expected) == counts[wanted] > 0
     assert {a["hotlist_agency"] for a in alerts} == {"hartford-pd"}
+
+
+def test_a_stop_that_overruns_its_deadline_still_exits(settings: Settings, tmp_path: Path) -> None:
+    """PLATESTREAM_STOP_TIMEOUT_S bounds a stop even if a shutdown step hangs: here the deadline is shorter
+    than any real shutdown (faust alone takes over a second), so it is the deadline that ends the process."""
+    worker = Worker(settings, tmp_path, PLATESTREAM_STOP_TIMEOUT_S="0.1")
+    wait_for(lambda: "worker started" in worker.log(), 120, "the worker to start")
+    began = time.monotonic()
+    assert worker.stop(timeout=30) == 70, worker.log()[-3000:]
+    assert time.monotonic() - began < 15
+    assert "still stopping 0.1s after the stop signal" in worker.log()
