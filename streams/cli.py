@@ -71,12 +71,10 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    import faust
-
-    from streams.worker import make_app
+    from streams.worker import Worker, make_app
 
     app = make_app(settings)
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    worker = Worker(app, settings, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
 

@@ -48,6 +48,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_POLICY": ("", "path of the policy file (YAML/JSON); queries are refused without one"),
     "PLATESTREAM_AUDIT_KEY": (DEV_AUDIT_KEY, "secret of the audit chain's HMAC"),
     "PLATESTREAM_RETENTION_INTERVAL_S": ("60", "how often the worker runs the retention sweeper"),
+    "PLATESTREAM_STOP_TIMEOUT_S": ("35", "after SIGTERM/SIGINT the worker exits within this many seconds, "
+                                         "graceful or not (the batch in flight gets up to 30 of them)"),
     "PLATESTREAM_TOKEN": ("", "the CLI user's API token (clients only; never logged)"),
     "PLATESTREAM_KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     "PLATESTREAM_KAFKA_SASL_MECHANISM": ("PLAIN", "with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
@@ -97,6 +99,7 @@ class Settings:
     policy_path: Path | None = None
     audit_key: bytes = DEV_AUDIT_KEY.encode()
     retention_interval_s: int = 60
+    stop_timeout_s: float = 35.0
     token: str = ""
     web_host: str = "127.0.0.1"
     previous_hash_key: bytes = b""
@@ -137,6 +140,16 @@ class Settings:
             if not lo <= n <= hi:
                 raise SettingsError(f"{name}={n} is outside [{lo}, {hi}]")
             return n
+
+        def number(name: str, lo: float, hi: float) -> float:
+            value = raw(name)
+            try:
+                x = float(str(value))
+            except ValueError:
+                raise SettingsError(f"{name}={value!r} is not a number") from None
+            if not lo <= x <= hi:  # (NaN fails this too)
+                raise SettingsError(f"{name}={value} is outside [{lo}, {hi}]")
+            return x
 
         state_dir = Path(overrides.get("state_dir") or str(raw("PLATESTREAM_STATE_DIR")))
         stack = _read_stack_file(state_dir)
@@ -190,6 +203,7 @@ class Settings:
             policy_path=Path(policy) if policy else None,
             audit_key=audit_key.encode(),
             retention_interval_s=integer("PLATESTREAM_RETENTION_INTERVAL_S", 1, 86400),
+            stop_timeout_s=number("PLATESTREAM_STOP_TIMEOUT_S", 0.1, 3600.0),
             token=str(raw("PLATESTREAM_TOKEN") or ""),
             web_host=str(raw("PLATESTREAM_WEB_HOST")),
             previous_hash_key=previous.encode(),
@@ -226,6 +240,7 @@ class Settings:
             "PLATESTREAM_POLICY": str(self.policy_path) if self.policy_path else "",
             "PLATESTREAM_AUDIT_KEY": self.audit_key.decode(),
             "PLATESTREAM_RETENTION_INTERVAL_S": str(self.retention_interval_s), "PLATESTREAM_TOKEN": self.token,
+            "PLATESTREAM_STOP_TIMEOUT_S": repr(self.stop_timeout_s),
             "PLATESTREAM_PREVIOUS_HASH_KEY": self.previous_hash_key.decode(),
             **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},
             "PLATESTREAM_REDIS_CLUSTER": "1" if self.redis_cluster else "0",

@@ -25,6 +25,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 import typing
 from collections import Counter
@@ -464,6 +465,37 @@ def _rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+class Worker(faust.Worker):
+    """faust's worker with a deadline on stopping: ``PLATESTREAM_STOP_TIMEOUT_S`` after the stop signal the
+    process exits even if a shutdown step hangs (seen once in CI: faust's own consumer thread, after the
+    process had been frozen past its session timeout, never finished stopping). Nothing is lost by it:
+    the Redis checkpoints hold the position and a replay is idempotent."""
+
+    def __init__(self, app: faust.App, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.stop_timeout_s = settings.stop_timeout_s
+
+    async def stop(self) -> None:
+        _exit_after(self.stop_timeout_s)
+        await super().stop()
+
+
+EXIT_STOP_TIMEOUT = 70  # EX_SOFTWARE: the worker was asked to stop and did not finish in time
+
+
+def _exit_after(seconds: float) -> None:
+    def force() -> None:
+        log.error("still stopping %.1fs after the stop signal; exiting now (the Redis checkpoints keep the "
+                  "position: a restart replays the batch in flight, idempotently)", seconds)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(EXIT_STOP_TIMEOUT)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True  # a stop that finishes in time exits without waiting for it
+    timer.start()
 
 
 def make_app(settings: Settings) -> faust.App:
