@@ -131,25 +131,21 @@ class Settings:
         def raw(name: str) -> str | None:
             return env.get(name, ENV_VARS[name][0])
 
-        def integer(name: str, lo: int, hi: int) -> int:
+        def bounded(name: str, lo: float, hi: float, kind: type[int] | type[float], what: str) -> Any:
             value = raw(name)
             try:
-                n = int(str(value))
+                x = kind(str(value))
             except ValueError:
-                raise SettingsError(f"{name}={value!r} is not an integer") from None
-            if not lo <= n <= hi:
-                raise SettingsError(f"{name}={n} is outside [{lo}, {hi}]")
-            return n
+                raise SettingsError(f"{name}={value!r} is not {what}") from None
+            if not lo <= x <= hi:  # (NaN fails this too)
+                raise SettingsError(f"{name}={x} is outside [{lo}, {hi}]")
+            return x
+
+        def integer(name: str, lo: int, hi: int) -> int:
+            return int(bounded(name, lo, hi, int, "an integer"))
 
         def number(name: str, lo: float, hi: float) -> float:
-            value = raw(name)
-            try:
-                x = float(str(value))
-            except ValueError:
-                raise SettingsError(f"{name}={value!r} is not a number") from None
-            if not lo <= x <= hi:  # (NaN fails this too)
-                raise SettingsError(f"{name}={value} is outside [{lo}, {hi}]")
-            return x
+            return float(bounded(name, lo, hi, float, "a number"))
 
         state_dir = Path(overrides.get("state_dir") or str(raw("PLATESTREAM_STATE_DIR")))
         stack = _read_stack_file(state_dir)
