@@ -274,7 +274,7 @@ class BatchRunner:
             if flight is not None:
                 await flight.acks
                 self._fault_point(names.STEP_SINK_DEDUPED)
-                writing = asyncio.ensure_future(self._write_redis(flight.work, flight.blobs))
+                writing = asyncio.ensure_future(self._write_redis(flight))
                 await asyncio.sleep(0)  # let the script go out before the CPU is busy with N+1
             t1 = time.perf_counter()
             work = [(tp, pipe, expected, pipe.process(batch, nxt, consumed, hot))
@@ -328,7 +328,7 @@ class BatchRunner:
         if flight is not None:
             await flight.acks
             self._fault_point(names.STEP_SINK_DEDUPED)
-            await self._commit(flight, await self._write_redis(flight.work, flight.blobs))
+            await self._commit(flight, await self._write_redis(flight))
         await self._committed()
 
     async def _committed(self) -> None:
@@ -435,16 +435,17 @@ class BatchRunner:
             n = self._partitions[topic] = len(await self.producer.partitions_for(topic))
         return n
 
-    async def _write_redis(self, work: list[_Work], blobs: list[bytes] | None = None) -> set[TopicPartition]:
+    async def _write_redis(self, flight: _Flight) -> set[TopicPartition]:
         """One atomic, fenced script per partition; returns partitions found owned by someone else."""
         assert self.redis is not None
+        work = flight.work
         if self.s.redis_cluster:
             applied = await apply_batches_cluster(
                 self.redis, [(pipe.ck_key, expected, r.next_offset, r.redis) for _, pipe, expected, r in work])
         else:
-            assert self.redis_sync is not None
-            packed = blobs if blobs is not None else [pack_commands(r.redis) for _, _, _, r in work]
-            batches = [(pipe.ck_key, expected, blob) for (_, pipe, expected, _), blob in zip(work, packed, strict=True)]
+            assert self.redis_sync is not None and flight.blobs is not None  # packed in handle
+            batches = [(pipe.ck_key, expected, blob)
+                       for (_, pipe, expected, _), blob in zip(work, flight.blobs, strict=True)]
             applied = await asyncio.get_running_loop().run_in_executor(
                 self._redis_thread, apply_batches, self.redis_sync, batches)
         fenced = {tp for (tp, *_), ok in zip(work, applied, strict=True) if not ok}
