@@ -376,8 +376,7 @@ class BatchRunner:
         if self.metrics[f"fault_point.{step}"] == n:
             log.warning("fault injection: %s right after %s of batch %d", "exiting" if action == "exit" else
                         "stopping", step, n)
-            for h in logging.getLogger().handlers:
-                h.flush()
+            _flush_logs()
             if action == "stop":
                 os.kill(os.getpid(), signal.SIGSTOP)
                 log.warning("fault injection: resumed after SIGSTOP")
@@ -486,12 +485,17 @@ class Worker(faust.Worker):
 EXIT_STOP_TIMEOUT = 70  # EX_SOFTWARE: the worker was asked to stop and did not finish in time
 
 
+def _flush_logs() -> None:
+    """Before the process ends or freezes without Python's shutdown: the last lines must be in the log."""
+    for h in logging.getLogger().handlers:
+        h.flush()
+
+
 def _exit_after(seconds: float) -> None:
     def force() -> None:
         log.error("still stopping %.1fs after the stop signal; exiting now (the Redis checkpoints keep the "
                   "position: a restart replays the batch in flight, idempotently)", seconds)
-        for h in logging.getLogger().handlers:
-            h.flush()
+        _flush_logs()
         os._exit(EXIT_STOP_TIMEOUT)
 
     timer = threading.Timer(seconds, force)
