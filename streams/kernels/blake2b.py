@@ -83,8 +83,7 @@ def _compress(h: NDArray[np.uint64], block: NDArray[np.uint8], t: int, last: boo
     m8, m9, m10, m11, m12, m13, m14, m15 = w[8], w[9], w[10], w[11], w[12], w[13], w[14], w[15]
     v12 = IV[4] ^ np.uint64(t)
     v14 = ~IV[6] if last else IV[6]
-    v: tuple[np.uint64, ...] = (h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
-                                IV[0], IV[1], IV[2], IV[3], v12, IV[5], v14, IV[7])
+    v = (h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], IV[0], IV[1], IV[2], IV[3], v12, IV[5], v14, IV[7])
     v = _round(v, (m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15))
     v = _round(v, (m14, m10, m4, m8, m9, m15, m13, m6, m1, m12, m0, m2, m11, m7, m5, m3))
     v = _round(v, (m11, m8, m12, m0, m5, m2, m15, m13, m10, m14, m3, m6, m7, m1, m9, m4))
