@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from streams import names
-from streams.directory import directory_key, sealer
+from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
@@ -35,7 +35,6 @@ from streams.store import (
     cell_key,
     checkpoint_key,
     member_fixed,
-    pack_each,
     pack_string,
     sighting_ids,
     stats_key,
@@ -43,7 +42,6 @@ from streams.store import (
     trail_key_hex,
     unpack_strings,
     vehicle_id,
-    vehicle_ids,
 )
 
 Command = tuple[Any, ...]
@@ -216,7 +214,7 @@ class PartitionPipeline:
         was_written = snap[:, 6].astype(bool)
         created = touched[touched >= n_before]  # the kernel appends new sessions to the pool
         p["hit"][created] = 0
-        p["sid"][created] = sighting_ids(self.topic, self.partition, p["first_seq"][created])
+        p["sid"][created] = sighting_ids(self.topic, self.partition, p["first_seq"][created].tolist())
         out.sightings_new += int(np.count_nonzero(p["alive"][created]))
         hit_before = p["hit"][touched].copy()
         for i in touched[~alive].tolist():  # a merged-away sighting's hit carries over to its survivor
@@ -303,27 +301,21 @@ class PartitionPipeline:
         cam_names = self.cam_names
         old_entries = self._old
         live_list = live.tolist()
-        vid_raw = vehicle_ids(s.hash_key, [b[1] for b in bests], plate_texts).tobytes()
-        vid_hex = vid_raw.hex()
-        sid_hex = p["sid"][live].astype(">u8").tobytes().hex()
-        seal = sealer(s.hash_key)
-        pk_reads = pack_each([b[0] for b in bests])
-        pk_plates = pack_each(plate_texts)
         for j, ((read_id, region, agency), plate_text) in enumerate(zip(bests, plate_texts, strict=True)):
             camera = cam_names[cam_ids[j]]
             pk_camera = packed.get(camera) or packed.setdefault(camera, pack_string(camera))
             pk_region = packed.get(region) or packed.setdefault(region, pack_string(region))
             pk_agency = packed.get(agency) or packed.setdefault(agency, pack_string(agency))
-            pk_read = pk_reads[j]
+            pk_read = pack_string(read_id)
             sid = sids[j]
             start = starts[j]
             ck_fields.append(sid_raw[j * 8 : j * 8 + 8])
             ck_fields.append(b"".join((ck_raw[j * size : (j + 1) * size], pk_camera, pk_read, pk_region, pk_agency,
-                                       pk_plates[j])))
+                                       pack_string(plate_text))))
             if not stored[j]:
                 continue
-            vid = vid_raw[j * 12 : j * 12 + 12]
-            vhex = vid_hex[j * 24 : j * 24 + 24]
+            vid = vehicle_id(s.hash_key, region, plate_text)
+            vhex = vid.hex()
             member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read
             entry = (trail_key_hex(vhex), member,
                      cell_key(cell_texts[j], start // bucket_ms), CELL_MEMBER.pack(vid, sid))
@@ -336,8 +328,8 @@ class PartitionPipeline:
             cell_members.setdefault(entry[2], []).extend((start, entry[3]))
             if vid not in sealed:
                 sealed.add(vid)
-                directory.setdefault(directory_key(vid), []).extend((vid, seal(vid, region, plate_text)))
-            hex_sid = sid_hex[j * 16 : j * 16 + 16]
+                directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
+            hex_sid = f"{sid:016x}"
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid,
                 "revision": last_seqs[j], "vehicle": vhex, "plate": plate_text, "region": region,

@@ -33,7 +33,6 @@ import redis
 from numpy.typing import NDArray
 from redis.crc import key_slot
 
-from streams.kernels.blake2b import Blake2b
 from streams.kernels.geohash import geo52_decode
 
 MEMBER_VERSION = 2
@@ -59,29 +58,21 @@ def _keyed(hash_key: bytes) -> Any:
     return hashlib.blake2b(key=hash_key, digest_size=12)
 
 
-def vehicle_ids(hash_key: bytes, regions: Sequence[str], plates: Sequence[str]) -> NDArray[np.uint8]:
-    """``vehicle_id`` of many (region, plate) pairs: one row of 12 bytes each, in one kernel call."""
-    return _vehicle_hasher(hash_key).of_strings([f"{r}|{p}" for r, p in zip(regions, plates, strict=True)])
-
-
-@functools.lru_cache(maxsize=8)
-def _vehicle_hasher(hash_key: bytes) -> Blake2b:
-    return Blake2b(12, hash_key)
-
-
-_SIGHTING_HASHER = Blake2b(8)
-
-
 def sighting_id(topic: str, partition: int, first_offset: int) -> int:
     """Stable id of a sighting: derived from the Kafka coordinates of the read that opened it
-    (BLAKE2b-64 of ``topic|partition|offset``, read as a big-endian integer)."""
-    return int(sighting_ids(topic, partition, np.array([first_offset]))[0])
+    (BLAKE2b-64 of ``topic|partition|offset``)."""
+    return sighting_ids(topic, partition, [first_offset])[0]
 
 
-def sighting_ids(topic: str, partition: int, first_offsets: NDArray[np.int64]) -> NDArray[np.uint64]:
-    """``sighting_id`` of many offsets of one partition, in one kernel call."""
-    digests = _SIGHTING_HASHER.of_decimals(f"{topic}|{partition}|".encode(), first_offsets)
-    return digests.view(">u8").ravel().astype(np.uint64)
+def sighting_ids(topic: str, partition: int, first_offsets: Sequence[int]) -> list[int]:
+    """``sighting_id`` of many offsets of one partition (the common prefix hashed once)."""
+    prefix = hashlib.blake2b(f"{topic}|{partition}|".encode(), digest_size=8)
+    out = []
+    for off in first_offsets:
+        h = prefix.copy()
+        h.update(str(off).encode())
+        out.append(int.from_bytes(h.digest(), "big"))
+    return out
 
 
 def trail_key(vehicle: bytes) -> str:
@@ -115,18 +106,6 @@ def pack_string(value: str) -> bytes:
     if n > 0xFFFF:
         raise ValueError("string longer than 65535 bytes")
     return b"\xff" + n.to_bytes(2, "little") + b
-
-
-_SHORT = [bytes((n,)) for n in range(0xFF)]
-
-
-def pack_each(values: Sequence[str]) -> list[bytes]:
-    """``[pack_string(v) for v in values]``, without a function call per value when all are short ASCII
-    (byte length = character length, and one length byte)."""
-    if "".join(values).isascii() and max(map(len, values), default=0) < 0xFF:
-        short = _SHORT
-        return [short[len(v)] + v.encode() for v in values]
-    return list(map(pack_string, values))
 
 
 def pack_strings(*values: str) -> bytes:

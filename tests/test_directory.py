@@ -6,7 +6,7 @@ import orjson
 import pytest
 import redis
 
-from streams.directory import Sealer, collect, directory_key, entries, open_entry, seal
+from streams.directory import collect, directory_key, entries, open_entry, seal
 from streams.pipeline import PartitionPipeline
 from streams.policy import DAY_MS
 from streams.records import Raw
@@ -30,15 +30,6 @@ def test_seal_is_deterministic_and_opens_only_with_its_key_and_vehicle() -> None
     assert open_entry((KEY, OLD), v, seal(OLD, v, "US-CT", "7ABC123")) == ("US-CT", "7ABC123")  # rotation
     flipped = bytes([sealed[0] ^ 1]) + sealed[1:]
     assert open_entry((KEY,), v, flipped) is None  # tampered
-
-
-def test_sealer_returns_what_seal_returns_and_keeps_at_most_its_size() -> None:
-    sealer = Sealer(KEY, size=3)
-    plates = [f"7ABC{i:03d}" for i in range(10)] * 2
-    for plate in plates:
-        v = vehicle_id(KEY, "US-CT", plate)
-        assert sealer(v, "US-CT", plate) == seal(KEY, v, "US-CT", plate)
-        assert len(sealer._memo) <= 3
 
 
 def _read(i: int, plate: str, ts: int, conf: float = 0.9, agency: str = "hartford-pd") -> dict:

@@ -5,20 +5,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.store import (
-    Sighting,
-    pack_each,
-    pack_string,
-    sighting_id,
-    sighting_ids,
-    trail_key,
-    vehicle_id,
-    vehicle_ids,
-)
+from streams.store import Sighting, sighting_id, sighting_ids, trail_key, vehicle_id
 
 # the schema allows 64 characters: up to 256 bytes of UTF-8 (4-byte characters are drawn on purpose)
 text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64) | st.sampled_from(["\U0001F600" * 64, "é" * 64])
@@ -57,20 +47,8 @@ def test_sighting_ids_are_the_hash_of_the_kafka_coordinates(offsets: list[int], 
     def reference(o: int) -> int:
         return int.from_bytes(hashlib.blake2b(f"plate-reads|{partition}|{o}".encode(), digest_size=8).digest(), "big")
 
-    assert sighting_ids("plate-reads", partition, np.array(offsets, dtype=np.int64)).tolist() == [
-        reference(o) for o in offsets]
+    assert sighting_ids("plate-reads", partition, offsets) == [reference(o) for o in offsets]
     assert [sighting_id("plate-reads", partition, o) for o in offsets] == [reference(o) for o in offsets]
-
-
-@given(st.lists(st.tuples(text, text), max_size=10), st.binary(min_size=1, max_size=64))
-def test_vehicle_ids_of_a_batch_are_each_vehicle_id(pairs: list[tuple[str, str]], key: bytes) -> None:
-    got = vehicle_ids(key, [r for r, _ in pairs], [p for _, p in pairs])
-    assert [row.tobytes() for row in got] == [vehicle_id(key, r, p) for r, p in pairs]
-
-
-@given(st.lists(text | st.text(alphabet="AB12-", max_size=300), max_size=10))
-def test_pack_each_is_pack_string_of_each(values: list[str]) -> None:
-    assert pack_each(values) == [pack_string(v) for v in values]
 
 
 def test_split_long_keeps_every_argument_and_pairs() -> None:
