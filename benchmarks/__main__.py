@@ -137,19 +137,38 @@ def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
         lines.append(f"| `{name}` | {fmt(v)} | {op} {fmt(float(goal))} {unit} | {verdict(name, v)} |")
     lines += ["", "## Details", "", "| measurement | value |", "|---|---|"]
     for k, v in sorted(results.items()):
-        if k in GOALS or k in ("machine", "progress_curve", "worker_metrics", "profile_top"):
+        if k in GOALS or k in ("machine", "progress_curve", "worker_metrics", "profile_top", "profile_sampled"):
             continue
         lines.append(f"| `{k}` | {fmt(v)} |")
     lines += ["", "## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in results["machine"].items()]
     if png:
         lines += ["", f"![throughput and progress]({png})"]
+    lines += sampled_profile(results.get("profile_sampled"))
     if results.get("profile_top"):
         lines += ["", "## Where the worker's time goes (cProfile of the batch loop, top by own time)", "", "```",
                   results["profile_top"], "```"]
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def sampled_profile(sampled: dict[str, Any] | None) -> list[str]:
+    """The report section of ``e2e.sample_worker``: shares of the worker's busy samples."""
+    if not sampled:
+        return []
+    title = "## Where the worker's time goes, sampled in place (py-spy)"
+    if "error" in sampled:
+        return ["", title, "", f"Not sampled: {sampled['error']}"]
+    out = ["", title, "",
+           f"{sampled['samples']:,} samples at 100 Hz of a worker process running on the pre-filled topic, every "
+           "thread, waiting excluded (py-spy's default): the share of those samples in which a function was on "
+           "the stack, and the lines that were executing.", "",
+           "| % of samples | function (with what it calls) |", "|---:|---|"]
+    out += [f"| {pct} | `{name}` |" for name, pct in sampled["inclusive_pct"]]
+    out += ["", "| % of samples | line executing |", "|---:|---|"]
+    out += [f"| {pct} | `{name}` |" for name, pct in sampled["own_pct"]]
+    return out
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -210,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     results["ratio_vs_naive_faust"] = results["e2e_reads_per_s"] / results["naive_faust_reads_per_s"]
     e2e.log("profiling the batch loop in-process (cProfile) on the same topic")
     results["profile_top"] = e2e.profile_worker(info, s, min(len(msgs), 300_000))
+    e2e.log("sampling a worker in place (py-spy, 10 s) on the same topic")
+    results["profile_sampled"] = e2e.sample_worker(info, s, 3 if args.quick else 10, log_dir)
 
     try:
         from benchmarks.quix import quix_baseline

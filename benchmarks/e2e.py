@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,10 +390,78 @@ def _query_loop(s: Settings, flag: Any, results: Any) -> None:
     results.put(samples)
 
 
+def sample_worker(info: stack.StackInfo, prefilled: Settings, seconds: float, log_dir: Path) -> dict[str, Any]:
+    """py-spy samples of a real worker process on the pre-filled topic (fresh group and Redis db).
+
+    cProfile (``profile_worker``) counts calls but slows every Python call down, which inflates the
+    per-sighting Python code against C and Numba; sampling the worker in place, as it runs in the timed
+    runs (its own process, broker and Redis busy beside it), shows the shares as they are.
+    """
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return {"error": "py-spy is not installed (it is in the [bench] extra)"}
+    s = dataclasses.replace(isolated_settings(info, db=7), topic_reads=prefilled.topic_reads,
+                            group=f"sample-{uuid.uuid4().hex[:6]}")
+    client = redis.Redis.from_url(s.redis_url)
+    client.flushdb()
+    worker = start_worker(s, log_dir / "bench-worker-sampled.log")
+    out = log_dir / "py-spy.txt"
+    try:
+        deadline = time.monotonic() + 120
+        while not processed(s, client):  # sample batches, not start-up
+            if time.monotonic() > deadline or worker.proc.poll() is not None:
+                return {"error": "the sampled worker did not commit a batch"}
+            time.sleep(0.05)
+        run = subprocess.run([spy, "record", "--pid", str(worker.proc.pid), "--duration", str(int(seconds)),
+                              "--rate", "100", "--nonblocking", "--format", "raw", "--output", str(out)],
+                             capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        worker.stop()
+    if run.returncode != 0 or not out.exists():
+        return {"error": f"py-spy failed (exit {run.returncode}): {run.stderr.strip()[-300:]}"}
+    return summarize_samples(out.read_text())
+
+
+# frames on every stack of a thread (event loop, interpreter start-up, thread start): not informative
+_PLUMBING = ("(<frozen ", "(asyncio/", "(mode/", "(threading.py)", "(concurrent/futures/")
+
+
+def summarize_samples(raw: str, top: int = 22) -> dict[str, Any]:
+    """py-spy's collapsed stacks ("frame;frame;... count") -> shares of all samples: by function including
+    what it calls (event-loop and thread plumbing left out), and by line where the time is spent."""
+    total = 0
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack_text, _, count = line.rpartition(" ")
+        if not stack_text or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack_text.split(";")]
+        own[frames[-1][1]] += n
+        for name in {f[0] for f in frames if not any(m in f[0] for m in _PLUMBING)}:
+            inclusive[name] += n
+
+    def share(c: Counter[str]) -> list[tuple[str, float]]:
+        return [(k, round(100 * v / max(total, 1), 1)) for k, v in c.most_common(top)]
+
+    return {"samples": total, "inclusive_pct": share(inclusive), "own_pct": share(own)}
+
+
+def _frame(frame: str) -> tuple[str, str]:
+    """"func (path/to/file.py:12)" -> ("func (file.py)", "func (file.py:12)"), paths made short."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path, _, line = where.rpartition(":")
+    short = path.replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
+    short = short.split("site-packages/")[-1]
+    return f"{name} ({short})", f"{name} ({short}:{line})"
+
+
 def profile_worker(info: stack.StackInfo, prefilled: Settings, limit: int) -> str:
     """cProfile of the worker's batch loop (in-process, fresh group and Redis db) over ``limit`` messages."""
     import cProfile
-    import dataclasses
     import io
     import pstats
 
