@@ -412,9 +412,12 @@ def sample_worker(info: stack.StackInfo, prefilled: Settings, seconds: float, lo
             if time.monotonic() > deadline or worker.proc.poll() is not None:
                 return {"error": "the sampled worker did not commit a batch"}
             time.sleep(0.05)
-        run = subprocess.run([spy, "record", "--pid", str(worker.proc.pid), "--duration", str(int(seconds)),
-                              "--rate", "100", "--nonblocking", "--format", "raw", "--output", str(out)],
-                             capture_output=True, text=True, timeout=seconds + 60)
+        try:
+            run = subprocess.run([spy, "record", "--pid", str(worker.proc.pid), "--duration", str(int(seconds)),
+                                  "--rate", "100", "--nonblocking", "--format", "raw", "--output", str(out)],
+                                 capture_output=True, text=True, timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            return {"error": f"py-spy did not finish within {seconds + 60:.0f} s"}
     finally:
         worker.stop()
     if run.returncode != 0 or not out.exists():
