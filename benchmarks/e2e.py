@@ -390,6 +390,16 @@ def _query_loop(s: Settings, flag: Any, results: Any) -> None:
     results.put(samples)
 
 
+def on_prefilled(info: stack.StackInfo, prefilled: Settings, db: int, group: str) -> Settings:
+    """Settings of a fresh consumer group on the pre-filled topic, with its own output topics and an empty
+    Redis db: a profiled worker starts from offset 0 and finds nothing of the timed runs."""
+    s = dataclasses.replace(isolated_settings(info, db=db), topic_reads=prefilled.topic_reads,
+                            group=f"{group}-{uuid.uuid4().hex[:6]}")
+    ensure_topics(s)
+    redis.Redis.from_url(s.redis_url).flushdb()
+    return s
+
+
 def sample_worker(info: stack.StackInfo, prefilled: Settings, seconds: float, log_dir: Path) -> dict[str, Any]:
     """py-spy samples of a real worker process on the pre-filled topic (fresh group and Redis db).
 
@@ -400,10 +410,8 @@ def sample_worker(info: stack.StackInfo, prefilled: Settings, seconds: float, lo
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         return {"error": "py-spy is not installed (it is in the [bench] extra)"}
-    s = dataclasses.replace(isolated_settings(info, db=7), topic_reads=prefilled.topic_reads,
-                            group=f"sample-{uuid.uuid4().hex[:6]}")
+    s = on_prefilled(info, prefilled, db=7, group="sample")
     client = redis.Redis.from_url(s.redis_url)
-    client.flushdb()
     worker = start_worker(s, log_dir / "bench-worker-sampled.log")
     out = log_dir / "py-spy.txt"
     try:
@@ -471,10 +479,7 @@ def profile_worker(info: stack.StackInfo, prefilled: Settings, limit: int) -> st
     from streams.pipeline import warm_up
     from streams.worker import BatchRunner
 
-    s = dataclasses.replace(isolated_settings(info, db=8), topic_reads=prefilled.topic_reads,
-                            group=f"profile-{uuid.uuid4().hex[:6]}")
-    ensure_topics(s)
-    redis.Redis.from_url(s.redis_url).flushdb()
+    s = on_prefilled(info, prefilled, db=8, group="profile")
 
     async def run() -> None:
         runner = BatchRunner(s)
