@@ -461,7 +461,8 @@ def summarize_samples(raw: str, top: int = 22) -> dict[str, Any]:
 
 
 def _frame(frame: str) -> tuple[str, str]:
-    """"func (path/to/file.py:12)" -> ("func (file.py)", "func (file.py:12)"), paths made short."""
+    """A py-spy frame ``func (path/to/file.py:12)`` as (``func (file.py)``, ``func (file.py:12)``), paths made
+    short."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
     path, _, line = where.rpartition(":")
