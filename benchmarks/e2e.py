@@ -407,8 +407,10 @@ def sample_worker(info: stack.StackInfo, prefilled: Settings, seconds: float, lo
     per-sighting Python code against C and Numba; sampling the worker in place, as it runs in the timed
     runs (its own process, broker and Redis busy beside it), shows the shares as they are.
     """
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
+    # the [bench] extra's py-spy (beside this interpreter) first, so the report's sampler is the pinned one
+    venv_spy = Path(sys.executable).with_name("py-spy")
+    spy = str(venv_spy) if venv_spy.exists() else shutil.which("py-spy")
+    if spy is None:
         return {"error": "py-spy is not installed (it is in the [bench] extra)"}
     s = on_prefilled(info, prefilled, db=7, group="sample")
     client = redis.Redis.from_url(s.redis_url)
