@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from streams import names
+from streams.arena import LENGTH, OFFSET, StringArena
 from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
@@ -51,6 +52,8 @@ _STRUCT_CODE: dict[type, str] = {np.int32: "i", np.uint64: "Q", np.int64: "q", n
 _CK = struct.Struct("<" + "".join(_STRUCT_CODE[POOL_FIELDS[k]] for k in _CK_FIELDS))
 _CK_DTYPE = np.dtype([(k, np.dtype(POOL_FIELDS[k]).newbyteorder("<")) for k in _CK_FIELDS])
 assert _CK_DTYPE.itemsize == _CK.size
+# the best read's id (in ``PartitionPipeline.read_ids``), region and agency (in ``texts``) of each session
+BEST_FIELDS: dict[str, type] = {"rid_off": OFFSET, "rid_len": LENGTH, "region": np.int32, "agency": np.int32}
 META_OFFSET = b"offset"
 META_WATERMARK = b"watermark"
 
@@ -120,14 +123,16 @@ class PartitionPipeline:
         self.topic = topic
         self.partition = partition
         self.ck_key = checkpoint_key(settings.group, topic, partition)
-        self.state = DedupArrays()
+        self.state = DedupArrays(extra_fields=BEST_FIELDS)
         self.cam_index: dict[str, int] = {}
         self.cam_names: list[str] = []
-        # best read's (read_id, region, agency), by its offset; one entry per live session (its plate is the
-        # pool's best_plate, turned back into text when needed: 64 bytes less per open session)
-        self.best: dict[int, tuple[str, str, str]] = {}
+        # each session's best read: its id in this arena, its region and agency as indexes into ``texts``
+        # (its plate is the pool's best_plate); ~20 bytes per open session instead of ~220 as Python objects
+        self.read_ids = StringArena()
+        self.text_index: dict[str, int] = {}
+        self.texts: list[str] = []  # regions and agencies: a few distinct values
+        self.arena_slack = 1 << 16  # bytes of replaced ids tolerated beyond the live ones before compacting
         self._old: dict[int, tuple[str, bytes, str, bytes]] = {}
-        self._strings: dict[str, str] = {}  # regions and agencies: a few distinct values
         self._packed: dict[str, bytes] = {}  # pack_string of cameras, agencies and regions (they repeat)
         self.next_offset: int | None = None
 
@@ -141,33 +146,50 @@ class PartitionPipeline:
         rows = [v for k, v in checkpoint.items() if k not in (META_OFFSET, META_WATERMARK, PENDING)]
         st = self.state
         st.reserve(len(rows))
+        bests: list[tuple[str, str, str]] = []
+        cameras = []
         for i, value in enumerate(rows):
             fixed = _CK.unpack_from(value)
             for name, v in zip(_CK_FIELDS, fixed, strict=True):
                 st.pool[name][i] = v
             camera, read_id, region, agency = unpack_strings(value, _CK.size, 4)  # then the plate: best_plate
-            st.pool["cam"][i] = self._cam(camera)
-            self.best[int(st.pool["best_seq"][i])] = (read_id, self._shared(region), self._shared(agency))
+            cameras.append(camera)
+            bests.append((read_id, region, agency))
         st.n_used = len(rows)
+        st.pool["cam"][: len(rows)] = _indexes(self.cam_index, self.cam_names, cameras)
+        self._set_best(np.arange(len(rows)), bests)
         st.rebuild_table()
 
-    def _shared(self, value: str) -> str:
-        """One string object per distinct region or agency, instead of one per open session (memory)."""
-        return self._strings.get(value) or self._strings.setdefault(value, value)
-
     def _cams(self, cameras: list[str]) -> np.ndarray:
-        """Camera names -> dense indexes (new names registered first, then one C-level lookup pass)."""
-        index = self.cam_index
-        for camera in set(cameras).difference(index):
-            self._cam(camera)
-        return np.fromiter(map(index.__getitem__, cameras), dtype=np.int32, count=len(cameras))
+        return _indexes(self.cam_index, self.cam_names, cameras)
 
-    def _cam(self, camera: str) -> int:
-        idx = self.cam_index.get(camera)
-        if idx is None:
-            idx = self.cam_index[camera] = len(self.cam_names)
-            self.cam_names.append(camera)
-        return idx
+    def _set_best(self, sessions: np.ndarray, bests: Sequence[tuple[str, str, str]]) -> None:
+        """Record (read_id, region, agency) as the best read of each of ``sessions``."""
+        if not bests:
+            return
+        p = self.state.pool
+        read_ids, regions, agencies = zip(*bests, strict=True)
+        p["rid_off"][sessions], p["rid_len"][sessions] = self.read_ids.append(read_ids)
+        p["region"][sessions] = _indexes(self.text_index, self.texts, regions)
+        p["agency"][sessions] = _indexes(self.text_index, self.texts, agencies)
+
+    def best_reads(self, sessions: np.ndarray) -> list[tuple[str, str, str]]:
+        p, texts = self.state.pool, self.texts
+        return list(zip(self.read_ids.get(p["rid_off"][sessions], p["rid_len"][sessions]),
+                        [texts[i] for i in p["region"][sessions].tolist()],
+                        [texts[i] for i in p["agency"][sessions].tolist()], strict=True))
+
+    def _compact_read_ids(self) -> None:
+        """Drop the ids no open session refers to, once they are most of the arena."""
+        st = self.state
+        p, n = st.pool, st.n_used
+        alive = p["alive"][:n].astype(bool)
+        lens = p["rid_len"][:n]
+        live_bytes = int(lens[alive].sum(dtype=np.int64))
+        if len(self.read_ids) <= 2 * live_bytes + self.arena_slack:
+            return
+        lens[~alive] = 0
+        p["rid_off"][:n] = self.read_ids.compact(p["rid_off"][:n], lens)
 
     # -- process -------------------------------------------------------------------------------------
     def process_raw(self, records: Sequence[RecordLike], hot: HotContext | None = None) -> BatchResult:
@@ -224,7 +246,6 @@ class PartitionPipeline:
             self._match(batch, cls, session_of, hot, out)
 
         # sightings that were written before and are now changed or absorbed: remove their old entries
-        live_now = set(p["best_seq"][touched[alive]].tolist())
         for k in np.flatnonzero(was_written):
             i = int(touched[k])
             old = self._entry_from_snapshot(i, snap[k], float(snap_conf[k]), bool(hit_before[k]))
@@ -241,10 +262,12 @@ class PartitionPipeline:
             retraction = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{sid:016x}",
                           "revision": int(p["last_seq"][survivor]), "merged_into": f"{int(p['sid'][survivor]):016x}"}
             out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(retraction)))
-        for k in np.flatnonzero(was_written):
-            seq = int(snap[k, 5])
-            if seq not in live_now:
-                self.best.pop(seq, None)
+        # a survivor whose best read now is an absorbed sighting's (from an earlier batch) takes its strings
+        for i in touched[~alive].tolist():
+            s_ = self._survivor(i)
+            if st.best_row[s_] < 0 and p["best_seq"][s_] == p["best_seq"][i]:
+                for name in BEST_FIELDS:
+                    p[name][s_] = p[name][i]
 
         live = touched[alive]
         if not live.shape[0]:
@@ -253,11 +276,10 @@ class PartitionPipeline:
         best_seqs = p["best_seq"][live].tolist()
         best_rows = st.best_row[live].tolist()  # the best read's row in this batch, -1 if an earlier batch's
         extra = batch.docs.extras_of(best_rows)
-        shared = self._shared
-        for seq, row in zip(best_seqs, best_rows, strict=True):
-            if row >= 0:
-                self.best[seq] = (read_ids[row], shared(regions[row]), shared(agencies[row]))
-        bests = [self.best[q] for q in best_seqs]  # (read_id, region, agency)
+        new_best = [(j, row) for j, row in enumerate(best_rows) if row >= 0]
+        self._set_best(live[[j for j, _ in new_best]],
+                       [(read_ids[row], regions[row], agencies[row]) for _, row in new_best])
+        bests = self.best_reads(live)  # (read_id, region, agency)
         plate_texts = unpack_plates(p["best_plate"][live])
         # hit-only agencies: a sighting that matched no hotlist is never stored (its dedup state is kept,
         # so a later frame that hits still merges into it)
@@ -353,12 +375,10 @@ class PartitionPipeline:
         gone = expired(st.pool["end"], st.pool["alive"], st.n_used, horizon)
         if gone.shape[0]:
             raw = st.pool["sid"][gone].astype("<u8").tobytes()
-            best = self.best
-            for seq in st.pool["best_seq"][gone].tolist():
-                best.pop(seq, None)
             st.pool["alive"][gone] = 0
             out.redis.append(("HDEL", self.ck_key, *(raw[k : k + 8] for k in range(0, len(raw), 8))))
         st.reclaim()
+        self._compact_read_ids()
 
     def _survivor(self, i: int) -> int:
         p, merged = self.state.pool, self.state.merged_into
@@ -393,7 +413,7 @@ class PartitionPipeline:
                              hit: bool) -> tuple[str, bytes, str, bytes]:
         """Trail and cell entries of session ``i`` as last written (from its pre-batch snapshot)."""
         # snapshot columns: start, end, count, best_plate, best_geo, best_seq, written, rev, best_ts
-        read_id, region, agency = self.best[int(snap[5])]
+        [(read_id, region, agency)] = self.best_reads(np.array([i]))
         plate_text = unpack_plate(int(snap[3:4].view(np.uint64)[0]))
         geo = int(snap[4:5].view(np.uint64)[0])
         sight = Sighting(int(self.state.pool["sid"][i]), int(snap[0]), int(snap[1]), int(snap[8]), geo,
@@ -404,6 +424,14 @@ class PartitionPipeline:
         return (trail_key(vid), sight.pack(), cell_key(cell, sight.ts // self.s.cell_bucket_ms),
                 CELL_MEMBER.pack(vid, sight.sighting_id))
 
+
+
+def _indexes(index: dict[str, int], values: list[str], items: Sequence[str]) -> np.ndarray:
+    """Strings -> dense indexes into ``values`` (new ones registered first, then one C-level lookup pass)."""
+    for item in set(items).difference(index):
+        index[item] = len(values)
+        values.append(item)
+    return np.fromiter(map(index.__getitem__, items), dtype=np.int32, count=len(items))
 
 
 def warm_up(s: Settings) -> None:

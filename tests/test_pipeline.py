@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -161,7 +162,7 @@ def test_longest_utf8_strings_the_schema_allows_are_stored_and_restored(settings
     assert (sighting.read_id, sighting.camera_id, sighting.agency) == (long_id, long_cam, long_agency)
     restored = PartitionPipeline(settings, settings.topic_reads, 0)
     restored.restore(client.hgetall(pipe.ck_key))
-    assert list(restored.best.values()) == [(long_id, "US-CT", long_agency)]
+    assert restored.best_reads(np.arange(restored.state.n_used)) == [(long_id, "US-CT", long_agency)]
     assert unpack_plates(restored.state.pool["best_plate"][: restored.state.n_used]) == ["7ABC123"]
     assert restored.cam_names == [long_cam]
 
@@ -196,3 +197,33 @@ print(json.dumps([before, counts()]))
                     "geohash.geo52_decode", "geohash.geohash_str"]
     assert all(before[k] == 0 for k in entry_points)
     assert {k: after[k] > 0 for k in entry_points} == dict.fromkeys(entry_points, True)
+
+
+def test_a_merge_keeps_the_best_read_of_the_absorbed_sighting_across_batches(settings: Settings) -> None:
+    """The best read of a merged sighting can be the absorbed one's, read in an earlier batch: its id,
+    region and agency must follow it into the survivor, for this batch's upsert and for later ones."""
+    from streams.store import read_trail, trail_key, vehicle_id
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    t0 = 1_700_000_000_000
+    w = settings.dedup_window_ms
+
+    def raw(offset: int, read_id: str, dt: int, conf: float, agency: str) -> Raw:
+        doc = {"read_id": read_id, "camera_id": "cam-1", "agency": agency, "plate": "7ABC123", "region": "US-CT",
+               "ts": t0 + dt, "lat": 41.7, "lon": -72.7, "confidence": conf}
+        return Raw(settings.topic_reads, 0, offset, None, None, orjson.dumps(doc))
+
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    upserts: list[dict] = []
+    for batch in ([raw(0, "early", 0, 0.5, "a-pd"), raw(1, "best", w + w // 2, 0.9, "b-pd")],
+                  [raw(2, "bridge", (w + w // 2) // 2, 0.1, "a-pd")],  # within W of both: one sighting
+                  [raw(3, "later", w + w // 2 + 1, 0.2, "a-pd")]):  # touches it again, best unchanged
+        expected = pipe.next_offset
+        result = pipe.process_raw(batch)
+        _apply(client, pipe, expected, result.redis)
+        upserts.append(orjson.loads(result.deduped[-1][1]))
+    assert [(u["op"], u["read_id"], u["agency"], u["reads"]) for u in upserts[1:]] == [
+        ("upsert", "best", "b-pd", 3), ("upsert", "best", "b-pd", 4)]
+    [sighting] = read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "7ABC123")))
+    assert (sighting.read_id, sighting.agency, sighting.reads, sighting.ts) == ("best", "b-pd", 4, t0)

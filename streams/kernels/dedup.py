@@ -57,6 +57,9 @@ class DedupArrays:
     """The mutable state of one partition's dedup: session pool, hash table and watermark."""
 
     capacity: int = 1024
+    # columns the caller keeps per session beyond POOL_FIELDS (the kernels never read them); they grow and
+    # compact with the pool
+    extra_fields: dict[str, type] = field(default_factory=dict)
     pool: dict[str, NDArray] = field(default_factory=dict)
     nxt: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     best_row: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
@@ -77,7 +80,7 @@ class DedupArrays:
 
     def __post_init__(self) -> None:
         if not self.pool:
-            self.pool = {k: np.zeros(self.capacity, dtype=t) for k, t in POOL_FIELDS.items()}
+            self.pool = {k: np.zeros(self.capacity, dtype=t) for k, t in {**POOL_FIELDS, **self.extra_fields}.items()}
             self.nxt = np.full(self.capacity, EMPTY, np.int32)
             self.best_row = np.full(self.capacity, EMPTY, np.int32)
             self.merged_into = np.full(self.capacity, EMPTY, np.int32)
