@@ -29,11 +29,11 @@ from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
 from streams.store import (
-    CELL_MEMBER,
     MEMBER_FIXED,
     PENDING,
     Sighting,
-    cell_key,
+    cell_entry,
+    cell_member,
     checkpoint_key,
     member_fixed,
     pack_string,
@@ -339,15 +339,15 @@ class PartitionPipeline:
             vid = vehicle_id(s.hash_key, region, plate_text)
             vhex = vid.hex()
             member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read
-            entry = (trail_key_hex(vhex), member,
-                     cell_key(cell_texts[j], start // bucket_ms), CELL_MEMBER.pack(vid, sid))
+            cell, offset = cell_entry(cell_texts[j], start, bucket_ms)
+            entry = (trail_key_hex(vhex), member, cell, cell_member(vid, sid))
             prev = old_entries.pop(live_list[j], None) if old_entries else None
             if prev is not None and prev[:2] != entry[:2]:
                 out.redis.append(("ZREM", prev[0], prev[1]))
             if prev is not None and prev[2:4] != entry[2:]:
                 out.redis.append(("ZREM", prev[2], prev[3]))
             out.redis.append(("ZADD", entry[0], start, entry[1]))
-            cell_members.setdefault(entry[2], []).extend((start, entry[3]))
+            cell_members.setdefault(cell, []).extend((offset, entry[3]))
             if vid not in sealed:
                 sealed.add(vid)
                 directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
@@ -421,8 +421,8 @@ class PartitionPipeline:
         vid = vehicle_id(self.s.hash_key, region, plate_text)
         lat, lon = geo52_decode(np.array([geo], dtype=np.uint64))
         cell = geohash_str(lat, lon, self.s.cell_precision)[0].tobytes().decode()
-        return (trail_key(vid), sight.pack(), cell_key(cell, sight.ts // self.s.cell_bucket_ms),
-                CELL_MEMBER.pack(vid, sight.sighting_id))
+        return (trail_key(vid), sight.pack(), cell_entry(cell, sight.ts, self.s.cell_bucket_ms)[0],
+                cell_member(vid, sight.sighting_id))
 
 
 

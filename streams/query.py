@@ -308,23 +308,24 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
     if len(cells) * len(buckets) > MAX_AREA_KEYS:
         raise QueryError(f"area_too_large: {len(cells)} cells x {len(buckets)} time buckets; narrow the search")
     refused = refusals(client, policy, ctx)
+    size = settings.cell_bucket_ms
     with client.pipeline(transaction=False) as pipe:
-        for c in cells:
-            for b in buckets:
-                pipe.zrangebyscore(cell_key(c, b), since, until, withscores=True)
-        found = [hit for rows in pipe.execute() for hit in rows]
+        keys = [(c, b) for c in cells for b in buckets]
+        for c, b in keys:  # scores are relative to the bucket's start
+            pipe.zrangebyscore(cell_key(c, b), since - b * size, until - b * size, withscores=True)
+        found = [(*CELL_MEMBER.unpack(member), b * size + int(score))
+                 for (_, b), rows in zip(keys, pipe.execute(), strict=True) for member, score in rows]
     # look each candidate up in its trail (same score), then keep the exact, permitted ones
     with client.pipeline(transaction=False) as pipe:
-        for member, score in found:
-            vid, _ = CELL_MEMBER.unpack(member)
-            pipe.zrangebyscore(trail_key(vid), score, score, withscores=True)
+        for vid, _, ts in found:
+            pipe.zrangebyscore(trail_key(vid), ts, ts, withscores=True)
         trails = pipe.execute()
     hits: list[tuple[bytes, Sighting]] = []
-    for (member, _), candidates in zip(found, trails, strict=True):
-        vid, sid = CELL_MEMBER.unpack(member)
+    for (vid, sid32, _), candidates in zip(found, trails, strict=True):
         for m, sc in candidates:
             sight = Sighting.unpack(m, sc)
-            if sight.sighting_id == sid and sight.agency in policy.agencies and sight.agency not in refused:
+            if (sight.sighting_id & 0xFFFFFFFF == sid32 and sight.agency in policy.agencies
+                    and sight.agency not in refused):
                 hits.append((vid, sight))
     # during a key rotation one sighting can sit under both pseudonyms: keep its latest revision
     rows = [{**sight.as_dict(), "vehicle": vid.hex()} for vid, sight in _latest(hits, lambda h: h[1])]

@@ -3,7 +3,8 @@
 Keys (hash tags keep every multi-key operation inside one Redis Cluster slot):
 
 ``ps:t:{<vehicle>}``        sorted set, score = first capture time (ms), member = packed sighting
-``ps:c:{<cell>:<bucket>}``  sorted set, score = capture time, member = vehicle (12 B) + sighting id (8 B)
+``ps:c:{<cell>:<bucket>}``  sorted set, score = capture time - bucket start (ms), member = vehicle (12 B)
+                            + low 32 bits of the sighting id
 ``ps:ck:{<group>:<topic>:<partition>}``  hash: open dedup sessions + the next offset to consume
 
 ``<vehicle>`` is a keyed BLAKE2b hash of region + normalized plate, so raw plates are never Redis keys
@@ -38,7 +39,10 @@ from streams.kernels.geohash import geo52_decode
 MEMBER_VERSION = 2
 # version, sighting id, geo52, duration ms, best offset ms, reads, confidence, flags (bit 0: hotlist hit)
 _FIXED = struct.Struct("<BQQIIIfB")
-CELL_MEMBER = struct.Struct("<12sQ")
+# Area index entries are small on purpose (they are one of the two per-sighting costs in Redis): a score
+# below the bucket size is a 3-byte integer in a listpack instead of 8, and the id's low half tells one
+# vehicle's sightings in one cell and bucket apart (a clash, 1 in 2**32 per pair, would merge two entries)
+CELL_MEMBER = struct.Struct("<12sI")
 # _FIXED as a NumPy record, so a batch's members are packed in one go (``member_fixed``)
 MEMBER_FIXED = np.dtype([("version", "u1"), ("sid", "<u8"), ("geo52", "<u8"), ("duration", "<u4"),
                          ("best_dt", "<u4"), ("reads", "<u4"), ("confidence", "<f4"), ("flags", "u1")])
@@ -85,6 +89,17 @@ def trail_key_hex(vehicle_hex: str) -> str:
 
 def cell_key(cell: str, bucket: int) -> str:
     return f"ps:c:{{{cell}:{bucket}}}"
+
+
+def cell_member(vehicle: bytes, sid: int) -> bytes:
+    """Area index member of sighting ``sid`` of ``vehicle``."""
+    return CELL_MEMBER.pack(vehicle, sid & 0xFFFFFFFF)
+
+
+def cell_entry(cell: str, ts: int, bucket_ms: int) -> tuple[str, int]:
+    """(key, score) of a sighting first seen at ``ts`` in ``cell``: the score is relative to its bucket."""
+    bucket, offset = divmod(ts, bucket_ms)
+    return cell_key(cell, bucket), offset
 
 
 def stats_key(agency: str) -> str:

@@ -268,3 +268,33 @@ def test_area_search_is_exact_policy_filtered_and_audited(settings: Settings) ->
                        BASE + 1)  # a bow tie
     with pytest.raises(QueryError, match="area_too_large"):
         polygon_search(client, settings, p, ctx, audit, [(41.0, -73.0), (41.0, -71.5), (42.0, -72.0)], BASE, BASE)
+
+
+def test_area_search_time_range_is_exact_across_bucket_borders(settings: Settings) -> None:
+    """Area index scores are relative to their bucket: a window must find exactly the sightings whose first
+    capture time lies in it (both ends included), wherever the bucket borders fall - including one
+    vehicle passing the same camera several times in one bucket (distinct entries in one sorted set)."""
+    from streams.query import area_search
+    from tests.governance import TOKENS, policy
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    size, gap = settings.cell_bucket_ms, settings.dedup_window_ms + 1
+    start = (BASE // size + 1) * size  # a bucket border
+    # more than W apart, so each read is a sighting of its own
+    times = [start - size + 3, start - 1, start + gap, start + 2 * gap + 1, start + size, start + 2 * size - 1,
+             start + 3 * size]
+    reads = [{"read_id": f"pass-{t}", "camera_id": "cam-area", "agency": "hartford-pd", "plate": "PASS1",
+              "region": "US-CT", "ts": t, "lat": 41.7637, "lon": -72.6851, "confidence": 0.9} for t in times]
+    store_reads(settings, client, reads)
+    p = policy()
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+    ctx = p.context(TOKENS["alice"], "criminal_investigation", "HPD-BUCKETS")
+    windows = [(start - 1, start - 1), (start - 1, start + size), (start, start + size - 1),
+               (times[0], times[-1]), (start + 3 * size, start + 4 * size)]
+    windows += [(a + da, b + db) for a in times for b in times for da in (-1, 0, 1) for db in (-1, 0, 1)
+                if a + da <= b + db][::7]
+    for since, until in windows:
+        rows = area_search(client, settings, p, ctx, audit, 41.7637, -72.6851, 200, since, until).rows
+        assert [r["ts"] for r in rows] == [t for t in times if since <= t <= until], (since, until)
+        assert [r["read_id"] for r in rows] == [f"pass-{r['ts']}" for r in rows]

@@ -99,3 +99,17 @@ def test_batch_packed_members_equal_sighting_pack(sid: int, geo: int, ts: int, d
                        np.array([ts + dur], np.int64), np.array([ts + best], np.int64), np.array([reads], np.int32),
                        np.array([conf], np.float32), np.array([hit], np.uint8))
     assert row.tobytes() == s.pack()[: MEMBER_FIXED.itemsize]
+
+
+@given(st.integers(-(2**45), 2**45), st.integers(60_000, 7 * 86_400_000), st.integers(0, 2**64 - 1))
+def test_area_index_entries_are_bucket_relative_and_small(ts: int, bucket_ms: int, sid: int) -> None:
+    """The score is the offset into the bucket the key names (a listpack entry of 4 bytes for buckets up to
+    2.3 hours, 5 up to 24 days, where a millisecond timestamp takes 9); the member is 16 bytes and carries
+    the id's low half."""
+    from streams.store import CELL_MEMBER, cell_entry, cell_key, cell_member
+
+    key, score = cell_entry("dr7abc", ts, bucket_ms)
+    bucket = int(key.rsplit(":", 1)[1].rstrip("}"))
+    assert key == cell_key("dr7abc", bucket) and bucket * bucket_ms + score == ts and 0 <= score < bucket_ms
+    member = cell_member(b"v" * 12, sid)
+    assert len(member) == 16 and CELL_MEMBER.unpack(member) == (b"v" * 12, sid % 2**32)
