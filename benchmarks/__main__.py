@@ -145,12 +145,37 @@ def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
     if png:
         lines += ["", f"![throughput and progress]({png})"]
     lines += sampled_profile(results.get("profile_sampled"))
+    lines += memory_anatomy(results)
     if results.get("profile_top"):
         lines += ["", "## Where the worker's time goes (cProfile of the batch loop, top by own time)", "", "```",
                   results["profile_top"], "```"]
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def memory_anatomy(results: dict[str, Any]) -> list[str]:
+    """Where the bytes of the two memory goals go: the profile behind those figures."""
+    out: list[str] = []
+    parts = [(k.removeprefix("dedup_state_").removesuffix("_bytes_per_key"), v) for k, v in results.items()
+             if k.startswith("dedup_state_") and k.endswith("_bytes_per_key") and k != "dedup_state_bytes_per_key"]
+    if parts:
+        out += ["", "## Where the dedup state's bytes go (per active key, at its peak)", "",
+                f"{fmt(results.get('dedup_state_pool_slots_per_key'))} pool slots per active key of "
+                f"{fmt(results.get('dedup_state_pool_bytes_per_slot'))} bytes each.", "",
+                "| part | bytes per key |", "|---|---:|"]
+        out += [f"| {name} | {fmt(v)} |" for name, v in parts]
+    rows = []
+    for kind in ("trails", "area_index"):
+        cols = [results.get(f"redis_entry_{kind}_{p}") for p in
+                ("member", "member_framing", "score", "key_and_allocation", "entries_per_key", "listpack_key_share")]
+        if all(c is not None for c in cols):
+            rows.append(f"| {kind} | " + " | ".join(fmt(c) for c in cols) + " |")
+    if rows:
+        out += ["", "## Where Redis's bytes per sighting go (per sorted-set entry, sampled listpack keys)", "",
+                "| index | member | member framing | score | key + allocation | entries per key | listpack keys |",
+                "|---|---:|---:|---:|---:|---:|---:|", *rows]
+    return out
 
 
 def sampled_profile(sampled: dict[str, Any] | None) -> list[str]:

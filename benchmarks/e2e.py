@@ -27,6 +27,7 @@ import orjson
 import redis
 from aiokafka import AIOKafkaProducer
 
+from benchmarks.memory import sorted_set_anatomy
 from streams import stack
 from streams.pipeline import META_OFFSET
 from streams.query import trail
@@ -202,12 +203,15 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT) -> dic
             reads += sg.reads
     by_kind = {f"redis_bytes_per_sighting_{kind}": _kind_bytes(client, pattern) / max(sightings, 1)
                for kind, pattern in (("trails", "ps:t:*"), ("area_index", "ps:c:*"), ("plate_directory", "ps:pd:*"))}
+    anatomy = {f"redis_entry_{kind}_{part}": v for kind, pattern in (("trails", "ps:t:*"), ("area_index", "ps:c:*"))
+               for part, v in sorted_set_anatomy(client, pattern).items()}
     return {
         "e2e_reads_per_s": (total - first[1]) / span, "e2e_messages": total, "e2e_seconds": span,
         "e2e_sightings": sightings, "e2e_reads_stored_or_merged": reads,
         "redis_bytes_per_sighting": (used - mem0 - ck) / max(sightings, 1),
         "redis_checkpoint_bytes": ck,
         **by_kind,
+        **anatomy,
         "redis_vehicles": sum(1 for _ in client.scan_iter(match="ps:t:*", count=10_000)),
         "worker_metrics": metrics,
         "progress_curve": [(round(t - first[0], 3), n) for t, n in curve],

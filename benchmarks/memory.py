@@ -1,10 +1,13 @@
-"""Memory of the worker's dedup state per active (camera, plate) key, measured with tracemalloc."""
+"""Memory: the worker's dedup state per active (camera, plate) key (tracemalloc), and where Redis's bytes per
+sorted-set entry go (listpack anatomy)."""
 
 from __future__ import annotations
 
 import gc
 import tracemalloc
 from typing import Any
+
+import redis
 
 from streams.pipeline import PartitionPipeline
 from streams.records import Raw
@@ -24,7 +27,7 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     pipe = PartitionPipeline(s, "t", 0)
-    peak: tuple[int, int, int, int] = (0, 0, 0, 0)  # (active keys, sessions, bytes) where the state was largest
+    peak: dict[str, Any] = {"keys": 0}  # the state where it held the most active keys
     for lo in range(0, len(raws), 20_000):
         result = pipe.process_raw(raws[lo : lo + 20_000])
         del result
@@ -34,16 +37,75 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
         live = st.pool["alive"][: st.n_used].astype(bool)
         keys = len(set(zip(st.pool["cam"][: st.n_used][live].tolist(), st.pool["cls"][: st.n_used][live].tolist(),
                            strict=True)))
-        arrays = (sum(a.nbytes for a in st.pool.values()) + sum(a.nbytes for a in (
-            st.nxt, st.best_row, st.merged_into, st.touch_mark, st.table, st.touched, st.snap,
-            st.snap_conf)))
-        if keys > peak[0]:
-            peak = (keys, int(live.sum()), used, arrays)
+        if keys > peak["keys"]:
+            parts = {
+                # one slot per session, allocated for the live ones, the evicted ones not yet compacted away and
+                # one batch's worth of new sessions
+                "pool": sum(a.nbytes for a in st.pool.values()),
+                "chains": sum(a.nbytes for a in (st.nxt, st.best_row, st.merged_into, st.touch_mark)),
+                "hash_table": st.table.nbytes,
+                # sized for a whole batch (PLATESTREAM_BATCH_MAX_RECORDS), reused from batch to batch
+                "batch_scratch": sum(a.nbytes for a in (st.touched, st.snap, st.snap_conf)),
+                "read_id_arena": len(pipe.read_ids.buf),
+            }
+            parts["python_objects"] = used - sum(parts.values())
+            peak = {"keys": keys, "sessions": int(live.sum()), "used": used, "parts": parts,
+                    "slots": st.capacity, "slot_bytes": sum(a.itemsize for a in st.pool.values())}
     tracemalloc.stop()
-    keys, sessions, used, arrays = peak
-    return {"dedup_state_bytes_per_key": used / max(keys, 1), "dedup_state_active_keys": keys,
-            "dedup_state_active_sessions": sessions, "dedup_state_bytes_total": used,
-            # NumPy arrays (session pool at its capacity, hash table, per-batch buffers) vs Python objects
-            # (each open session's best-read strings, camera names)
-            "dedup_state_array_bytes_per_key": arrays / max(keys, 1),
-            "dedup_state_python_bytes_per_key": (used - arrays) / max(keys, 1)}
+    keys = peak["keys"]
+    out = {"dedup_state_bytes_per_key": peak["used"] / max(keys, 1), "dedup_state_active_keys": keys,
+           "dedup_state_active_sessions": peak["sessions"], "dedup_state_bytes_total": peak["used"],
+           "dedup_state_pool_slots_per_key": peak["slots"] / max(keys, 1),
+           "dedup_state_pool_bytes_per_slot": peak["slot_bytes"]}
+    out.update({f"dedup_state_{k}_bytes_per_key": v / max(keys, 1) for k, v in peak["parts"].items()})
+    return out
+
+
+def _lp_backlen(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2**21 else 4 if n < 2**28 else 5
+
+
+def listpack_entry_bytes(value: bytes | int) -> tuple[int, int]:
+    """(payload, framing) bytes of one listpack entry: an integer is all framing (its encoding), a string is
+    its bytes plus a length header; both end with a back-length."""
+    if isinstance(value, int):
+        size = next((n for lo, hi, n in ((0, 127, 1), (-4096, 4095, 2), (-(2**15), 2**15 - 1, 3),
+                                        (-(2**23), 2**23 - 1, 4), (-(2**31), 2**31 - 1, 5)) if lo <= value <= hi), 9)
+        return 0, size + _lp_backlen(size)
+    n = len(value)
+    head = 1 if n < 64 else 2 if n < 4096 else 5
+    return n, head + _lp_backlen(head + n)
+
+
+def sorted_set_anatomy(client: redis.Redis, pattern: str, sample: int = 2000) -> dict[str, float]:
+    """Per entry of the listpack-encoded sorted sets matching ``pattern`` (a sample of keys): member bytes,
+    their listpack framing, the score's encoding, and the rest of MEMORY USAGE (key name, key object, the
+    keyspace's dict entry, listpack header, allocator rounding)."""
+    keys = list(client.scan_iter(match=pattern, count=10_000))
+    picked = keys[:: max(1, len(keys) // sample)]
+    with client.pipeline(transaction=False) as pipe:
+        for k in picked:
+            pipe.object("encoding", k)
+            pipe.memory_usage(k, samples=0)
+            pipe.zrange(k, 0, -1, withscores=True)
+        replies = pipe.execute()
+    entries = member = framing = score = usage = listpack_keys = 0
+    for i in range(len(picked)):
+        encoding, used, rows = replies[3 * i : 3 * i + 3]
+        if encoding not in (b"listpack", b"ziplist"):
+            continue
+        listpack_keys += 1
+        usage += int(used)
+        for m, sc in rows:
+            payload, frame = listpack_entry_bytes(m)
+            # Redis writes a score as text (an integral one as an integer) and the listpack encodes it
+            value = int(sc) if float(sc).is_integer() else f"{sc:.17g}".encode()
+            entries += 1
+            member += payload
+            framing += frame
+            score += sum(listpack_entry_bytes(value))
+    n = max(entries, 1)
+    return {"member": member / n, "member_framing": framing / n, "score": score / n,
+            "key_and_allocation": (usage - member - framing - score) / n,
+            "entries_per_key": entries / max(listpack_keys, 1),
+            "listpack_key_share": listpack_keys / max(len(picked), 1)}

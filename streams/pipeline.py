@@ -157,18 +157,17 @@ class PartitionPipeline:
             bests.append((read_id, region, agency))
         st.n_used = len(rows)
         st.pool["cam"][: len(rows)] = _indexes(self.cam_index, self.cam_names, cameras)
-        self._set_best(np.arange(len(rows)), bests)
+        if bests:
+            self._set_best(np.arange(len(rows)), *zip(*bests, strict=True))
         st.rebuild_table()
 
     def _cams(self, cameras: list[str]) -> np.ndarray:
         return _indexes(self.cam_index, self.cam_names, cameras)
 
-    def _set_best(self, sessions: np.ndarray, bests: Sequence[tuple[str, str, str]]) -> None:
+    def _set_best(self, sessions: np.ndarray, read_ids: Sequence[str], regions: Sequence[str],
+                  agencies: Sequence[str]) -> None:
         """Record (read_id, region, agency) as the best read of each of ``sessions``."""
-        if not bests:
-            return
         p = self.state.pool
-        read_ids, regions, agencies = zip(*bests, strict=True)
         p["rid_off"][sessions], p["rid_len"][sessions] = self.read_ids.append(read_ids)
         p["region"][sessions] = _indexes(self.text_index, self.texts, regions)
         p["agency"][sessions] = _indexes(self.text_index, self.texts, agencies)
@@ -276,10 +275,17 @@ class PartitionPipeline:
         best_seqs = p["best_seq"][live].tolist()
         best_rows = st.best_row[live].tolist()  # the best read's row in this batch, -1 if an earlier batch's
         extra = batch.docs.extras_of(best_rows)
-        new_best = [(j, row) for j, row in enumerate(best_rows) if row >= 0]
-        self._set_best(live[[j for j, _ in new_best]],
-                       [(read_ids[row], regions[row], agencies[row]) for _, row in new_best])
-        bests = self.best_reads(live)  # (read_id, region, agency)
+        # (read_id, region, agency): from this batch's reads where the best is one of them, else as recorded
+        fresh = st.best_row[live] >= 0
+        rows = st.best_row[live][fresh].tolist()
+        fresh_bests = ([read_ids[r] for r in rows], [regions[r] for r in rows], [agencies[r] for r in rows])
+        self._set_best(live[fresh], *fresh_bests)
+        if len(rows) == live.shape[0]:
+            bests = list(zip(*fresh_bests, strict=True))
+        else:
+            earlier = iter(self.best_reads(live[~fresh]))
+            now = zip(*fresh_bests, strict=True)
+            bests = [next(now) if f else next(earlier) for f in fresh.tolist()]
         plate_texts = unpack_plates(p["best_plate"][live])
         # hit-only agencies: a sighting that matched no hotlist is never stored (its dedup state is kept,
         # so a later frame that hits still merges into it)
