@@ -31,13 +31,16 @@ from streams.settings import Settings
 from streams.store import (
     MEMBER_FIXED,
     PENDING,
+    SOURCES_KEY,
     Sighting,
     cell_entry,
     cell_member,
     checkpoint_key,
     member_fixed,
     pack_string,
+    pack_strings,
     sighting_ids,
+    source_code,
     stats_key,
     trail_key,
     trail_key_hex,
@@ -133,6 +136,7 @@ class PartitionPipeline:
         self.texts: list[str] = []  # regions and agencies: a few distinct values
         self.arena_slack = 1 << 16  # bytes of replaced ids tolerated beyond the live ones before compacting
         self._old: dict[int, tuple[str, bytes, str, bytes]] = {}
+        self._sources: dict[int, bytes] = {}  # camera index << 32 | agency index -> source code, registered
         self._packed: dict[str, bytes] = {}  # pack_string of cameras, agencies and regions (they repeat)
         self.next_offset: int | None = None
 
@@ -171,6 +175,24 @@ class PartitionPipeline:
         p["rid_off"][sessions], p["rid_len"][sessions] = self.read_ids.append(read_ids)
         p["region"][sessions] = _indexes(self.text_index, self.texts, regions)
         p["agency"][sessions] = _indexes(self.text_index, self.texts, agencies)
+
+    def _source_codes(self, sessions: np.ndarray, out: BatchResult) -> np.ndarray:
+        """The (camera, agency) source code of each session's best read; a pair this pipeline has not
+        registered yet is added to ``SOURCES_KEY`` in this batch (the same atomic write as its members)."""
+        p, known = self.state.pool, self._sources
+        pair = (p["cam"][sessions].astype(np.int64) << 32) | p["agency"][sessions].astype(np.int64)
+        pairs, inverse = np.unique(pair, return_inverse=True)
+        if len(known) > 100_000:
+            known.clear()
+        codes = []
+        for key in pairs.tolist():
+            code = known.get(key)
+            if code is None:
+                camera, agency = self.cam_names[key >> 32], self.texts[key & 0xFFFFFFFF]
+                code = known[key] = source_code(camera, agency)
+                out.redis.append(("HSET", SOURCES_KEY, code, pack_strings(camera, agency)))
+            codes.append(code)
+        return np.frombuffer(b"".join(codes), dtype="V8")[inverse]
 
     def best_reads(self, sessions: np.ndarray) -> list[tuple[str, str, str]]:
         p, texts = self.state.pool, self.texts
@@ -306,7 +328,8 @@ class PartitionPipeline:
         ck_raw = ck.tobytes()
         fixed_size = MEMBER_FIXED.itemsize
         fixed_raw = member_fixed(p["sid"][live], p["best_geo"][live], p["start"][live], p["end"][live],
-                                 p["best_ts"][live], p["count"][live], p["best_conf"][live], p["hit"][live]).tobytes()
+                                 p["best_ts"][live], p["count"][live], p["best_conf"][live], p["hit"][live],
+                                 self._source_codes(live, out)).tobytes()
         sid_raw = p["sid"][live].astype("<u8").tobytes()
         sids, starts, ends, counts, geos, best_tss, last_seqs, cam_ids, hits = (
             p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_geo", "best_ts", "last_seq",
@@ -344,7 +367,7 @@ class PartitionPipeline:
                 continue
             vid = vehicle_id(s.hash_key, region, plate_text)
             vhex = vid.hex()
-            member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_camera + pk_agency + pk_read
+            member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_read
             cell, offset = cell_entry(cell_texts[j], start, bucket_ms)
             entry = (trail_key_hex(vhex), member, cell, cell_member(vid, sid))
             prev = old_entries.pop(live_list[j], None) if old_entries else None

@@ -31,8 +31,10 @@ from streams.store import (
     Sighting,
     TrailColumns,
     cell_key,
+    member_sources,
     read_trail,
     read_trail_columns,
+    source_names,
     trail_key,
     vehicle_id,
 )
@@ -320,10 +322,11 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
         for vid, _, ts in found:
             pipe.zrangebyscore(trail_key(vid), ts, ts, withscores=True)
         trails = pipe.execute()
+    names = source_names(client, member_sources([m for candidates in trails for m, _ in candidates]))
     hits: list[tuple[bytes, Sighting]] = []
     for (vid, sid32, _), candidates in zip(found, trails, strict=True):
         for m, sc in candidates:
-            sight = Sighting.unpack(m, sc)
+            sight = Sighting.unpack(m, sc, names)
             if (sight.sighting_id & 0xFFFFFFFF == sid32 and sight.agency in policy.agencies
                     and sight.agency not in refused):
                 hits.append((vid, sight))

@@ -3,6 +3,7 @@
 Keys (hash tags keep every multi-key operation inside one Redis Cluster slot):
 
 ``ps:t:{<vehicle>}``        sorted set, score = first capture time (ms), member = packed sighting
+``ps:src``                  hash: source code (8 B) -> camera and agency of the sightings that carry it
 ``ps:c:{<cell>:<bucket>}``  sorted set, score = capture time - bucket start (ms), member = vehicle (12 B)
                             + low 32 bits of the sighting id
 ``ps:ck:{<group>:<topic>:<partition>}``  hash: open dedup sessions + the next offset to consume
@@ -24,7 +25,7 @@ import asyncio
 import functools
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,16 +37,21 @@ from redis.crc import key_slot
 
 from streams.kernels.geohash import geo52_decode
 
-MEMBER_VERSION = 2
-# version, sighting id, geo52, duration ms, best offset ms, reads, confidence, flags (bit 0: hotlist hit)
-_FIXED = struct.Struct("<BQQIIIfB")
+MEMBER_VERSION = 3
+# version, sighting id, geo52, duration ms, best offset ms, reads, confidence, flags (bit 0: hotlist hit),
+# source code; then the best read's id. Camera and agency names repeat across millions of sightings: each
+# member carries an 8-byte code of the pair instead (``SOURCES_KEY`` maps it back), 68 -> 50 bytes a member
+_FIXED = struct.Struct("<BQQIIIfB8s")
+SOURCES_KEY = "ps:src"
+UNRESOLVED = ("", "")  # (camera, agency) of a code not (yet) in SOURCES_KEY: no policy knows agency ""
 # Area index entries are small on purpose (they are one of the two per-sighting costs in Redis): a score
 # below the bucket size is a 3-byte integer in a listpack instead of 8, and the id's low half tells one
 # vehicle's sightings in one cell and bucket apart (a clash, 1 in 2**32 per pair, would merge two entries)
 CELL_MEMBER = struct.Struct("<12sI")
 # _FIXED as a NumPy record, so a batch's members are packed in one go (``member_fixed``)
 MEMBER_FIXED = np.dtype([("version", "u1"), ("sid", "<u8"), ("geo52", "<u8"), ("duration", "<u4"),
-                         ("best_dt", "<u4"), ("reads", "<u4"), ("confidence", "<f4"), ("flags", "u1")])
+                         ("best_dt", "<u4"), ("reads", "<u4"), ("confidence", "<f4"), ("flags", "u1"),
+                         ("source", "V8")])
 assert MEMBER_FIXED.itemsize == _FIXED.size
 _U32_MAX = 2**32 - 1
 
@@ -60,6 +66,34 @@ def vehicle_id(hash_key: bytes, region: str, plate: str) -> bytes:
 @functools.lru_cache(maxsize=8)
 def _keyed(hash_key: bytes) -> Any:
     return hashlib.blake2b(key=hash_key, digest_size=12)
+
+
+def source_code(camera: str, agency: str) -> bytes:
+    """8-byte code of a (camera, agency) pair in trail members (BLAKE2b-64 of both, length-prefixed).
+
+    A clash of two pairs' codes would attribute sightings to the wrong source: for a million sources
+    the chance is about 3 in 100 million.
+    """
+    return hashlib.blake2b(pack_strings(camera, agency), digest_size=8, person=b"ps-source").digest()
+
+
+_SOURCE_NAMES: dict[bytes, tuple[str, str]] = {}
+
+
+def source_names(client: Any, codes: Iterable[bytes]) -> dict[bytes, tuple[str, str]]:
+    """(camera, agency) of each code, from ``SOURCES_KEY``; a code maps to the same pair in every Redis
+    (it is the pair's hash), so known ones are kept in this process (each entry checked against its code)."""
+    known = _SOURCE_NAMES
+    missing = [c for c in set(codes) if c not in known]
+    if missing:
+        if len(known) > 100_000:
+            known.clear()
+        for code, raw in zip(missing, cast(list[Any], client.hmget(SOURCES_KEY, missing)), strict=True):
+            if raw is not None:
+                camera, agency = unpack_strings(raw, 0, 2)
+                if source_code(camera, agency) == code:
+                    known[code] = (camera, agency)
+    return known
 
 
 def sighting_id(topic: str, partition: int, first_offset: int) -> int:
@@ -143,7 +177,7 @@ def unpack_strings(buf: bytes, pos: int, count: int) -> list[str]:
 
 
 def member_fixed(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.ndarray, best_ts: np.ndarray,
-                 reads: np.ndarray, confidence: np.ndarray, hit: np.ndarray) -> np.ndarray:
+                 reads: np.ndarray, confidence: np.ndarray, hit: np.ndarray, source: np.ndarray) -> np.ndarray:
     """The fixed part of many trail members at once: the bytes ``Sighting.pack`` writes for each.
 
     A sighting longer than 49 days (a parked car read every few seconds) saturates its duration instead of
@@ -158,6 +192,7 @@ def member_fixed(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.
     out["reads"] = reads
     out["confidence"] = confidence
     out["flags"] = hit & 1
+    out["source"] = source
     return out
 
 
@@ -179,15 +214,18 @@ class Sighting:
 
     def pack(self) -> bytes:
         fixed = _FIXED.pack(MEMBER_VERSION, self.sighting_id, self.geo52, min(self.ts_last - self.ts, _U32_MAX),
-                            min(self.best_ts - self.ts, _U32_MAX), self.reads, self.confidence, 1 if self.hit else 0)
-        return fixed + pack_strings(self.camera_id, self.agency, self.read_id)
+                            min(self.best_ts - self.ts, _U32_MAX), self.reads, self.confidence, 1 if self.hit else 0,
+                            source_code(self.camera_id, self.agency))
+        return fixed + pack_string(self.read_id)
 
     @classmethod
-    def unpack(cls, member: bytes, score: float) -> Sighting:
-        ver, sid, geo, dur, best_dt, reads, conf, flags = _FIXED.unpack_from(member)
+    def unpack(cls, member: bytes, score: float, names: Mapping[bytes, tuple[str, str]]) -> Sighting:
+        """``names``: ``source_names`` of the member's source code."""
+        ver, sid, geo, dur, best_dt, reads, conf, flags, code = _FIXED.unpack_from(member)
         if ver != MEMBER_VERSION:
             raise ValueError(f"unknown sighting member version {ver}")
-        camera, agency, read_id = unpack_strings(member, _FIXED.size, 3)
+        camera, agency = names.get(code, UNRESOLVED)
+        [read_id] = unpack_strings(member, _FIXED.size, 1)
         ts = int(score)
         return cls(sid, ts, ts + dur, ts + best_dt, geo, reads, conf, camera, agency, read_id, bool(flags & 1))
 
@@ -218,13 +256,20 @@ def _trail_reply(client: redis.Redis, key: str, lo: int | str, hi: int | str,
 def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
                limit: int | None = None) -> list[Sighting]:
     """Sightings stored under one trail key with first capture time in [lo, hi], oldest first."""
-    return unpack_many(*_trail_reply(client, key, lo, hi, limit))
+    return read_trail_columns(client, key, lo, hi, limit).sightings()
 
 
 def read_trail_columns(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
                        limit: int | None = None) -> TrailColumns:
     """``read_trail`` as columns: lookups build their rows from these without a ``Sighting`` per row."""
-    return unpack_columns(*_trail_reply(client, key, lo, hi, limit))
+    members, scores = _trail_reply(client, key, lo, hi, limit)
+    return unpack_columns(members, scores, source_names(client, member_sources(members)))
+
+
+def member_sources(members: Sequence[bytes]) -> list[bytes]:
+    """The source code of each trail member."""
+    lo = _FIXED.size - 8
+    return [m[lo : lo + 8] for m in members]
 
 
 @dataclass(slots=True)
@@ -256,14 +301,15 @@ class TrailColumns:
                         self.reads, self.confidence.tolist(), self.camera_id, self.agency, self.read_id, self.hit))
 
 
-def unpack_many(members: Sequence[bytes], scores: Sequence[int]) -> list[Sighting]:
+def unpack_many(members: Sequence[bytes], scores: Sequence[int],
+                names: Mapping[bytes, tuple[str, str]]) -> list[Sighting]:
     """``Sighting.unpack`` of a whole trail."""
-    return unpack_columns(members, scores).sightings()
+    return unpack_columns(members, scores, names).sightings()
 
 
-def unpack_columns(members: Sequence[bytes], scores: Sequence[int]) -> TrailColumns:
-    """Trail members as columns: fixed parts decoded with one NumPy view, repeated camera and agency names
-    decoded once."""
+def unpack_columns(members: Sequence[bytes], scores: Sequence[int],
+                   names: Mapping[bytes, tuple[str, str]]) -> TrailColumns:
+    """Trail members as columns: fixed parts decoded with one NumPy view, sources looked up in ``names``."""
     if not members:
         return TrailColumns.of([])
     size = _FIXED.size
@@ -271,23 +317,13 @@ def unpack_columns(members: Sequence[bytes], scores: Sequence[int]) -> TrailColu
     if (fixed["version"] != MEMBER_VERSION).any():
         raise ValueError("unknown sighting member version")
     ts = np.array(scores, dtype=np.int64)
-    names: dict[bytes, str] = {}
-    cameras, agencies, read_ids = [], [], []
+    sources = [names.get(code, UNRESOLVED) for code in member_sources(members)]
+    cameras = [c for c, _ in sources]
+    agencies = [a for _, a in sources]
+    read_ids = []
     for m in members:
-        n1 = m[size]
-        p2 = size + 1 + n1
-        n2 = m[p2] if n1 != 0xFF else 0xFF
-        p3 = p2 + 1 + n2
-        if n1 == 0xFF or n2 == 0xFF or m[p3] == 0xFF:  # a long string: the general decoder
-            camera, agency, read_id = unpack_strings(m, size, 3)
-        else:
-            cb, ab = m[size + 1 : p2], m[p2 + 1 : p3]
-            camera = names.get(cb) or names.setdefault(cb, cb.decode())
-            agency = names.get(ab) or names.setdefault(ab, ab.decode())
-            read_id = m[p3 + 1 : p3 + 1 + m[p3]].decode()
-        cameras.append(camera)
-        agencies.append(agency)
-        read_ids.append(read_id)
+        n = m[size]
+        read_ids.append(m[size + 1 : size + 1 + n].decode() if n != 0xFF else unpack_strings(m, size, 1)[0])
     hit = (fixed["flags"] & 1).astype(bool).tolist()
     return TrailColumns(fixed["sid"].tolist(), ts.tolist(), (ts + fixed["duration"]).tolist(),
                         (ts + fixed["best_dt"]).tolist(), fixed["geo52"].copy(), fixed["reads"].tolist(),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.store import Sighting, sighting_id, sighting_ids, trail_key, vehicle_id
+from streams.settings import Settings
+from streams.store import Sighting, sighting_id, sighting_ids, source_code, trail_key, vehicle_id
 
 # the schema allows 64 characters: up to 256 bytes of UTF-8 (4-byte characters are drawn on purpose)
 text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64) | st.sampled_from(["\U0001F600" * 64, "é" * 64])
@@ -19,7 +22,9 @@ text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64) | st.sampl
 def test_sighting_round_trip(sid: int, geo: int, ts: int, dur: int, best: int, reads: int, conf: float,
                              cam: str, agency: str, read_id: str) -> None:
     s = Sighting(sid, ts, ts + dur, ts + min(best, dur), geo, reads, conf, cam, agency, read_id)
-    assert Sighting.unpack(s.pack(), float(ts)) == s
+    assert Sighting.unpack(s.pack(), float(ts), {source_code(cam, agency): (cam, agency)}) == s
+    # a source missing from the registry reads as an agency no policy knows (never shown, never expired)
+    assert Sighting.unpack(s.pack(), float(ts), {}) == dataclasses.replace(s, camera_id="", agency="")
 
 
 def test_strings_of_every_length_the_schema_allows_round_trip() -> None:
@@ -72,10 +77,11 @@ def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
     sightings = [Sighting(sid, ts, ts + dur, ts, geo, reads, conf, cam, agency, read_id, hit)
                  for sid, geo, ts, dur, reads, conf, cam, agency, read_id, hit in rows]
     members = [s.pack() for s in sightings]
-    assert unpack_many(members, [s.ts for s in sightings]) == [
-        Sighting.unpack(m, float(s.ts)) for m, s in zip(members, sightings, strict=True)] == sightings
+    names = {source_code(s.camera_id, s.agency): (s.camera_id, s.agency) for s in sightings}
+    assert unpack_many(members, [s.ts for s in sightings], names) == [
+        Sighting.unpack(m, float(s.ts), names) for m, s in zip(members, sightings, strict=True)] == sightings
     # the columns lookups use hold the same values, with the same Python types
-    cols = unpack_columns(members, [s.ts for s in sightings])
+    cols = unpack_columns(members, [s.ts for s in sightings], names)
     assert cols.sightings() == sightings and TrailColumns.of(sightings).sightings() == sightings
     as_rows = list(zip(cols.sighting_id, cols.ts, cols.ts_last, cols.best_ts, cols.geo52.tolist(), cols.reads,
                        cols.confidence.tolist(), cols.camera_id, cols.agency, cols.read_id, cols.hit, strict=True))
@@ -97,7 +103,8 @@ def test_batch_packed_members_equal_sighting_pack(sid: int, geo: int, ts: int, d
     s = Sighting(sid, ts, ts + dur, ts + best, geo, reads, conf, "cam", "agency", "r1", hit)
     row = member_fixed(np.array([sid], np.uint64), np.array([geo], np.uint64), np.array([ts], np.int64),
                        np.array([ts + dur], np.int64), np.array([ts + best], np.int64), np.array([reads], np.int32),
-                       np.array([conf], np.float32), np.array([hit], np.uint8))
+                       np.array([conf], np.float32), np.array([hit], np.uint8),
+                       np.frombuffer(source_code("cam", "agency"), dtype="V8"))
     assert row.tobytes() == s.pack()[: MEMBER_FIXED.itemsize]
 
 
@@ -113,3 +120,37 @@ def test_area_index_entries_are_bucket_relative_and_small(ts: int, bucket_ms: in
     assert key == cell_key("dr7abc", bucket) and bucket * bucket_ms + score == ts and 0 <= score < bucket_ms
     member = cell_member(b"v" * 12, sid)
     assert len(member) == 16 and CELL_MEMBER.unpack(member) == (b"v" * 12, sid % 2**32)
+
+
+@pytest.mark.integration
+def test_source_names_come_from_the_registry_and_only_when_they_match_their_code(settings: Settings) -> None:
+    """A pipeline registers each (camera, agency) in the batch that first stores it; a reader resolves the
+    codes with one HMGET and refuses an entry that is not the hash of its own content."""
+    import orjson
+    import redis
+
+    from streams import store
+    from streams.pipeline import PartitionPipeline
+    from streams.records import Raw
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    store._SOURCE_NAMES.clear()
+    doc = {"read_id": "r1", "camera_id": "cam-\u00e9", "agency": "hartford-pd", "plate": "7ABC123",
+           "region": "US-CT", "ts": 1_700_000_000_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    result = pipe.process_raw([Raw(settings.topic_reads, 0, 0, None, None, orjson.dumps(doc))])
+    code = source_code("cam-\u00e9", "hartford-pd")
+    assert [c for c in result.redis if c[0] == "HSET" and c[1] == store.SOURCES_KEY] == [
+        ("HSET", store.SOURCES_KEY, code, store.pack_strings("cam-\u00e9", "hartford-pd"))]
+    assert store.apply_batch_sync(client, pipe.ck_key, None, result.redis)
+    again = pipe.process_raw([Raw(settings.topic_reads, 0, 1, None, None, orjson.dumps({**doc, "read_id": "r2"}))])
+    assert not [c for c in again.redis if c[1] == store.SOURCES_KEY]  # registered once per pipeline
+
+    [sighting] = store.read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "7ABC123")))
+    assert (sighting.camera_id, sighting.agency) == ("cam-\u00e9", "hartford-pd")
+
+    forged = source_code("cam-x", "other-pd")
+    client.hset(store.SOURCES_KEY, forged, store.pack_strings("cam-x", "hartford-pd"))  # content != code
+    assert forged not in store.source_names(client, [forged, code])
+    assert store.source_names(client, [code])[code] == ("cam-\u00e9", "hartford-pd")
