@@ -237,6 +237,7 @@ def naive_faust(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], 
     client = redis.Redis.from_url(s.redis_url)
     client.flushdb()
     env = {**os.environ, "NAIVE_APP_ID": f"naive-{uuid.uuid4().hex[:6]}", "NAIVE_BOOTSTRAP": s.kafka_bootstrap,
+           "NAIVE_DATADIR": str(log_dir / "naive-faust-data"),
            "NAIVE_TOPIC": s.topic_reads, "NAIVE_REDIS_URL": s.redis_url, "NAIVE_WEB_PORT": str(stack.free_port())}
     with open(log_dir / "bench-naive-faust.log", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", "benchmarks.naive_faust", "worker", "-l", "warn"],

@@ -508,10 +508,13 @@ def make_app(settings: Settings) -> faust.App:
     # Kernels compiled before the web server and the consumer exist: on a fresh install that takes
     # seconds, during which an event loop that already answered /metrics or heartbeats would go silent.
     warm_up(settings)
+    datadir = settings.state_dir / "faust" / f"{settings.group}-app"  # not litter in the working directory
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.group}-app", broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
         web_port=settings.web_port, web_host=settings.web_host, topic_partitions=settings.partitions,
         store="memory://", autodiscover=False, producer_acks=-1,
+        datadir=str(datadir),
         broker_credentials=connect.faust_credentials(settings),
         # faust's own group carries no data here; a short session lets a restarted worker start in seconds
         broker_session_timeout=10.0, broker_heartbeat_interval=3.0,

@@ -52,6 +52,10 @@ def test_day_of_traffic_exactly_one_trail_entry_per_true_sighting(settings: Sett
     for key in client.scan_iter(count=1000):
         assert not any(p in key for p in some)
     assert "INFO" in worker.log() and not any(t.plate in worker.log() for t in traffic.truth[:500])
+    # faust's data directory lives under the state directory, not in the directory the worker ran from
+    root = Path(__file__).resolve().parents[2]
+    assert (settings.state_dir / "faust" / f"{settings.group}-app").is_dir()
+    assert not (root / f"{settings.group}-app-data").exists()
 
 
 def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, tmp_path: Path) -> None:
