@@ -29,11 +29,13 @@ from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
 from streams.store import (
+    CELL_MEMBER,
     MEMBER_FIXED,
     PENDING,
     SOURCES_KEY,
     Sighting,
     cell_entry,
+    cell_key,
     cell_member,
     checkpoint_key,
     member_fixed,
@@ -335,6 +337,11 @@ class PartitionPipeline:
             p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_geo", "best_ts", "last_seq",
                                                 "cam", "hit"))
         cell_texts = [c.decode() for c in cells.view(f"S{cells.shape[1]}").ravel().tolist()]
+        # area index: key and bucket-relative score (``cell_entry``) and the id's low half (``cell_member``)
+        buckets, offsets = np.divmod(p["start"][live], s.cell_bucket_ms)
+        cell_keys = list(map(cell_key, cell_texts, buckets.tolist()))
+        cell_offsets = offsets.tolist()
+        sid_low = (p["sid"][live] & np.uint64(0xFFFFFFFF)).tolist()
         hash_texts = [h.decode() for h in hashes.view(f"S{hashes.shape[1]}").ravel().tolist()]
         stored = store_it.tolist()
         confs = rounded(p["best_conf"][live], 6)
@@ -345,7 +352,6 @@ class PartitionPipeline:
         # Redis to run; after every ZREM of this batch, which only remove entries written before it
         cell_members: dict[str, list[Any]] = {}
         sealed: set[bytes] = set()
-        bucket_ms = s.cell_bucket_ms
         packed = self._packed
         if len(packed) > 100_000:  # distinct cameras, agencies and regions: small, but never unbounded
             packed.clear()
@@ -368,15 +374,15 @@ class PartitionPipeline:
             vid = vehicle_id(s.hash_key, region, plate_text)
             vhex = vid.hex()
             member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_read
-            cell, offset = cell_entry(cell_texts[j], start, bucket_ms)
-            entry = (trail_key_hex(vhex), member, cell, cell_member(vid, sid))
+            cell = cell_keys[j]
+            entry = (trail_key_hex(vhex), member, cell, CELL_MEMBER.pack(vid, sid_low[j]))
             prev = old_entries.pop(live_list[j], None) if old_entries else None
             if prev is not None and prev[:2] != entry[:2]:
                 out.redis.append(("ZREM", prev[0], prev[1]))
             if prev is not None and prev[2:4] != entry[2:]:
                 out.redis.append(("ZREM", prev[2], prev[3]))
             out.redis.append(("ZADD", entry[0], start, entry[1]))
-            cell_members.setdefault(cell, []).extend((offset, entry[3]))
+            cell_members.setdefault(cell, []).extend((cell_offsets[j], entry[3]))
             if vid not in sealed:
                 sealed.add(vid)
                 directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
