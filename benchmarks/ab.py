@@ -66,13 +66,13 @@ def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[fl
     for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):
         e2e.log(f"warm-up: {name}")
         e2e.throughput(dataclasses.replace(warm_s, group=f"warm-{uuid.uuid4().hex[:6]}"), len(warm.messages),
-                       log_dir, root)
+                       log_dir, root, inspect=False)
     runs: dict[str, list[tuple[float, float]]] = {args.ref: [], "working tree": []}
     for i in range(args.rounds):
         for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):
             e2e.log(f"round {i + 1}/{args.rounds}: {name}")
             group = dataclasses.replace(s, group=f"ab-{uuid.uuid4().hex[:6]}")  # each run from offset 0
-            r = e2e.throughput(group, len(traffic.messages), log_dir, root)
+            r = e2e.throughput(group, len(traffic.messages), log_dir, root, inspect=False)
             if r["e2e_sightings"] != len(traffic.truth):
                 raise RuntimeError(f"{name}: {r['e2e_sightings']} sightings, truth has {len(traffic.truth)}")
             m = r["worker_metrics"]

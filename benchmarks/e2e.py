@@ -165,8 +165,12 @@ def processed(s: Settings, client: redis.Redis) -> int:
     return sum(int(o) for o in offs if o is not None)
 
 
-def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT) -> dict[str, Any]:
-    """Worker on a pre-filled topic: reads/s from its first committed batch to its last, plus memory."""
+def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspect: bool = True) -> dict[str, Any]:
+    """Worker on a pre-filled topic: reads/s from its first committed batch to its last, plus memory.
+
+    ``inspect=False`` counts sightings without decoding them and skips the memory breakdown: for comparing
+    with a version whose Redis layout this code does not read (``make bench-ab``).
+    """
     client = redis.Redis.from_url(s.redis_url)
     client.flushdb()
     mem0 = int(client.info("memory")["used_memory"])
@@ -196,11 +200,14 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT) -> dic
     used = int(client.info("memory")["used_memory"])
     ck = sum(int(client.memory_usage(checkpoint_key(s.group, s.topic_reads, p)) or 0)
              for p in range(s.partitions))
-    sightings = reads = 0
-    for key in client.scan_iter(match="ps:t:*", count=10_000):
-        for sg in read_trail(client, key):
-            sightings += 1
-            reads += sg.reads
+    trails = list(client.scan_iter(match="ps:t:*", count=10_000))
+    with client.pipeline(transaction=False) as pipe:
+        for key in trails:
+            pipe.zcard(key)
+        sightings = sum(pipe.execute())
+    if not inspect:
+        return {"e2e_reads_per_s": (total - first[1]) / span, "e2e_sightings": sightings, "worker_metrics": metrics}
+    reads = sum(sg.reads for key in trails for sg in read_trail(client, key))
     by_kind = {f"redis_bytes_per_sighting_{kind}": _kind_bytes(client, pattern) / max(sightings, 1)
                for kind, pattern in (("trails", "ps:t:*"), ("area_index", "ps:c:*"), ("plate_directory", "ps:pd:*"))}
     anatomy = {f"redis_entry_{kind}_{part}": v for kind, pattern in (("trails", "ps:t:*"), ("area_index", "ps:c:*"))
@@ -212,7 +219,7 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT) -> dic
         "redis_checkpoint_bytes": ck,
         **by_kind,
         **anatomy,
-        "redis_vehicles": sum(1 for _ in client.scan_iter(match="ps:t:*", count=10_000)),
+        "redis_vehicles": len(trails),
         "worker_metrics": metrics,
         "progress_curve": [(round(t - first[0], 3), n) for t, n in curve],
     }
