@@ -161,8 +161,10 @@ def memory_anatomy(results: dict[str, Any]) -> list[str]:
              if k.startswith("dedup_state_") and k.endswith("_bytes_per_key") and k != "dedup_state_bytes_per_key"]
     if parts:
         out += ["", "## Where the dedup state's bytes go (per active key, at its peak)", "",
-                f"{fmt(results.get('dedup_state_pool_slots_per_key'))} pool slots per active key of "
-                f"{fmt(results.get('dedup_state_pool_bytes_per_slot'))} bytes each.", "",
+                f"{fmt(results.get('dedup_state_pool_slots_per_key'))} session slots allocated per active key, "
+                f"{fmt(results.get('dedup_state_pool_bytes_per_slot'))} bytes each (pool columns and chain links). "
+                "Free slots (room for one batch's new sessions) and the batch scratch are sized by "
+                "`PLATESTREAM_BATCH_MAX_RECORDS`, not by the number of keys.", "",
                 "| part | bytes per key |", "|---|---:|"]
         out += [f"| {name} | {fmt(v)} |" for name, v in parts]
     rows = []

@@ -38,11 +38,13 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
         keys = len(set(zip(st.pool["cam"][: st.n_used][live].tolist(), st.pool["cls"][: st.n_used][live].tolist(),
                            strict=True)))
         if keys > peak["keys"]:
+            slot = sum(a.itemsize for a in st.pool.values()) + sum(
+                a.itemsize for a in (st.nxt, st.best_row, st.merged_into, st.touch_mark))
             parts = {
-                # one slot per session, allocated for the live ones, the evicted ones not yet compacted away and
-                # one batch's worth of new sessions
-                "pool": sum(a.nbytes for a in st.pool.values()),
-                "chains": sum(a.nbytes for a in (st.nxt, st.best_row, st.merged_into, st.touch_mark)),
+                # one slot per session (pool columns and chain links): the live ones and the evicted ones not
+                # yet compacted away; then the free slots kept for one batch's worth of new sessions
+                "session_slots": st.n_used * slot,
+                "free_slots": (st.capacity - st.n_used) * slot,
                 "hash_table": st.table.nbytes,
                 # sized for a whole batch (PLATESTREAM_BATCH_MAX_RECORDS), reused from batch to batch
                 "batch_scratch": sum(a.nbytes for a in (st.touched, st.snap, st.snap_conf)),
@@ -50,7 +52,7 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
             }
             parts["python_objects"] = used - sum(parts.values())
             peak = {"keys": keys, "sessions": int(live.sum()), "used": used, "parts": parts,
-                    "slots": st.capacity, "slot_bytes": sum(a.itemsize for a in st.pool.values())}
+                    "slots": st.capacity, "slot_bytes": slot}
     tracemalloc.stop()
     keys = peak["keys"]
     out = {"dedup_state_bytes_per_key": peak["used"] / max(keys, 1), "dedup_state_active_keys": keys,
