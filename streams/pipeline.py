@@ -48,6 +48,7 @@ from streams.store import (
     trail_key_hex,
     unpack_strings,
     vehicle_id,
+    vehicle_ids,
 )
 
 Command = tuple[Any, ...]
@@ -358,24 +359,29 @@ class PartitionPipeline:
         cam_names = self.cam_names
         old_entries = self._old
         live_list = live.tolist()
+        vids = vehicle_ids(s.hash_key, [b[1] for b in bests], plate_texts)
+        vhexes = [v.hex() for v in vids]
+        trail_keys = list(map(trail_key_hex, vhexes))
+        pk_reads = list(map(pack_string, [b[0] for b in bests]))
+        pk_plates = list(map(pack_string, plate_texts))
         for j, ((read_id, region, agency), plate_text) in enumerate(zip(bests, plate_texts, strict=True)):
             camera = cam_names[cam_ids[j]]
             pk_camera = packed.get(camera) or packed.setdefault(camera, pack_string(camera))
             pk_region = packed.get(region) or packed.setdefault(region, pack_string(region))
             pk_agency = packed.get(agency) or packed.setdefault(agency, pack_string(agency))
-            pk_read = pack_string(read_id)
+            pk_read = pk_reads[j]
             sid = sids[j]
             start = starts[j]
             ck_fields.append(sid_raw[j * 8 : j * 8 + 8])
             ck_fields.append(b"".join((ck_raw[j * size : (j + 1) * size], pk_camera, pk_read, pk_region, pk_agency,
-                                       pack_string(plate_text))))
+                                       pk_plates[j])))
             if not stored[j]:
                 continue
-            vid = vehicle_id(s.hash_key, region, plate_text)
-            vhex = vid.hex()
+            vid = vids[j]
+            vhex = vhexes[j]
             member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_read
             cell = cell_keys[j]
-            entry = (trail_key_hex(vhex), member, cell, CELL_MEMBER.pack(vid, sid_low[j]))
+            entry = (trail_keys[j], member, cell, CELL_MEMBER.pack(vid, sid_low[j]))
             prev = old_entries.pop(live_list[j], None) if old_entries else None
             if prev is not None and prev[:2] != entry[:2]:
                 out.redis.append(("ZREM", prev[0], prev[1]))

@@ -63,6 +63,17 @@ def vehicle_id(hash_key: bytes, region: str, plate: str) -> bytes:
     return h.digest()
 
 
+def vehicle_ids(hash_key: bytes, regions: Sequence[str], plates: Sequence[str]) -> list[bytes]:
+    """``vehicle_id`` of many (region, plate) pairs."""
+    keyed = _keyed(hash_key)
+    out = []
+    for region, plate in zip(regions, plates, strict=True):
+        h = keyed.copy()
+        h.update(f"{region}|{plate}".encode())
+        out.append(h.digest())
+    return out
+
+
 @functools.lru_cache(maxsize=8)
 def _keyed(hash_key: bytes) -> Any:
     return hashlib.blake2b(key=hash_key, digest_size=12)
