@@ -73,7 +73,19 @@ def machine() -> dict[str, Any]:
             "orjson": orjson.__version__, "faust_streaming": faust.__version__, "aiokafka": aiokafka.__version__,
             "redis_py": redis.__version__, "kafka_broker": stack.KAFKA_VERSION,
             "redis_server": version([shutil.which("redis-server") or "redis-server", "--version"]),
-            "java": version(["java", "-version"]) or "?"}
+            "java": version(["java", "-version"]) or "?", "code": code_version()}
+
+
+def code_version() -> str:
+    """The git commit the benchmark ran, "+ changes" when the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(e2e.ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(e2e.ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                                "streams", "benchmarks"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return f"{head} + changes" if dirty else head
 
 
 def verdict(name: str, value: float | None) -> str:

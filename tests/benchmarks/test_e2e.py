@@ -34,3 +34,11 @@ def test_report_section_says_why_when_not_sampled() -> None:
         "Not sampled: py-spy failed (exit 1): permission denied")
     section = sampled_profile(summarize_samples(RAW))
     assert "| 60.0 | `_dedup (streams/pipeline.py:345)` |" in section
+
+
+def test_the_report_names_the_commit_it_measured() -> None:
+    import re
+
+    from benchmarks.__main__ import code_version
+
+    assert re.fullmatch(r"[0-9a-f]{7,40}( \+ changes)?", code_version())
