@@ -4,6 +4,7 @@ Keys (hash tags keep every multi-key operation inside one Redis Cluster slot):
 
 ``ps:t:{<vehicle>}``        sorted set, score = first capture time (ms), member = packed sighting
 ``ps:src``                  hash: source code (8 B) -> camera and agency of the sightings that carry it
+``ps:meta``                 hash: ``layout`` = the version of this layout (``LAYOUT_VERSION``)
 ``ps:c:{<cell>:<bucket>}``  sorted set, score = capture time - bucket start (ms), member = vehicle (12 B)
                             + low 32 bits of the sighting id
 ``ps:ck:{<group>:<topic>:<partition>}``  hash: open dedup sessions + the next offset to consume
@@ -77,6 +78,36 @@ def vehicle_ids(hash_key: bytes, regions: Sequence[str], plates: Sequence[str]) 
 @functools.lru_cache(maxsize=8)
 def _keyed(hash_key: bytes) -> Any:
     return hashlib.blake2b(key=hash_key, digest_size=12)
+
+
+META_KEY = "ps:meta"
+LAYOUT_VERSION = 3  # bumped with any change to what is stored: trail members, area index entries
+
+
+class LayoutError(RuntimeError):
+    """Redis holds data of another layout version: writing into it would mix two encodings."""
+
+
+async def ensure_layout(client: Any, scan: bool = True) -> None:
+    """Mark a fresh Redis with this layout version, or refuse one that holds another.
+
+    Data from before the marker existed is recognised by its trail members' version byte (``scan``: not
+    on Redis Cluster, where the keys are spread over nodes).
+    """
+    found = await client.hget(META_KEY, "layout")
+    if found is None:
+        if scan:
+            async for key in client.scan_iter(match="ps:t:*", count=1000):
+                first = await client.zrange(key, 0, 0)
+                if first and first[0][0] != MEMBER_VERSION:
+                    raise LayoutError(f"Redis holds trail members of version {first[0][0]} (before layout "
+                                      f"{LAYOUT_VERSION}); wipe it and replay the reads topic (README: Redis layout)")
+                break
+        await client.hsetnx(META_KEY, "layout", LAYOUT_VERSION)
+        found = await client.hget(META_KEY, "layout")
+    if int(found) != LAYOUT_VERSION:
+        raise LayoutError(f"Redis holds platestream layout {int(found)}, this version writes {LAYOUT_VERSION}; "
+                          "wipe it and replay the reads topic (README: Redis layout)")
 
 
 def source_code(camera: str, agency: str) -> bytes:

@@ -60,7 +60,7 @@ from streams.policy import PolicyStore
 from streams.records import Polled
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
-from streams.store import apply_batches, apply_batches_cluster, pack_commands, replay_pending
+from streams.store import apply_batches, apply_batches_cluster, ensure_layout, pack_commands, replay_pending
 from streams.topics import ensure_topics
 
 log = logging.getLogger("platestream.worker")
@@ -160,6 +160,7 @@ class BatchRunner:
         s = self.s
         self.redis = connect.redis_async(s)
         await self.redis.ping()
+        await ensure_layout(self.redis, scan=not s.redis_cluster)  # before anything is written
         if not s.redis_cluster:  # the batch writes (see _write_redis); bounded, so a hung Redis cannot hang exit
             self.redis_sync = connect.redis_client(s, socket_timeout=REDIS_WRITE_TIMEOUT_S)
         # linger 0: the worker hands over whole record batches (``_produce``), and aiokafka lets even a

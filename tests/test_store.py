@@ -154,3 +154,44 @@ def test_source_names_come_from_the_registry_and_only_when_they_match_their_code
     client.hset(store.SOURCES_KEY, forged, store.pack_strings("cam-x", "hartford-pd"))  # content != code
     assert forged not in store.source_names(client, [forged, code])
     assert store.source_names(client, [code])[code] == ("cam-\u00e9", "hartford-pd")
+
+
+@pytest.mark.integration
+def test_a_redis_of_another_layout_is_refused_and_a_fresh_one_is_marked(settings: Settings) -> None:
+    import asyncio
+
+    import redis
+    import redis.asyncio as aioredis
+
+    from streams.store import LAYOUT_VERSION, META_KEY, LayoutError, ensure_layout
+
+    sync = redis.Redis.from_url(settings.redis_url)
+
+    def check() -> None:
+        async def run() -> None:
+            client = aioredis.from_url(settings.redis_url)
+            try:
+                await ensure_layout(client)
+            finally:
+                await client.aclose()
+        asyncio.run(run())
+
+    sync.flushdb()
+    check()
+    check()  # idempotent
+    assert sync.hget(META_KEY, "layout") == str(LAYOUT_VERSION).encode()
+
+    sync.hset(META_KEY, "layout", LAYOUT_VERSION - 1)
+    with pytest.raises(LayoutError, match=f"layout {LAYOUT_VERSION - 1}, this version writes {LAYOUT_VERSION}"):
+        check()
+
+    # data from before the marker: recognised by the trail members' version byte
+    sync.flushdb()
+    sync.zadd(trail_key(b"v" * 12), {b"\x02" + b"\x00" * 60: 1})
+    with pytest.raises(LayoutError, match="members of version 2"):
+        check()
+    assert sync.hget(META_KEY, "layout") is None  # nothing written
+    sync.flushdb()
+    sync.zadd(trail_key(b"v" * 12), {Sighting(1, 5, 6, 5, 0, 1, 0.5, "c", "a", "r").pack(): 5})
+    check()
+    assert sync.hget(META_KEY, "layout") == str(LAYOUT_VERSION).encode()

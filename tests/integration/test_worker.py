@@ -121,3 +121,19 @@ def test_a_stop_that_overruns_its_deadline_still_exits(settings: Settings, tmp_p
     assert worker.stop(timeout=30) == 70, worker.log()[-3000:]
     assert time.monotonic() - began < 15
     assert "still stopping 0.1s after the stop signal" in worker.log()
+
+
+def test_a_worker_refuses_to_start_on_a_redis_of_another_layout(settings: Settings, tmp_path: Path) -> None:
+    """Mixing two encodings would corrupt trails: the worker exits with the reason before it writes."""
+    from streams.store import LAYOUT_VERSION, META_KEY
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.hset(META_KEY, "layout", LAYOUT_VERSION - 1)
+    worker = Worker(settings, tmp_path, name="old-layout")
+    try:
+        code = worker.proc.wait(120)
+    finally:
+        worker.kill()
+    assert code != 0
+    assert f"layout {LAYOUT_VERSION - 1}, this version writes {LAYOUT_VERSION}" in worker.log()
+    assert client.keys("ps:ck:*") == [] and client.keys("ps:t:*") == []
