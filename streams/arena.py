@@ -46,9 +46,6 @@ class StringArena:
         buf = self.buf
         return [buf[o : o + n].decode() for o, n in zip(offs.tolist(), lens.tolist(), strict=True)]
 
-    def one(self, off: int, n: int) -> str:
-        return self.buf[off : off + n].decode()
-
     def compact(self, offs: NDArray[np.uint32], lens: NDArray[np.uint16]) -> NDArray[np.uint32]:
         """Keep only the strings at (``offs``, ``lens``), in that order; returns their new offsets."""
         buf = self.buf
