@@ -208,10 +208,12 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspec
     if not inspect:
         return {"e2e_reads_per_s": (total - first[1]) / span, "e2e_sightings": sightings, "worker_metrics": metrics}
     reads = sum(sg.reads for key in trails for sg in read_trail(client, key))
-    by_kind = {f"redis_bytes_per_sighting_{kind}": _kind_bytes(client, pattern) / max(sightings, 1)
-               for kind, pattern in (("trails", "ps:t:*"), ("area_index", "ps:c:*"), ("plate_directory", "ps:pd:*"))}
-    anatomy = {f"redis_entry_{kind}_{part}": v for kind, pattern in (("trails", "ps:t:*"), ("area_index", "ps:c:*"))
-               for part, v in sorted_set_anatomy(client, pattern).items()}
+    keys = {"trails": trails, **{kind: list(client.scan_iter(match=pattern, count=10_000))
+                                 for kind, pattern in (("area_index", "ps:c:*"), ("plate_directory", "ps:pd:*"))}}
+    by_kind = {f"redis_bytes_per_sighting_{kind}": _kind_bytes(client, of_kind) / max(sightings, 1)
+               for kind, of_kind in keys.items()}
+    anatomy = {f"redis_entry_{kind}_{part}": v for kind in ("trails", "area_index")
+               for part, v in sorted_set_anatomy(client, keys[kind]).items()}
     return {
         "e2e_reads_per_s": (total - first[1]) / span, "e2e_messages": total, "e2e_seconds": span,
         "e2e_sightings": sightings, "e2e_reads_stored_or_merged": reads,
@@ -225,9 +227,8 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspec
     }
 
 
-def _kind_bytes(client: redis.Redis, pattern: str, sample: int = 3000) -> float:
-    """MEMORY USAGE of the keys matching ``pattern``: a sample of ``sample`` keys, scaled to all of them."""
-    keys = list(client.scan_iter(match=pattern, count=10_000))
+def _kind_bytes(client: redis.Redis, keys: list[bytes], sample: int = 3000) -> float:
+    """MEMORY USAGE of ``keys``: a sample of ``sample`` of them, scaled to all."""
     if not keys:
         return 0.0
     picked = keys[:: max(1, len(keys) // sample)]

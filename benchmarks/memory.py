@@ -79,11 +79,10 @@ def listpack_entry_bytes(value: bytes | int) -> tuple[int, int]:
     return n, head + _lp_backlen(head + n)
 
 
-def sorted_set_anatomy(client: redis.Redis, pattern: str, sample: int = 2000) -> dict[str, float]:
-    """Per entry of the listpack-encoded sorted sets matching ``pattern`` (a sample of keys): member bytes,
+def sorted_set_anatomy(client: redis.Redis, keys: list[bytes], sample: int = 2000) -> dict[str, float]:
+    """Per entry of the listpack-encoded sorted sets among ``keys`` (a sample of them): member bytes,
     their listpack framing, the score's encoding, and the rest of MEMORY USAGE (key name, key object, the
     keyspace's dict entry, listpack header, allocator rounding)."""
-    keys = list(client.scan_iter(match=pattern, count=10_000))
     picked = keys[:: max(1, len(keys) // sample)]
     with client.pipeline(transaction=False) as pipe:
         for k in picked:
