@@ -130,7 +130,12 @@ def _crash_and_restart(settings: Settings, local_stack: stack.StackInfo, tmp_pat
         wait_caught_up(s, worker, timeout=240)
     finally:
         worker.stop()
-    return worker, _exact(s, traffic)
+    try:
+        return worker, _exact(s, traffic)
+    except AssertionError as e:  # the worker's own account of the crash, before pytest removes its log
+        said = [line for line in worker.log().splitlines()
+                if any(w in line for w in ("rewind", "unavailable", "starts at offset", "assigned", "fenced"))]
+        raise AssertionError(f"{e}\nworker log:\n" + "\n".join(said[-40:])) from None
 
 
 def test_redis_crash_with_aof_loses_nothing(settings: Settings, local_stack: stack.StackInfo, tmp_path: Path) -> None:

@@ -137,3 +137,32 @@ def test_a_worker_refuses_to_start_on_a_redis_of_another_layout(settings: Settin
     assert code != 0
     assert f"layout {LAYOUT_VERSION - 1}, this version writes {LAYOUT_VERSION}" in worker.log()
     assert client.keys("ps:ck:*") == [] and client.keys("ps:t:*") == []
+
+
+def test_reads_deleted_before_the_worker_got_them_are_reported(settings: Settings, tmp_path: Path) -> None:
+    """A checkpoint waits at offset 0 but the topic no longer holds it (retention ran while no worker was
+    up): the worker goes on from the earliest offset there is, and says which reads it never saw."""
+    from kafka import KafkaAdminClient
+    from kafka.structs import TopicPartition as KafkaPartition
+
+    from streams.pipeline import META_OFFSET, META_WATERMARK
+    from streams.store import checkpoint_key
+
+    s = settings
+    ensure_topics(s)
+    send_all(s, s.topic_reads, generate(seed=3, vehicles=200, hours=1).messages[:800])
+    client = redis.Redis.from_url(s.redis_url)
+    for p in range(s.partitions):
+        client.hset(checkpoint_key(s.group, s.topic_reads, p), mapping={META_OFFSET: 0, META_WATERMARK: -(2**62)})
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        admin.delete_records({KafkaPartition(s.topic_reads, p): 5 for p in range(s.partitions)})
+    finally:
+        admin.close()
+    worker = Worker(s, tmp_path, name="after-retention")
+    try:
+        wait_caught_up(s, worker, timeout=120)
+    finally:
+        worker.stop()
+    for p in range(s.partitions):
+        assert f"partition={p}) starts at offset 5, its checkpoint at 0" in worker.log()
