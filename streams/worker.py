@@ -209,6 +209,11 @@ class BatchRunner:
             self.pipelines[tp] = pipe
             if pipe.next_offset is not None:
                 self.consumer.seek(tp, pipe.next_offset)
+            else:
+                # Nothing of this partition is in Redis (a fresh start, or Redis lost it: an AOF that had not
+                # written its last batches when Redis was killed). Not the consumer's current or committed
+                # position: those can be past reads Redis no longer holds. From the first read there is.
+                await self.consumer.seek_to_beginning(tp)
             self.metrics["partitions_loaded"] += 1
 
     async def run(self, should_stop: Any) -> None:

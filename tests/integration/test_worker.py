@@ -166,3 +166,27 @@ def test_reads_deleted_before_the_worker_got_them_are_reported(settings: Setting
         worker.stop()
     for p in range(s.partitions):
         assert f"partition={p}) starts at offset 5, its checkpoint at 0" in worker.log()
+
+
+def test_a_redis_that_lost_a_partitions_data_is_refilled_from_the_start_of_the_topic(settings: Settings,
+                                                                                      tmp_path: Path) -> None:
+    """Redis is the source of truth for what is stored: a partition without a checkpoint (Redis lost it)
+    restarts from the first read the topic holds, not from the group's committed offset past it."""
+    s = settings
+    traffic = generate(seed=5, vehicles=300, hours=2)
+    ensure_topics(s)
+    send_all(s, s.topic_reads, traffic.messages)
+    first = Worker(s, tmp_path, name="first")
+    try:
+        wait_caught_up(s, first, timeout=120)
+    finally:
+        first.stop()
+    client = redis.Redis.from_url(s.redis_url)
+    client.flushdb()  # everything lost; Kafka still holds the group's committed offsets, at the end
+    second = Worker(s, tmp_path, name="second")
+    try:
+        wait_caught_up(s, second, timeout=120)
+    finally:
+        second.stop()
+    acc = verify_against_truth(s, traffic)
+    assert acc.wrong == [] and acc.lost == 0 and acc.stored == len(traffic.truth)
