@@ -298,11 +298,12 @@ class PartitionPipeline:
             return
         read_ids, regions, agencies = batch.read_id, batch.region, batch.agency
         best_seqs = p["best_seq"][live].tolist()
-        best_rows = st.best_row[live].tolist()  # the best read's row in this batch, -1 if an earlier batch's
+        best_row = st.best_row[live]  # the best read's row in this batch, -1 if an earlier batch's
+        best_rows = best_row.tolist()
         extra = batch.docs.extras_of(best_rows)
         # (read_id, region, agency): from this batch's reads where the best is one of them, else as recorded
-        fresh = st.best_row[live] >= 0
-        rows = st.best_row[live][fresh].tolist()
+        fresh = best_row >= 0
+        rows = best_row[fresh].tolist()
         fresh_bests = ([read_ids[r] for r in rows], [regions[r] for r in rows], [agencies[r] for r in rows])
         self._set_best(live[fresh], *fresh_bests)
         if len(rows) == live.shape[0]:
