@@ -377,11 +377,28 @@ def unpack_columns(members: Sequence[bytes], scores: Sequence[int],
 # which is where redis-py spent most of its time. Commands arrive as one msgpack blob (cmsgpack is part
 # of Redis's Lua). Note: the script touches keys it does not declare, which standalone Redis allows and
 # Redis Cluster does not (see ``apply_batches_cluster``).
-APPLY_BATCH = """
+# The blob is flat - each command's argument count, then its arguments - so unpacking it builds one Lua
+# table per batch instead of one per command (a tenth of the script's time). The nested layout (a list
+# per command) is still run: a Redis Cluster ``pending`` record written before this layout holds one.
+RUN_COMMANDS = """
+local function run_commands(blob)
+  local a = cmsgpack.unpack(blob)
+  if type(a[1]) == 'table' then
+    for i = 1, #a do redis.call(unpack(a[i])) end
+    return
+  end
+  local i, n = 1, #a
+  while i <= n do
+    local c = a[i]
+    redis.call(unpack(a, i + 1, i + c))
+    i = i + c + 1
+  end
+end
+"""
+APPLY_BATCH = RUN_COMMANDS + """
 local cur = redis.call('HGET', KEYS[1], 'offset')
 if (cur or '') ~= ARGV[1] then return 0 end
-local cmds = cmsgpack.unpack(ARGV[2])
-for i = 1, #cmds do redis.call(unpack(cmds[i])) end
+run_commands(ARGV[2])
 return 1
 """
 MAX_ARGS = 4000  # Lua's unpack() limit is ~8000 stack slots; longer commands are split
@@ -402,8 +419,13 @@ def split_long(commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
-    """A batch's commands as the msgpack blob ``APPLY_BATCH`` unpacks."""
-    return cast(bytes, msgpack.packb(split_long(commands), use_bin_type=False))
+    """A batch's commands as the msgpack blob ``APPLY_BATCH`` unpacks: flat, each command's argument count
+    before its arguments."""
+    flat: list[Any] = []
+    for cmd in split_long(commands):
+        flat.append(len(cmd))
+        flat.extend(cmd)
+    return cast(bytes, msgpack.packb(flat, use_bin_type=False))
 
 
 def apply_batches(client: redis.Redis, batches: Sequence[tuple[str, int | None, bytes]]) -> list[bool]:
@@ -440,19 +462,17 @@ def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, comman
 # Scripts use the ``allow-cross-slot-keys`` flag: keys of any slot, as long as the node serves it.
 # Resharding while workers run is not supported (a moved slot fails the batch; the worker retries).
 PENDING = b"pending"
-APPLY_PRIMARY = """#!lua flags=allow-cross-slot-keys
+APPLY_PRIMARY = "#!lua flags=allow-cross-slot-keys" + RUN_COMMANDS + """
 local cur = redis.call('HGET', KEYS[1], 'offset')
 if (cur or '') ~= ARGV[1] then return 0 end
-local cmds = cmsgpack.unpack(ARGV[2])
-for i = 1, #cmds do redis.call(unpack(cmds[i])) end
+run_commands(ARGV[2])
 redis.call('HSET', KEYS[1], 'pending', ARGV[3])
 return 1
 """
-APPLY_NODE = """#!lua flags=allow-cross-slot-keys
+APPLY_NODE = "#!lua flags=allow-cross-slot-keys" + RUN_COMMANDS + """
 local done = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if done >= tonumber(ARGV[2]) then return 0 end
-local cmds = cmsgpack.unpack(ARGV[3])
-for i = 1, #cmds do redis.call(unpack(cmds[i])) end
+run_commands(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """

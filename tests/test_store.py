@@ -195,3 +195,30 @@ def test_a_redis_of_another_layout_is_refused_and_a_fresh_one_is_marked(settings
     sync.zadd(trail_key(b"v" * 12), {Sighting(1, 5, 6, 5, 0, 1, 0.5, "c", "a", "r").pack(): 5})
     check()
     assert sync.hget(META_KEY, "layout") == str(LAYOUT_VERSION).encode()
+
+
+@pytest.mark.integration
+def test_batch_script_runs_every_command_of_a_flat_blob_and_of_the_nested_layout(settings: Settings) -> None:
+    """Flat blobs (argument count, arguments) are what workers write; a nested one (a list per command) can
+    still be in a Redis Cluster ``pending`` record written before, and must run the same."""
+    import msgpack
+    import redis
+
+    from streams.store import MAX_ARGS, apply_batch_sync, apply_batches, pack_commands
+
+    client = redis.Redis.from_url(settings.redis_url)
+    fields = [x for i in range(MAX_ARGS + 10) for x in (f"f{i}", i)]  # split in two by pack_commands
+    commands: list[tuple[Any, ...]] = [("HSET", "ck", "offset", "7"), ("ZADD", "z", 5, b"m\x00\xff"),
+                                       ("HSET", "h", *fields), ("HINCRBY", "n", "x", 3), ("ZREM", "z", b"gone")]
+    expect = {"z": [(b"m\x00\xff", 5.0)], "n": {b"x": b"3"}, "h": len(fields) // 2}
+    for blob in (pack_commands(commands), msgpack.packb([list(c) for c in commands[:2] + commands[3:]]
+                                                      + [["HSET", "h", *fields[:MAX_ARGS - 2]],
+                                                         ["HSET", "h", *fields[MAX_ARGS - 2:]]],
+                                                      use_bin_type=False)):
+        client.flushdb()
+        assert apply_batches(client, [("ck", None, blob)]) == [True]
+        assert client.zrange("z", 0, -1, withscores=True) == expect["z"]
+        assert client.hgetall("n") == expect["n"] and client.hlen("h") == expect["h"]
+        assert client.hget("ck", "offset") == b"7"
+    assert not apply_batch_sync(client, "ck", 3, [("HINCRBY", "n", "x", 1)])
+    assert client.hget("n", "x") == b"3"  # fenced: the checkpoint is at 7, not at 3
