@@ -50,34 +50,6 @@ def seal(hash_key: bytes, vehicle: bytes, region: str, plate: str) -> bytes:
     return _cipher(hash_key).encrypt(f"{region}|{plate}".encode(), [vehicle])
 
 
-SEAL_CACHE = 1 << 17  # vehicles; about 140 bytes each (18 MiB), shared by the process's partitions
-
-
-class Sealer:
-    """``seal`` for one key, remembering each vehicle's value: a vehicle id is a keyed hash of region and
-    plate, so its value never changes, and most sightings are of vehicles seen before (an AES-SIV
-    encryption costs about 2.5 µs, a fifth of what the worker spends per sighting). Holds ciphertexts
-    only; emptied whenever it reaches ``capacity``."""
-
-    def __init__(self, hash_key: bytes, capacity: int = SEAL_CACHE) -> None:
-        self.hash_key, self.capacity = hash_key, capacity
-        self.values: dict[bytes, bytes] = {}
-
-    def __call__(self, vehicle: bytes, region: str, plate: str) -> bytes:
-        found = self.values.get(vehicle)
-        if found is None:
-            if len(self.values) >= self.capacity:
-                self.values.clear()
-            found = self.values[vehicle] = seal(self.hash_key, vehicle, region, plate)
-        return found
-
-
-@lru_cache(maxsize=8)
-def sealer(hash_key: bytes) -> Sealer:
-    """The process's ``Sealer`` of ``hash_key``."""
-    return Sealer(hash_key)
-
-
 def open_entry(keys: tuple[bytes, ...], vehicle: bytes, sealed: bytes) -> tuple[str, str] | None:
     """(region, plate) of an entry, trying each key (current first, then the one being rotated out)."""
     for k in keys:

@@ -19,7 +19,7 @@ import orjson
 
 from streams import names
 from streams.arena import LENGTH, OFFSET, StringArena
-from streams.directory import directory_key, sealer
+from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
@@ -358,7 +358,6 @@ class PartitionPipeline:
         if len(packed) > 100_000:  # distinct cameras, agencies and regions: small, but never unbounded
             packed.clear()
         cam_names = self.cam_names
-        seal_vehicle = sealer(s.hash_key)
         old_entries = self._old
         live_list = live.tolist()
         vids = vehicle_ids(s.hash_key, [b[1] for b in bests], plate_texts)
@@ -393,7 +392,7 @@ class PartitionPipeline:
             cell_members.setdefault(cell, []).extend((cell_offsets[j], entry[3]))
             if vid not in sealed:
                 sealed.add(vid)
-                directory.setdefault(directory_key(vid), []).extend((vid, seal_vehicle(vid, region, plate_text)))
+                directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
             hex_sid = f"{sid:016x}"
             msg: dict[str, Any] = {
                 "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid,

@@ -6,7 +6,7 @@ import orjson
 import pytest
 import redis
 
-from streams.directory import Sealer, collect, directory_key, entries, open_entry, seal
+from streams.directory import collect, directory_key, entries, open_entry, seal
 from streams.pipeline import PartitionPipeline
 from streams.policy import DAY_MS
 from streams.records import Raw
@@ -30,18 +30,6 @@ def test_seal_is_deterministic_and_opens_only_with_its_key_and_vehicle() -> None
     assert open_entry((KEY, OLD), v, seal(OLD, v, "US-CT", "7ABC123")) == ("US-CT", "7ABC123")  # rotation
     flipped = bytes([sealed[0] ^ 1]) + sealed[1:]
     assert open_entry((KEY,), v, flipped) is None  # tampered
-
-
-def test_sealer_returns_what_seal_does_and_stays_within_its_capacity() -> None:
-    sealer = Sealer(KEY, capacity=3)
-    plates = [f"7ABC{i:03d}" for i in range(8)]
-    vehicles = [vehicle_id(KEY, "US-CT", p) for p in plates]
-    for _ in range(2):  # the second round is served from the cache, where it still holds the vehicle
-        for v, p in zip(vehicles, plates, strict=True):
-            assert sealer(v, "US-CT", p) == seal(KEY, v, "US-CT", p)
-            assert len(sealer.values) <= 3
-    sealer.values[vehicles[-1]] = b"remembered"
-    assert sealer(vehicles[-1], "US-CT", plates[-1]) == b"remembered"  # a hit does not encrypt again
 
 
 def _read(i: int, plate: str, ts: int, conf: float = 0.9, agency: str = "hartford-pd") -> dict:
