@@ -260,9 +260,11 @@ class BatchRunner:
                 delay = min(delay * 2, 5.0)
 
     async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """One step of the two-stage pipeline: batch N+1 is decoded while the broker acks batch N (in
-        flight: produced, acks pending); then N's Redis script goes out, and *while Redis runs it* N+1 is
-        processed; then N commits and N+1's records are produced and become the batch in flight.
+        """One step of the two-stage pipeline: once the broker has acked batch N (in flight: produced,
+        acks pending), N's Redis script goes out, and *while Redis runs it* N+1 is decoded and processed;
+        then N commits and N+1's records are produced and become the batch in flight. (Decoding N+1 before
+        sending N to Redis, while the acks arrive, left Redis a fifth less time to finish N before the
+        event loop waited for it.)
 
         Nothing of N+1 leaves the worker before N is in Redis: N+1 was computed from dedup state that
         includes N, so if N fails, N+1 is discarded (rewind), and a partition fenced or revoked meanwhile
@@ -274,9 +276,6 @@ class BatchRunner:
         async with self.lock:
             flight, self._flight = self._flight, None
             writing = None
-            ta = time.perf_counter()
-            decoded = self._decode(batches)  # the event loop is busy: the acks wait in the socket meanwhile
-            tb = time.perf_counter()
             if flight is not None:
                 await flight.acks
                 self._fault_point(names.STEP_SINK_DEDUPED)
@@ -284,7 +283,7 @@ class BatchRunner:
                 await asyncio.sleep(0)  # let the script go out before the CPU is busy with N+1
             t1 = time.perf_counter()
             work = [(tp, pipe, expected, pipe.process(batch, nxt, consumed, hot))
-                    for tp, pipe, expected, (batch, nxt, consumed) in decoded]
+                    for tp, pipe, expected, (batch, nxt, consumed) in self._decode(batches)]
             t2 = time.perf_counter()
             if flight is not None and writing is not None:
                 await self._commit(flight, await writing)
@@ -305,8 +304,8 @@ class BatchRunner:
                     self._flight.blobs = [pack_commands(r.redis) for _, _, _, r in work]
                     for _, _, _, r in work:
                         r.redis = []
-        self.metrics["stage_us.wait.sink.deduped"] += int((t1 - t0 - (tb - ta)) * 1e6)
-        self.metrics["stage_us.process"] += int((t2 - t1 + tb - ta) * 1e6)
+        self.metrics["stage_us.wait.sink.deduped"] += int((t1 - t0) * 1e6)
+        self.metrics["stage_us.process"] += int((t2 - t1) * 1e6)
         self.metrics["stage_us.wait.sink.redis"] += int((t3 - t2) * 1e6)
         self.metrics["batches"] += 1
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)

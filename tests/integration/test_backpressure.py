@@ -8,6 +8,7 @@ import os
 import signal
 
 import pytest
+import redis
 
 from benchmarks import soak
 from streams import stack
@@ -18,12 +19,15 @@ RATE = 5000.0
 
 def test_redis_stall_grows_lag_not_memory(local_stack: stack.StackInfo) -> None:
     pause, resume = 20.0, 32.0
+    # the server answering now, not the one the stack started with: a chaos test before this one may have
+    # killed and restarted Redis
+    pid = int(redis.Redis.from_url(local_stack.redis_url).info("server")["process_id"])
 
     def stall() -> None:
-        os.kill(local_stack.redis_pid, signal.SIGSTOP)
+        os.kill(pid, signal.SIGSTOP)
 
     def wake() -> None:
-        os.kill(local_stack.redis_pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
 
     try:
         r = soak.run(55, RATE, sample_s=1.0, info=local_stack, events=[(pause, stall), (resume, wake)])
