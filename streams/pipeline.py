@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -335,79 +336,88 @@ class PartitionPipeline:
                                  p["best_ts"][live], p["count"][live], p["best_conf"][live], p["hit"][live],
                                  self._source_codes(live, out)).tobytes()
         sid_raw = p["sid"][live].astype("<u8").tobytes()
-        sids, starts, ends, counts, geos, best_tss, last_seqs, cam_ids, hits = (
+        sids, starts, ends, counts, geos, best_tss, last_seqs, cam_ids = (
             p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_geo", "best_ts", "last_seq",
-                                                "cam", "hit"))
+                                                "cam"))
+        hits = p["hit"][live].astype(bool).tolist()
         cell_texts = [c.decode() for c in cells.view(f"S{cells.shape[1]}").ravel().tolist()]
         # area index: key and bucket-relative score (``cell_entry``) and the id's low half (``cell_member``)
         buckets, offsets = np.divmod(p["start"][live], s.cell_bucket_ms)
         cell_keys = list(map(cell_key, cell_texts, buckets.tolist()))
-        cell_offsets = offsets.tolist()
-        sid_low = (p["sid"][live] & np.uint64(0xFFFFFFFF)).tolist()
         hash_texts = [h.decode() for h in hashes.view(f"S{hashes.shape[1]}").ravel().tolist()]
-        stored = store_it.tolist()
         confs = rounded(p["best_conf"][live], 6)
         lats, lons = rounded(lat, 7), rounded(lon, 7)
-        ck_fields: list[bytes] = []
-        directory: dict[str, list[bytes]] = {}
-        # one ZADD per area cell and time bucket (a batch's sightings share few): far fewer commands for
-        # Redis to run; after every ZREM of this batch, which only remove entries written before it
-        cell_members: dict[str, list[Any]] = {}
-        sealed: set[bytes] = set()
-        packed = self._packed
-        if len(packed) > 100_000:  # distinct cameras, agencies and regions: small, but never unbounded
-            packed.clear()
-        cam_names = self.cam_names
-        old_entries = self._old
-        live_list = live.tolist()
-        vids = vehicle_ids(s.hash_key, [b[1] for b in bests], plate_texts)
+        b_reads, b_regions, b_agencies = map(list, zip(*bests, strict=True))
+        cameras = list(map(self.cam_names.__getitem__, cam_ids))
+        vids = vehicle_ids(s.hash_key, b_regions, plate_texts)
         vhexes = [v.hex() for v in vids]
         trail_keys = list(map(trail_key_hex, vhexes))
-        pk_reads = list(map(pack_string, [b[0] for b in bests]))
-        pk_plates = list(map(pack_string, plate_texts))
-        for j, ((read_id, region, agency), plate_text) in enumerate(zip(bests, plate_texts, strict=True)):
-            camera = cam_names[cam_ids[j]]
-            pk_camera = packed.get(camera) or packed.setdefault(camera, pack_string(camera))
-            pk_region = packed.get(region) or packed.setdefault(region, pack_string(region))
-            pk_agency = packed.get(agency) or packed.setdefault(agency, pack_string(agency))
-            pk_read = pk_reads[j]
-            sid = sids[j]
-            start = starts[j]
-            ck_fields.append(sid_raw[j * 8 : j * 8 + 8])
-            ck_fields.append(b"".join((ck_raw[j * size : (j + 1) * size], pk_camera, pk_read, pk_region, pk_agency,
-                                       pk_plates[j])))
-            if not stored[j]:
-                continue
-            vid = vids[j]
-            vhex = vhexes[j]
-            member = fixed_raw[j * fixed_size : (j + 1) * fixed_size] + pk_read
-            cell = cell_keys[j]
-            entry = (trail_keys[j], member, cell, CELL_MEMBER.pack(vid, sid_low[j]))
-            prev = old_entries.pop(live_list[j], None) if old_entries else None
-            if prev is not None and prev[:2] != entry[:2]:
-                out.redis.append(("ZREM", prev[0], prev[1]))
-            if prev is not None and prev[2:4] != entry[2:]:
-                out.redis.append(("ZREM", prev[2], prev[3]))
-            out.redis.append(("ZADD", entry[0], start, entry[1]))
-            cell_members.setdefault(cell, []).extend((cell_offsets[j], entry[3]))
-            if vid not in sealed:
-                sealed.add(vid)
-                directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
-            hex_sid = f"{sid:016x}"
-            msg: dict[str, Any] = {
-                "schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid,
-                "revision": last_seqs[j], "vehicle": vhex, "plate": plate_text, "region": region,
-                "camera_id": camera, "agency": agency, "ts": start, "ts_last": ends[j],
-                "best_ts": best_tss[j], "lat": lats[j], "lon": lons[j],
-                "geohash": hash_texts[j], "geo52": geos[j],
-                "confidence": confs[j], "reads": counts[j], "read_id": read_id,
-                "hit": bool(hits[j]),
-                "source": {"topic": self.topic, "partition": self.partition, "offset": best_seqs[j]},
-            }
-            if extra[j] is not None:
-                msg["extra"] = extra[j]
-            out.deduped.append((hex_sid.encode(), orjson.dumps(msg)))
-        out.redis.extend(("ZADD", key, *members) for key, members in cell_members.items())
+        pk_reads = list(map(pack_string, b_reads))
+        packed = self._packed  # distinct cameras, agencies and regions: few, packed once
+        if len(packed) > 100_000:  # small, but never unbounded
+            packed.clear()
+        for text in set(cameras).union(b_regions, b_agencies).difference(packed):
+            packed[text] = pack_string(text)
+        pk = packed.__getitem__
+        # Every per-sighting value is built column by column (C-level map/zip over lists): one interpreter
+        # pass per column instead of one pass of a dozen statements per sighting.
+        n = live.shape[0]
+        ck_records = list(map(b"".join, zip(
+            [ck_raw[k : k + size] for k in range(0, n * size, size)], map(pk, cameras), pk_reads,
+            map(pk, b_regions), map(pk, b_agencies), map(pack_string, plate_texts), strict=True)))
+        ck_fields = list(chain.from_iterable(zip([sid_raw[k : k + 8] for k in range(0, n * 8, 8)], ck_records,
+                                                 strict=True)))
+        members = list(map(bytes.__add__, [fixed_raw[k : k + fixed_size] for k in range(0, n * fixed_size, fixed_size)],
+                           pk_reads))
+        cell_members = list(map(CELL_MEMBER.pack, vids, (p["sid"][live] & np.uint64(0xFFFFFFFF)).tolist()))
+        kept: range | list[int] = range(n) if bool(store_it.all()) else np.flatnonzero(store_it).tolist()
+
+        def pick(column: list[Any]) -> list[Any]:
+            return column if isinstance(kept, range) else [column[j] for j in kept]
+
+        # a sighting written before whose trail or cell entry changed: the old entry goes (the ZREMs commute
+        # with this batch's ZADDs: every entry names its sighting, and an unchanged one is not removed)
+        old_entries = self._old
+        if old_entries:
+            where = dict(zip(live.tolist(), range(n), strict=True))
+            for i in list(old_entries):  # in the order of ``live`` (both follow ``touched``)
+                row = where.get(i)
+                if row is None or not store_it[row]:
+                    continue
+                prev = old_entries.pop(i)
+                if prev[:2] != (trail_keys[row], members[row]):
+                    out.redis.append(("ZREM", prev[0], prev[1]))
+                if prev[2:4] != (cell_keys[row], cell_members[row]):
+                    out.redis.append(("ZREM", prev[2], prev[3]))
+        out.redis.extend(zip(repeat("ZADD"), pick(trail_keys), pick(starts), pick(members)))
+        # one ZADD per area cell and time bucket (a batch's sightings share few): far fewer commands for
+        # Redis to run; after every ZREM of this batch, which only remove entries written before it
+        by_cell: dict[str, list[Any]] = {}
+        for key, score, member in zip(pick(cell_keys), pick(offsets.tolist()), pick(cell_members), strict=True):
+            by_cell.setdefault(key, []).extend((score, member))
+        # the directory: each vehicle once (its id is the keyed hash of region and plate: one value per id)
+        directory: dict[str, list[bytes]] = {}
+        for vid, (region, plate_text) in dict(zip(pick(vids), zip(pick(b_regions), pick(plate_texts), strict=True),
+                                                  strict=True)).items():
+            directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
+        hex_sids = pick(list(map("{:016x}".format, sids)))
+        topic, partition = self.topic, self.partition
+        msgs = [{"schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid, "revision": revision,
+                 "vehicle": vhex, "plate": plate_text, "region": region, "camera_id": camera, "agency": agency,
+                 "ts": ts, "ts_last": ts_last, "best_ts": best_ts, "lat": la, "lon": lo, "geohash": gh, "geo52": geo,
+                 "confidence": conf, "reads": reads, "read_id": read_id, "hit": hit,
+                 "source": {"topic": topic, "partition": partition, "offset": offset}}
+                for hex_sid, revision, vhex, plate_text, region, camera, agency, ts, ts_last, best_ts, la, lo, gh, geo,
+                conf, reads, read_id, hit, offset in zip(
+                    hex_sids, pick(last_seqs), pick(vhexes), pick(plate_texts), pick(b_regions), pick(cameras),
+                    pick(b_agencies), pick(starts), pick(ends), pick(best_tss), pick(lats), pick(lons),
+                    pick(hash_texts), pick(geos), pick(confs), pick(counts), pick(b_reads), pick(hits),
+                    pick(best_seqs), strict=True)]
+        for msg, more in zip(msgs, pick(extra), strict=True):
+            if more is not None:
+                msg["extra"] = more
+        out.deduped.extend(zip(map(str.encode, hex_sids), map(orjson.dumps, msgs), strict=True))
+        out.redis.extend(("ZADD", key, *entries) for key, entries in by_cell.items())
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
 
