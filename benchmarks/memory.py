@@ -42,11 +42,12 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
                 a.itemsize for a in (st.nxt, st.best_row, st.merged_into, st.touch_mark))
             parts = {
                 # one slot per session (pool columns and chain links): the live ones and the evicted ones not
-                # yet compacted away; then the free slots kept for one batch's worth of new sessions
+                # yet compacted away; then the free slots (room for about as many new sessions as the last
+                # batch created, and what growth by half left over)
                 "session_slots": st.n_used * slot,
                 "free_slots": (st.capacity - st.n_used) * slot,
                 "hash_table": st.table.nbytes,
-                # sized for a whole batch (PLATESTREAM_BATCH_MAX_RECORDS), reused from batch to batch
+                # the largest number of sessions a batch touched so far (snapshot rows), reused
                 "batch_scratch": sum(a.nbytes for a in (st.touched, st.snap, st.snap_conf)),
                 "read_id_arena": len(pipe.read_ids.buf),
             }

@@ -251,7 +251,7 @@ class PartitionPipeline:
         cams = self._cams(batch.camera)
         plate, cls = pack_plates(plates_matrix(batch.plates) if batch.plate_matrix is None else batch.plate_matrix)
         geo = geo52(batch.lat, batch.lon)
-        st.reserve(len(batch))  # before n_before: making room may compact the pool
+        st.reserve(st.room_ahead(len(batch)))  # before n_before: making room may compact the pool
         n_before = st.n_used
         session_of, late, touched, snap, snap_conf = run_batch(
             st, cams, cls, plate, batch.ts, batch.conf, geo, batch.offset, s.dedup_window_ms, s.allowed_lateness_ms)

@@ -77,6 +77,12 @@ class DedupArrays:
     n_keys: int = 0
     watermark: int = -(2**62)
     batch_no: int = 0
+    # Room made before a batch: new sessions for as many reads as the last batch created sessions (a
+    # quarter more), at least ``reserve_ahead``; scratch rows for twice as many. A batch that needs more
+    # stops where it is, the arrays grow (never compacting: its indexes must stay valid) and it resumes -
+    # so neither is sized for a whole batch when most of its reads extend open sessions.
+    reserve_ahead: int = 4096
+    last_created: int = 0
 
     def __post_init__(self) -> None:
         if not self.pool:
@@ -108,7 +114,15 @@ class DedupArrays:
             alive = self.pool["alive"][: self.n_used]
             if int(alive.sum()) < self.n_used:
                 self.compact(alive.astype(bool))
-                need = self.n_used + extra
+        self.grow(extra)
+
+    def room_ahead(self, n: int) -> int:
+        """New sessions to make room for before a batch of ``n`` reads (see ``reserve_ahead``)."""
+        return min(n, max(self.reserve_ahead, self.last_created * 5 // 4))
+
+    def grow(self, extra: int) -> None:
+        """Make room for ``extra`` new sessions and keys without compacting: session indexes stay valid."""
+        need = self.n_used + extra
         if need > self.capacity:
             # 1.5x, not 2x: the pool is most of the dedup state's memory (911 -> 753 B per active key in
             # the benchmark); the extra copies are a few per hour of traffic
@@ -260,95 +274,106 @@ def dedup_batch(  # type: ignore[no-untyped-def]
     r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
     cam, cls, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
     written, last_seq, nxt, best_row, merged_into, touch_mark, t_cam, t_cls, t_head,
-    n_used, n_keys, watermark, batch_no, window, lateness, touched, snap, snap_conf,
+    n_used, n_keys, watermark, batch_no, window, lateness, touched, snap, snap_conf, i0, n_touched, session_of,
+    late,
 ):
-    """Fold one batch of reads (in arrival order) into the session pool.
+    """Fold reads ``i0:`` of one batch (in arrival order) into the session pool.
 
-    Returns (n_used, n_keys, watermark, session_of_read, late_flags, touched, n_touched, snapshot,
-    snapshot_confidence).
-    ``touched`` lists every session created, extended or absorbed in this batch, in first-touch order;
-    it and the snapshot are written into the caller's buffers (at least 2 * n + 1 rows).
+    Returns (n_used, n_keys, watermark, n_touched, i): ``i`` is where it stopped - the batch's length, or
+    the first read there was no room for (a new session's slot, a hash table under half full, three
+    rows of scratch); the caller makes room and calls again from there. ``touched`` lists every session
+    created, extended or absorbed in this batch, in first-touch order, with a snapshot of its values
+    before the batch; ``session_of`` and ``late`` get each read's session and lateness.
     """
     n = r_ts.shape[0]
-    session_of = np.empty(n, dtype=np.int32)
-    late = np.zeros(n, dtype=np.uint8)
-    n_touched = 0
-    for i in range(n):
-        if i + AHEAD < n:  # hint the probe of the read AHEAD on: a new key's slot is a miss anywhere in the table
-            prefetch(t_cam, _home(t_cam, r_cam[i + AHEAD], r_cls[i + AHEAD]))
-        c = r_cam[i]
-        k = r_cls[i]
-        t = r_ts[i]
-        if t < watermark - lateness:
-            late[i] = 1
-        if t > watermark:
-            watermark = t
-        slot = _slot(t_cam, t_cls, c, k)
-        if t_cam[slot] == -1:
-            t_cam[slot] = c
-            t_cls[slot] = k
-            t_head[slot] = -1
-            n_keys += 1
-        # find every live session of this key within W of t; the oldest survives and absorbs the rest
-        survivor = -1
-        s = t_head[slot]
-        while s != -1:
-            if alive[s] and t >= start[s] - window and t <= end[s] + window:
-                n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
-                                   best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-                                   written, last_seq, snap, snap_conf)
-                if survivor == -1 or first_seq[s] < first_seq[survivor]:
-                    if survivor != -1:
-                        _absorb(s, survivor, start, end, count, best_conf, best_ts, best_seq, best_plate,
+    capacity = cam.shape[0]
+    rows = touched.shape[0]
+    table = t_cam.shape[0]
+    lo = i0
+    while lo < n:
+        # reads that surely fit: each touches at most two open sessions of its key (they are more than W
+        # apart) and creates at most one session and one key
+        fit = min(capacity - n_used, (rows - n_touched) // 3, table // 2 - n_keys)
+        if fit <= 0:
+            return n_used, n_keys, watermark, n_touched, lo
+        hi = min(n, lo + fit)
+        for i in range(lo, hi):
+            if i + AHEAD < n:  # hint the probe of the read AHEAD on: a new key's slot is a miss anywhere in the table
+                prefetch(t_cam, _home(t_cam, r_cam[i + AHEAD], r_cls[i + AHEAD]))
+            c = r_cam[i]
+            k = r_cls[i]
+            t = r_ts[i]
+            if t < watermark - lateness:
+                late[i] = 1
+            if t > watermark:
+                watermark = t
+            slot = _slot(t_cam, t_cls, c, k)
+            if t_cam[slot] == -1:
+                t_cam[slot] = c
+                t_cls[slot] = k
+                t_head[slot] = -1
+                n_keys += 1
+            # find every live session of this key within W of t; the oldest survives and absorbs the rest
+            survivor = -1
+            s = t_head[slot]
+            while s != -1:
+                if alive[s] and t >= start[s] - window and t <= end[s] + window:
+                    n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
+                                       best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
+                                       written, last_seq, snap, snap_conf)
+                    if survivor == -1 or first_seq[s] < first_seq[survivor]:
+                        if survivor != -1:
+                            _absorb(s, survivor, start, end, count, best_conf, best_ts, best_seq, best_plate,
+                                    best_geo, best_row, merged_into, alive, last_seq)
+                        survivor = s
+                    else:
+                        _absorb(survivor, s, start, end, count, best_conf, best_ts, best_seq, best_plate,
                                 best_geo, best_row, merged_into, alive, last_seq)
-                    survivor = s
-                else:
-                    _absorb(survivor, s, start, end, count, best_conf, best_ts, best_seq, best_plate,
-                            best_geo, best_row, merged_into, alive, last_seq)
-            s = nxt[s]
-        if survivor == -1:
-            s = n_used
-            n_used += 1
-            cam[s] = c
-            cls[s] = k
-            start[s] = t
-            end[s] = t
-            count[s] = 1
-            best_conf[s] = r_conf[i]
-            best_ts[s] = t
-            best_seq[s] = r_seq[i]
-            best_plate[s] = r_plate[i]
-            best_geo[s] = r_geo[i]
-            first_seq[s] = r_seq[i]
-            alive[s] = 1
-            written[s] = 0
-            last_seq[s] = r_seq[i]
-            best_row[s] = i
-            nxt[s] = t_head[slot]
-            t_head[slot] = s
-            touch_mark[s] = -1
-            n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
-                               best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-                               written, last_seq, snap, snap_conf)
-            survivor = s
-        else:
-            s = survivor
-            if t < start[s]:
+                s = nxt[s]
+            if survivor == -1:
+                s = n_used
+                n_used += 1
+                cam[s] = c
+                cls[s] = k
                 start[s] = t
-            if t > end[s]:
                 end[s] = t
-            count[s] += 1
-            if r_seq[i] > last_seq[s]:
-                last_seq[s] = r_seq[i]
-            if _better(r_conf[i], t, r_seq[i], best_conf[s], best_ts[s], best_seq[s]):
+                count[s] = 1
                 best_conf[s] = r_conf[i]
                 best_ts[s] = t
                 best_seq[s] = r_seq[i]
                 best_plate[s] = r_plate[i]
                 best_geo[s] = r_geo[i]
+                first_seq[s] = r_seq[i]
+                alive[s] = 1
+                written[s] = 0
+                last_seq[s] = r_seq[i]
                 best_row[s] = i
-        session_of[i] = survivor
-    return n_used, n_keys, watermark, session_of, late, touched, n_touched, snap, snap_conf
+                nxt[s] = t_head[slot]
+                t_head[slot] = s
+                touch_mark[s] = -1
+                n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
+                                   best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
+                                   written, last_seq, snap, snap_conf)
+                survivor = s
+            else:
+                s = survivor
+                if t < start[s]:
+                    start[s] = t
+                if t > end[s]:
+                    end[s] = t
+                count[s] += 1
+                if r_seq[i] > last_seq[s]:
+                    last_seq[s] = r_seq[i]
+                if _better(r_conf[i], t, r_seq[i], best_conf[s], best_ts[s], best_seq[s]):
+                    best_conf[s] = r_conf[i]
+                    best_ts[s] = t
+                    best_seq[s] = r_seq[i]
+                    best_plate[s] = r_plate[i]
+                    best_geo[s] = r_geo[i]
+                    best_row[s] = i
+            session_of[i] = survivor
+        lo = hi
+    return n_used, n_keys, watermark, n_touched, n
 
 
 @nb.njit(inline="always", cache=True)
@@ -402,20 +427,41 @@ def run_batch(
     Snapshot columns hold each touched session's values before this batch: start, end, count,
     best_plate, best_geo, best_seq, written, last_seq, best_ts (uint64 columns stored as int64 bits).
     """
-    st.reserve(int(r_ts.shape[0]))
+    n = int(r_ts.shape[0])
+    ahead = st.room_ahead(n)
+    st.reserve(ahead)
+    n_before = st.n_used
     st.batch_no += 1
-    rows = 2 * int(r_ts.shape[0]) + 1
-    if st.snap.shape[0] < rows:  # reused from batch to batch: fresh pages cost as much as the dedup
-        st.touched, st.snap, st.snap_conf = (np.empty(rows, np.int32), np.empty((rows, 9), np.int64),
-                                             np.empty(rows, np.float32))
-    p = st.pool
+    _scratch(st, 2 * ahead + 3)  # reused from batch to batch: fresh pages cost as much as the dedup
+    session_of = np.empty(n, dtype=np.int32)
+    late = np.zeros(n, dtype=np.uint8)
     st.best_row[: st.n_used] = EMPTY
     st.merged_into[: st.n_used] = EMPTY
-    (st.n_used, st.n_keys, st.watermark, session_of, late, touched, n_touched, snap, snap_conf) = dedup_batch(
-        r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
-        p["cam"], p["cls"], p["start"], p["end"], p["count"], p["best_conf"], p["best_ts"], p["best_seq"],
-        p["best_plate"], p["best_geo"], p["first_seq"], p["alive"], p["written"], p["last_seq"],
-        st.nxt, st.best_row, st.merged_into, st.touch_mark, st.t_cam, st.t_cls, st.t_head,
-        st.n_used, st.n_keys, st.watermark, st.batch_no, window_ms, lateness_ms, st.touched, st.snap, st.snap_conf,
-    )
-    return session_of, late, touched[:n_touched], snap[:n_touched], snap_conf[:n_touched]
+    i = n_touched = 0
+    while True:
+        p = st.pool
+        st.n_used, st.n_keys, st.watermark, n_touched, i = dedup_batch(
+            r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
+            p["cam"], p["cls"], p["start"], p["end"], p["count"], p["best_conf"], p["best_ts"], p["best_seq"],
+            p["best_plate"], p["best_geo"], p["first_seq"], p["alive"], p["written"], p["last_seq"],
+            st.nxt, st.best_row, st.merged_into, st.touch_mark, st.t_cam, st.t_cls, st.t_head,
+            st.n_used, st.n_keys, st.watermark, st.batch_no, window_ms, lateness_ms, st.touched, st.snap,
+            st.snap_conf, i, n_touched, session_of, late,
+        )
+        if i == n:
+            st.last_created = st.n_used - n_before
+            return session_of, late, st.touched[:n_touched], st.snap[:n_touched], st.snap_conf[:n_touched]
+        # out of room: grow (never compact - this batch's session indexes must stay valid) and go on
+        left = min(n - i, st.reserve_ahead)
+        st.grow(left)
+        _scratch(st, n_touched + 2 * left + 3, keep=n_touched)
+
+
+def _scratch(st: DedupArrays, rows: int, keep: int = 0) -> None:
+    """At least ``rows`` rows of touched-session scratch, the first ``keep`` kept; grown by half at least."""
+    if st.snap.shape[0] >= rows:
+        return
+    rows = max(rows, st.snap.shape[0] * 3 // 2)
+    touched, snap, snap_conf = np.empty(rows, np.int32), np.empty((rows, 9), np.int64), np.empty(rows, np.float32)
+    touched[:keep], snap[:keep], snap_conf[:keep] = st.touched[:keep], st.snap[:keep], st.snap_conf[:keep]
+    st.touched, st.snap, st.snap_conf = touched, snap, snap_conf

@@ -45,10 +45,11 @@ def brute_force(reads: list[tuple[int, str, int, float]]) -> set[tuple[int, str,
 
 
 def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int,
-               compact_each_batch: bool = True) -> tuple[set, int]:
+               compact_each_batch: bool = True, ahead: int = 4096) -> tuple[set, int]:
     """Without ``compact_each_batch``, evicted sessions keep their slots (as in the pipeline) and the pool
-    of 4 is compacted by ``reserve`` whenever a batch needs room."""
-    st_ = DedupArrays(capacity=4)
+    of 4 is compacted by ``reserve`` whenever a batch needs room. With room made ``ahead`` reads at a time
+    (fewer than a batch), the kernel stops mid-batch, the pool, table and scratch grow, and it resumes."""
+    st_ = DedupArrays(capacity=4, reserve_ahead=ahead)
     evicted: list[tuple] = []
     n_late = 0
 
@@ -103,26 +104,26 @@ reads_strategy = st.lists(
 
 
 @settings(max_examples=400, deadline=None)
-@given(reads_strategy, st.integers(1, 25))
-def test_dedup_equals_brute_force_when_nothing_is_too_late(reads: list, batch_size: int) -> None:
+@given(reads_strategy, st.integers(1, 25), st.sampled_from([1, 2, 5, 4096]))
+def test_dedup_equals_brute_force_when_nothing_is_too_late(reads: list, batch_size: int, ahead: int) -> None:
     # lateness L=60 s covers the whole 90 s spread only partly; keep inputs where no read is too late
     wm = -(2**62)
     for r in reads:
         if r[2] < wm - L:
             return
         wm = max(wm, r[2])
-    got, n_late = run_kernel(reads, batch_size)
+    got, n_late = run_kernel(reads, batch_size, ahead=ahead)
     assert n_late == 0
     assert normalize_kernel_rows(got, reads) == normalize_oracle_rows(brute_force(reads))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(PLATES), st.integers(0, 400).map(lambda s: s * 1000),
-                          st.sampled_from([0.5, 0.9])), max_size=60), st.integers(1, 25))
-def test_dedup_equals_brute_force_when_room_is_made_by_compaction(reads: list, batch_size: int) -> None:
+                          st.sampled_from([0.5, 0.9])), max_size=60), st.integers(1, 25), st.sampled_from([1, 3, 4096]))
+def test_dedup_equals_brute_force_when_room_is_made_by_compaction(reads: list, batch_size: int, ahead: int) -> None:
     # in time order over 400 s: sessions are evicted (W + L = 70 s) while later batches need room
     reads = sorted(reads, key=lambda r: r[2])
-    got, _ = run_kernel(reads, batch_size, compact_each_batch=False)
+    got, _ = run_kernel(reads, batch_size, compact_each_batch=False, ahead=ahead)
     assert normalize_kernel_rows(got, reads) == normalize_oracle_rows(brute_force(reads))
 
 
