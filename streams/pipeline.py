@@ -30,14 +30,14 @@ from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
 from streams.store import (
-    CELL_MEMBER,
     MEMBER_FIXED,
     PENDING,
     SOURCES_KEY,
     Sighting,
+    cell_entries,
     cell_entry,
-    cell_key,
     cell_member,
+    cell_members,
     checkpoint_key,
     member_fixed,
     pack_string,
@@ -251,10 +251,9 @@ class PartitionPipeline:
         cams = self._cams(batch.camera)
         plate, cls = pack_plates(plates_matrix(batch.plates) if batch.plate_matrix is None else batch.plate_matrix)
         geo = geo52(batch.lat, batch.lon)
-        st.reserve(st.room_ahead(len(batch)))  # before n_before: making room may compact the pool
-        n_before = st.n_used
         session_of, late, touched, snap, snap_conf = run_batch(
             st, cams, cls, plate, batch.ts, batch.conf, geo, batch.offset, s.dedup_window_ms, s.allowed_lateness_ms)
+        n_before = st.n_used - st.last_created  # the pool's size when this batch began (after any compaction)
         out.late = int(late.sum())
         p = st.pool
         alive = p["alive"][touched].astype(bool)
@@ -341,9 +340,7 @@ class PartitionPipeline:
                                                 "cam"))
         hits = p["hit"][live].astype(bool).tolist()
         cell_texts = [c.decode() for c in cells.view(f"S{cells.shape[1]}").ravel().tolist()]
-        # area index: key and bucket-relative score (``cell_entry``) and the id's low half (``cell_member``)
-        buckets, offsets = np.divmod(p["start"][live], s.cell_bucket_ms)
-        cell_keys = list(map(cell_key, cell_texts, buckets.tolist()))
+        cell_keys, cell_scores = cell_entries(cell_texts, p["start"][live], s.cell_bucket_ms)
         hash_texts = [h.decode() for h in hashes.view(f"S{hashes.shape[1]}").ravel().tolist()]
         confs = rounded(p["best_conf"][live], 6)
         lats, lons = rounded(lat, 7), rounded(lon, 7)
@@ -369,7 +366,7 @@ class PartitionPipeline:
                                                  strict=True)))
         members = list(map(bytes.__add__, [fixed_raw[k : k + fixed_size] for k in range(0, n * fixed_size, fixed_size)],
                            pk_reads))
-        cell_members = list(map(CELL_MEMBER.pack, vids, (p["sid"][live] & np.uint64(0xFFFFFFFF)).tolist()))
+        area_members = cell_members(vids, p["sid"][live])
         kept: range | list[int] = range(n) if bool(store_it.all()) else np.flatnonzero(store_it).tolist()
 
         def pick(column: list[Any]) -> list[Any]:
@@ -387,13 +384,13 @@ class PartitionPipeline:
                 prev = old_entries.pop(i)
                 if prev[:2] != (trail_keys[row], members[row]):
                     out.redis.append(("ZREM", prev[0], prev[1]))
-                if prev[2:4] != (cell_keys[row], cell_members[row]):
+                if prev[2:4] != (cell_keys[row], area_members[row]):
                     out.redis.append(("ZREM", prev[2], prev[3]))
         out.redis.extend(zip(repeat("ZADD"), pick(trail_keys), pick(starts), pick(members)))
         # one ZADD per area cell and time bucket (a batch's sightings share few): far fewer commands for
         # Redis to run; after every ZREM of this batch, which only remove entries written before it
         by_cell: dict[str, list[Any]] = {}
-        for key, score, member in zip(pick(cell_keys), pick(offsets.tolist()), pick(cell_members), strict=True):
+        for key, score, member in zip(pick(cell_keys), pick(cell_scores), pick(area_members), strict=True):
             by_cell.setdefault(key, []).extend((score, member))
         # the directory: each vehicle once (its id is the keyed hash of region and plate: one value per id)
         directory: dict[str, list[bytes]] = {}

@@ -177,6 +177,17 @@ def cell_entry(cell: str, ts: int, bucket_ms: int) -> tuple[str, int]:
     return cell_key(cell, bucket), offset
 
 
+def cell_entries(cells: Sequence[str], ts: NDArray[np.int64], bucket_ms: int) -> tuple[list[str], list[int]]:
+    """``cell_entry`` of many sightings (keys, scores)."""
+    buckets, offsets = np.divmod(ts, bucket_ms)
+    return list(map(cell_key, cells, buckets.tolist())), offsets.tolist()
+
+
+def cell_members(vehicles: Sequence[bytes], sids: NDArray[np.uint64]) -> list[bytes]:
+    """``cell_member`` of many sightings."""
+    return list(map(CELL_MEMBER.pack, vehicles, (sids & np.uint64(0xFFFFFFFF)).tolist()))
+
+
 def stats_key(agency: str) -> str:
     """Per-agency counters (``reads:<date>``, ``hits:<date>``) for transparency reports."""
     return f"ps:stats:{{{agency}}}"

@@ -122,6 +122,23 @@ def test_area_index_entries_are_bucket_relative_and_small(ts: int, bucket_ms: in
     assert len(member) == 16 and CELL_MEMBER.unpack(member) == (b"v" * 12, sid % 2**32)
 
 
+@given(st.lists(st.tuples(st.integers(0, 2**45), st.integers(0, 2**64 - 1), st.binary(min_size=12, max_size=12)),
+                max_size=20), st.integers(60_000, 7 * 86_400_000))
+def test_batch_area_entries_equal_one_at_a_time(rows: list[tuple[int, int, bytes]], bucket_ms: int) -> None:
+    """The pipeline writes a batch's area entries with ``cell_entries``/``cell_members``; retention and the
+    replaced-entry check compute single ones with ``cell_entry``/``cell_member``: they must agree."""
+    import numpy as np
+
+    from streams.store import cell_entries, cell_entry, cell_member, cell_members
+
+    cells = [f"dr7ab{i % 3}" for i in range(len(rows))]
+    keys, scores = cell_entries(cells, np.array([ts for ts, _, _ in rows], dtype=np.int64), bucket_ms)
+    assert list(zip(keys, scores, strict=True)) == [cell_entry(c, ts, bucket_ms)
+                                                    for c, (ts, _, _) in zip(cells, rows, strict=True)]
+    members = cell_members([v for _, _, v in rows], np.array([sid for _, sid, _ in rows], dtype=np.uint64))
+    assert members == [cell_member(v, sid) for _, sid, v in rows]
+
+
 @pytest.mark.integration
 def test_source_names_come_from_the_registry_and_only_when_they_match_their_code(settings: Settings) -> None:
     """A pipeline registers each (camera, agency) in the batch that first stores it; a reader resolves the
