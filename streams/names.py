@@ -15,6 +15,8 @@ STEP_GEOHASH: Final = "geohash"
 STEP_SINK_REDIS: Final = "sink.redis"
 STEP_SINK_DEDUPED: Final = "sink.deduped"
 STEP_SINK_DLQ: Final = "sink.dlq"
+# fault injection only (PLATESTREAM_CRASH_AFTER): a chunked Redis write after its first chunk, before the rest
+FAULT_REDIS_FIRST_CHUNK: Final = "sink.redis.first_chunk"
 
 SCHEMA_PLATE_READ: Final = "platestream.plate_read.v1"
 SCHEMA_SIGHTING: Final = "platestream.sighting.v1"

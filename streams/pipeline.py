@@ -269,7 +269,10 @@ class PartitionPipeline:
         if len(hot.matcher):
             self._match(batch, cls, session_of, hot, out)
 
-        # sightings that were written before and are now changed or absorbed: remove their old entries
+        # sightings that were written before and are now changed or absorbed: remove their old entries, after
+        # the batch's ZADDs (they commute: every entry names its sighting), so a lookup between the chunks of
+        # a chunked write (store.plan_batch) sees a revised sighting's old entry or both, never neither
+        removals: list[tuple[Any, ...]] = []
         for k in np.flatnonzero(was_written):
             i = int(touched[k])
             old = self._entry_from_snapshot(i, snap[k], float(snap_conf[k]), bool(hit_before[k]))
@@ -278,9 +281,8 @@ class PartitionPipeline:
                 continue
             out.sightings_retracted += 1
             sid = int(p["sid"][i])
-            out.redis.append(("ZREM", old[0], old[1]))
-            out.redis.append(("ZREM", old[2], old[3]))
-            out.redis.append(("HDEL", self.ck_key, struct.pack("<Q", sid)))
+            removals += [("ZREM", old[0], old[1]), ("ZREM", old[2], old[3]),
+                         ("HDEL", self.ck_key, struct.pack("<Q", sid))]
             survivor = self._survivor(i)
             # the read that merged it away is the survivor's latest: its offset versions the retraction
             retraction = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{sid:016x}",
@@ -295,6 +297,7 @@ class PartitionPipeline:
 
         live = touched[alive]
         if not live.shape[0]:
+            out.redis.extend(removals)
             return
         read_ids, regions, agencies = batch.read_id, batch.region, batch.agency
         best_seqs = p["best_seq"][live].tolist()
@@ -383,12 +386,12 @@ class PartitionPipeline:
                     continue
                 prev = old_entries.pop(i)
                 if prev[:2] != (trail_keys[row], members[row]):
-                    out.redis.append(("ZREM", prev[0], prev[1]))
+                    removals.append(("ZREM", prev[0], prev[1]))
                 if prev[2:4] != (cell_keys[row], area_members[row]):
-                    out.redis.append(("ZREM", prev[2], prev[3]))
+                    removals.append(("ZREM", prev[2], prev[3]))
         out.redis.extend(zip(repeat("ZADD"), pick(trail_keys), pick(starts), pick(members)))
         # one ZADD per area cell and time bucket (a batch's sightings share few): far fewer commands for
-        # Redis to run; after every ZREM of this batch, which only remove entries written before it
+        # Redis to run
         by_cell: dict[str, list[Any]] = {}
         for key, score, member in zip(pick(cell_keys), pick(cell_scores), pick(area_members), strict=True):
             by_cell.setdefault(key, []).extend((score, member))
@@ -417,6 +420,7 @@ class PartitionPipeline:
         out.redis.extend(("ZADD", key, *entries) for key, entries in by_cell.items())
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
+        out.redis.extend(removals)
 
     def _evict(self, out: BatchResult) -> None:
         st = self.state

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEV_HASH_KEY = "platestream-dev-key-not-secret"
 DEV_AUDIT_KEY = "platestream-dev-audit-key-not-secret"
+MIN_CHUNK_ARGS = 16  # a chunk must hold a command's name, key and some of its arguments
 
 # name -> (default, meaning). Defaults of None mean "taken from the local stack file".
 ENV_VARS: dict[str, tuple[str | None, str]] = {
@@ -47,6 +48,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_TOPIC_AUDIT": ("plates.audit", "output: the audit log's records"),
     "PLATESTREAM_POLICY": ("", "path of the policy file (YAML/JSON); queries are refused without one"),
     "PLATESTREAM_AUDIT_KEY": (DEV_AUDIT_KEY, "secret of the audit chain's HMAC"),
+    "PLATESTREAM_REDIS_CHUNK_ARGS": ("1000", "a batch's Redis write runs as scripts of at most this many command "
+                                             "arguments, one after another, so lookups are served between them "
+                                             "(0: one script per batch)"),
     "PLATESTREAM_RETENTION_INTERVAL_S": ("60", "how often the worker runs the retention sweeper"),
     "PLATESTREAM_STOP_TIMEOUT_S": ("35", "after SIGTERM/SIGINT the worker exits within this many seconds, "
                                          "graceful or not (the batch in flight gets up to 30 of them)"),
@@ -114,6 +118,7 @@ class Settings:
     redis_cert_file: str = ""
     redis_key_file: str = ""
     redis_cluster: bool = False
+    redis_chunk_args: int = 1000
     crash_after: tuple[str, int, str] | None = None  # (step, batch number, "exit" or "stop")
 
     @property
@@ -204,11 +209,15 @@ class Settings:
             web_host=str(raw("PLATESTREAM_WEB_HOST")),
             previous_hash_key=previous.encode(),
             redis_cluster=integer("PLATESTREAM_REDIS_CLUSTER", 0, 1) == 1,
+            redis_chunk_args=integer("PLATESTREAM_REDIS_CHUNK_ARGS", 0, 1_000_000),
             crash_after=_crash_after(str(raw("PLATESTREAM_CRASH_AFTER") or "")),
             **security,
         )
         if overrides:
             settings = dataclasses.replace(settings, **overrides)
+        if 0 < settings.redis_chunk_args < MIN_CHUNK_ARGS:
+            raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_ARGS={settings.redis_chunk_args} is below {MIN_CHUNK_ARGS} "
+                                "(0 turns chunking off)")
         if settings.hash_key == DEV_HASH_KEY.encode():
             log.warning("PLATESTREAM_HASH_KEY is the public development key; set a secret in production")
         if settings.policy_path is not None and settings.audit_key == DEV_AUDIT_KEY.encode():
@@ -240,6 +249,7 @@ class Settings:
             "PLATESTREAM_PREVIOUS_HASH_KEY": self.previous_hash_key.decode(),
             **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},
             "PLATESTREAM_REDIS_CLUSTER": "1" if self.redis_cluster else "0",
+            "PLATESTREAM_REDIS_CHUNK_ARGS": str(self.redis_chunk_args),
             "PLATESTREAM_CRASH_AFTER": ":".join(map(str, self.crash_after)) if self.crash_after else "",
         }
         env.update(extra)
@@ -290,8 +300,9 @@ def _crash_after(value: str) -> tuple[str, int, str] | None:
     if not value:
         return None
     step, n, action = [*value.split(":"), "exit"][:3]
-    if step not in ("sink.deduped", "sink.redis") or not n.isdigit() or int(n) < 1 or action not in ("exit", "stop"):
-        raise SettingsError(f"PLATESTREAM_CRASH_AFTER={value!r} must be sink.deduped|sink.redis:<n>[:exit|:stop]")
+    steps = ("sink.deduped", "sink.redis", "sink.redis.first_chunk")
+    if step not in steps or not n.isdigit() or int(n) < 1 or action not in ("exit", "stop"):
+        raise SettingsError(f"PLATESTREAM_CRASH_AFTER={value!r} must be {'|'.join(steps)}:<n>[:exit|:stop]")
     return step, int(n), action
 
 

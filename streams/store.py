@@ -26,7 +26,7 @@ import asyncio
 import functools
 import hashlib
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -410,21 +410,23 @@ APPLY_BATCH = RUN_COMMANDS + """
 local cur = redis.call('HGET', KEYS[1], 'offset')
 if (cur or '') ~= ARGV[1] then return 0 end
 run_commands(ARGV[2])
+if ARGV[3] then redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'pending', ARGV[4]) end
 return 1
 """
 MAX_ARGS = 4000  # Lua's unpack() limit is ~8000 stack slots; longer commands are split
 
 
-def split_long(commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Split variadic HSET/HDEL/ZADD commands so no command exceeds ``MAX_ARGS`` arguments."""
+def split_long(commands: Sequence[tuple[Any, ...]], limit: int = MAX_ARGS) -> list[tuple[Any, ...]]:
+    """Split variadic HSET/HDEL/ZADD commands so no command exceeds ``limit`` arguments."""
+    limit = min(limit, MAX_ARGS)
     out: list[tuple[Any, ...]] = []
     for cmd in commands:
-        if len(cmd) <= MAX_ARGS:
+        if len(cmd) <= limit:
             out.append(cmd)
             continue
         name, key, rest = cmd[0], cmd[1], cmd[2:]
         step = 1 if name == "HDEL" else 2
-        chunk = (MAX_ARGS - 2) // step * step
+        chunk = (limit - 2) // step * step
         out.extend((name, key, *rest[i : i + chunk]) for i in range(0, len(rest), chunk))
     return out
 
@@ -439,25 +441,92 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
     return cast(bytes, msgpack.packb(flat, use_bin_type=False))
 
 
-def apply_batches(client: redis.Redis, batches: Sequence[tuple[str, int | None, bytes]]) -> list[bool]:
-    """Apply (checkpoint key, expected offset, ``pack_commands`` blob) batches; one pipelined EVALSHA each.
+# -- chunked batches ----------------------------------------------------------------------------------
+# Redis runs one script at a time, and a lookup that arrives during a batch's script waits for all of it.
+# So a batch is written as a run of short scripts ("chunks"), sent one after another (a pipeline would
+# not help: Redis reads a client's pipelined scripts in one go and runs them back to back). The batch
+# stays all-or-nothing on restart the way a Redis Cluster batch does (below): the first chunk is fenced
+# like ``APPLY_BATCH``, moves the checkpoint's offset and stores the other chunks as a write-ahead record
+# (``pending``); each other chunk runs once per end offset (``APPLY_NODE``, with a fence hash per chunk
+# number); the last one drops the record; a worker that loads the partition replays whatever of it is
+# left (``replay_pending``) before reading the checkpoint. Between chunks a lookup sees part of a batch:
+# a batch lists its ``ZADD``s before the ``ZREM``s of the entries they replace, so a revised sighting
+# may briefly show both revisions (trail lookups keep the latest), never neither.
+CHUNK_FENCE = "ps:fence:c{}"  # hash per chunk number: checkpoint key -> end offset of its last run
 
-    Returns, per batch, whether it was applied (False: the checkpoint had moved - fenced). Synchronous on
-    purpose: the worker runs it in a thread, so Redis executes batch N while the event loop's thread
-    computes batch N+1. The blobs are packed before (by the event loop's thread): here the thread only
-    waits on the socket, which releases the GIL, instead of competing for it with the batch computation.
+
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """One partition's batch as the scripts that write it (``plan_batch``)."""
+
+    ck_key: str
+    expected: int | None  # the checkpoint offset the batch starts from (None: no checkpoint yet)
+    next_offset: int
+    first: bytes  # ``pack_commands`` blob of the first chunk
+    pending: bytes  # write-ahead record of the other chunks (b"" when there are none)
+    rest: tuple[tuple[str, bytes], ...]  # (fence key, blob) of each other chunk, in order
+
+
+def chunk_commands(commands: Sequence[tuple[Any, ...]], max_args: int) -> list[list[tuple[Any, ...]]]:
+    """Consecutive runs of ``commands`` of at most ``max_args`` arguments each (0: one run); a longer
+    command is split first."""
+    if max_args <= 0:
+        return [list(commands)]
+    chunks: list[list[tuple[Any, ...]]] = [[]]
+    n = 0
+    for cmd in split_long(commands, max_args):
+        if n + len(cmd) > max_args and chunks[-1]:
+            chunks.append([])
+            n = 0
+        chunks[-1].append(cmd)
+        n += len(cmd)
+    return chunks
+
+
+def plan_batch(ck_key: str, expected: int | None, next_offset: int, commands: Sequence[tuple[Any, ...]],
+               max_args: int = 0) -> BatchWrite:
+    """The scripts of one partition's batch: one, or chunks of at most ``max_args`` arguments."""
+    chunks = chunk_commands(commands, max_args)
+    if len(chunks) == 1:
+        return BatchWrite(ck_key, expected, next_offset, pack_commands(chunks[0]), b"", ())
+    chunks[-1].append(("HDEL", ck_key, PENDING))
+    rest = tuple((CHUNK_FENCE.format(k), pack_commands(c)) for k, c in enumerate(chunks[1:], start=1))
+    pending = msgpack.packb([next_offset, [[k, blob] for k, blob in rest]], use_bin_type=True)
+    return BatchWrite(ck_key, expected, next_offset, pack_commands(chunks[0]), pending, rest)
+
+
+def apply_batches(client: redis.Redis, batches: Sequence[BatchWrite],
+                  after_first: Callable[[], None] | None = None) -> list[bool]:
+    """Apply ``plan_batch`` batches: every first chunk in one pipeline, then the other chunks one at a time.
+
+    Returns, per batch, whether it was applied (False: the checkpoint had moved - fenced - and nothing was
+    written). Synchronous on purpose: the worker runs it in a thread, so Redis executes batch N while the
+    event loop's thread computes batch N+1. The blobs are packed before (by the event loop's thread): here
+    the thread only waits on the socket, which releases the GIL, instead of competing for it.
+    ``after_first`` runs between the first chunks and the others (fault injection).
     """
     script = client.register_script(APPLY_BATCH)
     with client.pipeline(transaction=False) as pipe:
-        for key, expected, blob in batches:
-            script(keys=[key], args=["" if expected is None else str(expected), blob], client=pipe)
-        results = pipe.execute()
-    return [bool(r) for r in results]
+        for b in batches:
+            args: list[Any] = ["" if b.expected is None else str(b.expected), b.first]
+            if b.rest:
+                args += [str(b.next_offset), b.pending]
+            script(keys=[b.ck_key], args=args, client=pipe)
+        applied = [bool(r) for r in pipe.execute()]
+    if after_first is not None and any(b.rest for b in batches):
+        after_first()
+    chunk = client.register_script(APPLY_NODE)
+    for b, ok in zip(batches, applied, strict=True):
+        if ok:
+            for fence, blob in b.rest:
+                chunk(keys=[fence], args=[b.ck_key, b.next_offset, blob])
+    return applied
 
 
-def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, commands: Sequence[tuple[Any, ...]]) -> bool:
+def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, commands: Sequence[tuple[Any, ...]],
+                     next_offset: int = 0, max_args: int = 0) -> bool:
     """Synchronous ``apply_batches`` for one batch (tests, tools)."""
-    return apply_batches(client, [(key, expected, pack_commands(commands))])[0]
+    return apply_batches(client, [plan_batch(key, expected, next_offset, commands, max_args)])[0]
 
 
 # -- Redis Cluster ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ decodes and deduplicates batch N+1; N+1's records leave the worker only after N 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -60,7 +61,7 @@ from streams.policy import PolicyStore
 from streams.records import Polled
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
-from streams.store import apply_batches, apply_batches_cluster, ensure_layout, pack_commands, replay_pending
+from streams.store import BatchWrite, apply_batches, apply_batches_cluster, ensure_layout, plan_batch, replay_pending
 from streams.topics import ensure_topics
 
 log = logging.getLogger("platestream.worker")
@@ -131,7 +132,7 @@ class _Flight:
     acks: asyncio.Future[list[Any]]
     produced_ms: dict[TopicPartition, NDArray[np.float64]]  # the records' produce times (latency); not
     # the records themselves, so only one batch's records are held at a time
-    blobs: list[bytes] | None = None  # each partition's Redis commands, packed while the broker works
+    writes: list[BatchWrite] | None = None  # each partition's Redis scripts, packed while the broker works
 
 
 class BatchRunner:
@@ -203,8 +204,8 @@ class BatchRunner:
         assert self.redis is not None and self.consumer is not None
         for tp in assigned:
             pipe = PartitionPipeline(self.s, tp.topic, tp.partition)
-            if self.s.redis_cluster:  # finish the last batch on every node first (see store.py)
-                self.metrics["cluster_pending_replayed"] += await replay_pending(self.redis, pipe.ck_key)
+            # finish the last batch first: its other chunks, or its other nodes' part (see store.py)
+            self.metrics["pending_replayed"] += await replay_pending(self.redis, pipe.ck_key)
             pipe.restore(await self.redis.hgetall(pipe.ck_key))  # type: ignore[arg-type]
             self.pipelines[tp] = pipe
             if pipe.next_offset is not None:
@@ -301,7 +302,8 @@ class BatchRunner:
                 for _ in range(SENDER_TURNS):
                     await asyncio.sleep(0)
                 if not self.s.redis_cluster:  # (the cluster path splits them by node first)
-                    self._flight.blobs = [pack_commands(r.redis) for _, _, _, r in work]
+                    self._flight.writes = [plan_batch(pipe.ck_key, expected, r.next_offset, r.redis,
+                                                      self.s.redis_chunk_args) for _, pipe, expected, r in work]
                     for _, _, _, r in work:
                         r.redis = []
         self.metrics["stage_us.wait.sink.deduped"] += int((t1 - t0) * 1e6)
@@ -454,11 +456,10 @@ class BatchRunner:
             applied = await apply_batches_cluster(
                 self.redis, [(pipe.ck_key, expected, r.next_offset, r.redis) for _, pipe, expected, r in work])
         else:
-            assert self.redis_sync is not None and flight.blobs is not None  # packed in handle
-            batches = [(pipe.ck_key, expected, blob)
-                       for (_, pipe, expected, _), blob in zip(work, flight.blobs, strict=True)]
+            assert self.redis_sync is not None and flight.writes is not None  # packed in handle
             applied = await asyncio.get_running_loop().run_in_executor(
-                self._redis_thread, apply_batches, self.redis_sync, batches)
+                self._redis_thread, apply_batches, self.redis_sync, flight.writes,
+                functools.partial(self._fault_point, names.FAULT_REDIS_FIRST_CHUNK))
         fenced = {tp for (tp, *_), ok in zip(work, applied, strict=True) if not ok}
         for tp in fenced:  # a newer owner moved the checkpoint: our state is stale, reload it
             log.warning("partition %s: checkpoint moved under us (another worker owns it); reloading", tp)

@@ -36,6 +36,8 @@ def test_defaults() -> None:
     ("PLATESTREAM_STOP_TIMEOUT_S", "soon", "not a number"),
     ("PLATESTREAM_STOP_TIMEOUT_S", "0", "outside"),
     ("PLATESTREAM_STOP_TIMEOUT_S", "nan", "outside"),
+    ("PLATESTREAM_REDIS_CHUNK_ARGS", "8", "below 16"),
+    ("PLATESTREAM_REDIS_CHUNK_ARGS", "-1", "outside"),
 ])
 def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):

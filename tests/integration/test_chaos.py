@@ -33,7 +33,8 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
-SMALL = {"PLATESTREAM_BATCH_MAX_RECORDS": "200"}
+# small batches, each written to Redis in several chunks (store.plan_batch)
+SMALL = {"PLATESTREAM_BATCH_MAX_RECORDS": "200", "PLATESTREAM_REDIS_CHUNK_ARGS": "64"}
 
 
 def _exact(settings: Settings, traffic: object) -> dict[str, int]:
@@ -153,22 +154,24 @@ def test_kafka_broker_restart_under_load(settings: Settings, local_stack: stack.
 
 def test_fault_injection_between_the_sinks(settings: Settings, tmp_path: Path) -> None:
     """Scenario 2 at process level: the worker dies right after Redis acked and before the offset commit
-    (and, once, after the topics acked and before Redis); each restart converges to the exact result."""
+    (and, once, after the topics acked and before Redis; once between the chunks of a Redis write); each
+    restart converges to the exact result."""
     s = settings
     traffic = generate(seed=25, vehicles=1500, hours=12, malformed=0.01, late=0.03)
     ensure_topics(s)
     send_all(s, s.topic_reads, traffic.messages)
-    points = ["sink.redis:6", "sink.deduped:4", "sink.redis:9", "sink.redis:2"]
+    points = ["sink.redis:6", "sink.deduped:4", "sink.redis.first_chunk:3", "sink.redis:9", "sink.redis:2"]
     for i, point in enumerate(points):
         w = Worker(s, tmp_path, name=f"crash{i}", PLATESTREAM_CRASH_AFTER=point, **SMALL)
         assert w.proc.wait(120) == 137, w.log()[-2000:]
-        assert f"fault injection: exiting right after {point.split(':')[0]}" in w.log()
+        assert f"fault injection: exiting right after {point.split(':')[0]} of batch" in w.log()
     final = Worker(s, tmp_path, name="final", **SMALL)
     try:
         wait_caught_up(s, final)
     finally:
         final.stop()
-    record_run("2. crash right after the Redis write, before the commit (x3), and after produce (x1)",
+    record_run("2. crash right after the Redis write, before the commit (x3), after produce (x1) and between "
+               "the chunks of a Redis write (x1)",
                _exact(s, traffic), crashes=len(points))
 
 
