@@ -70,29 +70,63 @@ def _latest(found: Iterable[T], sighting: Callable[[T], Sighting]) -> list[T]:
     return [item for item, _ in best.values()]
 
 
-def trail(client: redis.Redis, settings: Settings, plate: str, region: str, since: int | None = None,
-          until: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Trail:
+    """A vehicle's sightings column by column (``trail_columns``), oldest first: what ``trail`` returns as
+    rows, without a dict per sighting (for callers that work on columns, and half the lookup's time)."""
+
+    plate: str
+    region: str
+    cols: TrailColumns
+    lat: list[float]  # rounded to 6 decimals, like the rows
+    lon: list[float]
+    geohash: list[str]
+    confidence: list[float]  # rounded to 4 decimals
+
+    def __len__(self) -> int:
+        return len(self.cols.ts)
+
+    def rows(self) -> list[dict[str, Any]]:
+        c, plate, region = self.cols, self.plate, self.region
+        return [{"ts": ts, "ts_last": ts_last, "plate": plate, "region": region, "camera_id": camera,
+                 "agency": agency, "lat": la, "lon": lo, "geohash": gh, "geo52": geo, "confidence": conf,
+                 "reads": reads, "read_id": read_id, "sighting_id": f"{sid:016x}", "hit": hit}
+                for ts, ts_last, camera, agency, la, lo, gh, geo, conf, reads, read_id, sid, hit in zip(
+                    c.ts, c.ts_last, c.camera_id, c.agency, self.lat, self.lon, self.geohash, c.geo52.tolist(),
+                    self.confidence, c.reads, c.read_id, c.sighting_id, c.hit, strict=True)]
+
+
+def trail_columns(client: redis.Redis, settings: Settings, plate: str, region: str, since: int | None = None,
+                  until: int | None = None, limit: int | None = None) -> Trail:
     """Sightings of ``plate`` in ``region`` with first capture time in [since, until] (epoch ms), oldest first.
 
-    Reads the trail under every lookup key (the current hash key, and the previous one during a rotation).
+    Reads the trail under every lookup key (the current hash key, and the previous one during a rotation),
+    and shows each sighting once, in its latest revision.
     """
     norm = _check_plate(plate, region)
     lo, hi = "-inf" if since is None else since, "+inf" if until is None else until
     if len(settings.lookup_keys) == 1:
         cols = read_trail_columns(client, trail_key(vehicle_id(settings.lookup_keys[0], region, norm)), lo, hi, limit)
+        if len(set(cols.sighting_id)) != len(cols.sighting_id):  # a batch caught between chunks (store.py)
+            cols = TrailColumns.of(_in_order(_latest(cols.sightings(), lambda s: s)))
     else:
         found = [s for k in settings.lookup_keys
                  for s in read_trail(client, trail_key(vehicle_id(k, region, norm)), lo, hi, limit)]
-        cols = TrailColumns.of(sorted(_latest(found, lambda s: s), key=lambda s: (s.ts, s.sighting_id))[:limit])
+        cols = TrailColumns.of(_in_order(_latest(found, lambda s: s))[:limit])
     # positions, geohashes and roundings of the whole trail in one call each; no object per sighting
     lat, lon = geo52_decode(cols.geo52)
-    return [{"ts": ts, "ts_last": ts_last, "plate": norm, "region": region, "camera_id": camera, "agency": agency,
-             "lat": la, "lon": lo, "geohash": gh, "geo52": geo, "confidence": conf, "reads": reads,
-             "read_id": read_id, "sighting_id": f"{sid:016x}", "hit": hit}
-            for ts, ts_last, camera, agency, la, lo, gh, geo, conf, reads, read_id, sid, hit in zip(
-                cols.ts, cols.ts_last, cols.camera_id, cols.agency, rounded(lat, 6), rounded(lon, 6),
-                geohash_strings(lat, lon, settings.geohash_precision), cols.geo52.tolist(),
-                rounded(cols.confidence, 4), cols.reads, cols.read_id, cols.sighting_id, cols.hit, strict=True)]
+    return Trail(norm, region, cols, rounded(lat, 6), rounded(lon, 6),
+                 geohash_strings(lat, lon, settings.geohash_precision), rounded(cols.confidence, 4))
+
+
+def _in_order(sightings: list[Sighting]) -> list[Sighting]:
+    return sorted(sightings, key=lambda s: (s.ts, s.sighting_id))
+
+
+def trail(client: redis.Redis, settings: Settings, plate: str, region: str, since: int | None = None,
+          until: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """``trail_columns`` as one dict per sighting."""
+    return trail_columns(client, settings, plate, region, since, until, limit).rows()
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,9 +48,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_TOPIC_AUDIT": ("plates.audit", "output: the audit log's records"),
     "PLATESTREAM_POLICY": ("", "path of the policy file (YAML/JSON); queries are refused without one"),
     "PLATESTREAM_AUDIT_KEY": (DEV_AUDIT_KEY, "secret of the audit chain's HMAC"),
-    "PLATESTREAM_REDIS_CHUNK_ARGS": ("1000", "a batch's Redis write runs as scripts of at most this many command "
-                                             "arguments, one after another, so lookups are served between them "
-                                             "(0: one script per batch)"),
+    "PLATESTREAM_REDIS_CHUNK_ARGS": ("0", "a batch's Redis write runs as scripts of at most this many command "
+                                          "arguments, two at a time, so lookups wait behind at most two "
+                                          "(0: one script per batch; chunks cost throughput, see README)"),
     "PLATESTREAM_RETENTION_INTERVAL_S": ("60", "how often the worker runs the retention sweeper"),
     "PLATESTREAM_STOP_TIMEOUT_S": ("35", "after SIGTERM/SIGINT the worker exits within this many seconds, "
                                          "graceful or not (the batch in flight gets up to 30 of them)"),
@@ -118,7 +118,7 @@ class Settings:
     redis_cert_file: str = ""
     redis_key_file: str = ""
     redis_cluster: bool = False
-    redis_chunk_args: int = 1000
+    redis_chunk_args: int = 0
     crash_after: tuple[str, int, str] | None = None  # (step, batch number, "exit" or "stop")
 
     @property

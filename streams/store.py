@@ -301,7 +301,8 @@ def _trail_reply(client: redis.Redis, key: str, lo: int | str, hi: int | str,
     # the raw reply: redis-py's per-pair score re-encoding cost more than the query itself
     reply = cast(list[Any], client.execute_command(*args))
     if reply and isinstance(reply[0], list):  # RESP3: [[member, score], ...], scores as doubles
-        return [m for m, _ in reply], [int(sc) for _, sc in reply]
+        members, scores = zip(*reply, strict=True)
+        return list(members), list(map(int, scores))
     return reply[0::2], [int(float(x)) for x in reply[1::2]]  # RESP2: flat, scores as bytes
 
 
@@ -315,7 +316,7 @@ def read_trail_columns(client: redis.Redis, key: str, lo: int | str = "-inf", hi
                        limit: int | None = None) -> TrailColumns:
     """``read_trail`` as columns: lookups build their rows from these without a ``Sighting`` per row."""
     members, scores = _trail_reply(client, key, lo, hi, limit)
-    return unpack_columns(members, scores, source_names(client, member_sources(members)))
+    return unpack_columns(members, scores, lambda codes: source_names(client, codes))
 
 
 def member_sources(members: Sequence[bytes]) -> list[bytes]:
@@ -360,8 +361,10 @@ def unpack_many(members: Sequence[bytes], scores: Sequence[int],
 
 
 def unpack_columns(members: Sequence[bytes], scores: Sequence[int],
-                   names: Mapping[bytes, tuple[str, str]]) -> TrailColumns:
-    """Trail members as columns: fixed parts decoded with one NumPy view, sources looked up in ``names``."""
+                   names: Mapping[bytes, tuple[str, str]] | Callable[[list[bytes]], Mapping[bytes, tuple[str, str]]],
+                   ) -> TrailColumns:
+    """Trail members as columns: fixed parts decoded with one NumPy view, each distinct source looked up
+    once in ``names`` (a mapping, or a function of the distinct codes that returns one)."""
     if not members:
         return TrailColumns.of([])
     size = _FIXED.size
@@ -369,13 +372,18 @@ def unpack_columns(members: Sequence[bytes], scores: Sequence[int],
     if (fixed["version"] != MEMBER_VERSION).any():
         raise ValueError("unknown sighting member version")
     ts = np.array(scores, dtype=np.int64)
-    sources = [names.get(code, UNRESOLVED) for code in member_sources(members)]
-    cameras = [c for c, _ in sources]
-    agencies = [a for _, a in sources]
-    read_ids = []
-    for m in members:
-        n = m[size]
-        read_ids.append(m[size + 1 : size + 1 + n].decode() if n != 0xFF else unpack_strings(m, size, 1)[0])
+    codes, inverse = np.unique(np.ascontiguousarray(fixed["source"]).view("<u8"), return_inverse=True)
+    distinct = [codes[i : i + 1].tobytes() for i in range(codes.shape[0])]
+    found = names(distinct) if callable(names) else names
+    sources = [found.get(code, UNRESOLVED) for code in distinct]
+    at = inverse.ravel().tolist()
+    cameras = list(map([c for c, _ in sources].__getitem__, at))
+    agencies = list(map([a for _, a in sources].__getitem__, at))
+    # the read id is the member's last field: below 255 bytes it follows its one-byte length
+    if max(map(len, members)) - size - 1 < 0xFF:
+        read_ids = list(map(bytes.decode, [m[size + 1 :] for m in members]))
+    else:
+        read_ids = [unpack_strings(m, size, 1)[0] for m in members]
     hit = (fixed["flags"] & 1).astype(bool).tolist()
     return TrailColumns(fixed["sid"].tolist(), ts.tolist(), (ts + fixed["duration"]).tolist(),
                         (ts + fixed["best_dt"]).tolist(), fixed["geo52"].copy(), fixed["reads"].tolist(),
@@ -443,8 +451,9 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
 
 # -- chunked batches ----------------------------------------------------------------------------------
 # Redis runs one script at a time, and a lookup that arrives during a batch's script waits for all of it.
-# So a batch is written as a run of short scripts ("chunks"), sent one after another (a pipeline would
-# not help: Redis reads a client's pipelined scripts in one go and runs them back to back). The batch
+# So a batch can be written as a run of short scripts ("chunks"), at most two sent ahead of their replies
+# (a pipeline would not help: Redis reads a client's pipelined scripts in one go and runs them back to
+# back). It costs throughput (the README has the figures), so it is off unless configured. The batch
 # stays all-or-nothing on restart the way a Redis Cluster batch does (below): the first chunk is fenced
 # like ``APPLY_BATCH``, moves the checkpoint's offset and stores the other chunks as a write-ahead record
 # (``pending``); each other chunk runs once per end offset (``APPLY_NODE``, with a fence hash per chunk
@@ -515,12 +524,35 @@ def apply_batches(client: redis.Redis, batches: Sequence[BatchWrite],
         applied = [bool(r) for r in pipe.execute()]
     if after_first is not None and any(b.rest for b in batches):
         after_first()
-    chunk = client.register_script(APPLY_NODE)
-    for b, ok in zip(batches, applied, strict=True):
-        if ok:
-            for fence, blob in b.rest:
-                chunk(keys=[fence], args=[b.ck_key, b.next_offset, blob])
+    _run_chunks(client, [(fence, b.ck_key, b.next_offset, blob)
+                         for b, ok in zip(batches, applied, strict=True) if ok for fence, blob in b.rest])
     return applied
+
+
+CHUNKS_IN_FLIGHT = 2  # Redis runs one chunk while the next is on its way; a lookup waits behind at most two
+
+
+def _run_chunks(client: redis.Redis, chunks: Sequence[tuple[str, str, int, bytes]]) -> None:
+    """``APPLY_NODE`` of each (fence key, checkpoint key, end offset, blob), in order, at most
+    ``CHUNKS_IN_FLIGHT`` sent ahead of their replies (a pipeline would send all of them at once, and Redis
+    runs whatever one read brings in back to back)."""
+    if not chunks:
+        return
+    sha = client.script_load(APPLY_NODE)  # (a restarted Redis has an empty script cache)
+    conn = client.connection_pool.get_connection()
+    try:
+        sent = 0
+        for done in range(len(chunks)):
+            while sent < len(chunks) and sent - done < CHUNKS_IN_FLIGHT:
+                fence, ck_key, next_offset, blob = chunks[sent]
+                conn.send_command("EVALSHA", sha, 1, fence, ck_key, next_offset, blob)
+                sent += 1
+            conn.read_response()
+    except BaseException:
+        conn.disconnect()  # replies may still be on their way: this connection is out of step
+        raise
+    finally:
+        client.connection_pool.release(conn)
 
 
 def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, commands: Sequence[tuple[Any, ...]],

@@ -26,6 +26,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import typing
@@ -69,6 +70,10 @@ log = logging.getLogger("platestream.worker")
 # checkpoint (which says whether it ran) instead of waiting forever. Redis stalls shorter than this only
 # delay the batch (lag grows).
 REDIS_WRITE_TIMEOUT_S = 120.0
+# The Redis thread sends a chunked batch's scripts a few at a time (store.apply_batches) and needs the GIL
+# for a moment between two; with CPython's default 5 ms switch interval it waited that long for the batch
+# computation to let go, and Redis ran out of chunks
+SWITCH_INTERVAL_S = 0.0002
 GC_YOUNG_THRESHOLD = 50_000
 SENDER_TURNS = 4  # event-loop iterations from send_batch to the produce request on the wire (see handle)
 
@@ -186,6 +191,8 @@ class BatchRunner:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+        if s.redis_chunk_args:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.consumer.subscribe([s.topic_reads], listener=_Rebalance(self))
 
     async def stop(self) -> None:

@@ -298,3 +298,54 @@ def test_area_search_time_range_is_exact_across_bucket_borders(settings: Setting
         rows = area_search(client, settings, p, ctx, audit, 41.7637, -72.6851, 200, since, until).rows
         assert [r["ts"] for r in rows] == [t for t in times if since <= t <= until], (since, until)
         assert [r["read_id"] for r in rows] == [f"pass-{r['ts']}" for r in rows]
+
+
+def test_a_lookup_between_the_chunks_of_a_batch_sees_each_sighting_once(settings: Settings) -> None:
+    """A batch that revises sightings, written in small chunks (store.plan_batch): after every chunk each
+    vehicle's trail holds its sighting exactly once - the old revision or the new, never neither, never
+    both - and after the last chunk the new one."""
+    from streams.pipeline import PartitionPipeline
+    from streams.records import Raw
+    from streams.store import APPLY_NODE, apply_batches, plan_batch
+
+    client = redis.Redis.from_url(settings.redis_url)
+    plates = [f"CHK{i}" for i in range(40)]
+
+    def read(i: int, plate: str, frame: int) -> dict:
+        return {"read_id": f"{plate}-{frame}", "camera_id": "cam-c", "agency": "a-local", "plate": plate,
+                "region": "US-CT", "ts": BASE + i * 100 + frame * 2000, "lat": 41.7, "lon": -72.7,
+                "confidence": 0.5 + frame / 10}
+
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    first = [Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(read(i, p, 0))) for i, p in enumerate(plates)]
+    again = [Raw(settings.topic_reads, 0, len(plates) + i, None, None, orjson.dumps(read(i, p, 1)))
+             for i, p in enumerate(plates)]
+    r1 = pipe.process_raw(first)
+    assert apply_batches(client, [plan_batch(pipe.ck_key, None, r1.next_offset, r1.redis)]) == [True]
+    r2 = pipe.process_raw(again)
+    plan = plan_batch(pipe.ck_key, r1.next_offset, r2.next_offset, r2.redis, 16)
+    assert len(plan.rest) > 10
+
+    views: list[list[tuple[str, int]]] = []
+
+    def look() -> None:
+        views.append([(r["read_id"], r["reads"]) for p in plates for r in trail(client, settings, p, "US-CT")])
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:
+        look()
+        raise Stop
+
+    with pytest.raises(Stop):
+        apply_batches(client, [plan], after_first=stop)
+    node = client.register_script(APPLY_NODE)
+    for fence, blob in plan.rest:
+        assert node(keys=[fence], args=[plan.ck_key, plan.next_offset, blob]) == 1
+        look()
+    for view in views:
+        assert len(view) == len(plates)  # one sighting per vehicle, old or new
+        assert all(v in {(f"{p}-0", 1), (f"{p}-1", 2)} for p, v in zip(plates, view, strict=True))
+    assert views[-1] == [(f"{p}-1", 2) for p in plates]
+    assert any(views[k] != views[-1] for k in range(len(views)))  # the chunks really were seen half-done

@@ -83,6 +83,10 @@ def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
     # the columns lookups use hold the same values, with the same Python types
     cols = unpack_columns(members, [s.ts for s in sightings], names)
     assert cols.sightings() == sightings and TrailColumns.of(sightings).sightings() == sightings
+    asked: list[list[bytes]] = []  # the names of distinct codes only, asked for once
+    by_call = unpack_columns(members, [s.ts for s in sightings], lambda codes: asked.append(codes) or names)
+    assert by_call.sightings() == sightings
+    assert all(sorted(a) == sorted(set(names)) for a in asked) and len(asked) == (1 if sightings else 0)
     as_rows = list(zip(cols.sighting_id, cols.ts, cols.ts_last, cols.best_ts, cols.geo52.tolist(), cols.reads,
                        cols.confidence.tolist(), cols.camera_id, cols.agency, cols.read_id, cols.hit, strict=True))
     expected = [(s.sighting_id, s.ts, s.ts_last, s.best_ts, s.geo52, s.reads, s.confidence, s.camera_id, s.agency,
