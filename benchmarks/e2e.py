@@ -309,9 +309,12 @@ def latency_at_rate(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes
 
 
 def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], rate: float,
-                       log_dir: Path) -> dict[str, Any]:
-    """p99 of looking up a 1,000-sighting trail while the worker ingests at ``rate``."""
+                       log_dir: Path, chunk_args: int | None = None) -> dict[str, Any]:
+    """p99 of looking up a 1,000-sighting trail while the worker ingests at ``rate`` (``chunk_args``: the
+    worker's ``PLATESTREAM_REDIS_CHUNK_ARGS``, if not the default)."""
     s = isolated_settings(info, db=11)
+    if chunk_args is not None:
+        s = dataclasses.replace(s, redis_chunk_args=chunk_args)
     ensure_topics(s)
     client = redis.Redis.from_url(s.redis_url)
     client.flushdb()

@@ -11,7 +11,6 @@ looked up from another process while a worker ingests 50k reads/s), repeated for
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import statistics
@@ -43,19 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     info = stack.up(e2e.state_dir())
     msgs = generate(seed=42, vehicles=args.vehicles, hours=24).messages[: 50_000 * 20]
     log_dir = e2e.log_dir(info.state_dir)
-    isolated = e2e.isolated_settings
     runs: dict[int, list[dict[str, Any]]] = {v: [] for v in values}
     t0 = time.monotonic()
-    try:
-        for i in range(args.runs):
-            for v in values:
-                e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}")
-                e2e.isolated_settings = lambda *a, _v=v, **k: dataclasses.replace(isolated(*a, **k),
-                                                                               redis_chunk_args=_v)
-                r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir)
-                runs[v].append({k: r[k] for k in SHOWN})
-    finally:
-        e2e.isolated_settings = isolated
+    for i in range(args.runs):
+        for v in values:
+            e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}")
+            r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=v)
+            runs[v].append({k: r[k] for k in SHOWN})
     date = datetime.date.today().isoformat()
     results: dict[str, Any] = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
                "runs": {str(v): rs for v, rs in runs.items()}}

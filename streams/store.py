@@ -555,10 +555,9 @@ def _run_chunks(client: redis.Redis, chunks: Sequence[tuple[str, str, int, bytes
         client.connection_pool.release(conn)
 
 
-def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, commands: Sequence[tuple[Any, ...]],
-                     next_offset: int = 0, max_args: int = 0) -> bool:
-    """Synchronous ``apply_batches`` for one batch (tests, tools)."""
-    return apply_batches(client, [plan_batch(key, expected, next_offset, commands, max_args)])[0]
+def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, commands: Sequence[tuple[Any, ...]]) -> bool:
+    """``apply_batches`` of one batch as one script (tests, tools)."""
+    return apply_batches(client, [plan_batch(key, expected, 0, commands)])[0]
 
 
 # -- Redis Cluster ---------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from streams.connect import kafka, redis_client
-from streams.pipeline import META_OFFSET, PartitionPipeline
+from streams.pipeline import META_OFFSET, BatchResult, PartitionPipeline
 from streams.producer import send_all
 from streams.query import trail
 from streams.records import Raw
@@ -191,6 +193,19 @@ def dump_redis(client: redis.Redis, skip: tuple[bytes, ...] = ()) -> dict[bytes,
         else:
             raise AssertionError(f"unexpected key type {kind!r} for {key!r}")
     return out
+
+
+def write_in_batches(s: Settings, raws: list[Raw], rng: random.Random,
+                     write: Callable[[PartitionPipeline, int | None, BatchResult], bool]) -> None:
+    """``raws`` through one pipeline in batches of 1-200 reads (drawn from ``rng``), each batch written by
+    ``write(pipeline, the checkpoint offset it starts from, result)``: the reference state of a writer."""
+    pipe = PartitionPipeline(s, s.topic_reads, 0)
+    pos = 0
+    while pos < len(raws):
+        n = rng.randint(1, 200)
+        expected = pipe.next_offset
+        assert write(pipe, expected, pipe.process_raw(raws[pos : pos + n]))
+        pos += n
 
 
 def pipeline_raws(s: Settings, seed: int) -> list[Raw]:

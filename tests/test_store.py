@@ -257,7 +257,7 @@ def test_chunked_batches_write_what_one_script_writes_even_when_torn(settings: S
     from streams.directory import collect
     from streams.pipeline import PartitionPipeline
     from streams.store import APPLY_NODE, apply_batches, plan_batch, replay_pending_sync
-    from tests.support import dump_redis, pipeline_raws
+    from tests.support import dump_redis, pipeline_raws, write_in_batches
 
     client = redis.Redis.from_url(settings.redis_url)
     raws = pipeline_raws(settings, 31)
@@ -272,14 +272,8 @@ def test_chunked_batches_write_what_one_script_writes_even_when_torn(settings: S
         return out
 
     client.flushdb()
-    pa = PartitionPipeline(settings, settings.topic_reads, 0)
-    pos = 0
-    while pos < len(raws):
-        n = rng.randint(1, 200)
-        expected = pa.next_offset
-        r = pa.process_raw(raws[pos : pos + n])
-        assert apply_batches(client, [plan_batch(pa.ck_key, expected, r.next_offset, r.redis)]) == [True]
-        pos += n
+    write_in_batches(settings, raws, rng, lambda p, expected, r: apply_batches(
+        client, [plan_batch(p.ck_key, expected, r.next_offset, r.redis)]) == [True])
     want = data()
     client.flushdb()
 

@@ -41,6 +41,7 @@ from tests.support import (
     store_reads,
     verify_against_truth,
     wait_caught_up,
+    write_in_batches,
 )
 
 pytestmark = pytest.mark.integration
@@ -81,14 +82,8 @@ def test_cluster_batches_converge_after_crashes_anywhere(csettings: Settings) ->
                 value.pop(b"pending", None)  # type: ignore[attr-defined]
         return out
 
-    pa = PartitionPipeline(csettings, csettings.topic_reads, 0)
-    pos = 0
-    while pos < len(raws):
-        n = rng.randint(1, 200)
-        expected = pa.next_offset
-        r = pa.process_raw(raws[pos : pos + n])
-        assert apply_cluster_sync(client, pa.ck_key, expected, r.next_offset, r.redis)
-        pos += n
+    write_in_batches(csettings, raws, rng,
+                     lambda p, expected, r: apply_cluster_sync(client, p.ck_key, expected, r.next_offset, r.redis))
     want = data()
     nodes = {client.nodes_manager.get_node_from_slot(_slot(k)).name for k in want}  # type: ignore[attr-defined]
     assert len(want) > 100 and len(nodes) == 3  # the data really is spread over the three nodes
