@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams import names
+
 log = logging.getLogger(__name__)
 
 DEV_HASH_KEY = "platestream-dev-key-not-secret"
@@ -300,7 +302,7 @@ def _crash_after(value: str) -> tuple[str, int, str] | None:
     if not value:
         return None
     step, n, action = [*value.split(":"), "exit"][:3]
-    steps = ("sink.deduped", "sink.redis", "sink.redis.first_chunk")
+    steps = (names.STEP_SINK_DEDUPED, names.STEP_SINK_REDIS, names.FAULT_REDIS_FIRST_CHUNK)
     if step not in steps or not n.isdigit() or int(n) < 1 or action not in ("exit", "stop"):
         raise SettingsError(f"PLATESTREAM_CRASH_AFTER={value!r} must be {'|'.join(steps)}:<n>[:exit|:stop]")
     return step, int(n), action
