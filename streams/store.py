@@ -500,13 +500,13 @@ def plan_batch(ck_key: str, expected: int | None, next_offset: int, commands: Se
         return BatchWrite(ck_key, expected, next_offset, pack_commands(chunks[0]), b"", ())
     chunks[-1].append(("HDEL", ck_key, PENDING))
     rest = tuple((CHUNK_FENCE.format(k), pack_commands(c)) for k, c in enumerate(chunks[1:], start=1))
-    pending = msgpack.packb([next_offset, [[k, blob] for k, blob in rest]], use_bin_type=True)
-    return BatchWrite(ck_key, expected, next_offset, pack_commands(chunks[0]), pending, rest)
+    return BatchWrite(ck_key, expected, next_offset, pack_commands(chunks[0]), _pending_record(next_offset, rest), rest)
 
 
 def apply_batches(client: redis.Redis, batches: Sequence[BatchWrite],
                   after_first: Callable[[], None] | None = None) -> list[bool]:
-    """Apply ``plan_batch`` batches: every first chunk in one pipeline, then the other chunks one at a time.
+    """Apply ``plan_batch`` batches: every first chunk in one pipeline, then the other chunks in order, at
+    most ``CHUNKS_IN_FLIGHT`` at a time.
 
     Returns, per batch, whether it was applied (False: the checkpoint had moved - fenced - and nothing was
     written). Synchronous on purpose: the worker runs it in a thread, so Redis executes batch N while the
@@ -614,8 +614,13 @@ def plan_cluster(ck_key: str, next_offset: int, commands: Sequence[tuple[Any, ..
     for cmd in split_long(commands):
         by_node.setdefault(node_of_slot(_key_slot(cmd[1])).name, []).append(cmd)
     others = [(fences[name], pack_commands(cmds)) for name, cmds in sorted(by_node.items()) if name != primary]
-    pending = msgpack.packb([next_offset, [[k, blob] for k, blob in others]], use_bin_type=True)
-    return pack_commands(by_node.get(primary, [])), pending, others
+    return pack_commands(by_node.get(primary, [])), _pending_record(next_offset, others), others
+
+
+def _pending_record(next_offset: int, parts: Sequence[tuple[str, bytes]]) -> bytes:
+    """The write-ahead record of a batch's remaining parts: (fence key, commands blob) each, applied with
+    ``APPLY_NODE`` by ``replay_pending`` (the inverse is ``_pending_parts``)."""
+    return cast(bytes, msgpack.packb([next_offset, [[k, blob] for k, blob in parts]], use_bin_type=True))
 
 
 def _pending_parts(raw: bytes | None) -> tuple[int, list[tuple[str, bytes]]]:
