@@ -72,8 +72,7 @@ def dedup_reads_per_s(n: int = 3_000_000, batch: int = 20_000) -> dict[str, floa
     seconds = _best_of(run, 3)
     st = run()
     alive = int(st.pool["alive"][: st.n_used].sum())
-    pool_bytes = sum(a.nbytes for a in st.pool.values()) + st.nxt.nbytes + st.best_row.nbytes + \
-        st.merged_into.nbytes + st.touch_mark.nbytes
+    pool_bytes = sum(a.nbytes for a in st.pool.values()) + st.nxt.nbytes + st.row.nbytes
     table_bytes = st.table.nbytes
     return {"dedup_reads_per_s": m / seconds, "dedup_sessions_alive": alive,
             "dedup_kernel_bytes_per_session_allocated": (pool_bytes + table_bytes) / max(alive, 1),

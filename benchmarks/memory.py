@@ -39,7 +39,7 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
                            strict=True)))
         if keys > peak["keys"]:
             slot = sum(a.itemsize for a in st.pool.values()) + sum(
-                a.itemsize for a in (st.nxt, st.best_row, st.merged_into, st.touch_mark))
+                a.itemsize for a in (st.nxt, st.row))
             parts = {
                 # one slot per session (pool columns and chain links): the live ones and the evicted ones not
                 # yet compacted away; then the free slots (room for about as many new sessions as the last
@@ -48,7 +48,8 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
                 "free_slots": (st.capacity - st.n_used) * slot,
                 "hash_table": st.table.nbytes,
                 # the largest number of sessions a batch touched so far (snapshot rows), reused
-                "batch_scratch": sum(a.nbytes for a in (st.touched, st.snap, st.snap_conf)),
+                "batch_scratch": sum(a.nbytes for a in (st.touched, st.snap, st.snap_conf, st.best_row,
+                                                        st.merged_into)),
                 "read_id_arena": len(pipe.read_ids.buf),
             }
             parts["python_objects"] = used - sum(parts.values())

@@ -22,7 +22,7 @@ from streams import names
 from streams.arena import LENGTH, OFFSET, StringArena
 from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
-from streams.kernels.dedup import POOL_FIELDS, DedupArrays, expired, run_batch
+from streams.kernels.dedup import POOL_FIELDS, SNAP_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str
 from streams.kernels.plates import pack_plates, plates_matrix, unpack_plate, unpack_plates
 from streams.kernels.rounding import rounded
@@ -61,6 +61,7 @@ _CK_DTYPE = np.dtype([(k, np.dtype(POOL_FIELDS[k]).newbyteorder("<")) for k in _
 assert _CK_DTYPE.itemsize == _CK.size
 # the best read's id (in ``PartitionPipeline.read_ids``), region and agency (in ``texts``) of each session
 BEST_FIELDS: dict[str, type] = {"rid_off": OFFSET, "rid_len": LENGTH, "region": np.int32, "agency": np.int32}
+_SNAP_WRITTEN = SNAP_FIELDS.index("written")
 META_OFFSET = b"offset"
 META_WATERMARK = b"watermark"
 
@@ -251,13 +252,14 @@ class PartitionPipeline:
         cams = self._cams(batch.camera)
         plate, cls = pack_plates(plates_matrix(batch.plates) if batch.plate_matrix is None else batch.plate_matrix)
         geo = geo52(batch.lat, batch.lon)
-        session_of, late, touched, snap, snap_conf = run_batch(
-            st, cams, cls, plate, batch.ts, batch.conf, geo, batch.offset, s.dedup_window_ms, s.allowed_lateness_ms)
+        done = run_batch(st, cams, cls, plate, batch.ts, batch.conf, geo, batch.offset, s.dedup_window_ms,
+                         s.allowed_lateness_ms)
+        session_of, late, touched, snap, snap_conf = done.session_of, done.late, done.touched, done.snap, done.snap_conf
         n_before = st.n_used - st.last_created  # the pool's size when this batch began (after any compaction)
         out.late = int(late.sum())
         p = st.pool
         alive = p["alive"][touched].astype(bool)
-        was_written = snap[:, 6].astype(bool)
+        was_written = snap[:, _SNAP_WRITTEN].astype(bool)
         created = touched[touched >= n_before]  # the kernel appends new sessions to the pool
         p["hit"][created] = 0
         p["sid"][created] = sighting_ids(self.topic, self.partition, p["first_seq"][created].tolist())
@@ -265,7 +267,7 @@ class PartitionPipeline:
         hit_before = p["hit"][touched].copy()
         for i in touched[~alive].tolist():  # a merged-away sighting's hit carries over to its survivor
             if p["hit"][i]:
-                p["hit"][self._survivor(i)] = 1
+                p["hit"][self.state.survivor(i)] = 1
         if len(hot.matcher):
             self._match(batch, cls, session_of, hot, out)
 
@@ -283,15 +285,15 @@ class PartitionPipeline:
             sid = int(p["sid"][i])
             removals += [("ZREM", old[0], old[1]), ("ZREM", old[2], old[3]),
                          ("HDEL", self.ck_key, struct.pack("<Q", sid))]
-            survivor = self._survivor(i)
+            survivor = self.state.survivor(i)
             # the read that merged it away is the survivor's latest: its offset versions the retraction
             retraction = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{sid:016x}",
                           "revision": int(p["last_seq"][survivor]), "merged_into": f"{int(p['sid'][survivor]):016x}"}
             out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(retraction)))
         # a survivor whose best read now is an absorbed sighting's (from an earlier batch) takes its strings
         for i in touched[~alive].tolist():
-            s_ = self._survivor(i)
-            if st.best_row[s_] < 0 and p["best_seq"][s_] == p["best_seq"][i]:
+            s_ = self.state.survivor(i)
+            if st.best_row_of(s_) < 0 and p["best_seq"][s_] == p["best_seq"][i]:
                 for name in BEST_FIELDS:
                     p[name][s_] = p[name][i]
 
@@ -301,7 +303,7 @@ class PartitionPipeline:
             return
         read_ids, regions, agencies = batch.read_id, batch.region, batch.agency
         best_seqs = p["best_seq"][live].tolist()
-        best_row = st.best_row[live]  # the best read's row in this batch, -1 if an earlier batch's
+        best_row = done.best_row[alive]  # the best read's row in this batch, -1 if an earlier batch's
         best_rows = best_row.tolist()
         extra = batch.docs.extras_of(best_rows)
         # (read_id, region, agency): from this batch's reads where the best is one of them, else as recorded
@@ -433,12 +435,6 @@ class PartitionPipeline:
         st.reclaim()
         self._compact_read_ids()
 
-    def _survivor(self, i: int) -> int:
-        p, merged = self.state.pool, self.state.merged_into
-        while not p["alive"][i]:
-            i = int(merged[i])
-        return i
-
     def _match(self, batch: ReadBatch, cls: np.ndarray, session_of: np.ndarray, hot: HotContext,
                out: BatchResult) -> None:
         """Hotlist hits of this batch: mark their sightings and send one alert per sighting that turns hit."""
@@ -446,7 +442,7 @@ class PartitionPipeline:
         docs, agencies = batch.docs, batch.agency
         for row, entry in hot.matcher.match(cls, batch.plates, batch.region,
                                             lambda e, r: hot.allowed(e.agency, agencies[r])):
-            s = self._survivor(int(session_of[row]))
+            s = self.state.survivor(int(session_of[row]))
             if p["hit"][s]:
                 continue
             p["hit"][s] = 1
@@ -465,12 +461,12 @@ class PartitionPipeline:
     def _entry_from_snapshot(self, i: int, snap: np.ndarray, conf: float,
                              hit: bool) -> tuple[str, bytes, str, bytes]:
         """Trail and cell entries of session ``i`` as last written (from its pre-batch snapshot)."""
-        # snapshot columns: start, end, count, best_plate, best_geo, best_seq, written, rev, best_ts
         [(read_id, region, agency)] = self.best_reads(np.array([i]))
-        plate_text = unpack_plate(int(snap[3:4].view(np.uint64)[0]))
-        geo = int(snap[4:5].view(np.uint64)[0])
-        sight = Sighting(int(self.state.pool["sid"][i]), int(snap[0]), int(snap[1]), int(snap[8]), geo,
-                         int(snap[2]), conf, self.cam_names[int(self.state.pool["cam"][i])], agency, read_id, hit)
+        v = dict(zip(SNAP_FIELDS, snap.tolist(), strict=True))
+        plate_text = unpack_plate(v["best_plate"] & 0xFFFFFFFFFFFFFFFF)  # uint64 values are int64 bits
+        geo = v["best_geo"] & 0xFFFFFFFFFFFFFFFF
+        sight = Sighting(int(self.state.pool["sid"][i]), v["start"], v["end"], v["best_ts"], geo, v["count"], conf,
+                         self.cam_names[int(self.state.pool["cam"][i])], agency, read_id, hit)
         vid = vehicle_id(self.s.hash_key, region, plate_text)
         lat, lon = geo52_decode(np.array([geo], dtype=np.uint64))
         cell = geohash_str(lat, lon, self.s.cell_precision)[0].tobytes().decode()

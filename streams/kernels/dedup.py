@@ -20,6 +20,7 @@ functions mutate them in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
@@ -30,6 +31,10 @@ from streams.kernels.prefetch import prefetch
 EMPTY = np.int32(-1)
 AHEAD = 16  # reads between a probe's prefetch hint and the probe (enough to cover a miss)
 TABLE = np.dtype([("cls", "<u8"), ("cam", "<i4"), ("head", "<i4")])
+# Columns of the snapshot of a touched session's values before the batch (uint64 values as int64 bits);
+# its best confidence is apart (float32). What the caller needs to rebuild the entries it wrote before.
+SNAP_FIELDS = ("start", "end", "count", "best_plate", "best_geo", "written", "best_ts")
+SNAP_COLUMNS = len(SNAP_FIELDS)
 
 # Field layout shared by the pool, the snapshot of touched sessions and the checkpoint codec.
 POOL_FIELDS: dict[str, type] = {
@@ -62,21 +67,25 @@ class DedupArrays:
     extra_fields: dict[str, type] = field(default_factory=dict)
     pool: dict[str, NDArray] = field(default_factory=dict)
     nxt: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
-    best_row: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
-    merged_into: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
-    touch_mark: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    # each session's row in ``touched`` if this batch touched it (a sparse set: the row is only believed when
+    # ``touched[row]`` names the session back, so nothing is cleared between batches)
+    row: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     t_cam: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     t_cls: NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, np.uint64))
     t_head: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     table: NDArray[np.void] = field(default_factory=lambda: np.empty(0, TABLE))
     # per-batch output buffers of dedup_batch (valid until the next batch)
     touched: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
-    snap: NDArray[np.int64] = field(default_factory=lambda: np.empty((0, 9), np.int64))
+    snap: NDArray[np.int64] = field(default_factory=lambda: np.empty((0, SNAP_COLUMNS), np.int64))
     snap_conf: NDArray[np.float32] = field(default_factory=lambda: np.empty(0, np.float32))
+    # per touched row: the session's best read's row in this batch (-1: an earlier batch's), and the session
+    # that absorbed it (-1: none)
+    best_row: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    merged_into: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     n_used: int = 0
     n_keys: int = 0
     watermark: int = -(2**62)
-    batch_no: int = 0
+    n_touched: int = 0  # rows of ``touched`` the last batch filled
     # Room made before a batch: new sessions for as many reads as the last batch created sessions (a
     # quarter more), at least ``reserve_ahead``; scratch rows for twice as many. A batch that needs more
     # stops where it is, the arrays grow (never compacting: its indexes must stay valid) and it resumes -
@@ -88,9 +97,7 @@ class DedupArrays:
         if not self.pool:
             self.pool = {k: np.zeros(self.capacity, dtype=t) for k, t in {**POOL_FIELDS, **self.extra_fields}.items()}
             self.nxt = np.full(self.capacity, EMPTY, np.int32)
-            self.best_row = np.full(self.capacity, EMPTY, np.int32)
-            self.merged_into = np.full(self.capacity, EMPTY, np.int32)
-            self.touch_mark = np.full(self.capacity, -1, np.int64)
+            self.row = np.full(self.capacity, EMPTY, np.int32)
             self._new_table(16)
 
     def _new_table(self, size: int) -> None:
@@ -131,7 +138,7 @@ class DedupArrays:
                 grown = np.zeros(cap, dtype=arr.dtype)
                 grown[: self.n_used] = arr[: self.n_used]
                 self.pool[k] = grown
-            for name, fill in (("nxt", EMPTY), ("best_row", EMPTY), ("merged_into", EMPTY), ("touch_mark", -1)):
+            for name, fill in (("nxt", EMPTY), ("row", EMPTY)):
                 arr = getattr(self, name)
                 grown = np.full(cap, fill, dtype=arr.dtype)
                 grown[: self.n_used] = arr[: self.n_used]
@@ -155,6 +162,20 @@ class DedupArrays:
             self.t_cam, self.t_cls, self.t_head,
         )
 
+    def survivor(self, s: int) -> int:
+        """The live session that absorbed session ``s`` in the last batch (``s`` itself if alive)."""
+        alive = self.pool["alive"]
+        while not alive[s]:
+            r = int(self.row[s])
+            assert 0 <= r < self.n_touched and self.touched[r] == s, "an evicted session has no survivor"
+            s = int(self.merged_into[r])
+        return s
+
+    def best_row_of(self, s: int) -> int:
+        """The row in the last batch of session ``s``'s best read (-1 if an earlier batch's or untouched)."""
+        r = int(self.row[s])
+        return int(self.best_row[r]) if 0 <= r < self.n_touched and self.touched[r] == s else -1
+
     def reclaim(self, dead_share: float = 0.4) -> bool:
         """Compact once more than ``dead_share`` of the used slots hold evicted sessions (and at least 1024
         do); returns whether it did. Called after each batch's eviction."""
@@ -170,10 +191,6 @@ class DedupArrays:
         idx = np.flatnonzero(keep[: self.n_used])
         for arr in self.pool.values():
             _gather_inplace(arr, idx)
-        used = self.n_used
-        self.best_row[:used] = EMPTY
-        self.merged_into[:used] = EMPTY
-        self.touch_mark[:used] = -1
         self.n_used = int(idx.shape[0])
         self.rebuild_table()
         return idx
@@ -249,22 +266,23 @@ def _better(conf_a: float, ts_a: int, seq_a: int, conf_b: float, ts_b: int, seq_
 
 
 @nb.njit(cache=True)
-def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count, best_conf, best_ts,  # type: ignore[no-untyped-def]
-           best_seq, best_plate, best_geo, first_seq, alive, written, last_seq, snap, snap_conf):
-    if touch_mark[s] == batch_no:
+def _touch(s, row, touched, n_touched, t_best, t_into, start, end, count, best_conf, best_ts,  # type: ignore[no-untyped-def]
+           best_plate, best_geo, written, snap, snap_conf):
+    r = row[s]
+    if r >= 0 and r < n_touched and touched[r] == s:
         return n_touched
-    touch_mark[s] = batch_no
+    row[s] = n_touched
     touched[n_touched] = s
-    # snapshot of the pre-batch values (only meaningful for sessions already written)
+    t_best[n_touched] = -1
+    t_into[n_touched] = -1
+    # snapshot of the pre-batch values (only meaningful for sessions already written), as in SNAP_FIELDS
     snap[n_touched, 0] = start[s]
     snap[n_touched, 1] = end[s]
     snap[n_touched, 2] = count[s]
     snap[n_touched, 3] = np.int64(best_plate[s])
     snap[n_touched, 4] = np.int64(best_geo[s])
-    snap[n_touched, 5] = best_seq[s]
-    snap[n_touched, 6] = written[s]
-    snap[n_touched, 7] = last_seq[s]
-    snap[n_touched, 8] = best_ts[s]
+    snap[n_touched, 5] = written[s]
+    snap[n_touched, 6] = best_ts[s]
     snap_conf[n_touched] = best_conf[s]
     return n_touched + 1
 
@@ -273,9 +291,9 @@ def _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, co
 def dedup_batch(  # type: ignore[no-untyped-def]
     r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
     cam, cls, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-    written, last_seq, nxt, best_row, merged_into, touch_mark, t_cam, t_cls, t_head,
-    n_used, n_keys, watermark, batch_no, window, lateness, touched, snap, snap_conf, i0, n_touched, session_of,
-    late,
+    written, last_seq, nxt, row, t_cam, t_cls, t_head,
+    n_used, n_keys, watermark, window, lateness, touched, t_best, t_into, snap, snap_conf, i0, n_touched,
+    session_of, late,
 ):
     """Fold reads ``i0:`` of one batch (in arrival order) into the session pool.
 
@@ -283,7 +301,8 @@ def dedup_batch(  # type: ignore[no-untyped-def]
     the first read there was no room for (a new session's slot, a hash table under half full, three
     rows of scratch); the caller makes room and calls again from there. ``touched`` lists every session
     created, extended or absorbed in this batch, in first-touch order, with a snapshot of its values
-    before the batch; ``session_of`` and ``late`` get each read's session and lateness.
+    before the batch, its best read's row in the batch (``t_best``) and the session that absorbed it
+    (``t_into``); ``session_of`` and ``late`` get each read's session and lateness.
     """
     n = r_ts.shape[0]
     capacity = cam.shape[0]
@@ -318,17 +337,16 @@ def dedup_batch(  # type: ignore[no-untyped-def]
             s = t_head[slot]
             while s != -1:
                 if alive[s] and t >= start[s] - window and t <= end[s] + window:
-                    n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
-                                       best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-                                       written, last_seq, snap, snap_conf)
+                    n_touched = _touch(s, row, touched, n_touched, t_best, t_into, start, end, count, best_conf,
+                                       best_ts, best_plate, best_geo, written, snap, snap_conf)
                     if survivor == -1 or first_seq[s] < first_seq[survivor]:
                         if survivor != -1:
                             _absorb(s, survivor, start, end, count, best_conf, best_ts, best_seq, best_plate,
-                                    best_geo, best_row, merged_into, alive, last_seq)
+                                    best_geo, row, t_best, t_into, alive, last_seq)
                         survivor = s
                     else:
                         _absorb(survivor, s, start, end, count, best_conf, best_ts, best_seq, best_plate,
-                                best_geo, best_row, merged_into, alive, last_seq)
+                                best_geo, row, t_best, t_into, alive, last_seq)
                 s = nxt[s]
             if survivor == -1:
                 s = n_used
@@ -347,13 +365,12 @@ def dedup_batch(  # type: ignore[no-untyped-def]
                 alive[s] = 1
                 written[s] = 0
                 last_seq[s] = r_seq[i]
-                best_row[s] = i
                 nxt[s] = t_head[slot]
                 t_head[slot] = s
-                touch_mark[s] = -1
-                n_touched = _touch(s, batch_no, touch_mark, touched, n_touched, cam, cls, start, end, count,
-                                   best_conf, best_ts, best_seq, best_plate, best_geo, first_seq, alive,
-                                   written, last_seq, snap, snap_conf)
+                # a new slot: no session of that index was touched in this batch, whatever row[s] holds
+                n_touched = _touch(s, row, touched, n_touched, t_best, t_into, start, end, count, best_conf,
+                                   best_ts, best_plate, best_geo, written, snap, snap_conf)
+                t_best[row[s]] = i
                 survivor = s
             else:
                 s = survivor
@@ -370,7 +387,7 @@ def dedup_batch(  # type: ignore[no-untyped-def]
                     best_seq[s] = r_seq[i]
                     best_plate[s] = r_plate[i]
                     best_geo[s] = r_geo[i]
-                    best_row[s] = i
+                    t_best[row[s]] = i
             session_of[i] = survivor
         lo = hi
     return n_used, n_keys, watermark, n_touched, n
@@ -378,7 +395,7 @@ def dedup_batch(  # type: ignore[no-untyped-def]
 
 @nb.njit(inline="always", cache=True)
 def _absorb(dst, src, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo,  # type: ignore[no-untyped-def]
-            best_row, merged_into, alive, last_seq):
+            row, t_best, t_into, alive, last_seq):
     if last_seq[src] > last_seq[dst]:
         last_seq[dst] = last_seq[src]
     if start[src] < start[dst]:
@@ -392,9 +409,9 @@ def _absorb(dst, src, start, end, count, best_conf, best_ts, best_seq, best_plat
         best_seq[dst] = best_seq[src]
         best_plate[dst] = best_plate[src]
         best_geo[dst] = best_geo[src]
-        best_row[dst] = best_row[src]
+        t_best[row[dst]] = t_best[row[src]]
     alive[src] = 0
-    merged_into[src] = dst  # follow the chain to the live survivor if dst is absorbed later
+    t_into[row[src]] = dst  # follow the chain to the live survivor if dst is absorbed later
 
 
 @nb.njit(cache=True)
@@ -409,6 +426,19 @@ def expired(end: NDArray[np.int64], alive: NDArray[np.uint8], n_used: int, horiz
     return out[:m]
 
 
+class Touched(NamedTuple):
+    """What one batch did: each read's session and lateness, then one row per touched session (views of
+    buffers the next batch overwrites)."""
+
+    session_of: NDArray[np.int32]
+    late: NDArray[np.uint8]
+    touched: NDArray[np.int32]  # the sessions, in first-touch order
+    snap: NDArray[np.int64]  # their values before the batch, columns as in SNAP_FIELDS
+    snap_conf: NDArray[np.float32]  # their best confidence before the batch
+    best_row: NDArray[np.int32]  # their best read's row in this batch, -1 if an earlier batch's
+    merged_into: NDArray[np.int32]  # the session that absorbed them, -1 if none
+
+
 def run_batch(
     st: DedupArrays,
     r_cam: NDArray[np.int32],
@@ -420,23 +450,15 @@ def run_batch(
     r_seq: NDArray[np.int64],
     window_ms: int,
     lateness_ms: int,
-) -> tuple[NDArray[np.int32], NDArray[np.uint8], NDArray[np.int32], NDArray[np.int64], NDArray[np.float32]]:
-    """Run ``dedup_batch`` on ``st``; returns (session_of_read, late, touched, snapshot, snapshot_conf), the
-    last three views of buffers the next batch overwrites.
-
-    Snapshot columns hold each touched session's values before this batch: start, end, count,
-    best_plate, best_geo, best_seq, written, last_seq, best_ts (uint64 columns stored as int64 bits).
-    """
+) -> Touched:
+    """Run ``dedup_batch`` on ``st``."""
     n = int(r_ts.shape[0])
     ahead = st.room_ahead(n)
     st.reserve(ahead)
     n_before = st.n_used
-    st.batch_no += 1
     _scratch(st, 2 * ahead + 3)  # reused from batch to batch: fresh pages cost as much as the dedup
     session_of = np.empty(n, dtype=np.int32)
     late = np.zeros(n, dtype=np.uint8)
-    st.best_row[: st.n_used] = EMPTY
-    st.merged_into[: st.n_used] = EMPTY
     i = n_touched = 0
     while True:
         p = st.pool
@@ -444,13 +466,16 @@ def run_batch(
             r_cam, r_cls, r_plate, r_ts, r_conf, r_geo, r_seq,
             p["cam"], p["cls"], p["start"], p["end"], p["count"], p["best_conf"], p["best_ts"], p["best_seq"],
             p["best_plate"], p["best_geo"], p["first_seq"], p["alive"], p["written"], p["last_seq"],
-            st.nxt, st.best_row, st.merged_into, st.touch_mark, st.t_cam, st.t_cls, st.t_head,
-            st.n_used, st.n_keys, st.watermark, st.batch_no, window_ms, lateness_ms, st.touched, st.snap,
-            st.snap_conf, i, n_touched, session_of, late,
+            st.nxt, st.row, st.t_cam, st.t_cls, st.t_head, st.n_used, st.n_keys, st.watermark, window_ms,
+            lateness_ms, st.touched, st.best_row, st.merged_into, st.snap, st.snap_conf, i, n_touched, session_of,
+            late,
         )
         if i == n:
             st.last_created = st.n_used - n_before
-            return session_of, late, st.touched[:n_touched], st.snap[:n_touched], st.snap_conf[:n_touched]
+            st.n_touched = n_touched
+            k = n_touched
+            return Touched(session_of, late, st.touched[:k], st.snap[:k], st.snap_conf[:k], st.best_row[:k],
+                           st.merged_into[:k])
         # out of room: grow (never compact - this batch's session indexes must stay valid) and go on
         left = min(n - i, st.reserve_ahead)
         st.grow(left)
@@ -462,6 +487,9 @@ def _scratch(st: DedupArrays, rows: int, keep: int = 0) -> None:
     if st.snap.shape[0] >= rows:
         return
     rows = max(rows, st.snap.shape[0] * 3 // 2)
-    touched, snap, snap_conf = np.empty(rows, np.int32), np.empty((rows, 9), np.int64), np.empty(rows, np.float32)
-    touched[:keep], snap[:keep], snap_conf[:keep] = st.touched[:keep], st.snap[:keep], st.snap_conf[:keep]
-    st.touched, st.snap, st.snap_conf = touched, snap, snap_conf
+    for name, shape, dtype in (("touched", rows, np.int32), ("snap", (rows, SNAP_COLUMNS), np.int64),
+                               ("snap_conf", rows, np.float32), ("best_row", rows, np.int32),
+                               ("merged_into", rows, np.int32)):
+        grown = np.empty(shape, dtype)
+        grown[:keep] = getattr(st, name)[:keep]
+        setattr(st, name, grown)

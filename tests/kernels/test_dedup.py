@@ -61,14 +61,14 @@ def run_kernel(reads: list[tuple[int, str, int, float]], batch_size: int,
     for lo in range(0, len(reads), batch_size):
         chunk = reads[lo : lo + batch_size]
         plate, cls = pack_plates(plates_matrix([r[1].encode() for r in chunk]))
-        _, late, _, _, _ = run_batch(
+        late = run_batch(
             st_,
             np.array([r[0] for r in chunk], np.int32), cls, plate,
             np.array([r[2] for r in chunk], np.int64),
             np.array([r[3] for r in chunk], np.float32),
             np.zeros(len(chunk), np.uint64),
             np.arange(lo, lo + len(chunk), dtype=np.int64), W, L,
-        )
+        ).late
         n_late += int(late.sum())
         gone = expired(st_.pool["end"], st_.pool["alive"], st_.n_used, st_.watermark - L - W)
         evicted.extend(row(int(s)) for s in gone)
