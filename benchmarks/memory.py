@@ -22,7 +22,10 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     raws = [Raw("t", 0, i, None, k, v) for i, (k, v) in enumerate(traffic.messages)]
     # load the Numba kernels (and fill one-time caches) first: their code is not dedup state, and
     # without this the figure depends on whether something else in the process ran them already
-    PartitionPipeline(s, "warm-up", 0).process_raw(raws[:2000])
+    warm = PartitionPipeline(s, "warm-up", 0)
+    warm.process_raw(raws[:2000])
+    warm.state.compact(warm.state.pool["alive"].astype(bool))  # and the compaction's (one per pool dtype)
+    del warm
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]

@@ -189,3 +189,25 @@ def test_reclaim_compacts_only_past_the_dead_share_and_keeps_the_live_sessions()
               ts[int(0.41 * n) :] + 1, np.full(before, 0.5, np.float32), np.zeros(before, np.uint64),
               np.arange(n, n + before, dtype=np.int64), W, L)
     assert st_.n_used == before
+
+
+def test_key_table_stays_between_40_and_60_percent_full_as_keys_arrive() -> None:
+    # 16-byte slots: 27-40 bytes per key (a power-of-two table at most half full would be 32-64)
+    st_ = DedupArrays(reserve_ahead=64)
+    cls = np.full(64, 7, dtype=np.uint64)
+    loads = []
+    for b in range(300):  # 64 new keys (cameras) per batch
+        cam = np.arange(b * 64, (b + 1) * 64, dtype=np.int32)
+        touched = run_batch(st_, cam, cls, cls, np.full(64, b, np.int64), np.full(64, 0.9, np.float32),
+                            np.zeros(64, np.uint64), np.arange(b * 64, (b + 1) * 64, dtype=np.int64), W, L).touched
+        assert touched.shape[0] == 64  # each read its own new session: every key was found empty, once
+        loads.append(st_.n_keys / st_.table.shape[0])
+    assert st_.n_keys == 300 * 64
+    assert max(loads) <= 0.6 and min(loads[20:]) > 0.38, (min(loads[20:]), max(loads))
+    # and a second read of every key finds its session (probes that wrap around the table's end included)
+    n = 300 * 64
+    before = st_.n_used
+    run_batch(st_, np.arange(n, dtype=np.int32), np.full(n, 7, np.uint64), np.full(n, 7, np.uint64),
+              np.full(n, 300, np.int64), np.full(n, 0.5, np.float32), np.zeros(n, np.uint64),
+              np.arange(n, 2 * n, dtype=np.int64), W, L)
+    assert st_.n_used == before
