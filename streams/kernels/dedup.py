@@ -133,22 +133,25 @@ class DedupArrays:
         if need > self.capacity:
             # 1.5x, not 2x: the pool is most of the dedup state's memory (911 -> 753 B per active key in
             # the benchmark); the extra copies are a few per hour of traffic
-            cap = max(need, self.capacity * 3 // 2)
-            for k, arr in self.pool.items():
-                grown = np.zeros(cap, dtype=arr.dtype)
-                grown[: self.n_used] = arr[: self.n_used]
-                self.pool[k] = grown
-            for name, fill in (("nxt", EMPTY), ("row", EMPTY)):
-                arr = getattr(self, name)
-                grown = np.full(cap, fill, dtype=arr.dtype)
-                grown[: self.n_used] = arr[: self.n_used]
-                setattr(self, name, grown)
-            self.capacity = cap
+            self._resize(max(need, self.capacity * 3 // 2))
         if self.n_keys + extra > max_keys(self.t_head.shape[0]):
             size = self.t_head.shape[0]
             while self.n_keys + extra > max_keys(size):
                 size = size * 3 // 2
             self.rebuild_table(size)
+
+    def _resize(self, cap: int) -> None:
+        """Reallocate the pool (and the per-session links) for ``cap`` sessions, keeping the used ones."""
+        for k, arr in self.pool.items():
+            fresh = np.zeros(cap, dtype=arr.dtype)
+            fresh[: self.n_used] = arr[: self.n_used]
+            self.pool[k] = fresh
+        for name, fill in (("nxt", EMPTY), ("row", EMPTY)):
+            arr = getattr(self, name)
+            fresh = np.full(cap, fill, dtype=arr.dtype)
+            fresh[: self.n_used] = arr[: self.n_used]
+            setattr(self, name, fresh)
+        self.capacity = cap
 
     def rebuild_table(self, size: int | None = None) -> None:
         """Re-index the live sessions (after growth or compaction)."""
@@ -192,7 +195,14 @@ class DedupArrays:
         for arr in self.pool.values():
             _gather_inplace(arr, idx)
         self.n_used = int(idx.shape[0])
-        self.rebuild_table()
+        # after a peak, give the memory back: the state is bounded by what the window holds now, not by the
+        # busiest hour so far (shrunk to twice what the live sessions and one batch's new ones need, once it is
+        # four times that, so a rate that swings a little does not copy the pool back and forth)
+        floor = self.n_used + self.reserve_ahead
+        if self.capacity > 4 * floor:
+            self._resize(2 * floor)
+        table = max(16, floor * 5 // 2)  # at most 40% full: no growth before the next few batches
+        self.rebuild_table(table if self.t_head.shape[0] > 2 * table else None)
         return idx
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.kernels.dedup import DedupArrays, expired, run_batch
+from streams.kernels.dedup import DedupArrays, expired, max_keys, run_batch
 from streams.kernels.plates import pack_plates, plate_class, plates_matrix
 
 W = 10_000
@@ -211,3 +211,26 @@ def test_key_table_stays_between_40_and_60_percent_full_as_keys_arrive() -> None
               np.full(n, 300, np.int64), np.full(n, 0.5, np.float32), np.zeros(n, np.uint64),
               np.arange(n, 2 * n, dtype=np.int64), W, L)
     assert st_.n_used == before
+
+
+def test_compaction_after_a_peak_gives_the_memory_back() -> None:
+    n = 20_000
+    st_ = DedupArrays(reserve_ahead=256)
+    cam = np.arange(n, dtype=np.int32)  # one session and key per read
+    cls = np.full(n, 7, dtype=np.uint64)
+    run_batch(st_, cam, cls, cls, np.zeros(n, np.int64), np.full(n, 0.9, np.float32), np.zeros(n, np.uint64),
+              np.arange(n, dtype=np.int64), W, L)
+    peak_pool, peak_table = st_.capacity, st_.table.shape[0]
+    assert peak_pool >= n and max_keys(peak_table) >= n
+    st_.pool["alive"][: n - 100] = 0  # the peak passes: all but the last 100 sessions evicted
+    assert st_.reclaim()
+    assert st_.n_used == 100
+    assert st_.capacity == 2 * (100 + 256) and st_.table.shape[0] == (100 + 256) * 5 // 2
+    # the survivors are still found: a read of each key joins its session
+    run_batch(st_, cam[-100:], cls[:100], cls[:100], np.ones(100, np.int64), np.full(100, 0.5, np.float32),
+              np.zeros(100, np.uint64), np.arange(n, n + 100, dtype=np.int64), W, L)
+    assert st_.n_used == 100 and st_.pool["count"][:100].tolist() == [2] * 100
+    # and a small change in the rate does not resize back and forth
+    st_.pool["alive"][:50] = 0
+    st_.compact(st_.pool["alive"][: st_.n_used].astype(bool))
+    assert st_.capacity == 2 * (100 + 256)
