@@ -115,7 +115,8 @@ def run(duration_s: float, rate: float, sample_s: float = 5.0, info: stack.Stack
             m = worker.metrics()
             samples.append({"t": round(time.monotonic() - t0, 1), "rss_mb": round(m["rss_bytes"] / 2**20, 1),
                             "lag": _lag(admin, s), "produced": produced[0],
-                            "open_sessions": m["dedup_open_sessions"], "pool_slots": m["dedup_pool_slots"]})
+                            "open_sessions": m["dedup_open_sessions"], "pool_slots": m["dedup_pool_slots"],
+                            "dedup_state_mb": round(m["dedup_state_bytes"] / 2**20, 2)})
             if len(samples) % max(1, int(60 / sample_s)) == 0:
                 e2e.log(f"  {samples[-1]}")
         stop.set()

@@ -205,6 +205,10 @@ class PartitionPipeline:
                         [texts[i] for i in p["region"][sessions].tolist()],
                         [texts[i] for i in p["agency"][sessions].tolist()], strict=True))
 
+    def state_bytes(self) -> int:
+        """Memory of this partition's dedup state: the kernel's arrays and the best-read-id arena."""
+        return self.state.nbytes + len(self.read_ids)
+
     def _compact_read_ids(self) -> None:
         """Drop the ids no open session refers to, once they are most of the arena."""
         st = self.state

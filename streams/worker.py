@@ -601,6 +601,7 @@ def make_app(settings: Settings) -> faust.App:
         m["dedup_open_sessions"] = sum(int(p.state.pool["alive"][: p.state.n_used].sum())
                                        for p in runner.pipelines.values())
         m["dedup_pool_slots"] = sum(p.state.n_used for p in runner.pipelines.values())
+        m["dedup_state_bytes"] = sum(p.state_bytes() for p in runner.pipelines.values())
         m["rss_bytes"] = _rss_bytes()
         m.update(runner.latency.percentiles())
         if request.query.get("reset_latency"):

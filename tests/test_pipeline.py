@@ -227,3 +227,34 @@ def test_a_merge_keeps_the_best_read_of_the_absorbed_sighting_across_batches(set
         ("upsert", "best", "b-pd", 3), ("upsert", "best", "b-pd", 4)]
     [sighting] = read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "7ABC123")))
     assert (sighting.read_id, sighting.agency, sighting.reads, sighting.ts) == ("best", "b-pd", 4, t0)
+
+
+def test_state_bytes_accounts_for_the_dedup_state_tracemalloc_sees() -> None:
+    # the worker's dedup_state_bytes metric: its arrays and arena are what the state holds (an independent
+    # count: every allocation of a fresh pipeline, traced)
+    import gc
+    import tracemalloc
+
+    from streams.simulate import generate
+
+    s = Settings.from_env(env={}, kafka_bootstrap="unused:1", redis_url="redis://unused:1/0",
+                          hash_key=b"test-key-0123456789abcdef")
+    traffic = generate(seed=5, vehicles=3000, hours=1.0)
+    raws = [Raw("t", 0, i, None, k, v) for i, (k, v) in enumerate(traffic.messages)]
+    warm = PartitionPipeline(s, "warm-up", 0)
+    warm.process_raw(raws[:2000])
+    warm.state.compact(warm.state.pool["alive"].astype(bool))
+    del warm
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        pipe = PartitionPipeline(s, "t", 0)
+        for lo in range(0, len(raws) // 2, 5000):
+            result = pipe.process_raw(raws[lo : lo + 5000])
+            del result
+            gc.collect()
+            traced = tracemalloc.get_traced_memory()[0] - base
+            assert 0.9 * traced <= pipe.state_bytes() <= traced, (pipe.state_bytes(), traced)
+    finally:
+        tracemalloc.stop()

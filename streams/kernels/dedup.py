@@ -165,6 +165,13 @@ class DedupArrays:
             self.t_cam, self.t_cls, self.t_head,
         )
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays held: pool, links, key table and the batch scratch (allocated, not only used)."""
+        arrays = [*self.pool.values(), self.nxt, self.row, self.table, self.touched, self.snap, self.snap_conf,
+                  self.best_row, self.merged_into]
+        return sum(a.nbytes for a in arrays)
+
     def survivor(self, s: int) -> int:
         """The live session that absorbed session ``s`` in the last batch (``s`` itself if alive)."""
         alive = self.pool["alive"]

@@ -41,6 +41,9 @@ def test_redis_stall_grows_lag_not_memory(local_stack: stack.StackInfo) -> None:
     # lag grows while Redis is stalled (nothing is committed past Redis), memory stays within the fetch buffers
     assert max(x["lag"] for x in during) > 5 * RATE
     assert max(x["rss_mb"] for x in during) - max(x["rss_mb"] for x in before) < 150
+    # the dedup state (the worker's dedup_state_bytes) is there and holds still while nothing is processed
+    assert before[-1]["dedup_state_mb"] > 0
+    assert len({x["dedup_state_mb"] for x in during[2:]}) == 1, [x["dedup_state_mb"] for x in during]
     # and everything is processed once Redis is back: lag drains, memory settles
     assert r["lag_after_drain"] == 0 and min(x["lag"] for x in after) < RATE
     assert max(x["rss_mb"] for x in after) - max(x["rss_mb"] for x in before) < 150
