@@ -141,6 +141,7 @@ def run(duration_s: float, rate: float, sample_s: float = 5.0, info: stack.Stack
         "rss_change_pct": round(100 * (last - mid) / mid, 2) if mid else None,
         "max_lag": max_lag, "max_lag_s_of_traffic": round(max_lag / rate, 2), "lag_after_drain": lag,
         "dedup_open_sessions_max": max((x["open_sessions"] for x in samples), default=0),
+        "dedup_state_mb_max": max((x["dedup_state_mb"] for x in samples), default=0.0),
         "worker_errors": {k: v for k, v in final.items() if "error" in k},
     }
     result["memory_flat"] = mid > 0 and abs(last - mid) <= 0.05 * mid
@@ -188,6 +189,7 @@ def markdown(r: dict[str, Any], command: str, png: str | None) -> str:
         f"| lag after the producer stopped | {r['lag_after_drain']} |",
         f"| lag bounded (<= 10 s of traffic, drains to 0) | {'yes' if r['lag_bounded'] else 'NO'} |",
         f"| open dedup sessions, max | {r['dedup_open_sessions_max']:,} |",
+        f"| dedup state, max | {r['dedup_state_mb_max']} MB |",
         "",
     ]
     if png:
