@@ -234,3 +234,35 @@ def test_compaction_after_a_peak_gives_the_memory_back() -> None:
     st_.pool["alive"][:50] = 0
     st_.compact(st_.pool["alive"][: st_.n_used].astype(bool))
     assert st_.capacity == 2 * (100 + 256)
+
+
+def test_keys_sharing_a_slot_fingerprint_stay_apart() -> None:
+    # a table slot holds a 32-bit fingerprint of its key; two keys with the same fingerprint and the same
+    # home slot (found by search: the kernel's hash restated in NumPy) must still be two keys
+    cls = np.uint64(7)
+    cams = np.arange(1 << 20, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = (cls * np.uint64(0x9E3779B97F4A7C15)) ^ (cams * np.uint64(0xC2B2AE3D27D4EB4F))
+    h ^= h >> np.uint64(29)
+    fp = (h & np.uint64(0xFFFFFFFF)) | np.uint64(1)
+    home = ((h >> np.uint64(32)) * np.uint64(16)) >> np.uint64(32)  # in the first table, of 16 slots
+    order = np.lexsort((home, fp))
+    same = np.flatnonzero((fp[order][1:] == fp[order][:-1]) & (home[order][1:] == home[order][:-1]))
+    assert same.shape[0] > 0
+    a, b = (int(c) for c in cams[order][same[0] : same[0] + 2])
+    st_ = DedupArrays()
+    assert st_.table.shape[0] == 16
+
+    def read(cam: int, ts: int, seq: int) -> None:
+        run_batch(st_, np.array([cam], np.int32), np.array([7], np.uint64), np.array([7], np.uint64),
+                  np.array([ts], np.int64), np.array([0.9], np.float32), np.zeros(1, np.uint64),
+                  np.array([seq], np.int64), W, L)
+
+    read(a, 0, 0)
+    read(b, 0, 1)  # probes past a's slot: same fingerprint, but a's session is another camera
+    assert (st_.n_used, st_.n_keys, st_.table.shape[0]) == (2, 2, 16)
+    read(b, 1000, 2)
+    read(a, 2000, 3)
+    assert st_.pool["cam"][:2].tolist() == [a, b] and st_.pool["count"][:2].tolist() == [2, 2]
+    st_.rebuild_table()  # and the re-index keeps them apart too
+    assert st_.n_keys == 2

@@ -21,7 +21,7 @@ def _gather_sum(arr, order, ahead):  # type: ignore[no-untyped-def]
 
 def test_hint_changes_no_result_on_contiguous_and_strided_arrays() -> None:
     rng = np.random.default_rng(4)
-    table = np.zeros(1 << 12, dtype=dedup.TABLE)
+    table = np.zeros(1 << 12, dtype=np.dtype([("cls", "<u8"), ("cam", "<i4"), ("head", "<i4")]))
     table["cam"] = rng.integers(-1, 500, table.shape[0])
     plain = rng.integers(0, 1 << 40, 1 << 12)
     order = rng.permutation(1 << 12)
