@@ -15,18 +15,23 @@ from streams.settings import Settings
 from streams.simulate import generate
 
 
+def warm_up(s: Settings, raws: list[Raw]) -> None:
+    """Load the Numba kernels of the batch path and of the compaction (one per pool dtype), and fill one-time
+    caches, so that memory traced afterwards is dedup state, not code (and does not depend on whether something
+    else in the process ran them already)."""
+    warm = PartitionPipeline(s, "warm-up", 0)
+    warm.process_raw(raws[:2000])
+    warm.state.compact(warm.state.pool["alive"].astype(bool))
+    del warm
+    gc.collect()
+
+
 def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     s = Settings.from_env(env={}, kafka_bootstrap="unused:1", redis_url="redis://unused:1/0",
                           hash_key=b"benchmark-key-0123456789")
     traffic = generate(seed=9, vehicles=vehicles, hours=1.0)  # dense hour: many keys active at once
     raws = [Raw("t", 0, i, None, k, v) for i, (k, v) in enumerate(traffic.messages)]
-    # load the Numba kernels (and fill one-time caches) first: their code is not dedup state, and
-    # without this the figure depends on whether something else in the process ran them already
-    warm = PartitionPipeline(s, "warm-up", 0)
-    warm.process_raw(raws[:2000])
-    warm.state.compact(warm.state.pool["alive"].astype(bool))  # and the compaction's (one per pool dtype)
-    del warm
-    gc.collect()
+    warm_up(s, raws)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     pipe = PartitionPipeline(s, "t", 0)
@@ -55,6 +60,7 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
                                                         st.merged_into)),
                 "read_id_arena": len(pipe.read_ids.buf),
             }
+            assert sum(parts.values()) == pipe.state_bytes()  # the worker's dedup_state_bytes: the same arrays
             parts["python_objects"] = used - sum(parts.values())
             peak = {"keys": keys, "sessions": int(live.sum()), "used": used, "parts": parts,
                     "slots": st.capacity, "slot_bytes": slot}

@@ -235,17 +235,14 @@ def test_state_bytes_accounts_for_the_dedup_state_tracemalloc_sees() -> None:
     import gc
     import tracemalloc
 
+    from benchmarks.memory import warm_up
     from streams.simulate import generate
 
     s = Settings.from_env(env={}, kafka_bootstrap="unused:1", redis_url="redis://unused:1/0",
                           hash_key=b"test-key-0123456789abcdef")
     traffic = generate(seed=5, vehicles=3000, hours=1.0)
     raws = [Raw("t", 0, i, None, k, v) for i, (k, v) in enumerate(traffic.messages)]
-    warm = PartitionPipeline(s, "warm-up", 0)
-    warm.process_raw(raws[:2000])
-    warm.state.compact(warm.state.pool["alive"].astype(bool))
-    del warm
-    gc.collect()
+    warm_up(s, raws)
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]

@@ -85,7 +85,7 @@ class DedupArrays:
     watermark: int = -(2**62)
     n_touched: int = 0  # rows of ``touched`` the last batch filled
     # Room made before a batch: new sessions for as many reads as the last batch created sessions (a
-    # quarter more), at least ``reserve_ahead``; scratch rows for twice as many. A batch that needs more
+    # quarter more), at least ``reserve_ahead``; scratch rows for as many. A batch that needs more
     # stops where it is, the arrays grow (never compacting: its indexes must stay valid) and it resumes -
     # so neither is sized for a whole batch when most of its reads extend open sessions.
     reserve_ahead: int = 4096
@@ -165,19 +165,24 @@ class DedupArrays:
                   self.best_row, self.merged_into]
         return sum(a.nbytes for a in arrays)
 
+    def _touched_row(self, s: int) -> int:
+        """Session ``s``'s row among the last batch's touched sessions, -1 if that batch did not touch it."""
+        r = int(self.row[s])
+        return r if 0 <= r < self.n_touched and self.touched[r] == s else -1
+
     def survivor(self, s: int) -> int:
         """The live session that absorbed session ``s`` in the last batch (``s`` itself if alive)."""
         alive = self.pool["alive"]
         while not alive[s]:
-            r = int(self.row[s])
-            assert 0 <= r < self.n_touched and self.touched[r] == s, "an evicted session has no survivor"
+            r = self._touched_row(s)
+            assert r >= 0, "an evicted session has no survivor"
             s = int(self.merged_into[r])
         return s
 
     def best_row_of(self, s: int) -> int:
         """The row in the last batch of session ``s``'s best read (-1 if an earlier batch's or untouched)."""
-        r = int(self.row[s])
-        return int(self.best_row[r]) if 0 <= r < self.n_touched and self.touched[r] == s else -1
+        r = self._touched_row(s)
+        return int(self.best_row[r]) if r >= 0 else -1
 
     def reclaim(self, dead_share: float = 0.4) -> bool:
         """Compact once more than ``dead_share`` of the used slots hold evicted sessions (and at least 1024
@@ -509,8 +514,7 @@ def run_batch(
         )
         if i == n:
             st.last_created = st.n_used - n_before
-            st.n_touched = n_touched
-            k = n_touched
+            st.n_touched = k = n_touched
             return Touched(session_of, late, st.touched[:k], st.snap[:k], st.snap_conf[:k], st.best_row[:k],
                            st.merged_into[:k])
         # out of room: grow (never compact - this batch's session indexes must stay valid) and go on
