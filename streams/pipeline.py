@@ -60,7 +60,8 @@ _CK = struct.Struct("<" + "".join(_STRUCT_CODE[POOL_FIELDS[k]] for k in _CK_FIEL
 _CK_DTYPE = np.dtype([(k, np.dtype(POOL_FIELDS[k]).newbyteorder("<")) for k in _CK_FIELDS])
 assert _CK_DTYPE.itemsize == _CK.size
 # the best read's id (in ``PartitionPipeline.read_ids``), region and agency (in ``texts``) of each session
-BEST_FIELDS: dict[str, type] = {"rid_off": OFFSET, "rid_len": LENGTH, "region": np.int32, "agency": np.int32}
+# (16-bit codes: a partition sees a few hundred regions and agencies; past 65,536 they widen, see _set_best)
+BEST_FIELDS: dict[str, type] = {"rid_off": OFFSET, "rid_len": LENGTH, "region": np.uint16, "agency": np.uint16}
 _SNAP_WRITTEN = SNAP_FIELDS.index("written")
 META_OFFSET = b"offset"
 META_WATERMARK = b"watermark"
@@ -178,8 +179,13 @@ class PartitionPipeline:
         """Record (read_id, region, agency) as the best read of each of ``sessions``."""
         p = self.state.pool
         p["rid_off"][sessions], p["rid_len"][sessions] = self.read_ids.append(read_ids)
-        p["region"][sessions] = _indexes(self.text_index, self.texts, regions)
-        p["agency"][sessions] = _indexes(self.text_index, self.texts, agencies)
+        region_codes = _indexes(self.text_index, self.texts, regions)
+        agency_codes = _indexes(self.text_index, self.texts, agencies)
+        if len(self.texts) > np.iinfo(p["region"].dtype).max + 1:  # more distinct strings than 16 bits number
+            for name in ("region", "agency"):
+                p[name] = p[name].astype(np.int32)  # for good: the pool grows and compacts with its dtype
+        p["region"][sessions] = region_codes
+        p["agency"][sessions] = agency_codes
 
     def _source_codes(self, sessions: np.ndarray, out: BatchResult) -> np.ndarray:
         """The (camera, agency) source code of each session's best read; a pair this pipeline has not

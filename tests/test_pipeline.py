@@ -255,3 +255,22 @@ def test_state_bytes_accounts_for_the_dedup_state_tracemalloc_sees() -> None:
             assert 0.9 * traced <= pipe.state_bytes() <= traced, (pipe.state_bytes(), traced)
     finally:
         tracemalloc.stop()
+
+
+def test_region_and_agency_codes_widen_past_16_bits_and_outputs_do_not_change() -> None:
+    s = Settings.from_env(env={}, kafka_bootstrap="unused:1", redis_url="redis://unused:1/0",
+                          hash_key=b"test-key-0123456789abcdef")
+    raws = pipeline_raws(s, seed=3)
+    plain, crowded = PartitionPipeline(s, s.topic_reads, 0), PartitionPipeline(s, s.topic_reads, 0)
+    # a partition that has already seen 65,530 distinct regions and agencies: the next few overflow 16 bits
+    for i in range(65_530):
+        crowded.text_index[f"seen-{i}"] = i
+        crowded.texts.append(f"seen-{i}")
+    assert crowded.state.pool["region"].dtype == np.uint16
+    for lo in range(0, len(raws), 500):
+        a, b = plain.process_raw(raws[lo : lo + 500]), crowded.process_raw(raws[lo : lo + 500])
+        assert (a.redis, a.deduped, a.dlq) == (b.redis, b.deduped, b.dlq)
+        live = np.flatnonzero(plain.state.pool["alive"][: plain.state.n_used])
+        assert plain.best_reads(live) == crowded.best_reads(live)
+    assert len(crowded.texts) > 65_536 and crowded.state.pool["region"].dtype == np.int32
+    assert plain.state.pool["region"].dtype == np.uint16
