@@ -174,7 +174,8 @@ def memory_anatomy(results: dict[str, Any]) -> list[str]:
     if parts:
         out += ["", "## Where the dedup state's bytes go (per active key, at its peak)", "",
                 f"{fmt(results.get('dedup_state_pool_slots_per_key'))} session slots allocated per active key, "
-                f"{fmt(results.get('dedup_state_pool_bytes_per_slot'))} bytes each (pool columns and chain links). "
+                f"{fmt(results.get('dedup_state_pool_bytes_per_slot'))} bytes each (pool columns, chain link and "
+                "touched row). "
                 "Free slots (room for about as many new sessions as the last batch created) and the batch "
                 "scratch (a snapshot row per session a batch touches) follow the traffic per batch, not the "
                 "number of keys; a batch that needs more stops, grows them and resumes.", "",

@@ -192,7 +192,7 @@ def test_reclaim_compacts_only_past_the_dead_share_and_keeps_the_live_sessions()
 
 
 def test_key_table_stays_between_40_and_60_percent_full_as_keys_arrive() -> None:
-    # 16-byte slots: 27-40 bytes per key (a power-of-two table at most half full would be 32-64)
+    # 8-byte slots: 13-20 bytes per key (a power-of-two table at most half full would be 16-32)
     st_ = DedupArrays(reserve_ahead=64)
     cls = np.full(64, 7, dtype=np.uint64)
     loads = []
