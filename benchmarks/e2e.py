@@ -337,7 +337,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         key = trail_key(vehicle_id(s.hash_key, "US-CT", "HEAVY1"))
         idle = _timed(lambda: trail(client, s, "HEAVY1", "US-CT"), 200)
         idle_cols = _timed(lambda: trail_columns(client, s, "HEAVY1", "US-CT"), 200)
-        raw = _timed(lambda: client.execute_command("ZRANGEBYSCORE", key, "-inf", "+inf", "WITHSCORES"), 200)
+        raw = _timed(lambda: client.execute_command("ZRANGEBYLEX", key, "-", "+"), 200)
         client.config_resetstat()  # (also empties the per-command latency histograms read below)
         scripts0 = client.info("commandstats").get("cmdstat_evalsha", {})
 

@@ -401,7 +401,7 @@ class PartitionPipeline:
                     removals.append(("ZREM", prev[0], prev[1]))
                 if prev[2:4] != (cell_keys[row], area_members[row]):
                     removals.append(("ZREM", prev[2], prev[3]))
-        out.redis.extend(zip(repeat("ZADD"), pick(trail_keys), pick(starts), pick(members)))
+        out.redis.extend(zip(repeat("ZADD"), pick(trail_keys), repeat(0), pick(members)))  # time leads the member
         # one ZADD per area cell and time bucket (a batch's sightings share few): far fewer commands for
         # Redis to run
         by_cell: dict[str, list[Any]] = {}

@@ -35,6 +35,7 @@ from streams.store import (
     read_trail,
     read_trail_columns,
     source_names,
+    time_range,
     trail_key,
     vehicle_id,
 )
@@ -351,16 +352,16 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
             pipe.zrangebyscore(cell_key(c, b), since - b * size, until - b * size, withscores=True)
         found = [(*CELL_MEMBER.unpack(member), b * size + int(score))
                  for (_, b), rows in zip(keys, pipe.execute(), strict=True) for member, score in rows]
-    # look each candidate up in its trail (same score), then keep the exact, permitted ones
+    # look each candidate up in its trail (same first capture time), then keep the exact, permitted ones
     with client.pipeline(transaction=False) as pipe:
         for vid, _, ts in found:
-            pipe.zrangebyscore(trail_key(vid), ts, ts, withscores=True)
+            pipe.zrangebylex(trail_key(vid), *time_range(ts, ts))
         trails = pipe.execute()
-    names = source_names(client, member_sources([m for candidates in trails for m, _ in candidates]))
+    names = source_names(client, member_sources([m for candidates in trails for m in candidates]))
     hits: list[tuple[bytes, Sighting]] = []
     for (vid, sid32, _), candidates in zip(found, trails, strict=True):
-        for m, sc in candidates:
-            sight = Sighting.unpack(m, sc, names)
+        for m in candidates:
+            sight = Sighting.unpack(m, names)
             if (sight.sighting_id & 0xFFFFFFFF == sid32 and sight.agency in policy.agencies
                     and sight.agency not in refused):
                 hits.append((vid, sight))

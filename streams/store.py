@@ -2,7 +2,8 @@
 
 Keys (hash tags keep every multi-key operation inside one Redis Cluster slot):
 
-``ps:t:{<vehicle>}``        sorted set, score = first capture time (ms), member = packed sighting
+``ps:t:{<vehicle>}``        sorted set, every score 0, member = packed sighting led by its first capture time
+                            (ms, 48-bit big-endian): members sort by time, ranges are ``ZRANGEBYLEX``
 ``ps:src``                  hash: source code (8 B) -> camera and agency of the sightings that carry it
 ``ps:meta``                 hash: ``layout`` = the version of this layout (``LAYOUT_VERSION``)
 ``ps:c:{<cell>:<bucket>}``  sorted set, score = capture time - bucket start (ms), member = vehicle (12 B)
@@ -38,12 +39,15 @@ from redis.crc import key_slot
 
 from streams.kernels.geohash import geo52_decode
 
-MEMBER_VERSION = 3
-# version, sighting id, geo52, duration ms, best offset ms, reads, confidence, flags (bit 0: hotlist hit),
-# source code; then the best read's id. Camera and agency names repeat across millions of sightings: each
-# member carries an 8-byte code of the pair instead (``SOURCES_KEY`` maps it back): 68 -> 53 bytes a member
-# in the benchmark
-_FIXED = struct.Struct("<BQQIIIfB8s")
+MEMBER_VERSION = 4
+# first capture time (ms, 48-bit big-endian), version, sighting id, geo52, duration ms, best offset ms, reads,
+# confidence, flags (bit 0: hotlist hit), source code; then the best read's id. Camera and agency names
+# repeat across millions of sightings: each member carries an 8-byte code of the pair instead
+# (``SOURCES_KEY`` maps it back). The time leads the member and every score is 0, so a trail sorts by time
+# and a time range is a ``ZRANGEBYLEX``: a millisecond score took 10 bytes of listpack, and formatting
+# 1,000 of them as doubles was most of Redis's time for a trail lookup (297 -> 50 us)
+_FIXED = struct.Struct("<6sBQQIIIfB8s")
+_TS_BYTES = 6
 SOURCES_KEY = "ps:src"
 UNRESOLVED = ("", "")  # (camera, agency) of a code not (yet) in SOURCES_KEY: no policy knows agency ""
 # Area index entries are small on purpose (they are one of the two per-sighting costs in Redis): a score
@@ -51,9 +55,9 @@ UNRESOLVED = ("", "")  # (camera, agency) of a code not (yet) in SOURCES_KEY: no
 # vehicle's sightings in one cell and bucket apart (a clash, 1 in 2**32 per pair, would merge two entries)
 CELL_MEMBER = struct.Struct("<12sI")
 # _FIXED as a NumPy record, so a batch's members are packed in one go (``member_fixed``)
-MEMBER_FIXED = np.dtype([("version", "u1"), ("sid", "<u8"), ("geo52", "<u8"), ("duration", "<u4"),
-                         ("best_dt", "<u4"), ("reads", "<u4"), ("confidence", "<f4"), ("flags", "u1"),
-                         ("source", "V8")])
+MEMBER_FIXED = np.dtype([("ts", "u1", (_TS_BYTES,)), ("version", "u1"), ("sid", "<u8"), ("geo52", "<u8"),
+                         ("duration", "<u4"), ("best_dt", "<u4"), ("reads", "<u4"), ("confidence", "<f4"),
+                         ("flags", "u1"), ("source", "V8")])
 assert MEMBER_FIXED.itemsize == _FIXED.size
 _U32_MAX = 2**32 - 1
 
@@ -80,7 +84,7 @@ def _keyed(hash_key: bytes) -> Any:
 
 
 META_KEY = "ps:meta"
-LAYOUT_VERSION = 3  # bumped with any change to what is stored: trail members, area index entries
+LAYOUT_VERSION = 4  # bumped with any change to what is stored: trail members, area index entries
 
 
 class LayoutError(RuntimeError):
@@ -90,16 +94,17 @@ class LayoutError(RuntimeError):
 async def ensure_layout(client: Any, scan: bool = True) -> None:
     """Mark a fresh Redis with this layout version, or refuse one that holds another.
 
-    Data from before the marker existed is recognised by its trail members' version byte (``scan``: not
-    on Redis Cluster, where the keys are spread over nodes).
+    Data from before the marker existed is recognised by its trail members' score, a capture time there
+    and 0 since layout 4, and named by their first byte, the version there (``scan``: not on Redis
+    Cluster, where the keys are spread over nodes).
     """
     found = await client.hget(META_KEY, "layout")
     if found is None:
         if scan:
             async for key in client.scan_iter(match="ps:t:*", count=1000):
-                first = await client.zrange(key, 0, 0)
-                if first and first[0][0] != MEMBER_VERSION:
-                    raise LayoutError(f"Redis holds trail members of version {first[0][0]} (before layout "
+                first = await client.zrange(key, 0, 0, withscores=True)
+                if first and first[0][1] != 0:
+                    raise LayoutError(f"Redis holds trail members of version {first[0][0][0]} (before layout "
                                       f"{LAYOUT_VERSION}); wipe it and replay the reads topic (README: Redis layout)")
                 break
         await client.hsetnx(META_KEY, "layout", LAYOUT_VERSION)
@@ -236,6 +241,7 @@ def member_fixed(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.
     failing the batch.
     """
     out = np.empty(sid.shape[0], dtype=MEMBER_FIXED)
+    out["ts"] = start.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - _TS_BYTES :]
     out["version"] = MEMBER_VERSION
     out["sid"] = sid
     out["geo52"] = geo52
@@ -265,20 +271,20 @@ class Sighting:
     hit: bool = False
 
     def pack(self) -> bytes:
-        fixed = _FIXED.pack(MEMBER_VERSION, self.sighting_id, self.geo52, min(self.ts_last - self.ts, _U32_MAX),
-                            min(self.best_ts - self.ts, _U32_MAX), self.reads, self.confidence, 1 if self.hit else 0,
-                            source_code(self.camera_id, self.agency))
+        fixed = _FIXED.pack(self.ts.to_bytes(_TS_BYTES, "big"), MEMBER_VERSION, self.sighting_id, self.geo52,
+                            min(self.ts_last - self.ts, _U32_MAX), min(self.best_ts - self.ts, _U32_MAX),
+                            self.reads, self.confidence, 1 if self.hit else 0, source_code(self.camera_id, self.agency))
         return fixed + pack_string(self.read_id)
 
     @classmethod
-    def unpack(cls, member: bytes, score: float, names: Mapping[bytes, tuple[str, str]]) -> Sighting:
+    def unpack(cls, member: bytes, names: Mapping[bytes, tuple[str, str]]) -> Sighting:
         """``names``: ``source_names`` of the member's source code."""
-        ver, sid, geo, dur, best_dt, reads, conf, flags, code = _FIXED.unpack_from(member)
+        ts_be, ver, sid, geo, dur, best_dt, reads, conf, flags, code = _FIXED.unpack_from(member)
         if ver != MEMBER_VERSION:
             raise ValueError(f"unknown sighting member version {ver}")
         camera, agency = names.get(code, UNRESOLVED)
         [read_id] = unpack_strings(member, _FIXED.size, 1)
-        ts = int(score)
+        ts = int.from_bytes(ts_be, "big")
         return cls(sid, ts, ts + dur, ts + best_dt, geo, reads, conf, camera, agency, read_id, bool(flags & 1))
 
     def position(self) -> tuple[float, float]:
@@ -293,17 +299,27 @@ class Sighting:
                 "sighting_id": f"{self.sighting_id:016x}", "hit": self.hit}
 
 
-def _trail_reply(client: redis.Redis, key: str, lo: int | str, hi: int | str,
-                 limit: int | None) -> tuple[list[bytes], list[int]]:
-    args: list[Any] = ["ZRANGEBYSCORE", key, lo, hi, "WITHSCORES"]
+def time_range(lo: int | str, hi: int | str) -> tuple[bytes | str, bytes | str]:
+    """``ZRANGEBYLEX`` bounds of trail members first captured in [lo, hi] (ms; "-inf"/"+inf": open)."""
+    return _lex_bound(lo, 0, b"["), _lex_bound(hi, 1, b"(")
+
+
+def _lex_bound(ts: int | str, add: int, kind: bytes) -> bytes | str:
+    if ts in ("-inf", "+inf"):
+        return str(ts)[0]
+    t = int(ts) + add
+    if t < 0:
+        return "-"
+    if t >= 1 << (8 * _TS_BYTES):
+        return "+"
+    return kind + t.to_bytes(_TS_BYTES, "big")
+
+
+def _trail_members(client: redis.Redis, key: str, lo: int | str, hi: int | str, limit: int | None) -> list[bytes]:
+    args: list[Any] = ["ZRANGEBYLEX", key, *time_range(lo, hi)]
     if limit:
         args += ["LIMIT", 0, limit]
-    # the raw reply: redis-py's per-pair score re-encoding cost more than the query itself
-    reply = cast(list[Any], client.execute_command(*args))
-    if reply and isinstance(reply[0], list):  # RESP3: [[member, score], ...], scores as doubles
-        members, scores = zip(*reply, strict=True)
-        return list(members), list(map(int, scores))
-    return reply[0::2], [int(float(x)) for x in reply[1::2]]  # RESP2: flat, scores as bytes
+    return cast(list[bytes], client.execute_command(*args))
 
 
 def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
@@ -315,8 +331,8 @@ def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | 
 def read_trail_columns(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
                        limit: int | None = None) -> TrailColumns:
     """``read_trail`` as columns: lookups build their rows from these without a ``Sighting`` per row."""
-    members, scores = _trail_reply(client, key, lo, hi, limit)
-    return unpack_columns(members, scores, lambda codes: source_names(client, codes))
+    members = _trail_members(client, key, lo, hi, limit)
+    return unpack_columns(members, lambda codes: source_names(client, codes))
 
 
 def member_sources(members: Sequence[bytes]) -> list[bytes]:
@@ -354,13 +370,12 @@ class TrailColumns:
                         self.reads, self.confidence.tolist(), self.camera_id, self.agency, self.read_id, self.hit))
 
 
-def unpack_many(members: Sequence[bytes], scores: Sequence[int],
-                names: Mapping[bytes, tuple[str, str]]) -> list[Sighting]:
+def unpack_many(members: Sequence[bytes], names: Mapping[bytes, tuple[str, str]]) -> list[Sighting]:
     """``Sighting.unpack`` of a whole trail."""
-    return unpack_columns(members, scores, names).sightings()
+    return unpack_columns(members, names).sightings()
 
 
-def unpack_columns(members: Sequence[bytes], scores: Sequence[int],
+def unpack_columns(members: Sequence[bytes],
                    names: Mapping[bytes, tuple[str, str]] | Callable[[list[bytes]], Mapping[bytes, tuple[str, str]]],
                    ) -> TrailColumns:
     """Trail members as columns: fixed parts decoded with one NumPy view, each distinct source looked up
@@ -371,7 +386,9 @@ def unpack_columns(members: Sequence[bytes], scores: Sequence[int],
     fixed = np.frombuffer(b"".join([m[:size] for m in members]), dtype=MEMBER_FIXED)
     if (fixed["version"] != MEMBER_VERSION).any():
         raise ValueError("unknown sighting member version")
-    ts = np.array(scores, dtype=np.int64)
+    wide = np.zeros((fixed.shape[0], 8), dtype=np.uint8)
+    wide[:, 8 - _TS_BYTES :] = fixed["ts"]
+    ts = wide.view(">u8").ravel().astype(np.int64)
     codes, inverse = np.unique(np.ascontiguousarray(fixed["source"]).view("<u8"), return_inverse=True)
     distinct = [codes[i : i + 1].tobytes() for i in range(codes.shape[0])]
     found = names(distinct) if callable(names) else names

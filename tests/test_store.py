@@ -22,9 +22,9 @@ text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64) | st.sampl
 def test_sighting_round_trip(sid: int, geo: int, ts: int, dur: int, best: int, reads: int, conf: float,
                              cam: str, agency: str, read_id: str) -> None:
     s = Sighting(sid, ts, ts + dur, ts + min(best, dur), geo, reads, conf, cam, agency, read_id)
-    assert Sighting.unpack(s.pack(), float(ts), {source_code(cam, agency): (cam, agency)}) == s
+    assert Sighting.unpack(s.pack(), {source_code(cam, agency): (cam, agency)}) == s
     # a source missing from the registry reads as an agency no policy knows (never shown, never expired)
-    assert Sighting.unpack(s.pack(), float(ts), {}) == dataclasses.replace(s, camera_id="", agency="")
+    assert Sighting.unpack(s.pack(), {}) == dataclasses.replace(s, camera_id="", agency="")
 
 
 def test_strings_of_every_length_the_schema_allows_round_trip() -> None:
@@ -78,13 +78,13 @@ def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
                  for sid, geo, ts, dur, reads, conf, cam, agency, read_id, hit in rows]
     members = [s.pack() for s in sightings]
     names = {source_code(s.camera_id, s.agency): (s.camera_id, s.agency) for s in sightings}
-    assert unpack_many(members, [s.ts for s in sightings], names) == [
-        Sighting.unpack(m, float(s.ts), names) for m, s in zip(members, sightings, strict=True)] == sightings
+    assert unpack_many(members, names) == [
+        Sighting.unpack(m, names) for m, s in zip(members, sightings, strict=True)] == sightings
     # the columns lookups use hold the same values, with the same Python types
-    cols = unpack_columns(members, [s.ts for s in sightings], names)
+    cols = unpack_columns(members, names)
     assert cols.sightings() == sightings and TrailColumns.of(sightings).sightings() == sightings
     asked: list[list[bytes]] = []  # the names of distinct codes only, asked for once
-    by_call = unpack_columns(members, [s.ts for s in sightings], lambda codes: asked.append(codes) or names)
+    by_call = unpack_columns(members, lambda codes: asked.append(codes) or names)
     assert by_call.sightings() == sightings
     assert all(sorted(a) == sorted(set(names)) for a in asked) and len(asked) == (1 if sightings else 0)
     as_rows = list(zip(cols.sighting_id, cols.ts, cols.ts_last, cols.best_ts, cols.geo52.tolist(), cols.reads,
@@ -213,7 +213,7 @@ def test_a_redis_of_another_layout_is_refused_and_a_fresh_one_is_marked(settings
         check()
     assert sync.hget(META_KEY, "layout") is None  # nothing written
     sync.flushdb()
-    sync.zadd(trail_key(b"v" * 12), {Sighting(1, 5, 6, 5, 0, 1, 0.5, "c", "a", "r").pack(): 5})
+    sync.zadd(trail_key(b"v" * 12), {Sighting(1, 5, 6, 5, 0, 1, 0.5, "c", "a", "r").pack(): 0})
     check()
     assert sync.hget(META_KEY, "layout") == str(LAYOUT_VERSION).encode()
 
@@ -324,3 +324,37 @@ def test_chunks_hold_at_most_their_arguments_and_every_command_in_order() -> Non
         assert [cmd for c in chunks for cmd in c] == split_long(commands, limit)
     assert chunk_commands(commands, 0) == [commands]
     assert len(chunk_commands(commands, 1000)) == 1
+
+
+@pytest.mark.integration
+def test_trail_time_ranges_are_exact_at_every_bound(settings: Settings) -> None:
+    """Trail members lead with their first capture time and all score 0: ``ZRANGEBYLEX`` over the bounds
+    ``time_range`` makes returns exactly the sightings first captured in [lo, hi], oldest first, with
+    ties in one millisecond, the schema's first and last millisecond, and bounds outside the member range."""
+    import random
+
+    import redis
+
+    from streams.store import read_trail, time_range
+
+    client = redis.Redis.from_url(settings.redis_url)
+    key = trail_key(b"t" * 12)
+    rng = random.Random(7)
+    last = 4_102_444_800_000  # the schema's latest capture time
+    times = [0, 1, 255, 256, 65_535, 65_536, last - 1, last, *(rng.randrange(0, last) for _ in range(150))]
+    times += times[:40]  # sightings that share a millisecond
+    sightings = [Sighting(rng.getrandbits(64), ts, ts + rng.randrange(0, 10**6), ts, rng.getrandbits(52), 1, 0.5,
+                          "cam", "agency", f"r{i}") for i, ts in enumerate(times)]
+    client.zadd(key, {s.pack(): 0 for s in sightings})
+    bounds = [*times, -5, -1, 2**48 - 1, 2**48, 2**60, "-inf", "+inf"]
+    bounds += [b + d for b in times[:30] for d in (-1, 1)]
+    for _ in range(300):
+        lo, hi = rng.choice(bounds), rng.choice(bounds)
+        found = read_trail(client, key, lo, hi)
+        lo_v = float(lo) if isinstance(lo, str) else lo
+        hi_v = float(hi) if isinstance(hi, str) else hi
+        expect = sorted((s for s in sightings if lo_v <= s.ts <= hi_v), key=lambda s: (s.ts, s.pack()))
+        assert [s.read_id for s in found] == [s.read_id for s in expect], (lo, hi)
+    assert time_range("-inf", "+inf") == ("-", "+")
+    limited = read_trail(client, key, 256, last, limit=5)
+    assert [s.ts for s in limited] == sorted(t for t in times if 256 <= t <= last)[:5]
