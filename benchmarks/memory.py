@@ -78,6 +78,26 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     return out
 
 
+def redis_bytes_per_sighting(vehicles: int) -> dict[str, Any]:
+    """The full report's Redis figure on its own: the same simulated day (seed 42) pre-filled into the local
+    stack, one worker run over it, ``INFO memory`` per stored sighting and where the bytes go."""
+    import dataclasses
+    import uuid
+
+    from benchmarks import e2e
+    from streams import stack
+
+    info = stack.up(e2e.state_dir())
+    msgs = generate(seed=42, vehicles=vehicles, hours=24).messages
+    s = e2e.isolated_settings(info, db=10)
+    e2e.log(f"pre-filling {len(msgs):,} messages")
+    e2e.produce(s, msgs)
+    e2e.log("worker run")
+    r = e2e.throughput(dataclasses.replace(s, group=f"{s.group}-{uuid.uuid4().hex[:6]}"), len(msgs),
+                       e2e.log_dir(info.state_dir))
+    return {k: v for k, v in r.items() if k.startswith(("redis_", "e2e_sightings", "e2e_messages"))}
+
+
 def _lp_backlen(n: int) -> int:
     return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2**21 else 4 if n < 2**28 else 5
 
@@ -142,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=main.__doc__)
     ap.add_argument("--vehicles", default="20000,40000", help="comma-separated simulated vehicle counts")
+    ap.add_argument("--redis-vehicles", type=int, default=95_000,
+                    help="simulated vehicles of the Redis part (the full report's day; 0: skip it)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     command = "python -m benchmarks.memory" + ("" if not argv else " " + " ".join(argv))
@@ -151,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     results.update(kernels.dedup_reads_per_s())
     sizes = [int(v) for v in args.vehicles.split(",")]
     results["sizes"] = {str(v): dedup_state_bytes_per_key(vehicles=v) for v in sizes}
+    if args.redis_vehicles:
+        results["redis"] = redis_bytes_per_sighting(args.redis_vehicles)
     results["seconds"] = time.monotonic() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     date = results["date"]
     (out / f"memory-{date}.json").write_text(json.dumps(results, indent=2))
-    lines = [f"# Dedup state per active (camera, plate) key — {date}", "", f"Command: `{command}`  ",
+    title = "Dedup state per active (camera, plate) key" + (" and Redis bytes per sighting" * ("redis" in results))
+    lines = [f"# {title} — {date}", "", f"Command: `{command}`  ",
              f"Duration: {results['seconds']:.0f} s", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()), "",
              "Each size: one partition's pipeline on a simulated dense hour (`streams.simulate`, seed 9), 20,000 "
@@ -172,6 +197,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{results['dedup_reads_per_s'] / 1e6:.1f} M reads/s (goal >= 30 M)."]
     for v, r in results["sizes"].items():
         lines += [line.replace("## Where", f"## {int(v):,} vehicles: where") for line in memory_anatomy(r)]
+    if "redis" in results:
+        r = results["redis"]
+        lines += ["", "## Redis bytes per stored sighting", "",
+                  f"{args.redis_vehicles:,} simulated vehicles over a day (seed 42, the full report's traffic): "
+                  f"{fmt(r['e2e_messages'])} messages pre-filled into the local stack, one worker run, "
+                  f"{fmt(r['e2e_sightings'])} sightings stored; `INFO memory` used_memory after minus before, "
+                  "checkpoints excluded.", "",
+                  "| figure | value |", "|---|---:|",
+                  f"| redis_bytes_per_sighting | {fmt(r['redis_bytes_per_sighting'])} (goal <= 64 — "
+                  f"{verdict('redis_bytes_per_sighting', r['redis_bytes_per_sighting'])}) |",
+                  *(f"| {k} | {fmt(v)} |" for k, v in r.items() if k.startswith("redis_bytes_per_sighting_")),
+                  *memory_anatomy({k: v for k, v in r.items() if k.startswith("redis_entry_")})]
     (out / f"memory-{date}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
