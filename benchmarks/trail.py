@@ -1,11 +1,13 @@
-"""Trail lookups under ingest, alone: rows and columns, with and without chunked batch writes.
+"""Trail lookups under ingest, alone: rows and columns, with and without chunked batch writes and real-time
+priority for the lookup path.
 
-    python -m benchmarks.trail [--runs 2] [--chunk-args 0,400,2000] [--vehicles 30000]
+    python -m benchmarks.trail [--runs 2] [--chunk-args 0,400] [--priority off,on] [--vehicles 30000]
 
 The same measurement as ``make bench``'s trail figures (``e2e.trail_under_ingest``: a 1,000-sighting trail
 looked up from another process while a worker ingests 50k reads/s), repeated for each
-``PLATESTREAM_REDIS_CHUNK_ARGS`` value, runs taking turns so each value sees the same machine. Writes
-``benchmarks/results/trail-<date>.json`` and ``.md``.
+``PLATESTREAM_REDIS_CHUNK_ARGS`` value and priority (``on``: Redis and the lookup process at SCHED_FIFO
+during the measurement; needs CAP_SYS_NICE), runs taking turns so each configuration sees the same
+machine. Writes ``benchmarks/results/trail-<date>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -26,43 +28,49 @@ from streams.simulate import generate
 
 SHOWN = ("trail_p50_ms", "trail_p90_ms", "trail_p99_ms", "trail_columns_p50_ms", "trail_columns_p90_ms",
          "trail_columns_p99_ms", "trail_idle_p50_ms", "trail_columns_idle_p50_ms", "trail_ingest_batch_script_ms_avg",
-         "trail_ingest_batch_script_ms_p99_at_most")
+         "trail_ingest_batch_script_ms_p99_at_most", "trail_ingest_stored_per_s")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.trail", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--chunk-args", default="0,400,2000", help="comma-separated PLATESTREAM_REDIS_CHUNK_ARGS values")
+    ap.add_argument("--chunk-args", default="0,400", help="comma-separated PLATESTREAM_REDIS_CHUNK_ARGS values")
+    ap.add_argument("--priority", default="off,on", help="off, on or off,on: the lookup path at real-time priority")
     ap.add_argument("--vehicles", type=int, default=30_000)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    values = [int(v) for v in args.chunk_args.split(",")]
+    configs = [(int(v), p == "on") for p in args.priority.split(",") for v in args.chunk_args.split(",")]
+    if any(p for _, p in configs) and not e2e.realtime_permitted():
+        ap.error("--priority on needs CAP_SYS_NICE (run as root, or --priority off)")
     command = "python -m benchmarks.trail " + " ".join(argv if argv is not None else sys.argv[1:])
     info = stack.up(e2e.state_dir())
     msgs = generate(seed=42, vehicles=args.vehicles, hours=24).messages[: 50_000 * 20]
     log_dir = e2e.log_dir(info.state_dir)
-    runs: dict[int, list[dict[str, Any]]] = {v: [] for v in values}
+    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {c: [] for c in configs}
     t0 = time.monotonic()
     for i in range(args.runs):
-        for v in values:
-            e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}")
-            r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=v)
-            runs[v].append({k: r[k] for k in SHOWN})
+        for v, prio in configs:
+            e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}, priority {'on' if prio else 'off'}")
+            r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=v, priority=prio)
+            runs[(v, prio)].append({k: r[k] for k in SHOWN})
     date = datetime.date.today().isoformat()
     results: dict[str, Any] = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
-               "runs": {str(v): rs for v, rs in runs.items()}}
+                               "runs": {f"chunk_args={v},priority={'on' if p else 'off'}": rs
+                                        for (v, p), rs in runs.items()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"trail-{date}.json").write_text(json.dumps(results, indent=2))
     lines = [f"# Trail lookups under 50k reads/s ingest — {date}", "", f"Command: `{command}`", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()), "",
              "Median of the runs (ms); each run: ~1,900 lookups of a 1,000-sighting trail from another process, "
-             "rows and columns taking turns.", "",
-             "| chunk args | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
-             "|---|" + "---|" * len(SHOWN)]
-    for v, rs in runs.items():
-        lines.append(f"| {v} | " + " | ".join(f"{statistics.median(r[k] for r in rs):.2f}" for k in SHOWN) + " |")
+             "rows and columns taking turns. Priority on: Redis and the lookup process at SCHED_FIFO (20 and 10) "
+             "during the measurement; the worker, the producer and the broker at normal priority.", "",
+             "| chunk args | priority | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
+             "|---|---|" + "---|" * len(SHOWN)]
+    for (v, p), rs in runs.items():
+        lines.append(f"| {v} | {'on' if p else 'off'} | "
+                     + " | ".join(f"{statistics.median(r[k] for r in rs):.2f}" for k in SHOWN) + " |")
     (out / f"trail-{date}.md").write_text("\n".join(lines) + "\n")
     e2e.log(f"report: {out / f'trail-{date}.md'}")
     return 0

@@ -42,3 +42,41 @@ def test_the_report_names_the_commit_it_measured() -> None:
     from benchmarks.__main__ import code_version
 
     assert re.fullmatch(r"[0-9a-f]{7,40}( \+ changes)?", code_version())
+
+
+def test_realtime_priority_reaches_every_thread_and_not_forked_children() -> None:
+    """The trail benchmark's priority mode: every thread of the process (Redis's background threads, the
+    lookup process's) is raised, a child it forks afterwards (a Redis background save) is not, and 0 undoes
+    it. Run as root here, as on every machine of this kind (the benchmark itself checks first)."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.e2e import realtime_permitted, set_realtime
+
+    assert realtime_permitted()
+    code = ("import os, sys, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.readline()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n    time.sleep(30); os._exit(0)\n"
+            "print(pid, flush=True); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "up\n"
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        assert len(tids) == 2
+        set_realtime(proc.pid, 10)
+        fifo = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+        assert [(os.sched_getscheduler(t), os.sched_getparam(t).sched_priority) for t in tids] == [(fifo, 10)] * 2
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        child = int(proc.stdout.readline())
+        assert os.sched_getscheduler(child) == os.SCHED_OTHER
+        set_realtime(proc.pid, 0)
+        assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_OTHER] * 2
+        os.kill(child, 9)
+    finally:
+        proc.kill()
+        proc.wait()
