@@ -148,9 +148,10 @@ def sorted_set_anatomy(client: redis.Redis, keys: list[bytes], sample: int = 200
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.memory``: the dedup state figure at two traffic sizes, with its breakdown, and the
-    dedup kernel's speed in the same run -> ``results/memory-<date>.{json,md}``. Bytes do not depend on the
-    machine's speed of the day, so this runs apart from the full report when only the state's layout changed."""
+    """``python -m benchmarks.memory``: the dedup state figure at two traffic sizes, with its breakdown, the
+    dedup kernel's speed in the same run, and Redis bytes per sighting over the full report's simulated day
+    -> ``results/memory-<date>.{json,md}``. Bytes do not depend on the machine's speed of the day, so this
+    runs apart from the full report when only a layout changed."""
     import argparse
     import json
     import time

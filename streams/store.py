@@ -94,9 +94,9 @@ class LayoutError(RuntimeError):
 async def ensure_layout(client: Any, scan: bool = True) -> None:
     """Mark a fresh Redis with this layout version, or refuse one that holds another.
 
-    Data from before the marker existed is recognised by its trail members' score, a capture time there
-    and 0 since layout 4, and named by their first byte, the version there (``scan``: not on Redis
-    Cluster, where the keys are spread over nodes).
+    Data from before the marker existed (layouts 1 and 2) is recognised by its trail scores, capture times
+    then (0 since layout 4), and named by its members' first byte, their version then (``scan``: not on
+    Redis Cluster, where the keys are spread over nodes).
     """
     found = await client.hget(META_KEY, "layout")
     if found is None:
