@@ -25,7 +25,7 @@ from streams.kernels.rounding import rounded
 from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
-from streams.sharing import granted_purposes
+from streams.sharing import granted_purposes_of
 from streams.store import (
     CELL_MEMBER,
     Sighting,
@@ -146,9 +146,9 @@ def refusals(client: redis.Redis, policy: Policy, ctx: Context, now_ms: int | No
     reveals that another agency has seen it.
     """
     out = {}
+    grants = granted_purposes_of(client, [a for a in policy.agencies if a != ctx.agency.id], ctx.agency.id, now_ms)
     for owner in policy.agencies:
-        grant = None if owner == ctx.agency.id else granted_purposes(client, owner, ctx.agency.id, now_ms)
-        rule = policy.decide(ctx, owner, grant)
+        rule = policy.decide(ctx, owner, grants.get(owner))
         if rule is not None:
             out[owner] = rule
     return out

@@ -9,7 +9,8 @@ every worker and API process at once.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import orjson
 import redis
@@ -37,11 +38,21 @@ def get_grant(client: redis.Redis, owner: str, requester: str) -> dict[str, Any]
 def granted_purposes(client: redis.Redis, owner: str, requester: str,
                      now_ms: int | None = None) -> frozenset[str] | None:
     """Purposes an approved, unexpired grant from ``owner`` to ``requester`` covers (None: no grant)."""
-    g = get_grant(client, owner, requester)
+    return granted_purposes_of(client, [owner], requester, now_ms)[owner]
+
+
+def granted_purposes_of(client: redis.Redis, owners: Sequence[str], requester: str,
+                        now_ms: int | None = None) -> dict[str, frozenset[str] | None]:
+    """``granted_purposes`` of many owners in one round trip: every query checks every agency of the policy
+    (a network has hundreds), and one ``HGET`` each was most of a small query's time."""
+    raws = cast(list[Any], client.hmget(GRANTS_KEY, [_field(o, requester) for o in owners])) if owners else []
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    if g is None or g["status"] != "approved" or (g.get("expires") and g["expires"] <= now):
-        return None
-    return frozenset(g["purposes"])
+    out: dict[str, frozenset[str] | None] = {}
+    for owner, raw in zip(owners, raws, strict=True):
+        g = None if raw is None else orjson.loads(raw)
+        expired = g is not None and bool(g.get("expires")) and g["expires"] <= now
+        out[owner] = None if g is None or g["status"] != "approved" or expired else frozenset(g["purposes"])
+    return out
 
 
 def request_access(client: redis.Redis, policy: Policy, audit: AuditLog, user: User, owner: str,
