@@ -29,14 +29,15 @@ from streams.sharing import granted_purposes_of
 from streams.store import (
     CELL_MEMBER,
     Sighting,
+    SourceNames,
     TrailColumns,
     cell_key,
     member_sources,
-    read_trail,
-    read_trail_columns,
+    read_trail_members,
     source_names,
     time_range,
     trail_key,
+    unpack_columns,
     vehicle_id,
 )
 
@@ -104,15 +105,33 @@ def trail_columns(client: redis.Redis, settings: Settings, plate: str, region: s
     Reads the trail under every lookup key (the current hash key, and the previous one during a rotation),
     and shows each sighting once, in its latest revision.
     """
-    norm = _check_plate(plate, region)
+    return trails(client, settings, [(region, plate)], since, until, limit)[0]
+
+
+def trails(client: redis.Redis, settings: Settings, vehicles: Sequence[tuple[str, str]], since: int | None = None,
+           until: int | None = None, limit: int | None = None) -> list[Trail]:
+    """``trail_columns`` of each (region, plate) of ``vehicles``, read in one round trip: a plate search or a
+    hotlist entry's OCR variants look up hundreds of vehicles."""
+    norms = [(region, _check_plate(plate, region)) for region, plate in vehicles]
     lo, hi = "-inf" if since is None else since, "+inf" if until is None else until
-    if len(settings.lookup_keys) == 1:
-        cols = read_trail_columns(client, trail_key(vehicle_id(settings.lookup_keys[0], region, norm)), lo, hi, limit)
+    per_key = read_trail_members(client, [trail_key(vehicle_id(k, region, norm)) for region, norm in norms
+                                          for k in settings.lookup_keys], lo, hi, limit)
+    # each distinct source asked for once (one vehicle: its distinct codes, found while decoding)
+    names: SourceNames = (source_names(client, member_sources([m for members in per_key for m in members]))
+                  if len(norms) > 1 else lambda codes: source_names(client, codes))
+    n = len(settings.lookup_keys)
+    return [_trail(settings, norm, region, per_key[i * n : (i + 1) * n], names, limit)
+            for i, (region, norm) in enumerate(norms)]
+
+
+def _trail(settings: Settings, norm: str, region: str, per_key: list[list[bytes]], names: SourceNames,
+           limit: int | None) -> Trail:
+    if len(per_key) == 1:
+        cols = unpack_columns(per_key[0], names)
         if len(set(cols.sighting_id)) != len(cols.sighting_id):  # a batch caught between chunks (store.py)
             cols = TrailColumns.of(_in_order(_latest(cols.sightings(), lambda s: s)))
     else:
-        found = [s for k in settings.lookup_keys
-                 for s in read_trail(client, trail_key(vehicle_id(k, region, norm)), lo, hi, limit)]
+        found = [s for members in per_key for s in unpack_columns(members, names).sightings()]
         cols = TrailColumns.of(_in_order(_latest(found, lambda s: s))[:limit])
     # positions, geohashes and roundings of the whole trail in one call each; no object per sighting
     lat, lon = geo52_decode(cols.geo52)
@@ -163,7 +182,7 @@ def _governed(client: redis.Redis, settings: Settings, policy: Policy, ctx: Cont
               limit: int | None, terms: dict[str, Any]) -> GovernedResult:
     """Trails of (region, plate) ``vehicles``, cut to what ``ctx`` may see, audited before returning."""
     refused = refusals(client, policy, ctx)
-    rows = [r for region, p in vehicles for r in trail(client, settings, p, region, since, until)
+    rows = [r for t in trails(client, settings, vehicles, since, until) for r in t.rows()
             if r["agency"] in policy.agencies and r["agency"] not in refused]
     rows.sort(key=lambda r: (r["ts"], r["sighting_id"]))
     if limit is not None:

@@ -315,11 +315,24 @@ def _lex_bound(ts: int | str, add: int, kind: bytes) -> bytes | str:
     return kind + t.to_bytes(_TS_BYTES, "big")
 
 
+def _trail_range(key: str, lo: int | str, hi: int | str, limit: int | None) -> list[Any]:
+    return ["ZRANGEBYLEX", key, *time_range(lo, hi), *(("LIMIT", 0, limit) if limit else ())]
+
+
 def _trail_members(client: redis.Redis, key: str, lo: int | str, hi: int | str, limit: int | None) -> list[bytes]:
-    args: list[Any] = ["ZRANGEBYLEX", key, *time_range(lo, hi)]
-    if limit:
-        args += ["LIMIT", 0, limit]
-    return cast(list[bytes], client.execute_command(*args))
+    return cast(list[bytes], client.execute_command(*_trail_range(key, lo, hi, limit)))
+
+
+def read_trail_members(client: redis.Redis, keys: Sequence[str], lo: int | str = "-inf", hi: int | str = "+inf",
+                       limit: int | None = None) -> list[list[bytes]]:
+    """The members of each trail key first captured in [lo, hi]: one command for one key, one round trip
+    (a pipeline) for many."""
+    if len(keys) == 1:
+        return [_trail_members(client, keys[0], lo, hi, limit)]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.execute_command(*_trail_range(key, lo, hi, limit))
+        return cast(list[list[bytes]], pipe.execute())
 
 
 def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
@@ -375,9 +388,11 @@ def unpack_many(members: Sequence[bytes], names: Mapping[bytes, tuple[str, str]]
     return unpack_columns(members, names).sightings()
 
 
-def unpack_columns(members: Sequence[bytes],
-                   names: Mapping[bytes, tuple[str, str]] | Callable[[list[bytes]], Mapping[bytes, tuple[str, str]]],
-                   ) -> TrailColumns:
+# the (camera, agency) of source codes: a mapping, or a function of the distinct codes that returns one
+SourceNames = Mapping[bytes, tuple[str, str]] | Callable[[list[bytes]], Mapping[bytes, tuple[str, str]]]
+
+
+def unpack_columns(members: Sequence[bytes], names: SourceNames) -> TrailColumns:
     """Trail members as columns: fixed parts decoded with one NumPy view, each distinct source looked up
     once in ``names`` (a mapping, or a function of the distinct codes that returns one)."""
     if not members:

@@ -216,6 +216,36 @@ def test_lookups_during_hash_key_rotation_read_both_keys(settings: Settings) -> 
     assert [r["read_id"] for r in trail(client, fresh, "ROT8", "US-CT")] == ["o1", "n1", "n2"]
 
 
+def test_trails_of_many_vehicles_in_one_round_trip_equal_each_looked_up_alone(settings: Settings) -> None:
+    """A plate search or a hotlist entry's OCR variants read hundreds of trails in one pipeline: each the
+    same rows as its own lookup, for every window and limit, also during a key rotation (two keys each)."""
+    import dataclasses
+
+    from streams.query import trails
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    plates = [f"MNY{i:03d}" for i in range(60)]
+    reads = [{"read_id": f"{p}-{k}", "camera_id": f"cam-{k % 3}", "agency": ["hartford-pd", "nypd"][k % 2],
+              "plate": p, "region": "US-CT", "ts": BASE + (i * 7 + k * 5) * 60_000, "lat": 41.7 + k / 100,
+              "lon": -72.7, "confidence": 0.5 + k / 20} for i, p in enumerate(plates[:50]) for k in range(i % 6)]
+    store_reads(settings, client, reads)
+    rotated = dataclasses.replace(settings, hash_key=b"the-new-key-0123456789", previous_hash_key=settings.hash_key)
+    # later passes, written under the new key by another partition's pipeline (its own checkpoint and ids)
+    store_reads(dataclasses.replace(rotated, topic_reads=settings.topic_reads + "-b"), client,
+                [dict(r, read_id=r["read_id"] + "-new", ts=r["ts"] + 86_400_000) for r in reads[::3]])
+    vehicles = [("US-CT", p) for p in plates] + [("US-NY", "MNY001")]
+    for s in (settings, rotated):
+        for since, until, limit in ((None, None, None), (BASE + 60_000 * 40, BASE + 60_000 * 200, None),
+                                    (None, None, 2), (BASE + 86_400_000, None, None)):
+            together = trails(client, s, vehicles, since, until, limit)
+            alone = [trail(client, s, p, r, since, until, limit) for r, p in vehicles]
+            assert [t.rows() for t in together] == alone
+            later_only = since == BASE + 86_400_000  # only the new key holds sightings that late
+            assert (sum(map(len, alone)) > 5) == (s is rotated or not later_only) and [] in alone
+    assert trails(client, settings, []) == []
+
+
 def test_area_search_is_exact_policy_filtered_and_audited(settings: Settings) -> None:
     from streams.query import QueryError, area_search
     from tests.governance import TOKENS, policy
