@@ -29,6 +29,7 @@ from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
+from streams.sharing import grant_purposes
 from streams.store import (
     MEMBER_FIXED,
     PENDING,
@@ -115,10 +116,7 @@ def build_hot_context(policy: Policy, entries: list[Entry], grants: dict[str, di
     for h, agency in policy.agencies.items():
         ctx = Context(User(f"hotlist:{h}", h, frozenset({"analyst"}), ""), agency, "hotlist_response", "hotlist")
         for owner in policy.agencies:
-            g = grants.get(f"{owner}|{h}")
-            granted = (frozenset(g["purposes"]) if g and g["status"] == "approved"
-                       and not (g.get("expires") and g["expires"] <= now_ms) else None)
-            if policy.decide(ctx, owner, granted) is None:
+            if policy.decide(ctx, owner, grant_purposes(grants.get(f"{owner}|{h}"), now_ms)) is None:
                 allowed.add((h, owner))
     hit_only = frozenset(a.id for a in policy.agencies.values() if a.hit_only)
     return HotContext(Matcher(entries, now_ms), lambda h, o: (h, o) in allowed, hit_only)

@@ -47,12 +47,15 @@ def granted_purposes_of(client: redis.Redis, owners: Sequence[str], requester: s
     (a network has hundreds), and one ``HGET`` each was most of a small query's time."""
     raws = cast(list[Any], client.hmget(GRANTS_KEY, [_field(o, requester) for o in owners])) if owners else []
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    out: dict[str, frozenset[str] | None] = {}
-    for owner, raw in zip(owners, raws, strict=True):
-        g = None if raw is None else orjson.loads(raw)
-        expired = g is not None and bool(g.get("expires")) and g["expires"] <= now
-        out[owner] = None if g is None or g["status"] != "approved" or expired else frozenset(g["purposes"])
-    return out
+    return {owner: grant_purposes(None if raw is None else orjson.loads(raw), now)
+            for owner, raw in zip(owners, raws, strict=True)}
+
+
+def grant_purposes(grant: dict[str, Any] | None, now_ms: int) -> frozenset[str] | None:
+    """Purposes a stored grant covers at ``now_ms``: approved and not expired (None: it covers nothing)."""
+    if grant is None or grant["status"] != "approved" or (grant.get("expires") and grant["expires"] <= now_ms):
+        return None
+    return frozenset(grant["purposes"])
 
 
 def request_access(client: redis.Redis, policy: Policy, audit: AuditLog, user: User, owner: str,
