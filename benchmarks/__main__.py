@@ -149,7 +149,8 @@ def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
         lines.append(f"| `{name}` | {fmt(v)} | {op} {fmt(float(goal))} {unit} | {verdict(name, v)} |")
     lines += ["", "## Details", "", "| measurement | value |", "|---|---|"]
     for k, v in sorted(results.items()):
-        if k in GOALS or k in ("machine", "progress_curve", "worker_metrics", "profile_top", "profile_sampled"):
+        if k in GOALS or k in ("machine", "progress_curve", "worker_metrics", "profile_top", "profile_sampled",
+                               "trail_profile"):
             continue
         lines.append(f"| `{k}` | {fmt(v)} |")
     lines += ["", "## Machine", "", "| | |", "|---|---|"]
@@ -161,6 +162,9 @@ def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
     if results.get("profile_top"):
         lines += ["", "## Where the worker's time goes (cProfile of the batch loop, top by own time)", "", "```",
                   results["profile_top"], "```"]
+    if results.get("trail_profile"):
+        lines += ["", "## Where a trail lookup's own time goes (cProfile of 300 lookups as rows, nothing else running, "
+                  "top by own time)", "", "```", results["trail_profile"], "```"]
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
@@ -299,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         results.update({f"trail_priority_{k.removeprefix('trail_')}": v for k, v in prio.items()})
     else:
         results["notes"].append("trail lookups at real-time priority not measured: no CAP_SYS_NICE")
+    results["trail_profile"] = e2e.profile_lookup(info)
 
     results["bench_seconds"] = time.monotonic() - t0
     out = Path(args.out)

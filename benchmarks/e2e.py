@@ -549,8 +549,6 @@ def _frame(frame: str) -> tuple[str, str]:
 def profile_worker(info: stack.StackInfo, prefilled: Settings, limit: int) -> str:
     """cProfile of the worker's batch loop (in-process, fresh group and Redis db) over ``limit`` messages."""
     import cProfile
-    import io
-    import pstats
 
     from streams.pipeline import warm_up
     from streams.worker import BatchRunner
@@ -570,7 +568,31 @@ def profile_worker(info: stack.StackInfo, prefilled: Settings, limit: int) -> st
     prof.enable()
     asyncio.run(run())
     prof.disable()
+    return _top(prof, 22)
+
+
+def profile_lookup(info: stack.StackInfo, lookups: int = 300) -> str:
+    """cProfile of ``lookups`` trail lookups (rows) of the 1,000-sighting trail ``trail_under_ingest`` left
+    in its Redis db, nothing else running: where a lookup's own time goes."""
+    import cProfile
+
+    s = isolated_settings(info, db=11)
+    client = redis.Redis.from_url(s.redis_url)
+    assert len(trail(client, s, "HEAVY1", "US-CT")) == 1000
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(lookups):
+        trail(client, s, "HEAVY1", "US-CT")
+    prof.disable()
+    return _top(prof, 16)
+
+
+def _top(prof: Any, rows: int) -> str:
+    """The ``rows`` functions of a cProfile with the most own time, paths relative to the repository."""
+    import io
+    import pstats
+
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(22)
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(rows)
     text = out.getvalue()
     return text[text.find("ncalls"):].replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")

@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}, priority {'on' if prio else 'off'}")
             r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=v, priority=prio)
             runs[(v, prio)].append({k: r[k] for k in SHOWN})
+    profile = e2e.profile_lookup(info)
     date = datetime.date.today().isoformat()
     results: dict[str, Any] = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
                                "runs": {f"chunk_args={v},priority={'on' if p else 'off'}": rs
-                                        for (v, p), rs in runs.items()}}
+                                        for (v, p), rs in runs.items()}, "lookup_profile": profile}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"trail-{date}.json").write_text(json.dumps(results, indent=2))
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     for (v, p), rs in runs.items():
         lines.append(f"| {v} | {'on' if p else 'off'} | "
                      + " | ".join(f"{statistics.median(r[k] for r in rs):.2f}" for k in SHOWN) + " |")
+    lines += ["", "## Where a lookup's own time goes (cProfile of 300 lookups as rows, nothing else running; top by "
+              "own time)", "", "cProfile slows every Python call down, so the shares of the Python lines are "
+              "overstated against the reply's socket wait (`recv_into`).", "", "```", profile, "```"]
     (out / f"trail-{date}.md").write_text("\n".join(lines) + "\n")
     e2e.log(f"report: {out / f'trail-{date}.md'}")
     return 0
