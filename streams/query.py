@@ -118,7 +118,7 @@ def trails(client: redis.Redis, settings: Settings, vehicles: Sequence[tuple[str
                                           for k in settings.lookup_keys], lo, hi, limit)
     # each distinct source asked for once (one vehicle: its distinct codes, found while decoding)
     names: SourceNames = (source_names(client, member_sources([m for members in per_key for m in members]))
-                  if len(norms) > 1 else lambda codes: source_names(client, codes))
+                          if len(norms) > 1 else lambda codes: source_names(client, codes))
     n = len(settings.lookup_keys)
     return [_trail(settings, norm, region, per_key[i * n : (i + 1) * n], names, limit)
             for i, (region, norm) in enumerate(norms)]
