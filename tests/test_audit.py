@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import orjson
 import pytest
 import redis
 
-from streams.audit import HEAD_KEY, LOG_KEY, AuditError, AuditLog
+from streams.audit import HEAD_KEY, LOG_KEY, AuditError, AuditLog, Verification
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -80,3 +81,49 @@ def test_append_fails_closed_when_the_topic_copy_fails(settings: Settings) -> No
     with pytest.raises(AuditError):
         a.append(action="query.trail", agency="a", user="u", purpose="audit", case="c", terms={}, decision="allowed",
                  result_count=0)
+
+
+def _append_many(log: AuditLog, writer: str, n: int, errors: list[str]) -> None:
+    for i in range(n):
+        try:
+            log.append(action="query.trail", agency="a", user=writer, purpose="audit", case="c", terms={"i": i},
+                       decision="allowed", result_count=0)
+        except AuditError as e:
+            errors.append(str(e))
+
+
+def test_concurrent_writers_lose_nothing_and_keep_one_chain(settings: Settings) -> None:
+    # three AuditLogs with their own connections race for the head as API processes would; six threads
+    # each, as an API's request threads would
+    clients = [redis.Redis.from_url(settings.redis_url) for _ in range(3)]
+    logs = [AuditLog(c, b"audit-test-key-0123456789") for c in clients]
+    errors: list[str] = []
+    threads = [threading.Thread(target=_append_many, args=(log, f"w{j}-{t}", 40, errors))
+               for j, log in enumerate(logs) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    records = list(logs[0].records())
+    assert [r["seq"] for r in records] == list(range(1, 721))
+    assert sorted((r["user"], r["terms"]["i"]) for r in records) == sorted(
+        (f"w{j}-{t}", i) for j in range(3) for t in range(6) for i in range(40))
+    assert logs[0].verify() == Verification(True, 720)
+    for c in clients:
+        c.close()
+
+
+def test_a_writer_whose_head_is_stale_chains_onto_the_current_one(log: AuditLog, settings: Settings) -> None:
+    other = AuditLog(redis.Redis.from_url(settings.redis_url), b"audit-test-key-0123456789")
+    for i in range(3):
+        other.append(action="query.area", agency="b", user=f"o{i}", purpose="audit", case="c", terms={},
+                     decision="allowed", result_count=0)
+    rec = log.append(action="query.trail", agency="a", user="late", purpose="audit", case="c", terms={},
+                     decision="allowed", result_count=0)
+    assert rec["seq"] == 10
+    assert rec["prev"] == list(log.records())[8]["hash"]
+    log.r.delete(LOG_KEY, HEAD_KEY)  # wiped: the next record starts a new chain, which verifies on its own
+    assert log.append(action="query.trail", agency="a", user="u", purpose="audit", case="c", terms={},
+                      decision="allowed", result_count=0)["seq"] == 1
+    assert log.verify() == Verification(True, 1)
