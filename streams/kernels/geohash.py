@@ -4,8 +4,9 @@
 limited to the Web-Mercator range +-85.05112878, latitude bits in even positions). Because the score is
 identical, platestream's cell sets can be read with GEOSEARCH and Redis's own tools.
 
-``geohash_str`` is the standard base32 geohash (latitude +-90) at a chosen precision, computed by the same
-bisection the reference definition uses so boundary points agree bit for bit.
+``geohash_str`` is the standard base32 geohash (latitude +-90) at a chosen precision. It scales each axis to
+its cell number and interleaves the bits like ``geo52`` (not a loop per bit), then checks the cell against
+the exact boundaries the reference definition's bisection compares with, so boundary points agree bit for bit.
 """
 
 from __future__ import annotations
@@ -91,41 +92,64 @@ def geo52_decode(bits: NDArray[np.uint64]) -> tuple[NDArray[np.float64], NDArray
     return lat, lon
 
 
+@nb.njit(inline="always", cache=True)
+def _cell(x: float, lo: float, span: float, bits: int) -> np.uint64:
+    # Which of the 2**bits equal cells of [lo, lo + span] holds x, as the reference bisection decides it:
+    # a point on a boundary goes to the upper cell, one beyond the range (or NaN: every comparison fails)
+    # to the end cell. Scaling can be one off next to a boundary, and the boundaries are exact doubles
+    # (multiples of span / 2**bits), so one comparison each way puts it right.
+    top = (1 << bits) - 1
+    if not x >= lo:
+        return np.uint64(0)
+    if x >= lo + span:
+        return np.uint64(top)
+    n = float(1 << bits)
+    q = np.int64((x - lo) / span * n)
+    if q > top:
+        q = np.int64(top)
+    if q > 0 and x < lo + span * float(q) / n:
+        q -= 1
+    elif q < top and x >= lo + span * float(q + 1) / n:
+        q += 1
+    return np.uint64(q)
+
+
+@nb.njit(inline="always", cache=True)
+def _geohash_into(lat: float, lon: float, precision: int, out: NDArray[np.uint8], at: int) -> None:
+    # the bisection's bits, interleaved longitude first (a longitude bit more when 5 * precision is odd)
+    lon_bits = (5 * precision + 1) // 2
+    lat_bits = 5 * precision // 2
+    q_lat = _cell(lat, -90.0, 180.0, lat_bits) << np.uint64(lon_bits - lat_bits)
+    code = ((_spread(_cell(lon, -180.0, 360.0, lon_bits)) << np.uint64(1)) | _spread(q_lat)) >> np.uint64(
+        lon_bits - lat_bits)
+    for c in range(precision):
+        out[at + c] = _BASE32[(code >> np.uint64(5 * (precision - 1 - c))) & np.uint64(31)]
+
+
 @nb.njit(cache=True)
 def geohash_str(lat: NDArray[np.float64], lon: NDArray[np.float64], precision: int) -> NDArray[np.uint8]:
-    """Standard base32 geohash, one row of ``precision`` ASCII bytes per point."""
+    """Standard base32 geohash, one row of ``precision`` ASCII bytes per point (precision 1-12)."""
     n = lat.shape[0]
     out = np.empty((n, precision), dtype=np.uint8)
+    flat = out.reshape(n * precision)
     for i in range(n):
-        lat_lo, lat_hi = -90.0, 90.0
-        lon_lo, lon_hi = -180.0, 180.0
-        even = True
-        for c in range(precision):
-            ch = 0
-            for _ in range(5):
-                ch <<= 1
-                if even:
-                    mid = (lon_lo + lon_hi) / 2.0
-                    if lon[i] >= mid:
-                        ch |= 1
-                        lon_lo = mid
-                    else:
-                        lon_hi = mid
-                else:
-                    mid = (lat_lo + lat_hi) / 2.0
-                    if lat[i] >= mid:
-                        ch |= 1
-                        lat_lo = mid
-                    else:
-                        lat_hi = mid
-                even = not even
-            out[i, c] = _BASE32[ch]
+        _geohash_into(lat[i], lon[i], precision, flat, i * precision)
+    return out
+
+
+@nb.njit(cache=True)
+def geohash_text(lat: NDArray[np.float64], lon: NDArray[np.float64], precision: int) -> NDArray[np.uint8]:
+    """``geohash_str`` as one ASCII text, each geohash followed by a space: ``split()`` makes the strings."""
+    n = lat.shape[0]
+    out = np.empty(n * (precision + 1), dtype=np.uint8)
+    for i in range(n):
+        _geohash_into(lat[i], lon[i], precision, out, i * (precision + 1))
+        out[i * (precision + 1) + precision] = 32
     return out
 
 
 def geohash_strings(lat: NDArray[np.float64], lon: NDArray[np.float64], precision: int) -> list[str]:
-    """``geohash_str`` as Python strings (lookups: one decode, then slices)."""
+    """``geohash_str`` as Python strings (one decode and one split: no Python call per point)."""
     if precision <= 0:
         return [""] * lat.shape[0]
-    text = geohash_str(lat, lon, precision).tobytes().decode("ascii")
-    return [text[i : i + precision] for i in range(0, len(text), precision)]
+    return geohash_text(lat, lon, precision).tobytes().decode("ascii").split()

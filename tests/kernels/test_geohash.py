@@ -9,7 +9,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.kernels.geohash import GEO_LAT_MAX, geo52, geo52_decode, geohash_strings
+from streams.kernels.geohash import GEO_LAT_MAX, geo52, geo52_decode, geohash_str, geohash_strings
 from streams.stack import StackInfo
 
 N = 20_000
@@ -52,6 +52,40 @@ def test_geohash_string_equals_reference_library() -> None:
         ref = [pygeohash.encode(float(a), float(b), precision) for a, b in zip(lat, lon, strict=True)]
         bad = [(lat[i], lon[i], ours[i], ref[i]) for i in range(len(ref)) if ours[i] != ref[i]]
         assert not bad, bad[:5]
+
+
+_BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
+
+
+def _bisection(lat: float, lon: float, precision: int) -> str:
+    """The geohash definition, a bit at a time (the independent oracle for points on and next to boundaries)."""
+    box = {True: [-180.0, 180.0], False: [-90.0, 90.0]}
+    bits, even = [], True
+    for _ in range(5 * precision):
+        lo, hi = box[even]
+        mid = (lo + hi) / 2
+        x = lon if even else lat
+        bits.append(x >= mid)
+        box[even] = [mid, hi] if x >= mid else [lo, mid]
+        even = not even
+    return "".join(_BASE32[int("".join("1" if b else "0" for b in bits[i : i + 5]), 2)]
+                   for i in range(0, len(bits), 5))
+
+
+def test_geohash_on_and_next_to_cell_boundaries_equals_the_bisection() -> None:
+    rng = np.random.default_rng(3)
+    for precision in range(1, 13):
+        lon_bits, lat_bits = (5 * precision + 1) // 2, 5 * precision // 2
+        # exact boundaries of this precision's cells, and the doubles either side of them
+        lat_b = -90.0 + 180.0 * rng.integers(0, 2**lat_bits + 1, 300) / 2.0**lat_bits
+        lon_b = -180.0 + 360.0 * rng.integers(0, 2**lon_bits + 1, 300) / 2.0**lon_bits
+        lat = np.concatenate([lat_b, np.nextafter(lat_b, -np.inf), np.nextafter(lat_b, np.inf), [np.nan, -91.0]])
+        lon = np.concatenate([lon_b, np.nextafter(lon_b, np.inf), np.nextafter(lon_b, -np.inf), [10.0, 181.0]])
+        ours = geohash_strings(lat, lon, precision)
+        bad = [(lat[i], lon[i], ours[i]) for i in range(lat.shape[0])
+               if ours[i] != _bisection(float(lat[i]), float(lon[i]), precision)]
+        assert not bad, (precision, bad[:5])
+        assert [r.tobytes().decode() for r in geohash_str(lat, lon, precision)] == ours
 
 
 @settings(max_examples=500, deadline=None)
