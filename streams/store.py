@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from redis.crc import key_slot
 
 from streams.kernels.geohash import geo52_decode
+from streams.kernels.members import BAD_LENGTH, BAD_VERSION, OK, split_members
 
 MEMBER_VERSION = 4
 # first capture time (ms, 48-bit big-endian), version, sighting id, geo52, duration ms, best offset ms, reads,
@@ -393,17 +394,19 @@ SourceNames = Mapping[bytes, tuple[str, str]] | Callable[[list[bytes]], Mapping[
 
 
 def unpack_columns(members: Sequence[bytes], names: SourceNames) -> TrailColumns:
-    """Trail members as columns: fixed parts decoded with one NumPy view, each distinct source looked up
-    once in ``names`` (a mapping, or a function of the distinct codes that returns one)."""
+    """Trail members as columns: split in one compiled pass (``split_members``), fixed parts decoded with one
+    NumPy view, each distinct source looked up once in ``names`` (a mapping, or a function of the distinct
+    codes that returns one)."""
     if not members:
         return TrailColumns.of([])
     size = _FIXED.size
-    fixed = np.frombuffer(b"".join([m[:size] for m in members]), dtype=MEMBER_FIXED)
-    if (fixed["version"] != MEMBER_VERSION).any():
+    status, raw, ts, ids, used = split_members(np.frombuffer(b"".join(members), dtype=np.uint8), len(members), size,
+                                               _TS_BYTES, MEMBER_VERSION)
+    if status == BAD_VERSION:
         raise ValueError("unknown sighting member version")
-    wide = np.zeros((fixed.shape[0], 8), dtype=np.uint8)
-    wide[:, 8 - _TS_BYTES :] = fixed["ts"]
-    ts = wide.view(">u8").ravel().astype(np.int64)
+    if status == BAD_LENGTH:
+        raise ValueError("malformed sighting member")
+    fixed = raw.view(MEMBER_FIXED)
     codes, inverse = np.unique(np.ascontiguousarray(fixed["source"]).view("<u8"), return_inverse=True)
     distinct = [codes[i : i + 1].tobytes() for i in range(codes.shape[0])]
     found = names(distinct) if callable(names) else names
@@ -411,10 +414,9 @@ def unpack_columns(members: Sequence[bytes], names: SourceNames) -> TrailColumns
     at = inverse.ravel().tolist()
     cameras = list(map([c for c, _ in sources].__getitem__, at))
     agencies = list(map([a for _, a in sources].__getitem__, at))
-    # the read id is the member's last field: below 255 bytes it follows its one-byte length
-    if max(map(len, members)) - size - 1 < 0xFF:
-        read_ids = list(map(bytes.decode, [m[size + 1 :] for m in members]))
-    else:
+    if status == OK:  # one decode and one split for all read ids
+        read_ids = ids[:used].tobytes().decode().split("\n")
+    else:  # SEPARATOR_IN_ID
         read_ids = [unpack_strings(m, size, 1)[0] for m in members]
     hit = (fixed["flags"] & 1).astype(bool).tolist()
     return TrailColumns(fixed["sid"].tolist(), ts.tolist(), (ts + fixed["duration"]).tolist(),

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from streams.settings import Settings
@@ -68,6 +69,7 @@ def test_split_long_keeps_every_argument_and_pairs() -> None:
     assert cmds[-1] == ("ZADD", "z", 1, "m")
 
 
+@hypothesis_settings(deadline=None)  # the first example compiles split_members on a fresh clone (no Numba cache yet)
 @given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**40),
                           st.integers(0, 10**6), st.integers(1, 10**6), st.floats(0, 1, width=32), text, text,
                           text, st.booleans()), max_size=20))

@@ -1,0 +1,65 @@
+"""split_members against the members Sighting.pack writes, unpacked one at a time by Sighting.unpack."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streams.kernels.members import BAD_LENGTH, BAD_VERSION, OK, SEPARATOR_IN_ID, split_members
+from streams.store import _FIXED, _TS_BYTES, MEMBER_VERSION, Sighting, source_code, unpack_columns
+
+NAMES = {source_code("cam-1", "hartford-pd"): ("cam-1", "hartford-pd")}
+
+
+def _sightings(read_ids: list[str]) -> list[Sighting]:
+    return [Sighting(i + 1, 1_764_000_000_000 + i * 60_000, 1_764_000_000_000 + i * 60_000 + 900,
+                     1_764_000_000_000 + i * 60_000 + 300, 0x1234_5678_9ABC + i, 3 + i, 0.75, "cam-1",
+                     "hartford-pd", rid, i % 2 == 0) for i, rid in enumerate(read_ids)]
+
+
+def _split(members: list[bytes]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int]:
+    buf = np.frombuffer(b"".join(members), dtype=np.uint8)
+    status, fixed, ts, ids, used = split_members(buf, len(members), _FIXED.size, _TS_BYTES, MEMBER_VERSION)
+    return int(status), fixed, ts, ids, int(used)
+
+
+# read ids across the one-byte length (below 255 bytes) and the escaped two-byte one, in UTF-8
+READ_IDS = ["r", "é" * 64, "x" * 254, "y" * 255, "\U0001F600" * 64, "z" * 64, "r-2026-11-26T22:40:55Z"]
+
+
+def test_fixed_parts_times_and_read_ids_are_those_of_each_member() -> None:
+    sightings = _sightings(READ_IDS)
+    members = [s.pack() for s in sightings]
+    status, fixed, ts, ids, used = _split(members)
+    assert status == OK
+    assert fixed.tobytes() == b"".join(m[: _FIXED.size] for m in members)
+    assert ts.tolist() == [s.ts for s in sightings]
+    assert ids[:used].tobytes().decode().split("\n") == READ_IDS
+    assert unpack_columns(members, NAMES).sightings() == [Sighting.unpack(m, NAMES) for m in members] == sightings
+
+
+def test_a_read_id_holding_the_separator_is_reported_and_the_rest_is_complete() -> None:
+    sightings = _sightings(["a", "line\nbreak", "c"])
+    members = [s.pack() for s in sightings]
+    status, fixed, ts, _, _ = _split(members)
+    assert status == SEPARATOR_IN_ID
+    assert fixed.tobytes() == b"".join(m[: _FIXED.size] for m in members)
+    assert ts.tolist() == [s.ts for s in sightings]
+    assert unpack_columns(members, NAMES).sightings() == sightings
+
+
+@pytest.mark.parametrize("cut", [1, _FIXED.size, _FIXED.size + 2])
+def test_a_truncated_or_padded_reply_is_malformed(cut: int) -> None:
+    members = [s.pack() for s in _sightings(["a", "b" * 300])]
+    assert _split([members[0], members[1][:-cut]])[0] == BAD_LENGTH
+    assert _split([members[0], members[1] + b"\x00" * cut])[0] == BAD_LENGTH
+    with pytest.raises(ValueError, match="malformed"):
+        unpack_columns([members[0], members[1][:-cut]], NAMES)
+
+
+def test_a_member_of_another_version_is_refused() -> None:
+    members = [s.pack() for s in _sightings(["a", "b"])]
+    other = members[1][:_TS_BYTES] + bytes([MEMBER_VERSION + 1]) + members[1][_TS_BYTES + 1 :]
+    assert _split([members[0], other])[0] == BAD_VERSION
+    with pytest.raises(ValueError, match="version"):
+        unpack_columns([members[0], other], NAMES)
