@@ -9,6 +9,7 @@ exact doubles is correctly rounded, i.e. the double nearest the decimal ``k / 10
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 from numpy.typing import NDArray
 
@@ -16,18 +17,33 @@ from numpy.typing import NDArray
 _NEAR_HALF = 1e-3
 
 
+@nb.njit(cache=True)
+def _rint_scaled(x: NDArray[np.float64], scale: float) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """``rint(x * scale) / scale`` of each value, and the indices of the values it cannot vouch for: near a
+    half (ties, or products too close to call), too large to scale exactly, not finite."""
+    n = x.shape[0]
+    out = np.empty(n, dtype=np.float64)
+    odd = np.empty(n, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        y = x[i] * scale
+        if not abs(y) < 2.0**52:
+            out[i] = x[i]
+            odd[m] = i
+            m += 1
+            continue
+        out[i] = np.rint(y) / scale
+        if abs(abs(y - np.trunc(y)) - 0.5) < _NEAR_HALF:
+            odd[m] = i
+            m += 1
+    return out, odd[:m]
+
+
 def rounded(values: NDArray[np.floating], digits: int) -> list[float]:
     """``[round(float(v), digits) for v in values]``, bit for bit, without a Python call per value."""
     x = np.asarray(values, dtype=np.float64)
-    scale = 10.0**digits
-    with np.errstate(over="ignore", invalid="ignore"):  # infinities and NaN take the fallback below
-        y = x * scale
-        out: list[float] = (np.rint(y) / scale).tolist()
-        # values near a half (ties, or products too close to call), too large to scale exactly, not finite
-        frac = np.abs(y - np.trunc(y))
-        odd = ~(np.abs(y) < 2.0**52) | (np.abs(frac - 0.5) < _NEAR_HALF)
-    if odd.any():
-        xs = x.tolist()
-        for i in np.flatnonzero(odd).tolist():
-            out[i] = round(xs[i], digits)
-    return out
+    out, odd = _rint_scaled(x, 10.0**digits)
+    result: list[float] = out.tolist()
+    for i in odd.tolist():
+        result[i] = round(float(x[i]), digits)
+    return result
