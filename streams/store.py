@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from redis.crc import key_slot
 
 from streams.kernels.geohash import geo52_decode
-from streams.kernels.members import BAD_LENGTH, BAD_VERSION, OK, split_members
+from streams.kernels.members import BAD_LENGTH, BAD_VERSION, OK, distinct_values, split_members
 
 MEMBER_VERSION = 4
 # first capture time (ms, 48-bit big-endian), version, sighting id, geo52, duration ms, best offset ms, reads,
@@ -407,7 +407,7 @@ def unpack_columns(members: Sequence[bytes], names: SourceNames) -> TrailColumns
     if status == BAD_LENGTH:
         raise ValueError("malformed sighting member")
     fixed = raw.view(MEMBER_FIXED)
-    codes, inverse = np.unique(np.ascontiguousarray(fixed["source"]).view("<u8"), return_inverse=True)
+    codes, inverse = distinct_values(np.ascontiguousarray(fixed["source"]).view("<u8"))
     distinct = [codes[i : i + 1].tobytes() for i in range(codes.shape[0])]
     found = names(distinct) if callable(names) else names
     sources = [found.get(code, UNRESOLVED) for code in distinct]

@@ -68,3 +68,35 @@ def split_members(buf: NDArray[np.uint8], n: int, size: int, ts_bytes: int,  # t
     if pos != end:
         return BAD_LENGTH, fixed, ts, ids, used
     return status, fixed, ts, ids, used
+
+
+@nb.njit(cache=True)
+def distinct_values(values: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[np.int64]]:
+    """The distinct values in order of first appearance, and each value's index among them: what
+    ``np.unique(..., return_inverse=True)`` gives without sorting (a trail's few sources, or its sighting
+    ids, in a hash table of twice their number)."""
+    n = values.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, dtype=np.int64)
+    distinct = np.empty(n, dtype=np.uint64)
+    inverse = np.empty(n, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        v = values[i]
+        h = ((v * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+        while True:
+            k = slots[h]
+            if k == -1:
+                slots[h] = m
+                distinct[m] = v
+                inverse[i] = m
+                m += 1
+                break
+            if distinct[k] == v:
+                inverse[i] = k
+                break
+            h = (h + np.uint64(1)) & mask
+    return distinct[:m], inverse

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from streams.kernels.members import BAD_LENGTH, BAD_VERSION, OK, SEPARATOR_IN_ID, split_members
+from streams.kernels.members import BAD_LENGTH, BAD_VERSION, OK, SEPARATOR_IN_ID, distinct_values, split_members
 from streams.store import _FIXED, _TS_BYTES, MEMBER_VERSION, Sighting, source_code, unpack_columns
 
 NAMES = {source_code("cam-1", "hartford-pd"): ("cam-1", "hartford-pd")}
@@ -63,3 +65,13 @@ def test_a_member_of_another_version_is_refused() -> None:
     assert _split([members[0], other])[0] == BAD_VERSION
     with pytest.raises(ValueError, match="version"):
         unpack_columns([members[0], other], NAMES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 5) | st.sampled_from([2**63, 2**64 - 1]), max_size=300))
+def test_distinct_values_are_those_of_np_unique_in_order_of_first_appearance(values: list[int]) -> None:
+    arr = np.array(values, dtype=np.uint64)
+    distinct, inverse = distinct_values(arr)
+    assert distinct.tolist() == list(dict.fromkeys(values))
+    assert sorted(distinct.tolist()) == np.unique(arr).tolist()
+    assert distinct[inverse].tolist() == values
