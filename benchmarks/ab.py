@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[float, float]]]:
     info = stack.up(e2e.state_dir())
     traffic = generate(seed=42, vehicles=args.vehicles, hours=24)
-    s = e2e.isolated_settings(info, db=11)
-    e2e.log(f"pre-filling {len(traffic.messages):,} messages")
-    e2e.produce(s, traffic.messages)
+    s = e2e.prefilled(info, traffic.messages, db=11)
     log_dir = e2e.log_dir(info.state_dir)
     # Numba caches compiled kernels per source path, so the ref's fresh worktree would compile them in its
     # first timed run: one short untimed run of each version first

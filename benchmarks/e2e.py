@@ -102,6 +102,15 @@ async def _produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, b
         await producer.stop()
 
 
+def prefilled(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], db: int) -> Settings:
+    """Settings of their own (``isolated_settings``) whose reads topic holds ``messages``: the benchmarks'
+    pre-filled topic, produced as fast as the broker takes it."""
+    s = isolated_settings(info, db=db)
+    log(f"pre-filling {len(messages):,} messages")
+    produce(s, messages)
+    return s
+
+
 def produce(s: Settings, messages: Sequence[tuple[bytes, bytes]], rate: float = 0.0) -> None:
     ensure_topics(s)
     asyncio.run(_produce(s.kafka_bootstrap, s.topic_reads, messages, rate, s.partitions))

@@ -89,9 +89,7 @@ def redis_bytes_per_sighting(vehicles: int) -> dict[str, Any]:
 
     info = stack.up(e2e.state_dir())
     msgs = generate(seed=42, vehicles=vehicles, hours=24).messages
-    s = e2e.isolated_settings(info, db=10)
-    e2e.log(f"pre-filling {len(msgs):,} messages")
-    e2e.produce(s, msgs)
+    s = e2e.prefilled(info, msgs, db=10)
     e2e.log("worker run")
     r = e2e.throughput(dataclasses.replace(s, group=f"{s.group}-{uuid.uuid4().hex[:6]}"), len(msgs),
                        e2e.log_dir(info.state_dir))
