@@ -376,7 +376,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         idle = _timed(lambda: trail(client, s, "HEAVY1", "US-CT"), 200)
         idle_cols = _timed(lambda: trail_columns(client, s, "HEAVY1", "US-CT"), 200)
         raw = _timed(lambda: client.execute_command("ZRANGEBYLEX", key, "-", "+"), 200)
-        # and paced as under ingest (a pause between lookups), nothing else running: on this kind of VM a
+        # and paced as under ingest (a pause between lookups) before ingest starts (the worker idle): on this VM a
         # lookup after a few ms of pause costs far more than one right after another (the CPU's caches and
         # predictors have gone cold), which is most of the gap between ``idle`` and the figure under ingest
         paced = _paced(_lookups(client, s), 300, threading.Event())
@@ -423,7 +423,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             "trail_columns_p90_ms": float(np.percentile(cols, 90)),
             "trail_columns_p99_ms": float(np.percentile(cols, 99)), "trail_columns_max_ms": float(cols.max()),
             "trail_columns_idle_p50_ms": float(np.median(idle_cols)),
-            # the same pacing as under ingest, with nothing else running
+            # the same pacing as under ingest, before ingest starts
             "trail_paced_idle_p50_ms": float(np.percentile(paced[0], 50)),
             "trail_paced_idle_p99_ms": float(np.percentile(paced[0], 99)),
             "trail_columns_paced_idle_p50_ms": float(np.percentile(paced[1], 50)),

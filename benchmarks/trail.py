@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
              "Median of the runs (ms); each run: ~1,900 lookups of a 1,000-sighting trail from another process, "
              "rows and columns taking turns, 5 ms apart. Priority on: Redis and the lookup process at SCHED_FIFO "
              "(20 and 10) during the measurement; the worker, the producer and the broker at normal priority. "
-             "paced_idle: the same lookups, 5 ms apart, before ingest starts (nothing else running); idle: back to "
-             "back.", "",
+             "paced_idle: the same lookups, 5 ms apart, before ingest starts (the worker started, idle); idle: back "
+             "to back.", "",
              "| chunk args | priority | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
              "|---|---|" + "---|" * len(SHOWN)]
     for (v, p), rs in runs.items():

@@ -73,8 +73,8 @@ def split_members(buf: NDArray[np.uint8], n: int, size: int, ts_bytes: int,  # t
 @nb.njit(cache=True)
 def distinct_values(values: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[np.int64]]:
     """The distinct values in order of first appearance, and each value's index among them: what
-    ``np.unique(..., return_inverse=True)`` gives without sorting (a trail's few sources, or its sighting
-    ids, in a hash table of twice their number)."""
+    ``np.unique(..., return_inverse=True)`` gives without sorting (a trail's few distinct sources, in a hash
+    table of twice as many slots as values)."""
     n = values.shape[0]
     size = 16
     while size < 2 * n:
