@@ -8,8 +8,9 @@ import hmac
 import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -88,14 +89,19 @@ class Trail:
     def __len__(self) -> int:
         return len(self.cols.ts)
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self, agencies: Container[str] | None = None) -> list[dict[str, Any]]:
+        """One dict per sighting; with ``agencies``, of those agencies' sightings only (a governed query
+        builds no dict it would throw away)."""
         c, plate, region = self.cols, self.plate, self.region
+        fields: Iterable[tuple[Any, ...]] = zip(
+            c.ts, c.ts_last, c.camera_id, c.agency, self.lat, self.lon, self.geohash, c.geo52.tolist(),
+            self.confidence, c.reads, c.read_id, c.sighting_id, c.hit, strict=True)
+        if agencies is not None:
+            fields = itertools.compress(fields, [a in agencies for a in c.agency])
         return [{"ts": ts, "ts_last": ts_last, "plate": plate, "region": region, "camera_id": camera,
                  "agency": agency, "lat": la, "lon": lo, "geohash": gh, "geo52": geo, "confidence": conf,
                  "reads": reads, "read_id": read_id, "sighting_id": f"{sid:016x}", "hit": hit}
-                for ts, ts_last, camera, agency, la, lo, gh, geo, conf, reads, read_id, sid, hit in zip(
-                    c.ts, c.ts_last, c.camera_id, c.agency, self.lat, self.lon, self.geohash, c.geo52.tolist(),
-                    self.confidence, c.reads, c.read_id, c.sighting_id, c.hit, strict=True)]
+                for ts, ts_last, camera, agency, la, lo, gh, geo, conf, reads, read_id, sid, hit in fields]
 
 
 def trail_columns(client: redis.Redis, settings: Settings, plate: str, region: str, since: int | None = None,
@@ -182,9 +188,9 @@ def _governed(client: redis.Redis, settings: Settings, policy: Policy, ctx: Cont
               limit: int | None, terms: dict[str, Any]) -> GovernedResult:
     """Trails of (region, plate) ``vehicles``, cut to what ``ctx`` may see, audited before returning."""
     refused = refusals(client, policy, ctx)
-    rows = [r for t in trails(client, settings, vehicles, since, until) for r in t.rows()
-            if r["agency"] in policy.agencies and r["agency"] not in refused]
-    rows.sort(key=lambda r: (r["ts"], r["sighting_id"]))
+    allowed = set(policy.agencies).difference(refused)
+    rows = [r for t in trails(client, settings, vehicles, since, until) for r in t.rows(allowed)]
+    rows.sort(key=itemgetter("ts", "sighting_id"))
     if limit is not None:
         rows = rows[:limit]
     owners = Counter(r["agency"] for r in rows)
