@@ -221,7 +221,8 @@ def start_kafka(state_dir: Path, port: int, controller_port: int, partitions: in
     return p.pid
 
 
-# Trail members are ~80 bytes: above Redis's default 64-byte listpack limit every trail would be a skiplist.
+# Trail members are 49 bytes + the read id (85 with a UUID): above Redis's default 64-byte listpack limit
+# a trail would be a skiplist.
 # With these, trails and most area-index cells stay listpack-encoded: 400 -> 156 bytes per stored sighting
 # (trail + area index + checkpoint, 218,672 sightings; measured in the session note of 2026-11-25).
 REDIS_TUNING = ["--zset-max-listpack-value", "128", "--zset-max-listpack-entries", "512"]
