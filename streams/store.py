@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -113,6 +114,28 @@ async def ensure_layout(client: Any, scan: bool = True) -> None:
     if int(found) != LAYOUT_VERSION:
         raise LayoutError(f"Redis holds platestream layout {int(found)}, this version writes {LAYOUT_VERSION}; "
                           "wipe it and replay the reads topic (README: Redis layout)")
+
+
+# What ``compact_trails`` checks a sorted set of keeps its compact encoding at: 512 members (a vehicle with
+# that many sightings in its retention) of 100 bytes (a trail member with a 51-byte read id; a UUID makes 85)
+COMPACT_PROBE = (512, 100)
+
+
+async def compact_trails(client: Any) -> bool | None:
+    """Whether this Redis keeps a trail of ``COMPACT_PROBE`` members in a listpack, tried on a probe key it
+    then deletes. Redis's defaults (64-byte members, 128 entries) make most trails skiplists, about twice the
+    bytes per sighting, and nothing else would say so. None: the probe was refused (e.g. by an ACL)."""
+    entries, size = COMPACT_PROBE
+    key = f"ps:probe:{{{os.urandom(6).hex()}}}"
+    try:
+        await client.zadd(key, {i.to_bytes(4, "big") * (size // 4): 0 for i in range(entries)})
+        encoding = await client.object("encoding", key)
+        await client.delete(key)
+    except redis.RedisError:
+        return None
+    if isinstance(encoding, bytes):
+        encoding = encoding.decode()
+    return encoding in ("listpack", "ziplist")
 
 
 def source_code(camera: str, agency: str) -> bytes:

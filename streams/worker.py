@@ -62,7 +62,16 @@ from streams.policy import PolicyStore
 from streams.records import Polled
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
-from streams.store import BatchWrite, apply_batches, apply_batches_cluster, ensure_layout, plan_batch, replay_pending
+from streams.store import (
+    COMPACT_PROBE,
+    BatchWrite,
+    apply_batches,
+    apply_batches_cluster,
+    compact_trails,
+    ensure_layout,
+    plan_batch,
+    replay_pending,
+)
 from streams.topics import ensure_topics
 
 log = logging.getLogger("platestream.worker")
@@ -167,6 +176,13 @@ class BatchRunner:
         self.redis = connect.redis_async(s)
         await self.redis.ping()
         await ensure_layout(self.redis, scan=not s.redis_cluster)  # before anything is written
+        compact = await compact_trails(self.redis)
+        if compact is not None:
+            self.metrics["redis_compact_trails"] = int(compact)
+        if compact is False:
+            log.warning("Redis stores sorted sets of %d members of %d bytes as skiplists: trails will take about "
+                        "twice the memory per sighting; set zset-max-listpack-value 128 and "
+                        "zset-max-listpack-entries 512 (README: Redis settings)", *COMPACT_PROBE)
         if not s.redis_cluster:  # the batch writes (see _write_redis); bounded, so a hung Redis cannot hang exit
             self.redis_sync = connect.redis_client(s, socket_timeout=REDIS_WRITE_TIMEOUT_S)
         # linger 0: the worker hands over whole record batches (``_produce``), and aiokafka lets even a

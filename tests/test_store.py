@@ -360,3 +360,33 @@ def test_trail_time_ranges_are_exact_at_every_bound(settings: Settings) -> None:
     assert time_range("-inf", "+inf") == ("-", "+")
     limited = read_trail(client, key, 256, last, limit=5)
     assert [s.ts for s in limited] == sorted(t for t in times if 256 <= t <= last)[:5]
+
+
+def test_a_redis_that_would_store_trails_as_skiplists_is_detected(settings: Settings) -> None:
+    import asyncio
+
+    import redis
+    import redis.asyncio as aioredis
+
+    from streams.store import compact_trails
+
+    async def probe() -> bool | None:
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            return await compact_trails(client)
+        finally:
+            await client.aclose()
+
+    sync = redis.Redis.from_url(settings.redis_url)
+    tuned = sync.config_get("zset-max-listpack-*")
+    try:
+        assert asyncio.run(probe()) is True  # the local stack's settings
+        for name, value in (("zset-max-listpack-value", "64"), ("zset-max-listpack-entries", "128")):
+            sync.config_set(name, value)  # Redis's default
+            assert asyncio.run(probe()) is False
+            sync.config_set(name, tuned[name])
+            assert asyncio.run(probe()) is True
+    finally:
+        for name, value in tuned.items():
+            sync.config_set(name, value)
+    assert sync.keys("ps:probe:*") == []

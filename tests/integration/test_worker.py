@@ -139,6 +139,21 @@ def test_a_worker_refuses_to_start_on_a_redis_of_another_layout(settings: Settin
     assert client.keys("ps:ck:*") == [] and client.keys("ps:t:*") == []
 
 
+def test_a_worker_on_a_redis_that_would_double_trail_memory_says_so(settings: Settings, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    tuned = client.config_get("zset-max-listpack-value")["zset-max-listpack-value"]
+    client.config_set("zset-max-listpack-value", "64")  # Redis's default
+    worker = Worker(settings, tmp_path, name="default-redis")
+    try:
+        wait_for(lambda: "as skiplists" in worker.log(), 90, "the worker's warning")
+    finally:
+        client.config_set("zset-max-listpack-value", tuned)
+        worker.stop()
+    assert ("stores sorted sets of 512 members of 100 bytes as skiplists: trails will take about twice the memory"
+            in worker.log())
+    assert client.keys("ps:probe:*") == []
+
+
 def test_reads_deleted_before_the_worker_got_them_are_reported(settings: Settings, tmp_path: Path) -> None:
     """A checkpoint waits at offset 0 but the topic no longer holds it (retention ran while no worker was
     up): the worker goes on from the earliest offset there is, and says which reads it never saw."""
