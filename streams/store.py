@@ -24,6 +24,7 @@ Kafka offsets are committed only after Redis acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
@@ -130,9 +131,11 @@ async def compact_trails(client: Any) -> bool | None:
     try:
         await client.zadd(key, {i.to_bytes(4, "big") * (size // 4): 0 for i in range(entries)})
         encoding = await client.object("encoding", key)
-        await client.delete(key)
     except redis.RedisError:
         return None
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            await client.delete(key)
     if isinstance(encoding, bytes):
         encoding = encoding.decode()
     return encoding in ("listpack", "ziplist")

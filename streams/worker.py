@@ -177,12 +177,14 @@ class BatchRunner:
         await self.redis.ping()
         await ensure_layout(self.redis, scan=not s.redis_cluster)  # before anything is written
         compact = await compact_trails(self.redis)
-        if compact is not None:
+        if compact is None:
+            log.info("could not check Redis's sorted-set encoding settings (probe refused); see README: Redis settings")
+        else:
             self.metrics["redis_compact_trails"] = int(compact)
-        if compact is False:
-            log.warning("Redis stores sorted sets of %d members of %d bytes as skiplists: trails will take about "
-                        "twice the memory per sighting; set zset-max-listpack-value 128 and "
-                        "zset-max-listpack-entries 512 (README: Redis settings)", *COMPACT_PROBE)
+            if not compact:
+                log.warning("Redis stores sorted sets of %d members of %d bytes as skiplists: trails will take about "
+                            "twice the memory per sighting; set zset-max-listpack-value 128 and "
+                            "zset-max-listpack-entries 512 (README: Redis settings)", *COMPACT_PROBE)
         if not s.redis_cluster:  # the batch writes (see _write_redis); bounded, so a hung Redis cannot hang exit
             self.redis_sync = connect.redis_client(s, socket_timeout=REDIS_WRITE_TIMEOUT_S)
         # linger 0: the worker hands over whole record batches (``_produce``), and aiokafka lets even a

@@ -370,8 +370,8 @@ def test_a_redis_that_would_store_trails_as_skiplists_is_detected(settings: Sett
 
     from streams.store import compact_trails
 
-    async def probe() -> bool | None:
-        client = aioredis.from_url(settings.redis_url)
+    async def probe(**kw: str) -> bool | None:
+        client = aioredis.from_url(settings.redis_url, **kw)
         try:
             return await compact_trails(client)
         finally:
@@ -386,7 +386,12 @@ def test_a_redis_that_would_store_trails_as_skiplists_is_detected(settings: Sett
             assert asyncio.run(probe()) is False
             sync.config_set(name, tuned[name])
             assert asyncio.run(probe()) is True
+        # a user whose ACL refuses OBJECT: no answer, and the probe key is still removed
+        sync.acl_setuser("probe-test", enabled=True, passwords=["+probe-pw"], keys=["ps:*"],
+                         commands=["+@all", "-object"])
+        assert asyncio.run(probe(username="probe-test", password="probe-pw")) is None
     finally:
+        sync.acl_deluser("probe-test")
         for name, value in tuned.items():
             sync.config_set(name, value)
     assert sync.keys("ps:probe:*") == []
