@@ -23,7 +23,7 @@ from streams.arena import LENGTH, OFFSET, StringArena
 from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, SNAP_FIELDS, DedupArrays, expired, run_batch
-from streams.kernels.geohash import geo52, geo52_decode, geohash_str
+from streams.kernels.geohash import geo52, geo52_decode, geohash_str, geohash_strings
 from streams.kernels.plates import pack_plates, plates_matrix, unpack_plate, unpack_plates
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
@@ -43,6 +43,7 @@ from streams.store import (
     member_fixed,
     pack_string,
     pack_strings,
+    sighting_hex,
     sighting_ids,
     source_code,
     stats_key,
@@ -336,8 +337,8 @@ class PartitionPipeline:
         p["written"][live[store_it]] = 1  # before the checkpoint values, which must say so after a restore
 
         lat, lon = geo52_decode(p["best_geo"][live])
-        cells = geohash_str(lat, lon, s.cell_precision)
-        hashes = geohash_str(lat, lon, s.geohash_precision)
+        cell_texts = geohash_strings(lat, lon, s.cell_precision)
+        hash_texts = geohash_strings(lat, lon, s.geohash_precision)
         size = _CK_DTYPE.itemsize
         ck = np.empty(live.shape[0], dtype=_CK_DTYPE)
         for name in _CK_FIELDS:
@@ -348,13 +349,10 @@ class PartitionPipeline:
                                  p["best_ts"][live], p["count"][live], p["best_conf"][live], p["hit"][live],
                                  self._source_codes(live, out)).tobytes()
         sid_raw = p["sid"][live].astype("<u8").tobytes()
-        sids, starts, ends, counts, geos, best_tss, last_seqs, cam_ids = (
-            p[name][live].tolist() for name in ("sid", "start", "end", "count", "best_geo", "best_ts", "last_seq",
-                                                "cam"))
+        starts, ends, counts, geos, best_tss, last_seqs, cam_ids = (
+            p[name][live].tolist() for name in ("start", "end", "count", "best_geo", "best_ts", "last_seq", "cam"))
         hits = p["hit"][live].astype(bool).tolist()
-        cell_texts = [c.decode() for c in cells.view(f"S{cells.shape[1]}").ravel().tolist()]
         cell_keys, cell_scores = cell_entries(cell_texts, p["start"][live], s.cell_bucket_ms)
-        hash_texts = [h.decode() for h in hashes.view(f"S{hashes.shape[1]}").ravel().tolist()]
         confs = rounded(p["best_conf"][live], 6)
         lats, lons = rounded(lat, 7), rounded(lon, 7)
         b_reads, b_regions, b_agencies = map(list, zip(*bests, strict=True))
@@ -410,7 +408,7 @@ class PartitionPipeline:
         for vid, (region, plate_text) in dict(zip(pick(vids), zip(pick(b_regions), pick(plate_texts), strict=True),
                                                   strict=True)).items():
             directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
-        hex_sids = pick(list(map("{:016x}".format, sids)))
+        hex_sids = pick(sighting_hex(p["sid"][live]))
         topic, partition = self.topic, self.partition
         msgs = [{"schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid, "revision": revision,
                  "vehicle": vhex, "plate": plate_text, "region": region, "camera_id": camera, "agency": agency,

@@ -35,6 +35,7 @@ from streams.store import (
     cell_key,
     member_sources,
     read_trail_members,
+    sighting_hex,
     source_names,
     time_range,
     trail_key,
@@ -95,12 +96,13 @@ class Trail:
         c, plate, region = self.cols, self.plate, self.region
         fields: Iterable[tuple[Any, ...]] = zip(
             c.ts, c.ts_last, c.camera_id, c.agency, self.lat, self.lon, self.geohash, c.geo52.tolist(),
-            self.confidence, c.reads, c.read_id, c.sighting_id, c.hit, strict=True)
+            self.confidence, c.reads, c.read_id, sighting_hex(np.array(c.sighting_id, dtype=np.uint64)), c.hit,
+            strict=True)
         if agencies is not None:
             fields = itertools.compress(fields, [a in agencies for a in c.agency])
         return [{"ts": ts, "ts_last": ts_last, "plate": plate, "region": region, "camera_id": camera,
                  "agency": agency, "lat": la, "lon": lo, "geohash": gh, "geo52": geo, "confidence": conf,
-                 "reads": reads, "read_id": read_id, "sighting_id": f"{sid:016x}", "hit": hit}
+                 "reads": reads, "read_id": read_id, "sighting_id": sid, "hit": hit}
                 for ts, ts_last, camera, agency, la, lo, gh, geo, conf, reads, read_id, sid, hit in fields]
 
 

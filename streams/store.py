@@ -186,6 +186,14 @@ def sighting_ids(topic: str, partition: int, first_offsets: Sequence[int]) -> li
     return out
 
 
+def sighting_hex(sids: NDArray[np.uint64]) -> list[str]:
+    """How messages and rows name each sighting id (``f"{sid:016x}"``): one hex conversion and one split for
+    all of them (1,000 ids 159 -> 31 us)."""
+    if sids.shape[0] == 0:
+        return []
+    return sids.astype(">u8").tobytes().hex(" ", 8).split(" ")
+
+
 def trail_key(vehicle: bytes) -> str:
     return trail_key_hex(vehicle.hex())
 

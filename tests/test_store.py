@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -395,3 +396,10 @@ def test_a_redis_that_would_store_trails_as_skiplists_is_detected(settings: Sett
         for name, value in tuned.items():
             sync.config_set(name, value)
     assert sync.keys("ps:probe:*") == []
+
+
+@given(st.lists(st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**63, 2**64 - 1]), max_size=200))
+def test_sighting_hex_names_each_id_as_its_16_digit_hex(sids: list[int]) -> None:
+    from streams.store import sighting_hex
+
+    assert sighting_hex(np.array(sids, dtype=np.uint64)) == [f"{s:016x}" for s in sids]
