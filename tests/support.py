@@ -18,6 +18,7 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from streams.connect import kafka, redis_client
+from streams.directory import directory_key, open_entry
 from streams.pipeline import META_OFFSET, BatchResult, PartitionPipeline
 from streams.producer import send_all
 from streams.query import trail
@@ -25,7 +26,7 @@ from streams.records import Raw
 from streams.settings import Settings
 from streams.simulate import Traffic, generate
 from streams.stack import free_port
-from streams.store import apply_batch_sync, apply_cluster_sync, checkpoint_key
+from streams.store import apply_batch_sync, apply_cluster_sync, checkpoint_key, vehicle_id
 from streams.topics import end_offsets, ensure_topics
 from tests.conftest import settings_env, wait_for
 
@@ -134,6 +135,13 @@ def verify_against_truth(s: Settings, traffic: Traffic) -> Accounting:
         acc.duplicated += sum((got - exp).values())
         if got != exp and len(acc.wrong) < 5:
             acc.wrong.append(f"{plate}/{region}: missing {sorted(exp - got)} unexpected {sorted(got - exp)}")
+        # a stored vehicle can be found by partial-plate search: its directory entry names it
+        if rows:
+            vid = vehicle_id(s.hash_key, region, rows[0]["plate"])
+            sealed = client.hget(directory_key(vid), vid)
+            named = None if sealed is None else open_entry((s.hash_key,), vid, sealed)
+            if named != (region, rows[0]["plate"]) and len(acc.wrong) < 5:
+                acc.wrong.append(f"{plate}/{region}: directory entry {named}")
     # every message of the input is a stored read, a merged read or a dead letter
     dlq = read_topic(s, s.topic_dlq)
     coords = {(orjson.loads(r.value)["partition"], orjson.loads(r.value)["offset"]) for r in dlq}
