@@ -117,8 +117,8 @@ async def ensure_layout(client: Any, scan: bool = True) -> None:
                           "wipe it and replay the reads topic (README: Redis layout)")
 
 
-# What ``compact_trails`` checks a sorted set of keeps its compact encoding at: 512 members (a vehicle with
-# that many sightings in its retention) of 100 bytes (a trail member with a 51-byte read id; a UUID makes 85)
+# The sorted set ``compact_trails`` needs Redis to keep compact: 512 members (a vehicle with that many
+# sightings in its retention) of 100 bytes (a trail member with a 51-byte read id; a UUID makes 85)
 COMPACT_PROBE = (512, 100)
 
 
