@@ -372,15 +372,10 @@ def read_trail_members(client: redis.Redis, keys: Sequence[str], lo: int | str =
 
 def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
                limit: int | None = None) -> list[Sighting]:
-    """Sightings stored under one trail key with first capture time in [lo, hi], oldest first."""
-    return read_trail_columns(client, key, lo, hi, limit).sightings()
-
-
-def read_trail_columns(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | str = "+inf",
-                       limit: int | None = None) -> TrailColumns:
-    """``read_trail`` as columns: lookups build their rows from these without a ``Sighting`` per row."""
+    """Sightings stored under one trail key with first capture time in [lo, hi], oldest first (lookups read
+    columns instead: ``query.trails``)."""
     members = _trail_members(client, key, lo, hi, limit)
-    return unpack_columns(members, lambda codes: source_names(client, codes))
+    return unpack_columns(members, lambda codes: source_names(client, codes)).sightings()
 
 
 def member_sources(members: Sequence[bytes]) -> list[bytes]:
