@@ -386,31 +386,52 @@ def member_sources(members: Sequence[bytes]) -> list[bytes]:
 
 @dataclass(slots=True)
 class TrailColumns:
-    """Sightings column by column (same fields as ``Sighting``)."""
+    """Sightings column by column (same fields as ``Sighting``), as NumPy arrays: a lookup makes no Python
+    object per sighting and value except the read ids (a 1,000-sighting trail's 0.62 -> 0.41 ms), and rows
+    are made from the arrays in one ``tolist`` per column. Camera and agency are an index into ``sources``
+    (a trail has few), so a governed lookup decides per source, not per sighting."""
 
-    sighting_id: list[int]
-    ts: list[int]
-    ts_last: list[int]
-    best_ts: list[int]
+    sighting_id: NDArray[np.uint64]
+    ts: NDArray[np.int64]
+    ts_last: NDArray[np.int64]
+    best_ts: NDArray[np.int64]
     geo52: NDArray[np.uint64]
-    reads: list[int]
+    reads: NDArray[np.uint32]
     confidence: NDArray[np.float32]
-    camera_id: list[str]
-    agency: list[str]
+    source: NDArray[np.int64]  # each sighting's (camera, agency) as an index into ``sources``
+    sources: list[tuple[str, str]]
     read_id: list[str]
-    hit: list[bool]
+    hit: NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
 
     @classmethod
     def of(cls, sightings: Sequence[Sighting]) -> TrailColumns:
-        return cls([s.sighting_id for s in sightings], [s.ts for s in sightings], [s.ts_last for s in sightings],
-                   [s.best_ts for s in sightings], np.array([s.geo52 for s in sightings], dtype=np.uint64),
-                   [s.reads for s in sightings], np.array([s.confidence for s in sightings], dtype=np.float32),
-                   [s.camera_id for s in sightings], [s.agency for s in sightings], [s.read_id for s in sightings],
-                   [s.hit for s in sightings])
+        pairs = [(s.camera_id, s.agency) for s in sightings]
+        index = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
+        return cls(np.array([s.sighting_id for s in sightings], dtype=np.uint64),
+                   np.array([s.ts for s in sightings], dtype=np.int64),
+                   np.array([s.ts_last for s in sightings], dtype=np.int64),
+                   np.array([s.best_ts for s in sightings], dtype=np.int64),
+                   np.array([s.geo52 for s in sightings], dtype=np.uint64),
+                   np.array([s.reads for s in sightings], dtype=np.uint32),
+                   np.array([s.confidence for s in sightings], dtype=np.float32),
+                   np.array([index[p] for p in pairs], dtype=np.int64), list(index),
+                   [s.read_id for s in sightings], np.array([s.hit for s in sightings], dtype=np.bool_))
+
+    @property
+    def camera_id(self) -> list[str]:
+        return list(map([c for c, _ in self.sources].__getitem__, self.source.tolist()))
+
+    @property
+    def agency(self) -> list[str]:
+        return list(map([a for _, a in self.sources].__getitem__, self.source.tolist()))
 
     def sightings(self) -> list[Sighting]:
-        return list(map(Sighting, self.sighting_id, self.ts, self.ts_last, self.best_ts, self.geo52.tolist(),
-                        self.reads, self.confidence.tolist(), self.camera_id, self.agency, self.read_id, self.hit))
+        return list(map(Sighting, self.sighting_id.tolist(), self.ts.tolist(), self.ts_last.tolist(),
+                        self.best_ts.tolist(), self.geo52.tolist(), self.reads.tolist(), self.confidence.tolist(),
+                        self.camera_id, self.agency, self.read_id, self.hit.tolist()))
 
 
 def unpack_many(members: Sequence[bytes], names: Mapping[bytes, tuple[str, str]]) -> list[Sighting]:
@@ -439,18 +460,13 @@ def unpack_columns(members: Sequence[bytes], names: SourceNames) -> TrailColumns
     codes, inverse = distinct_values(np.ascontiguousarray(fixed["source"]).view("<u8"))
     distinct = [codes[i : i + 1].tobytes() for i in range(codes.shape[0])]
     found = names(distinct) if callable(names) else names
-    sources = [found.get(code, UNRESOLVED) for code in distinct]
-    at = inverse.ravel().tolist()
-    cameras = list(map([c for c, _ in sources].__getitem__, at))
-    agencies = list(map([a for _, a in sources].__getitem__, at))
     if status == OK:  # one decode and one split for all read ids
         read_ids = ids[:used].tobytes().decode().split("\n")
     else:  # SEPARATOR_IN_ID
         read_ids = [unpack_strings(m, size, 1)[0] for m in members]
-    hit = (fixed["flags"] & 1).astype(bool).tolist()
-    return TrailColumns(fixed["sid"].tolist(), ts.tolist(), (ts + fixed["duration"]).tolist(),
-                        (ts + fixed["best_dt"]).tolist(), fixed["geo52"].copy(), fixed["reads"].tolist(),
-                        fixed["confidence"].copy(), cameras, agencies, read_ids, hit)
+    return TrailColumns(fixed["sid"].copy(), ts, ts + fixed["duration"], ts + fixed["best_dt"], fixed["geo52"].copy(),
+                        fixed["reads"].copy(), fixed["confidence"].copy(), inverse.ravel(),
+                        [found.get(code, UNRESOLVED) for code in distinct], read_ids, (fixed["flags"] & 1).astype(bool))
 
 
 # One partition's batch, applied atomically by the server: check that the checkpoint still holds the

@@ -379,3 +379,30 @@ def test_a_lookup_between_the_chunks_of_a_batch_sees_each_sighting_once(settings
         assert all(v in {(f"{p}-0", 1), (f"{p}-1", 2)} for p, v in zip(plates, view, strict=True))
     assert views[-1] == [(f"{p}-1", 2) for p in plates]
     assert any(views[k] != views[-1] for k in range(len(views)))  # the chunks really were seen half-done
+
+
+def test_trail_columns_and_rows_equal_each_sighting_built_alone(settings: Settings) -> None:
+    """A lookup's arrays and rows against each stored sighting decoded on its own (``Sighting.as_dict``,
+    pygeohash of its position), and rows cut to some agencies against filtering the whole rows."""
+    import pygeohash
+
+    from streams.query import trail_columns
+    from streams.store import read_trail, trail_key, vehicle_id
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    reads = [{"read_id": f"r{i}", "camera_id": f"cam-{i % 4}", "agency": AGENCIES[i % 3], "plate": "COL123",
+              "region": "US-CT", "ts": BASE + i * 60_000, "lat": 41.7 + i * 0.00123, "lon": -72.7 - i * 0.0071,
+              "confidence": 0.5 + (i % 7) / 16} for i in range(41)]
+    store_reads(settings, client, reads)
+    stored = read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "COL123")))
+    expected = [{**s.as_dict(), "plate": "COL123", "region": "US-CT",
+                 "geohash": pygeohash.encode(*s.position(), settings.geohash_precision)} for s in stored]
+    got = trail_columns(client, settings, "COL123", "US-CT")
+    assert len(got) == len(stored) == 41 and got.rows() == expected
+    assert got.lat.tolist() == [r["lat"] for r in expected] and got.geohash == [r["geohash"] for r in expected]
+    assert got.cols.read_id == [f"r{i}" for i in range(41)] and len(got.cols.sources) == 12
+    for agencies in ({AGENCIES[0]}, {AGENCIES[1]}, {AGENCIES[1], AGENCIES[2]}, set(), {"nobody"}, set(AGENCIES)):
+        assert got.rows(agencies) == [r for r in expected if r["agency"] in agencies]
+    empty = trail_columns(client, settings, "NONE99", "US-CT")
+    assert len(empty) == 0 and empty.rows() == [] and empty.rows({AGENCIES[0]}) == [] and empty.geohash == []

@@ -90,8 +90,15 @@ def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
     by_call = unpack_columns(members, lambda codes: asked.append(codes) or names)
     assert by_call.sightings() == sightings
     assert all(sorted(a) == sorted(set(names)) for a in asked) and len(asked) == (1 if sightings else 0)
-    as_rows = list(zip(cols.sighting_id, cols.ts, cols.ts_last, cols.best_ts, cols.geo52.tolist(), cols.reads,
-                       cols.confidence.tolist(), cols.camera_id, cols.agency, cols.read_id, cols.hit, strict=True))
+    # columns are arrays of the stored widths, sources once per distinct (camera, agency); their values as
+    # Python objects are the sightings' own, with the same types
+    assert [str(a.dtype) for a in (cols.sighting_id, cols.ts, cols.ts_last, cols.best_ts, cols.geo52, cols.reads,
+                                   cols.confidence, cols.hit)] == ["uint64", "int64", "int64", "int64", "uint64",
+                                                                   "uint32", "float32", "bool"]
+    assert sorted(cols.sources) == sorted(set(names.values()))
+    as_rows = list(zip(cols.sighting_id.tolist(), cols.ts.tolist(), cols.ts_last.tolist(), cols.best_ts.tolist(),
+                       cols.geo52.tolist(), cols.reads.tolist(), cols.confidence.tolist(), cols.camera_id, cols.agency,
+                       cols.read_id, cols.hit.tolist(), strict=True))
     expected = [(s.sighting_id, s.ts, s.ts_last, s.best_ts, s.geo52, s.reads, s.confidence, s.camera_id, s.agency,
                  s.read_id, s.hit) for s in sightings]
     assert [[type(v) for v in r] for r in as_rows] == [[type(v) for v in r] for r in expected] and as_rows == expected

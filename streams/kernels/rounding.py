@@ -39,11 +39,16 @@ def _rint_scaled(x: NDArray[np.float64], scale: float) -> tuple[NDArray[np.float
     return out, odd[:m]
 
 
-def rounded(values: NDArray[np.floating], digits: int) -> list[float]:
-    """``[round(float(v), digits) for v in values]``, bit for bit, without a Python call per value."""
+def rounded_array(values: NDArray[np.floating], digits: int) -> NDArray[np.float64]:
+    """``round(float(v), digits)`` of each value, bit for bit, as an array."""
     x = np.asarray(values, dtype=np.float64)
     out, odd = _rint_scaled(x, 10.0**digits)
-    result: list[float] = out.tolist()
     for i in odd.tolist():
-        result[i] = round(float(x[i]), digits)
+        out[i] = round(float(x[i]), digits)
+    return out
+
+
+def rounded(values: NDArray[np.floating], digits: int) -> list[float]:
+    """``[round(float(v), digits) for v in values]``, bit for bit, without a Python call per value."""
+    result: list[float] = rounded_array(values, digits).tolist()
     return result

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.kernels.rounding import rounded
+from streams.kernels.rounding import rounded, rounded_array
 
 
 def _same(a: list[float], b: list[float]) -> bool:
@@ -35,3 +35,11 @@ def test_ties_go_where_round_sends_them() -> None:
     values = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 0.125, 0.375, 2.675, 1.0000005, 0.0000005], dtype=np.float64)
     for digits in (0, 2, 6):
         assert _same(rounded(values, digits), [round(v, digits) for v in values.tolist()])
+
+
+def test_array_form_leaves_its_input_alone() -> None:
+    values = np.array([0.125, 2.675, 41.70000049], dtype=np.float64)
+    before = values.copy()
+    got = rounded_array(values, 2)
+    assert got.dtype == np.float64 and got is not values and np.array_equal(values, before)
+    assert _same(got.tolist(), [round(v, 2) for v in before.tolist()])
