@@ -402,7 +402,9 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         samples, col_samples = results.get(timeout=60)
         proc.join(30)
         scripts1 = client.info("commandstats").get("cmdstat_evalsha", {})
-        script_hist = _script_histogram(client)
+        script_hist = _histogram(client)
+        lookup_hist = _histogram(client, "zrangebylex")
+        lookup_stats = client.info("commandstats").get("cmdstat_zrangebylex", {})
         # the worker kept up: everything produced was in Redis soon after the producer finished
         deadline = time.monotonic() + 30
         while processed(s, client) < before + len(messages) and time.monotonic() < deadline:
@@ -432,6 +434,10 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             # bound, ms). A lookup waits at most this long behind a script; the rest of its tail is CPU
             # contention between the lookup, the worker, the producer, Redis and the broker on two cores
             "trail_ingest_batch_script_ms_p99_at_most": _bucket_at(script_hist, 0.99),
+            # Redis's own time for a lookup's ZRANGEBYLEX under ingest (the rest of a lookup is the round trip,
+            # waiting behind scripts and the client's decoding)
+            "trail_redis_lookup_ms_avg": float(lookup_stats.get("usec_per_call", float("nan"))) / 1000,
+            "trail_redis_lookup_ms_p99_at_most": _bucket_at(lookup_hist, 0.99),
             "trail_queries": len(samples) + len(col_samples), "trail_ingest_rate_target": rate,
             "trail_ingest_rate_achieved": achieved, "trail_ingest_stored_per_s": consumed,
             "trail_priority": priority,
@@ -439,10 +445,10 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             "trail_ingest_batch_scripts": calls, "trail_ingest_batch_script_ms_avg": usec / max(calls, 1) / 1000}
 
 
-def _script_histogram(client: redis.Redis) -> dict[int, int]:
-    """``LATENCY HISTOGRAM evalsha``: cumulative calls per power-of-two bucket (upper bound in us)."""
-    reply = cast(dict[bytes, Any], client.execute_command("LATENCY", "HISTOGRAM", "evalsha"))
-    hist = reply.get(b"evalsha", {}).get(b"histogram_usec", {})
+def _histogram(client: redis.Redis, command: str = "evalsha") -> dict[int, int]:
+    """``LATENCY HISTOGRAM <command>``: cumulative calls per power-of-two bucket (upper bound in us)."""
+    reply = cast(dict[bytes, Any], client.execute_command("LATENCY", "HISTOGRAM", command))
+    hist = reply.get(command.encode(), {}).get(b"histogram_usec", {})
     return {int(k): int(v) for k, v in hist.items()}
 
 

@@ -29,6 +29,7 @@ from streams.simulate import generate
 SHOWN = ("trail_p50_ms", "trail_p99_ms", "trail_columns_p50_ms", "trail_columns_p99_ms", "trail_paced_idle_p50_ms",
          "trail_paced_idle_p99_ms", "trail_columns_paced_idle_p50_ms", "trail_columns_paced_idle_p99_ms",
          "trail_idle_p50_ms", "trail_columns_idle_p50_ms", "trail_ingest_batch_script_ms_p99_at_most",
+         "trail_redis_lookup_ms_avg", "trail_redis_lookup_ms_p99_at_most",
          "trail_ingest_stored_per_s")
 
 
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
              "rows and columns taking turns, 5 ms apart. Priority on: Redis and the lookup process at SCHED_FIFO "
              "(20 and 10) during the measurement; the worker, the producer and the broker at normal priority. "
              "paced_idle: the same lookups, 5 ms apart, before ingest starts (the worker started, idle); idle: back "
-             "to back.", "",
+             "to back. redis_lookup: Redis's own time per lookup (its `ZRANGEBYLEX`) during the measurement, average "
+             "and the 99th percentile's histogram bucket (upper bound); columns are `query.trail_columns` (NumPy "
+             "arrays), rows `query.trail` (a dict per sighting).", "",
              "| chunk args | priority | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
              "|---|---|" + "---|" * len(SHOWN)]
     for (v, p), rs in runs.items():
