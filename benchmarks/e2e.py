@@ -464,8 +464,9 @@ def _timed(fn: Callable[[], Any], n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        fn()
+        result = fn()
         out.append((time.perf_counter() - t) * 1000)
+        del result  # the call's time, not its result's freeing (as in ``_paced``)
     return out
 
 
@@ -486,6 +487,9 @@ def _paced(lookups: tuple[Callable[[], Sized], ...], rounds: int | None, flag: A
             found = lookup()
             out.append((time.perf_counter() - t) * 1000)
             assert len(found) == 1000
+            # dropped here, not when the next lookup's result replaces it: that lookup's time included freeing
+            # this one (1,000 row dicts, cold, before each columns lookup: p50 1.1-1.25 -> 0.83-0.94 ms paced)
+            del found
             time.sleep(LOOKUP_PAUSE_S)
     return samples
 
