@@ -76,7 +76,7 @@ def _latest(found: Iterable[T], sighting: Callable[[T], Sighting]) -> list[T]:
     return [item for item, _ in best.values()]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # arrays (see TrailColumns)
 class Trail:
     """A vehicle's sightings column by column (``trail_columns``), oldest first, as NumPy arrays: what
     ``trail`` returns as rows, without a Python object per sighting (for callers that work on columns, and a
