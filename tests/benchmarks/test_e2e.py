@@ -80,3 +80,15 @@ def test_realtime_priority_reaches_every_thread_and_not_forked_children() -> Non
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_goal_row_judges_each_form_it_was_measured_in() -> None:
+    from benchmarks.__main__ import goal_row
+
+    row = goal_row("trail_p99_ms", {"trail_p99_ms": 9.48, "trail_columns_p99_ms": 7.2,
+                                    "trail_priority_columns_p99_ms": 1.9})
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "9.48; as columns: 7.20; the same, as columns: 1.90"
+    assert cells[3] == "NOT met; as columns: NOT met; the same, as columns: met"
+    assert goal_row("e2e_reads_per_s", {"e2e_reads_per_s": 155_626.0}).endswith("| met |")
+    assert goal_row("trail_p99_ms", {}).endswith("| not measured |")
