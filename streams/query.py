@@ -113,10 +113,9 @@ class Trail:
         def col(values: NDArray[Any]) -> NDArray[Any]:
             return values if keep is None else values[keep]
 
-        source = col(c.source).tolist()
-        cameras, agencies_of = [camera for camera, _ in c.sources], [agency for _, agency in c.sources]
-        fields = zip(col(c.ts).tolist(), col(c.ts_last).tolist(), map(cameras.__getitem__, source),
-                     map(agencies_of.__getitem__, source), col(self.lat).tolist(), col(self.lon).tolist(), geohash,
+        cameras, agencies_of = c.names(keep)
+        fields = zip(col(c.ts).tolist(), col(c.ts_last).tolist(), cameras, agencies_of, col(self.lat).tolist(),
+                     col(self.lon).tolist(), geohash,
                      col(c.geo52).tolist(), col(self.confidence).tolist(), col(c.reads).tolist(), read_id,
                      sighting_hex(col(c.sighting_id)), col(c.hit).tolist(), strict=True)
         return [{"ts": ts, "ts_last": ts_last, "plate": plate, "region": region, "camera_id": camera,
