@@ -115,9 +115,8 @@ class Trail:
 
         cameras, agencies_of = c.names(keep)
         fields = zip(col(c.ts).tolist(), col(c.ts_last).tolist(), cameras, agencies_of, col(self.lat).tolist(),
-                     col(self.lon).tolist(), geohash,
-                     col(c.geo52).tolist(), col(self.confidence).tolist(), col(c.reads).tolist(), read_id,
-                     sighting_hex(col(c.sighting_id)), col(c.hit).tolist(), strict=True)
+                     col(self.lon).tolist(), geohash, col(c.geo52).tolist(), col(self.confidence).tolist(),
+                     col(c.reads).tolist(), read_id, sighting_hex(col(c.sighting_id)), col(c.hit).tolist(), strict=True)
         return [{"ts": ts, "ts_last": ts_last, "plate": plate, "region": region, "camera_id": camera,
                  "agency": agency, "lat": la, "lon": lo, "geohash": gh, "geo52": geo, "confidence": conf,
                  "reads": reads, "read_id": rid, "sighting_id": sid, "hit": hit}
