@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from streams.audit import AuditLog
 from streams.directory import entries
 from streams.hotlist import Entry, class_regex
-from streams.kernels.geohash import geo52_decode, geohash_strings, geohash_text
+from streams.kernels.geohash import geo52_decode, geohash_strings, geohash_text, split_geohashes
 from streams.kernels.members import distinct_values
 from streams.kernels.plates import CONFUSABLE, plate_class
 from streams.kernels.rounding import rounded_array
@@ -96,7 +96,7 @@ class Trail:
     @property
     def geohash(self) -> list[str]:
         """Each sighting's geohash (``Settings.geohash_precision`` characters)."""
-        return self.geohash_text.tobytes().decode("ascii").split(" ")[:-1] if len(self) else []
+        return split_geohashes(self.geohash_text)
 
     def rows(self, agencies: Container[str] | None = None) -> list[dict[str, Any]]:
         """One dict per sighting; with ``agencies``, of those agencies' sightings only (a governed query

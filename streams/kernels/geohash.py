@@ -148,8 +148,13 @@ def geohash_text(lat: NDArray[np.float64], lon: NDArray[np.float64], precision: 
     return out
 
 
+def split_geohashes(text: NDArray[np.uint8]) -> list[str]:
+    """The strings of a ``geohash_text`` (one decode and one split: no Python call per point)."""
+    return text.tobytes().decode("ascii").split(" ")[:-1]
+
+
 def geohash_strings(lat: NDArray[np.float64], lon: NDArray[np.float64], precision: int) -> list[str]:
-    """``geohash_str`` as Python strings (one decode and one split: no Python call per point)."""
+    """``geohash_str`` as Python strings."""
     if precision <= 0:
         return [""] * lat.shape[0]
-    return geohash_text(lat, lon, precision).tobytes().decode("ascii").split()
+    return split_geohashes(geohash_text(lat, lon, precision))
