@@ -1,0 +1,81 @@
+"""What chunked Redis writes cost in throughput: the worker on one pre-filled topic, ``PLATESTREAM_REDIS_CHUNK_ARGS``
+values taking turns.
+
+    python -m benchmarks.chunks [--chunk-args 0,200,400] [--rounds 3] [--vehicles 50000]
+
+Chunked writes (README: trail lookups under ingest) cap how long a lookup waits behind a batch's Redis write;
+this is their price in reads/s. Runs alternate as in ``benchmarks.ab`` (whole runs swing with the machine),
+each from offset 0 of the same topic into the same emptied Redis db, each checked for the exact sighting
+count. Writes ``benchmarks/results/chunks-<date>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks import e2e
+from benchmarks.__main__ import machine
+from streams import stack
+from streams.simulate import generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.chunks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chunk-args", default="0,200,400", help="comma-separated values; the first is the baseline")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--vehicles", type=int, default=50_000, help="simulated vehicles (~34 messages each)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    values = [int(v) for v in args.chunk_args.split(",")]
+    command = " ".join(["python -m benchmarks.chunks", *(argv if argv is not None else sys.argv[1:])])
+    info = stack.up(e2e.state_dir())
+    traffic = generate(seed=42, vehicles=args.vehicles, hours=24)
+    s = e2e.prefilled(info, traffic.messages, db=11)
+    log_dir = e2e.log_dir(info.state_dir)
+    runs: dict[int, list[float]] = {v: [] for v in values}
+    t0 = time.monotonic()
+    for i in range(args.rounds):
+        for v in values:
+            e2e.log(f"round {i + 1}/{args.rounds}: PLATESTREAM_REDIS_CHUNK_ARGS={v}")
+            run = dataclasses.replace(s, group=f"chunks-{uuid.uuid4().hex[:6]}", redis_chunk_args=v)
+            r = e2e.throughput(run, len(traffic.messages), log_dir, e2e.ROOT, inspect=False)
+            if r["e2e_sightings"] != len(traffic.truth):
+                raise RuntimeError(f"chunk args {v}: {r['e2e_sightings']} sightings, truth has {len(traffic.truth)}")
+            runs[v].append(r["e2e_reads_per_s"])
+    date = datetime.date.today().isoformat()
+    results = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
+               "messages": len(traffic.messages), "runs": {str(v): rs for v, rs in runs.items()}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"chunks-{date}.json").write_text(json.dumps(results, indent=2))
+    (out / f"chunks-{date}.md").write_text("\n".join(report(results)) + "\n")
+    print("\n".join(report(results)))
+    return 0
+
+
+def report(r: dict[str, Any]) -> list[str]:
+    medians = {v: statistics.median(rs) for v, rs in r["runs"].items()}
+    base = medians[next(iter(medians))]
+    lines = [f"# Throughput with chunked Redis writes — {r['date']}", "", f"Command: `{r['command']}`  ",
+             f"Duration: {r['seconds']:.0f} s", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in r["machine"].items()), "",
+             f"One worker on a pre-filled topic of {r['messages']:,} messages, from offset 0 each run; the values take "
+             "turns. 0: one script per partition's batch (the default).", "",
+             "| PLATESTREAM_REDIS_CHUNK_ARGS | reads/s (each run) | median | vs the first |", "|---:|---|---:|---:|"]
+    lines += [f"| {v} | {' / '.join(f'{x:,.0f}' for x in rs)} | {medians[v]:,.0f} | {medians[v] / base - 1:+.1%} |"
+              for v, rs in r["runs"].items()]
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
