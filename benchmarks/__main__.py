@@ -38,6 +38,22 @@ GOALS: dict[str, tuple[str, float, str]] = {
 }
 
 
+
+def write_report(out: str | Path, stem: str, results: dict[str, Any], lines: list[str]) -> Path:
+    """A side report (trail, chunks, layouts): ``<out>/<stem>.json`` and ``.md``; returns the Markdown's path."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    md = folder / f"{stem}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def report_header(title: str, r: dict[str, Any]) -> list[str]:
+    """A side report's first lines: title and date, the command, how long it ran, the machine."""
+    return [f"# {title} — {r['date']}", "", f"Command: `{r['command']}`  ", f"Duration: {r['seconds']:.0f} s", "",
+            "Machine: " + ", ".join(f"{k} {v}" for k, v in r["machine"].items()), ""]
+
 def machine() -> dict[str, Any]:
     cpu = ""
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import e2e
-from benchmarks.__main__ import machine
+from benchmarks.__main__ import machine, report_header, write_report
 from streams import stack
 from streams.simulate import generate
 
@@ -55,20 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.date.today().isoformat()
     results = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
                "messages": len(traffic.messages), "runs": {str(v): rs for v, rs in runs.items()}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"chunks-{date}.json").write_text(json.dumps(results, indent=2))
-    (out / f"chunks-{date}.md").write_text("\n".join(report(results)) + "\n")
-    print("\n".join(report(results)))
+    md = write_report(args.out, f"chunks-{date}", results, report(results))
+    print(md.read_text())
     return 0
 
 
 def report(r: dict[str, Any]) -> list[str]:
     medians = {v: statistics.median(rs) for v, rs in r["runs"].items()}
     base = medians[next(iter(medians))]
-    lines = [f"# Throughput with chunked Redis writes — {r['date']}", "", f"Command: `{r['command']}`  ",
-             f"Duration: {r['seconds']:.0f} s", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in r["machine"].items()), "",
+    lines = [*report_header("Throughput with chunked Redis writes", r),
              f"One worker on a pre-filled topic of {r['messages']:,} messages, from offset 0 each run; the values take "
              "turns. 0: one script per partition's batch (the default).", "",
              "| PLATESTREAM_REDIS_CHUNK_ARGS | reads/s (each run) | median | vs the first |", "|---:|---|---:|---:|"]

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from benchmarks import e2e
-from benchmarks.__main__ import machine
+from benchmarks.__main__ import machine, report_header, write_report
 from streams import stack
 
 GOAL = 64.0
@@ -169,20 +169,15 @@ def main(argv: list[str] | None = None) -> int:
                "plate_directory_bytes_per_sighting": directory,
                "measured_today_bytes_per_sighting": memory_report("redis_bytes_per_sighting"),
                "layouts": rows, "combinations": combos}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"layouts-{date}.json").write_text(json.dumps(results, indent=2))
-    (out / f"layouts-{date}.md").write_text("\n".join(report(results)) + "\n")
-    print("\n".join(report(results)))
+    md = write_report(args.out, f"layouts-{date}", results, report(results))
+    print(md.read_text())
     return 0
 
 
 def report(r: dict[str, Any]) -> list[str]:
     fields = r["fields"]
     limits = ", ".join(f"{k} {v}" for k, v in TUNING.items())
-    lines = [f"# Redis bytes per sighting of other layouts (a model day) — {r['date']}", "",
-             f"Command: `{r['command']}`  ", f"Duration: {r['seconds']:.0f} s", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in r["machine"].items()), "",
+    lines = [*report_header("Redis bytes per sighting of other layouts (a model day)", r),
              f"{r['sightings']:,} sightings of {r['vehicles']:,} vehicles (~11 each, exponential) in "
              f"{r['area_keys']:,} area keys, written one at a time in a random order into an empty database of the "
              f"local stack's Redis (listpack limits: {limits}); `INFO memory` used_memory after minus before. "

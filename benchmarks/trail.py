@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import e2e
-from benchmarks.__main__ import machine
+from benchmarks.__main__ import machine, report_header, write_report
 from streams import stack
 from streams.simulate import generate
 
@@ -61,11 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
                                "runs": {f"chunk_args={v},priority={'on' if p else 'off'}": rs
                                         for (v, p), rs in runs.items()}, "lookup_profile": profile}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"trail-{date}.json").write_text(json.dumps(results, indent=2))
-    lines = [f"# Trail lookups under 50k reads/s ingest — {date}", "", f"Command: `{command}`", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()), "",
+    lines = [*report_header("Trail lookups under 50k reads/s ingest", results),
              "Median of the runs (ms); each run: ~1,900 lookups of a 1,000-sighting trail from another process, "
              "rows and columns taking turns, 5 ms apart. Priority on: Redis and the lookup process at SCHED_FIFO "
              "(20 and 10) during the measurement; the worker, the producer and the broker at normal priority. "
@@ -81,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "## Where a lookup's own time goes (cProfile of 300 lookups as rows, nothing else running; top by "
               "own time)", "", "cProfile slows every Python call down, so the shares of the Python lines are "
               "overstated against the reply's socket wait (`recv_into`).", "", "```", profile, "```"]
-    (out / f"trail-{date}.md").write_text("\n".join(lines) + "\n")
-    e2e.log(f"report: {out / f'trail-{date}.md'}")
+    e2e.log(f"report: {write_report(args.out, f'trail-{date}', results, lines)}")
     return 0
 
 
