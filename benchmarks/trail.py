@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                                "runs": {f"chunk_args={v},priority={'on' if p else 'off'}": rs
                                         for (v, p), rs in runs.items()}, "lookup_profile": profile}
     lines = [*report_header("Trail lookups under 50k reads/s ingest", results),
-             "Median of the runs (ms); each run: ~1,900 lookups of a 1,000-sighting trail from another process, "
+             "Median of the runs (ms); each run: ~1,900 lookups of a 1,000-sighting trail from another process (a "
+             "session of its own), "
              "rows and columns taking turns, 5 ms apart. Priority on: Redis and the lookup process at SCHED_FIFO "
              "(20 and 10) during the measurement; the worker, the producer and the broker at normal priority. "
              "paced_idle: the same lookups, 5 ms apart, before ingest starts (the worker started, idle); idle: back "
