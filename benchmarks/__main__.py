@@ -38,7 +38,6 @@ GOALS: dict[str, tuple[str, float, str]] = {
 }
 
 
-
 def write_report(out: str | Path, stem: str, results: dict[str, Any], lines: list[str]) -> Path:
     """A side report (trail, chunks, layouts): ``<out>/<stem>.json`` and ``.md``; returns the Markdown's path."""
     folder = Path(out)
@@ -53,6 +52,7 @@ def report_header(title: str, r: dict[str, Any]) -> list[str]:
     """A side report's first lines: title and date, the command, how long it ran, the machine."""
     return [f"# {title} — {r['date']}", "", f"Command: `{r['command']}`  ", f"Duration: {r['seconds']:.0f} s", "",
             "Machine: " + ", ".join(f"{k} {v}" for k, v in r["machine"].items()), ""]
+
 
 def machine() -> dict[str, Any]:
     cpu = ""

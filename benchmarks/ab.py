@@ -69,10 +69,7 @@ def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[fl
     for i in range(args.rounds):
         for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):
             e2e.log(f"round {i + 1}/{args.rounds}: {name}")
-            group = dataclasses.replace(s, group=f"ab-{uuid.uuid4().hex[:6]}")  # each run from offset 0
-            r = e2e.throughput(group, len(traffic.messages), log_dir, root, inspect=False)
-            if r["e2e_sightings"] != len(traffic.truth):
-                raise RuntimeError(f"{name}: {r['e2e_sightings']} sightings, truth has {len(traffic.truth)}")
+            r = e2e.exact_run(s, traffic, log_dir, root, name=f"ab {name}")
             m = r["worker_metrics"]
             process_us = m.get("stage_us.process", float("nan")) / max(m["consumed"], 1)  # nan: ref predates it
             runs[name].append((r["e2e_reads_per_s"], process_us))

@@ -17,7 +17,6 @@ import datetime
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.rounds):
         for v in values:
             e2e.log(f"round {i + 1}/{args.rounds}: PLATESTREAM_REDIS_CHUNK_ARGS={v}")
-            run = dataclasses.replace(s, group=f"chunks-{uuid.uuid4().hex[:6]}", redis_chunk_args=v)
-            r = e2e.throughput(run, len(traffic.messages), log_dir, e2e.ROOT, inspect=False)
-            if r["e2e_sightings"] != len(traffic.truth):
-                raise RuntimeError(f"chunk args {v}: {r['e2e_sightings']} sightings, truth has {len(traffic.truth)}")
+            r = e2e.exact_run(dataclasses.replace(s, redis_chunk_args=v), traffic, log_dir, name=f"chunks {v}")
             runs[v].append(r["e2e_reads_per_s"])
     date = datetime.date.today().isoformat()
     results = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,

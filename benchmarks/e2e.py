@@ -32,6 +32,7 @@ from streams import stack
 from streams.pipeline import META_OFFSET
 from streams.query import trail, trail_columns
 from streams.settings import Settings
+from streams.simulate import Traffic
 from streams.store import checkpoint_key, read_trail, trail_key, vehicle_id
 from streams.topics import ensure_topics
 
@@ -176,6 +177,16 @@ def start_worker(s: Settings, log_path: Path, root: Path = ROOT) -> RunningWorke
 def processed(s: Settings, client: redis.Redis) -> int:
     offs = [client.hget(checkpoint_key(s.group, s.topic_reads, p), META_OFFSET) for p in range(s.partitions)]
     return sum(int(o) for o in offs if o is not None)
+
+
+def exact_run(s: Settings, traffic: Traffic, log_dir: Path, root: Path = ROOT, name: str = "run") -> dict[str, Any]:
+    """``throughput`` of one run on the pre-filled topic from offset 0 (a fresh consumer group), refused unless it
+    stored exactly the simulator's passes: for runs that take turns (``make bench-ab``, ``benchmarks.chunks``)."""
+    run = dataclasses.replace(s, group=f"{name.replace(' ', '-')}-{uuid.uuid4().hex[:6]}")
+    r = throughput(run, len(traffic.messages), log_dir, root, inspect=False)
+    if r["e2e_sightings"] != len(traffic.truth):
+        raise RuntimeError(f"{name}: {r['e2e_sightings']} sightings, truth has {len(traffic.truth)}")
+    return r
 
 
 def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspect: bool = True) -> dict[str, Any]:

@@ -51,10 +51,6 @@ Write = Callable[[Any, int, bytes, int], None]
 VEHICLES_PER_HASH = 12  # a blob layout's trails: hashes of ~12 vehicles each, one vehicle's trail a field's value
 
 
-def _rand(rng: random.Random, n: int) -> bytes:
-    return rng.randbytes(n)
-
-
 def variants(rng: random.Random, vehicles: int) -> list[tuple[str, str, int, Write]]:
     """(index, layout, entry bytes, write one sighting (pipeline, i, vehicle, area key))."""
     hashes = max(1, vehicles // VEHICLES_PER_HASH)
@@ -63,19 +59,19 @@ def variants(rng: random.Random, vehicles: int) -> list[tuple[str, str, int, Wri
         return (1_764_000_000_000 + i * 80).to_bytes(6, "big")
 
     def zset_trail(size: int) -> Write:
-        return lambda p, i, v, cell: p.zadd(b"ps:t:{" + v + b"}", {ts(i) + _rand(rng, size - 6): 0})
+        return lambda p, i, v, cell: p.zadd(b"ps:t:{" + v + b"}", {ts(i) + rng.randbytes(size - 6): 0})
 
     def hash_trail(size: int) -> Write:
         def write(p: Any, i: int, v: bytes, cell: int) -> None:
             h = b"ps:tb:{%d}" % (int.from_bytes(v[:4], "big") % hashes)
-            p.eval(APPEND_FIELD, 1, h, v, ts(i) + _rand(rng, size - 6))
+            p.eval(APPEND_FIELD, 1, h, v, ts(i) + rng.randbytes(size - 6))
         return write
 
     def area_today(p: Any, i: int, v: bytes, cell: int) -> None:
-        p.zadd(b"ps:c:{%d:0}" % cell, {v + _rand(rng, AREA_TODAY - 12): rng.randrange(BUCKET_MS)})
+        p.zadd(b"ps:c:{%d:0}" % cell, {v + rng.randbytes(AREA_TODAY - 12): rng.randrange(BUCKET_MS)})
 
     def area_time_led(p: Any, i: int, v: bytes, cell: int) -> None:
-        p.zadd(b"ps:c:{%d:0}" % cell, {rng.randrange(BUCKET_MS).to_bytes(3, "big") + v + _rand(rng, 1): 0})
+        p.zadd(b"ps:c:{%d:0}" % cell, {rng.randrange(BUCKET_MS).to_bytes(3, "big") + v + rng.randbytes(1): 0})
 
     size = {name: sum(f.values()) for name, f in
             (("today", TODAY), ("compact", COMPACT), ("no_read_id", NO_READ_ID), ("no_ids", NO_IDS))}
