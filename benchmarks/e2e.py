@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 import redis
 from aiokafka import AIOKafkaProducer
+from numpy.typing import NDArray
 
 from benchmarks.memory import sorted_set_anatomy
 from streams import stack
@@ -407,11 +408,15 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             set_realtime(proc.pid, LOOKUP_RT_PRIORITY)  # threads it starts later inherit it
         time.sleep(2.0)  # let it import and warm up
         before = processed(s, client)
+        redis_stat = os.open(f"/proc/{info.redis_pid}/task/{info.redis_pid}/schedstat", os.O_RDONLY)  # main thread
+        redis0 = os.pread(redis_stat, 64, 0).split()
         t0 = time.monotonic()
         produce(s, messages, rate=rate)
         achieved = len(messages) / (time.monotonic() - t0)
         flag.set()
-        samples, col_samples = results.get(timeout=60)
+        redis1 = os.pread(redis_stat, 64, 0).split()
+        os.close(redis_stat)
+        samples, col_samples, cpu, col_cpu = results.get(timeout=60)
         proc.join(30)
         scripts1 = client.info("commandstats").get("cmdstat_evalsha", {})
         script_hist = _histogram(client)
@@ -436,6 +441,12 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             "trail_columns_p50_ms": float(np.percentile(cols, 50)),
             "trail_columns_p90_ms": float(np.percentile(cols, 90)),
             "trail_columns_p99_ms": float(np.percentile(cols, 99)), "trail_columns_max_ms": float(cols.max()),
+            # where the slowest 1% of the lookups spent their time: the lookup process on a core, waiting on the
+            # run queue for one (schedstat), or blocked on Redis's reply (the rest: Redis busy, or waiting for a core)
+            **_slowest("trail", arr, cpu), **_slowest("trail_columns", cols, col_cpu),
+            # Redis's main thread: how long, on average, it waited for a core each time it became runnable
+            "trail_redis_runqueue_wait_ms_avg": (int(redis1[1]) - int(redis0[1])) / 1e6
+            / max(int(redis1[2]) - int(redis0[2]), 1),
             "trail_columns_idle_p50_ms": float(np.median(idle_cols)),
             # the same pacing as under ingest, before ingest starts
             "trail_paced_idle_p50_ms": float(np.percentile(paced[0], 50)),
@@ -455,6 +466,16 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             "trail_priority": priority,
             "trail_idle_p50_ms": float(np.median(idle)), "trail_idle_redis_reply_p50_ms": float(np.median(raw)),
             "trail_ingest_batch_scripts": calls, "trail_ingest_batch_script_ms_avg": usec / max(calls, 1) / 1000}
+
+
+def _slowest(prefix: str, times: NDArray[np.float64], cpu: list[tuple[float, float]],
+             share: float = 0.01) -> dict[str, float]:
+    """Of the slowest ``share`` of the lookups, the part of their time on a core, waiting for one, and blocked."""
+    slowest = np.argsort(times)[-max(1, int(len(times) * share)) :]
+    total = float(times[slowest].sum())
+    run, wait = (float(x) for x in np.asarray(cpu)[slowest].sum(axis=0))
+    return {f"{prefix}_slowest_on_core_share": run / total, f"{prefix}_slowest_runqueue_share": wait / total,
+            f"{prefix}_slowest_blocked_share": 1 - (run + wait) / total}
 
 
 def _histogram(client: redis.Redis, command: str = "evalsha") -> dict[int, int]:
@@ -489,21 +510,39 @@ def _lookups(c: redis.Redis, s: Settings) -> tuple[Callable[[], Sized], ...]:
     return (lambda: trail(c, s, "HEAVY1", "US-CT"), lambda: trail_columns(c, s, "HEAVY1", "US-CT"))
 
 
-def _paced(lookups: tuple[Callable[[], Sized], ...], rounds: int | None, flag: Any) -> tuple[list[float], list[float]]:
+Paced = tuple[list[float], list[float], list[tuple[float, float]], list[tuple[float, float]]]
+
+
+def _paced(lookups: tuple[Callable[[], Sized], ...], rounds: int | None, flag: Any) -> Paced:
     """Times of rows and columns lookups taking turns, ``LOOKUP_PAUSE_S`` apart, for ``rounds`` rounds or
-    until ``flag`` is set."""
-    samples: tuple[list[float], list[float]] = ([], [])
-    while not flag.is_set() and (rounds is None or len(samples[0]) < rounds):
-        for lookup, out in zip(lookups, samples, strict=True):
-            t = time.perf_counter()
-            found = lookup()
-            out.append((time.perf_counter() - t) * 1000)
-            assert len(found) == 1000
-            # dropped here, not when the next lookup's result replaces it: that lookup's time included freeing
-            # this one (1,000 row dicts, cold, before each columns lookup: p50 1.1-1.25 -> 0.83-0.94 ms paced)
-            del found
-            time.sleep(LOOKUP_PAUSE_S)
+    until ``flag`` is set; then, per lookup, how long of it this thread ran on a core and how long it waited on
+    the run queue for one (the kernel's schedstat), all in ms. The rest of a lookup's time it was blocked: on
+    Redis's reply."""
+    samples: Paced = ([], [], [], [])
+    stat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    try:
+        while not flag.is_set() and (rounds is None or len(samples[0]) < rounds):
+            for lookup, out, cpu in zip(lookups, samples[:2], samples[2:], strict=True):
+                run0, wait0 = _schedstat_ns(stat)
+                t = time.perf_counter()
+                found = lookup()
+                out.append((time.perf_counter() - t) * 1000)
+                run1, wait1 = _schedstat_ns(stat)
+                cpu.append(((run1 - run0) / 1e6, (wait1 - wait0) / 1e6))
+                assert len(found) == 1000
+                # dropped here, not when the next lookup's result replaces it: that lookup's time included freeing
+                # this one (1,000 row dicts, cold, before each columns lookup: p50 1.1-1.25 -> 0.83-0.94 ms paced)
+                del found
+                time.sleep(LOOKUP_PAUSE_S)
+    finally:
+        os.close(stat)
     return samples
+
+
+def _schedstat_ns(fd: int) -> tuple[int, int]:
+    """(time on a core, time runnable but waiting for one) of the thread whose /proc schedstat ``fd`` is, ns."""
+    run, wait, _ = os.pread(fd, 64, 0).split()
+    return int(run), int(wait)
 
 
 def _query_loop(s: Settings, flag: Any, results: Any) -> None:

@@ -27,8 +27,11 @@ from streams.simulate import generate
 
 SHOWN = ("trail_p50_ms", "trail_p99_ms", "trail_columns_p50_ms", "trail_columns_p99_ms", "trail_paced_idle_p50_ms",
          "trail_paced_idle_p99_ms", "trail_columns_paced_idle_p50_ms", "trail_columns_paced_idle_p99_ms",
-         "trail_idle_p50_ms", "trail_columns_idle_p50_ms", "trail_ingest_batch_script_ms_p99_at_most",
-         "trail_redis_lookup_ms_avg", "trail_redis_lookup_ms_p99_at_most",
+         "trail_idle_p50_ms", "trail_columns_idle_p50_ms", "trail_slowest_on_core_share",
+         "trail_slowest_runqueue_share", "trail_slowest_blocked_share", "trail_columns_slowest_on_core_share",
+         "trail_columns_slowest_runqueue_share", "trail_columns_slowest_blocked_share",
+         "trail_ingest_batch_script_ms_p99_at_most",
+         "trail_redis_lookup_ms_avg", "trail_redis_lookup_ms_p99_at_most", "trail_redis_runqueue_wait_ms_avg",
          "trail_ingest_stored_per_s")
 
 
