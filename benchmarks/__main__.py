@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     results.update(dedup_state_bytes_per_key(vehicles=2000 if args.quick else 20_000))
 
     e2e.log("local stack")
-    info = stack.up(state_dir)
+    info = e2e.bench_stack(state_dir)
 
     e2e.log(f"simulating {vehicles:,} vehicles")
     traffic = generate(seed=42, vehicles=vehicles, hours=24)

@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 from benchmarks import e2e
-from streams import stack
 from streams.simulate import generate
 
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[float, float]]]:
-    info = stack.up(e2e.state_dir())
+    info = e2e.bench_stack()
     traffic = generate(seed=42, vehicles=args.vehicles, hours=24)
     s = e2e.prefilled(info, traffic.messages, db=11)
     log_dir = e2e.log_dir(info.state_dir)
@@ -63,8 +62,8 @@ def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[fl
     e2e.produce(warm_s, warm.messages)
     for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):
         e2e.log(f"warm-up: {name}")
-        e2e.throughput(dataclasses.replace(warm_s, group=f"warm-{uuid.uuid4().hex[:6]}"), len(warm.messages),
-                       log_dir, root, inspect=False)
+        warm_run = dataclasses.replace(warm_s, group=f"{e2e.BENCH}-warm-{uuid.uuid4().hex[:6]}")
+        e2e.throughput(warm_run, len(warm.messages), log_dir, root, inspect=False)
     runs: dict[str, list[tuple[float, float]]] = {args.ref: [], "working tree": []}
     for i in range(args.rounds):
         for name, root in ((args.ref, ref_root), ("working tree", e2e.ROOT)):

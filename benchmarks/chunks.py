@@ -22,7 +22,6 @@ from typing import Any
 
 from benchmarks import e2e
 from benchmarks.__main__ import machine, report_header, write_report
-from streams import stack
 from streams.simulate import generate
 
 
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     values = [int(v) for v in args.chunk_args.split(",")]
     command = " ".join(["python -m benchmarks.chunks", *(argv if argv is not None else sys.argv[1:])])
-    info = stack.up(e2e.state_dir())
+    info = e2e.bench_stack()
     traffic = generate(seed=42, vehicles=args.vehicles, hours=24)
     s = e2e.prefilled(info, traffic.messages, db=11)
     log_dir = e2e.log_dir(info.state_dir)

@@ -17,7 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 import redis
 from aiokafka import AIOKafkaProducer
+from kafka.admin import KafkaAdminClient
 from numpy.typing import NDArray
 
 from benchmarks.memory import sorted_set_anatomy
@@ -45,6 +46,35 @@ def state_dir() -> Path:
     return Path(os.environ.get("PLATESTREAM_STATE_DIR", ".platestream"))
 
 
+# Every topic a benchmark makes is named bench.<tag>.* (``isolated_settings``), every consumer group bench-*
+# (faust adds a <group>-app-__assignor-__leader topic per group, Quix Streams changelog__quix-...--<topic>--...)
+BENCH = "bench"
+
+
+def bench_topics(names: Iterable[str]) -> list[str]:
+    """The topics among ``names`` that benchmark runs made."""
+    return [t for t in names if t.startswith((f"{BENCH}.", f"{BENCH}-")) or f"--{BENCH}." in t]
+
+
+def bench_stack(state: Path | None = None) -> stack.StackInfo:
+    """The local stack (started, or reused), without the topics earlier benchmark runs left in it.
+
+    Each run fills topics of its own and nothing removed them: the broker's retention never deletes a log's
+    active segment, so the local stack grew by gigabytes per ``make bench`` until the disk was full (72 GB of
+    them stopped the broker mid-run)."""
+    info = stack.up(state or state_dir())
+    admin = KafkaAdminClient(bootstrap_servers=info.kafka_bootstrap, client_id="platestream-bench")
+    try:
+        old = bench_topics(admin.list_topics())
+        for lo in range(0, len(old), 100):
+            admin.delete_topics(old[lo : lo + 100], timeout_ms=60_000)
+        if old:
+            log(f"deleted {len(old)} topics earlier benchmark runs left in the local stack")
+    finally:
+        admin.close()
+    return info
+
+
 def log_dir(state: Path | str) -> Path:
     """The harnesses' worker logs, under the stack's state directory."""
     out = Path(state) / "bench-logs"
@@ -61,7 +91,7 @@ def isolated_settings(info: stack.StackInfo, db: int, partitions: int = 4) -> Se
     return Settings.from_env(
         env={}, kafka_bootstrap=info.kafka_bootstrap, redis_url=info.redis_url.rsplit("/", 1)[0] + f"/{db}",
         state_dir=Path(info.state_dir), topic_reads=f"bench.{tag}.reads", topic_deduped=f"bench.{tag}.deduped",
-        topic_dlq=f"bench.{tag}.dlq", topic_alerts=f"bench.{tag}.alerts", group=f"bench-{tag}",
+        topic_dlq=f"bench.{tag}.dlq", topic_alerts=f"bench.{tag}.alerts", group=f"{BENCH}-{tag}",
         partitions=partitions, hash_key=b"benchmark-key-0123456789",
     )
 
@@ -183,7 +213,7 @@ def processed(s: Settings, client: redis.Redis) -> int:
 def exact_run(s: Settings, traffic: Traffic, log_dir: Path, root: Path = ROOT, name: str = "run") -> dict[str, Any]:
     """``throughput`` of one run on the pre-filled topic from offset 0 (a fresh consumer group), refused unless it
     stored exactly the simulator's passes: for runs that take turns (``make bench-ab``, ``benchmarks.chunks``)."""
-    run = dataclasses.replace(s, group=f"{name.replace(' ', '-')}-{uuid.uuid4().hex[:6]}")
+    run = dataclasses.replace(s, group=f"{BENCH}-{name.replace(' ', '-')}-{uuid.uuid4().hex[:6]}")
     r = throughput(run, len(traffic.messages), log_dir, root, inspect=False)
     if r["e2e_sightings"] != len(traffic.truth):
         raise RuntimeError(f"{name}: {r['e2e_sightings']} sightings, truth has {len(traffic.truth)}")
@@ -561,7 +591,7 @@ def on_prefilled(info: stack.StackInfo, prefilled: Settings, db: int, group: str
     """Settings of a fresh consumer group on the pre-filled topic, with its own output topics and an empty
     Redis db: a profiled worker starts from offset 0 and finds nothing of the timed runs."""
     s = dataclasses.replace(isolated_settings(info, db=db), topic_reads=prefilled.topic_reads,
-                            group=f"{group}-{uuid.uuid4().hex[:6]}")
+                            group=f"{BENCH}-{group}-{uuid.uuid4().hex[:6]}")
     ensure_topics(s)
     redis.Redis.from_url(s.redis_url).flushdb()
     return s

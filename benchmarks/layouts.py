@@ -26,7 +26,6 @@ import redis
 
 from benchmarks import e2e
 from benchmarks.__main__ import machine, report_header, write_report
-from streams import stack
 
 GOAL = 64.0
 DB = 14
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     command = " ".join(["python -m benchmarks.layouts", *(argv if argv is not None else sys.argv[1:])])
-    info = stack.up(e2e.state_dir())
+    info = e2e.bench_stack()
     client = redis.Redis(host="127.0.0.1", port=info.redis_port, db=DB)
     rng = random.Random(2)
     order, cells = model_day(args.vehicles)

@@ -85,9 +85,8 @@ def redis_bytes_per_sighting(vehicles: int) -> dict[str, Any]:
     import uuid
 
     from benchmarks import e2e
-    from streams import stack
 
-    info = stack.up(e2e.state_dir())
+    info = e2e.bench_stack()
     msgs = generate(seed=42, vehicles=vehicles, hours=24).messages
     s = e2e.prefilled(info, msgs, db=10)
     e2e.log("worker run")

@@ -83,7 +83,7 @@ def run(duration_s: float, rate: float, sample_s: float = 5.0, info: stack.Stack
     ``info``: a running stack (default: start or reuse the local one); ``events``: (seconds, action) to
     disturb the run, e.g. pause Redis to see backpressure.
     """
-    info = info or stack.up(e2e.state_dir())
+    info = info or e2e.bench_stack()
     s = e2e.isolated_settings(info, db=9)
     log_dir = e2e.log_dir(info.state_dir)
     pool, span_ms = _pool(seed=5, vehicles=3000, hours=2)

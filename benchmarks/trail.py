@@ -22,7 +22,6 @@ from typing import Any
 
 from benchmarks import e2e
 from benchmarks.__main__ import machine, report_header, write_report
-from streams import stack
 from streams.simulate import generate
 
 SHOWN = ("trail_p50_ms", "trail_p99_ms", "trail_columns_p50_ms", "trail_columns_p99_ms", "trail_paced_idle_p50_ms",
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(p for _, p in configs) and not e2e.realtime_permitted():
         ap.error("--priority on needs CAP_SYS_NICE (run as root, or --priority off)")
     command = "python -m benchmarks.trail " + " ".join(argv if argv is not None else sys.argv[1:])
-    info = stack.up(e2e.state_dir())
+    info = e2e.bench_stack()
     msgs = generate(seed=42, vehicles=args.vehicles, hours=24).messages[: 50_000 * 20]
     log_dir = e2e.log_dir(info.state_dir)
     runs: dict[tuple[int, bool], list[dict[str, Any]]] = {c: [] for c in configs}
