@@ -439,12 +439,12 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         time.sleep(2.0)  # let it import and warm up
         before = processed(s, client)
         redis_stat = os.open(f"/proc/{info.redis_pid}/task/{info.redis_pid}/schedstat", os.O_RDONLY)  # main thread
-        redis0 = os.pread(redis_stat, 64, 0).split()
+        redis0 = _schedstat(redis_stat)
         t0 = time.monotonic()
         produce(s, messages, rate=rate)
         achieved = len(messages) / (time.monotonic() - t0)
         flag.set()
-        redis1 = os.pread(redis_stat, 64, 0).split()
+        redis1 = _schedstat(redis_stat)
         os.close(redis_stat)
         samples, col_samples, cpu, col_cpu = results.get(timeout=60)
         proc.join(30)
@@ -475,8 +475,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             # run queue for one (schedstat), or blocked on Redis's reply (the rest: Redis busy, or waiting for a core)
             **_slowest("trail", arr, cpu), **_slowest("trail_columns", cols, col_cpu),
             # Redis's main thread: how long, on average, it waited for a core each time it became runnable
-            "trail_redis_runqueue_wait_ms_avg": (int(redis1[1]) - int(redis0[1])) / 1e6
-            / max(int(redis1[2]) - int(redis0[2]), 1),
+            "trail_redis_runqueue_wait_ms_avg": (redis1[1] - redis0[1]) / 1e6 / max(redis1[2] - redis0[2], 1),
             "trail_columns_idle_p50_ms": float(np.median(idle_cols)),
             # the same pacing as under ingest, before ingest starts
             "trail_paced_idle_p50_ms": float(np.percentile(paced[0], 50)),
@@ -553,11 +552,11 @@ def _paced(lookups: tuple[Callable[[], Sized], ...], rounds: int | None, flag: A
     try:
         while not flag.is_set() and (rounds is None or len(samples[0]) < rounds):
             for lookup, out, cpu in zip(lookups, samples[:2], samples[2:], strict=True):
-                run0, wait0 = _schedstat_ns(stat)
+                run0, wait0, _ = _schedstat(stat)
                 t = time.perf_counter()
                 found = lookup()
                 out.append((time.perf_counter() - t) * 1000)
-                run1, wait1 = _schedstat_ns(stat)
+                run1, wait1, _ = _schedstat(stat)
                 cpu.append(((run1 - run0) / 1e6, (wait1 - wait0) / 1e6))
                 assert len(found) == 1000
                 # dropped here, not when the next lookup's result replaces it: that lookup's time included freeing
@@ -569,10 +568,11 @@ def _paced(lookups: tuple[Callable[[], Sized], ...], rounds: int | None, flag: A
     return samples
 
 
-def _schedstat_ns(fd: int) -> tuple[int, int]:
-    """(time on a core, time runnable but waiting for one) of the thread whose /proc schedstat ``fd`` is, ns."""
-    run, wait, _ = os.pread(fd, 64, 0).split()
-    return int(run), int(wait)
+def _schedstat(fd: int) -> tuple[int, int, int]:
+    """(time on a core ns, time runnable but waiting for one ns, times it got a core) of the thread whose /proc
+    schedstat ``fd`` is."""
+    run, wait, slices = os.pread(fd, 64, 0).split()
+    return int(run), int(wait), int(slices)
 
 
 def _query_loop(s: Settings, flag: Any, results: Any) -> None:
