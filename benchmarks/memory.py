@@ -150,13 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     -> ``results/memory-<date>.{json,md}``. Bytes do not depend on the machine's speed of the day, so this
     runs apart from the full report when only a layout changed."""
     import argparse
-    import json
     import time
     from datetime import UTC, datetime
     from pathlib import Path
 
     from benchmarks import kernels
-    from benchmarks.__main__ import code_version, fmt, machine, memory_anatomy, verdict
+    from benchmarks.__main__ import code_version, fmt, machine, memory_anatomy, report_header, verdict, write_report
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=main.__doc__)
     ap.add_argument("--vehicles", default="20000,40000", help="comma-separated simulated vehicle counts")
@@ -174,14 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.redis_vehicles:
         results["redis"] = redis_bytes_per_sighting(args.redis_vehicles)
     results["seconds"] = time.monotonic() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    date = results["date"]
-    (out / f"memory-{date}.json").write_text(json.dumps(results, indent=2))
     title = "Dedup state per active (camera, plate) key" + (" and Redis bytes per sighting" * ("redis" in results))
-    lines = [f"# {title} — {date}", "", f"Command: `{command}`  ",
-             f"Duration: {results['seconds']:.0f} s", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()), "",
+    lines = [*report_header(title, results),
              "Each size: one partition's pipeline on a simulated dense hour (`streams.simulate`, seed 9), 20,000 "
              "reads per batch, traced with `tracemalloc`; the figure is at the batch where the most keys were "
              "active.", "",
@@ -207,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{verdict('redis_bytes_per_sighting', r['redis_bytes_per_sighting'])}) |",
                   *(f"| {k} | {fmt(v)} |" for k, v in r.items() if k.startswith("redis_bytes_per_sighting_")),
                   *memory_anatomy({k: v for k, v in r.items() if k.startswith("redis_entry_")})]
-    (out / f"memory-{date}.md").write_text("\n".join(lines) + "\n")
+    write_report(args.out, f"memory-{results['date']}", results, lines)
     print("\n".join(lines))
     return 0
 
