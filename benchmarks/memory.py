@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     -> ``results/memory-<date>.{json,md}``. Bytes do not depend on the machine's speed of the day, so this
     runs apart from the full report when only a layout changed."""
     import argparse
+    import sys
     import time
     from datetime import UTC, datetime
     from pathlib import Path
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="simulated vehicles of the Redis part (the full report's day; 0: skip it)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    command = "python -m benchmarks.memory" + ("" if not argv else " " + " ".join(argv))
+    command = " ".join(["python -m benchmarks.memory", *(argv if argv is not None else sys.argv[1:])])
     t0 = time.monotonic()
     results: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "command": command,
                                "machine": {**machine(), "code": code_version()}}
