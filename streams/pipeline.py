@@ -31,16 +31,13 @@ from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
 from streams.sharing import grant_purposes
 from streams.store import (
-    MEMBER_FIXED,
     PENDING,
     SOURCES_KEY,
     Sighting,
-    cell_entries,
-    cell_entry,
-    cell_member,
-    cell_members,
+    area_entries,
+    area_entry,
     checkpoint_key,
-    member_fixed,
+    member_heads,
     pack_string,
     pack_strings,
     sighting_hex,
@@ -344,15 +341,13 @@ class PartitionPipeline:
         for name in _CK_FIELDS:
             ck[name] = p[name][live]
         ck_raw = ck.tobytes()
-        fixed_size = MEMBER_FIXED.itemsize
-        fixed_raw = member_fixed(p["sid"][live], p["best_geo"][live], p["start"][live], p["end"][live],
-                                 p["best_ts"][live], p["count"][live], p["best_conf"][live], p["hit"][live],
-                                 self._source_codes(live, out)).tobytes()
+        heads = member_heads(p["sid"][live], p["best_geo"][live], p["start"][live], p["end"][live],
+                             p["best_ts"][live], p["count"][live], p["best_conf"][live], p["hit"][live],
+                             self._source_codes(live, out))
         sid_raw = p["sid"][live].astype("<u8").tobytes()
         starts, ends, counts, geos, best_tss, last_seqs, cam_ids = (
             p[name][live].tolist() for name in ("start", "end", "count", "best_geo", "best_ts", "last_seq", "cam"))
         hits = p["hit"][live].astype(bool).tolist()
-        cell_keys, cell_scores = cell_entries(cell_texts, p["start"][live], s.cell_bucket_ms)
         confs = rounded(p["best_conf"][live], 6)
         lats, lons = rounded(lat, 7), rounded(lon, 7)
         b_reads, b_regions, b_agencies = map(list, zip(*bests, strict=True))
@@ -375,9 +370,8 @@ class PartitionPipeline:
             map(pk, b_regions), map(pk, b_agencies), map(pack_string, plate_texts), strict=True)))
         ck_fields = list(chain.from_iterable(zip([sid_raw[k : k + 8] for k in range(0, n * 8, 8)], ck_records,
                                                  strict=True)))
-        members = list(map(bytes.__add__, [fixed_raw[k : k + fixed_size] for k in range(0, n * fixed_size, fixed_size)],
-                           pk_reads))
-        area_members = cell_members(vids, p["sid"][live])
+        members = list(map(bytes.__add__, heads, pk_reads))
+        cell_keys, area_members = area_entries(cell_texts, vids, p["sid"][live], p["start"][live], s.cell_bucket_ms)
         kept: range | list[int] = range(n) if bool(store_it.all()) else np.flatnonzero(store_it).tolist()
 
         def pick(column: list[Any]) -> list[Any]:
@@ -401,8 +395,8 @@ class PartitionPipeline:
         # one ZADD per area cell and time bucket (a batch's sightings share few): far fewer commands for
         # Redis to run
         by_cell: dict[str, list[Any]] = {}
-        for key, score, member in zip(pick(cell_keys), pick(cell_scores), pick(area_members), strict=True):
-            by_cell.setdefault(key, []).extend((score, member))
+        for key, member in zip(pick(cell_keys), pick(area_members), strict=True):
+            by_cell.setdefault(key, []).extend((0, member))  # time leads the member
         # the directory: each vehicle once (its id is the keyed hash of region and plate: one value per id)
         directory: dict[str, list[bytes]] = {}
         for vid, (region, plate_text) in dict(zip(pick(vids), zip(pick(b_regions), pick(plate_texts), strict=True),
@@ -476,8 +470,8 @@ class PartitionPipeline:
         vid = vehicle_id(self.s.hash_key, region, plate_text)
         lat, lon = geo52_decode(np.array([geo], dtype=np.uint64))
         cell = geohash_str(lat, lon, self.s.cell_precision)[0].tobytes().decode()
-        return (trail_key(vid), sight.pack(), cell_entry(cell, sight.ts, self.s.cell_bucket_ms)[0],
-                cell_member(vid, sight.sighting_id))
+        area_key, area_member = area_entry(cell, vid, sight.sighting_id, sight.ts, self.s.cell_bucket_ms)
+        return trail_key(vid), sight.pack(), area_key, area_member
 
 
 

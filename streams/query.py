@@ -30,10 +30,11 @@ from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
 from streams.sharing import granted_purposes_of
 from streams.store import (
-    CELL_MEMBER,
     Sighting,
     SourceNames,
     TrailColumns,
+    area_member_parts,
+    area_range,
     cell_key,
     member_sources,
     read_trail_members,
@@ -392,10 +393,10 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
     size = settings.cell_bucket_ms
     with client.pipeline(transaction=False) as pipe:
         keys = [(c, b) for c in cells for b in buckets]
-        for c, b in keys:  # scores are relative to the bucket's start
-            pipe.zrangebyscore(cell_key(c, b), since - b * size, until - b * size, withscores=True)
-        found = [(*CELL_MEMBER.unpack(member), b * size + int(score))
-                 for (_, b), rows in zip(keys, pipe.execute(), strict=True) for member, score in rows]
+        for c, b in keys:  # members lead with the time into the bucket
+            pipe.zrangebylex(cell_key(c, b), *area_range(since, until, b, size))
+        found = [(vid, tag, b * size + offset) for (_, b), members in zip(keys, pipe.execute(), strict=True)
+                 for offset, vid, tag in (area_member_parts(m, size) for m in members)]
     # look each candidate up in its trail (same first capture time), then keep the exact, permitted ones
     with client.pipeline(transaction=False) as pipe:
         for vid, _, ts in found:
@@ -403,10 +404,10 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
         trails = pipe.execute()
     names = source_names(client, member_sources([m for candidates in trails for m in candidates]))
     hits: list[tuple[bytes, Sighting]] = []
-    for (vid, sid32, _), candidates in zip(found, trails, strict=True):
+    for (vid, tag, _), candidates in zip(found, trails, strict=True):
         for m in candidates:
             sight = Sighting.unpack(m, names)
-            if (sight.sighting_id & 0xFFFFFFFF == sid32 and sight.agency in policy.agencies
+            if (sight.sighting_id & 0xFF == tag and sight.agency in policy.agencies
                     and sight.agency not in refused):
                 hits.append((vid, sight))
     # during a key rotation one sighting can sit under both pseudonyms: keep its latest revision

@@ -19,7 +19,7 @@ from streams.directory import collect
 from streams.kernels.geohash import geo52_decode, geohash_str
 from streams.policy import Policy
 from streams.settings import Settings
-from streams.store import cell_entry, cell_member, read_trail
+from streams.store import area_entry, read_trail
 
 
 def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
@@ -57,8 +57,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
         cells = geohash_str(lat, lon, settings.cell_precision)
         with client.pipeline(transaction=False) as pipe:
             for s, cell in zip(expired, cells, strict=True):
-                pipe.zrem(cell_entry(cell.tobytes().decode(), s.ts, settings.cell_bucket_ms)[0],
-                          cell_member(vid, s.sighting_id))
+                pipe.zrem(*area_entry(cell.tobytes().decode(), vid, s.sighting_id, s.ts, settings.cell_bucket_ms))
             pipe.execute()
         with client.pipeline(transaction=False) as pipe:
             for s in expired:

@@ -6,8 +6,8 @@ Keys (hash tags keep every multi-key operation inside one Redis Cluster slot):
                             (ms, 48-bit big-endian): members sort by time, ranges are ``ZRANGEBYLEX``
 ``ps:src``                  hash: source code (8 B) -> camera and agency of the sightings that carry it
 ``ps:meta``                 hash: ``layout`` = the version of this layout (``LAYOUT_VERSION``)
-``ps:c:{<cell>:<bucket>}``  sorted set, score = capture time - bucket start (ms), member = vehicle (12 B)
-                            + low 32 bits of the sighting id
+``ps:c:{<cell>:<bucket>}``  sorted set, every score 0, member = capture time - bucket start (ms, 3 or 4 bytes
+                            big-endian) + vehicle (12 B) + low byte of the sighting id: ranges are ``ZRANGEBYLEX``
 ``ps:ck:{<group>:<topic>:<partition>}``  hash: open dedup sessions + the next offset to consume
 
 ``<vehicle>`` is a keyed BLAKE2b hash of region + normalized plate, so raw plates are never Redis keys
@@ -40,29 +40,37 @@ from numpy.typing import NDArray
 from redis.crc import key_slot
 
 from streams.kernels.geohash import geo52_decode
-from streams.kernels.members import BAD_LENGTH, BAD_VERSION, OK, distinct_values, split_members
+from streams.kernels.members import (
+    AT_SOURCE,
+    BAD_LENGTH,
+    BAD_VERSION,
+    OK,
+    PREFIX,
+    TS_BYTES,
+    distinct_values,
+    pack_members,
+    split_members,
+)
 
-MEMBER_VERSION = 4
-# first capture time (ms, 48-bit big-endian), version, sighting id, geo52, duration ms, best offset ms, reads,
-# confidence, flags (bit 0: hotlist hit), source code; then the best read's id. Camera and agency names
-# repeat across millions of sightings: each member carries an 8-byte code of the pair instead
-# (``SOURCES_KEY`` maps it back). The time leads the member and every score is 0, so a trail sorts by time
-# and a time range is a ``ZRANGEBYLEX``: a millisecond score took 10 bytes of listpack, and formatting
-# 1,000 of them as doubles was most of Redis's time for a trail lookup (297 -> 50 us)
-_FIXED = struct.Struct("<6sBQQIIIfB8s")
-_TS_BYTES = 6
+MEMBER_VERSION = 5
+# A trail member (``streams.kernels.members``): first capture time (ms, 48-bit big-endian), version, flags (bit 0:
+# hotlist hit), sighting id, geo52 (7 bytes), confidence, source code; then duration, best-read offset and reads
+# as varints; then the best read's id. Camera and agency names repeat across millions of sightings: each member
+# carries an 8-byte code of the pair instead (``SOURCES_KEY`` maps it back). The time leads the member and every
+# score is 0, so a trail sorts by time and a time range is a ``ZRANGEBYLEX``: a millisecond score took 10 bytes of
+# listpack, and formatting 1,000 of them as doubles was most of Redis's time for a trail lookup (297 -> 50 us).
+# Layout 5 made the member 8 bytes shorter than layout 4's fixed widths (a typical 59 -> 51).
+_PREFIX = struct.Struct("<6sBBQ7sf8s")
+assert _PREFIX.size == PREFIX
+_TS_BYTES = TS_BYTES
 SOURCES_KEY = "ps:src"
 UNRESOLVED = ("", "")  # (camera, agency) of a code not (yet) in SOURCES_KEY: no policy knows agency ""
-# Area index entries are small on purpose (they are one of the two per-sighting costs in Redis): a score
-# below the bucket size is a 3-byte integer in a listpack instead of 8, and the id's low half tells one
-# vehicle's sightings in one cell and bucket apart (a clash, 1 in 2**32 per pair, would merge two entries)
-CELL_MEMBER = struct.Struct("<12sI")
-# _FIXED as a NumPy record, so a batch's members are packed in one go (``member_fixed``)
-MEMBER_FIXED = np.dtype([("ts", "u1", (_TS_BYTES,)), ("version", "u1"), ("sid", "<u8"), ("geo52", "<u8"),
-                         ("duration", "<u4"), ("best_dt", "<u4"), ("reads", "<u4"), ("confidence", "<f4"),
-                         ("flags", "u1"), ("source", "V8")])
-assert MEMBER_FIXED.itemsize == _FIXED.size
-_U32_MAX = 2**32 - 1
+# Area index entries are small on purpose (they are one of the two per-sighting costs in Redis). The time
+# leads the member as the milliseconds into the key's bucket (3 bytes for buckets up to 4.6 hours, else 4),
+# big-endian, and every score is 0: a time range is a ``ZRANGEBYLEX``, and a listpack entry's score takes 2 bytes
+# instead of the 5 of a 24-bit integer. Then the vehicle (12 bytes) and the sighting id's low byte, which tells
+# one vehicle's sightings apart should two start in one cell at the same millisecond.
+VEHICLE_BYTES = 12
 
 
 def vehicle_id(hash_key: bytes, region: str, plate: str) -> bytes:
@@ -87,7 +95,7 @@ def _keyed(hash_key: bytes) -> Any:
 
 
 META_KEY = "ps:meta"
-LAYOUT_VERSION = 4  # bumped with any change to what is stored: trail members, area index entries
+LAYOUT_VERSION = 5  # bumped with any change to what is stored: trail members, area index entries
 
 
 class LayoutError(RuntimeError):
@@ -206,26 +214,42 @@ def cell_key(cell: str, bucket: int) -> str:
     return f"ps:c:{{{cell}:{bucket}}}"
 
 
-def cell_member(vehicle: bytes, sid: int) -> bytes:
-    """Area index member of sighting ``sid`` of ``vehicle``."""
-    return CELL_MEMBER.pack(vehicle, sid & 0xFFFFFFFF)
+def area_time_bytes(bucket_ms: int) -> int:
+    """Bytes of the time that leads an area member: milliseconds into a bucket of ``bucket_ms``."""
+    return 3 if bucket_ms <= 1 << 24 else 4
 
 
-def cell_entry(cell: str, ts: int, bucket_ms: int) -> tuple[str, int]:
-    """(key, score) of a sighting first seen at ``ts`` in ``cell``: the score is relative to its bucket."""
+def area_entry(cell: str, vehicle: bytes, sid: int, ts: int, bucket_ms: int) -> tuple[str, bytes]:
+    """(key, member) of the area index entry of sighting ``sid`` of ``vehicle``, first seen at ``ts`` in
+    ``cell`` (its score is 0)."""
     bucket, offset = divmod(ts, bucket_ms)
-    return cell_key(cell, bucket), offset
+    return cell_key(cell, bucket), offset.to_bytes(area_time_bytes(bucket_ms), "big") + vehicle + bytes((sid & 0xFF,))
 
 
-def cell_entries(cells: Sequence[str], ts: NDArray[np.int64], bucket_ms: int) -> tuple[list[str], list[int]]:
-    """``cell_entry`` of many sightings (keys, scores)."""
+def area_entries(cells: Sequence[str], vehicles: Sequence[bytes], sids: NDArray[np.uint64], ts: NDArray[np.int64],
+                 bucket_ms: int) -> tuple[list[str], list[bytes]]:
+    """``area_entry`` of many sightings (keys, members)."""
     buckets, offsets = np.divmod(ts, bucket_ms)
-    return list(map(cell_key, cells, buckets.tolist())), offsets.tolist()
+    width = area_time_bytes(bucket_ms)
+    times = offsets.astype(">u4").view(np.uint8).reshape(-1, 4)[:, 4 - width :].tobytes()
+    tags = (sids & np.uint64(0xFF)).astype(np.uint8).tobytes()
+    members = list(map(b"".join, zip([times[k : k + width] for k in range(0, len(times), width)], vehicles,
+                                     [tags[k : k + 1] for k in range(len(tags))], strict=True)))
+    return list(map(cell_key, cells, buckets.tolist())), members
 
 
-def cell_members(vehicles: Sequence[bytes], sids: NDArray[np.uint64]) -> list[bytes]:
-    """``cell_member`` of many sightings."""
-    return list(map(CELL_MEMBER.pack, vehicles, (sids & np.uint64(0xFFFFFFFF)).tolist()))
+def area_member_parts(member: bytes, bucket_ms: int) -> tuple[int, bytes, int]:
+    """(milliseconds into the bucket, vehicle, low byte of the sighting id) of an area member."""
+    width = area_time_bytes(bucket_ms)
+    return int.from_bytes(member[:width], "big"), member[width : width + VEHICLE_BYTES], member[width + VEHICLE_BYTES]
+
+
+def area_range(since: int, until: int, bucket: int, bucket_ms: int) -> tuple[bytes | str, bytes | str]:
+    """``ZRANGEBYLEX`` bounds of the entries of one area key (its ``bucket``) first seen in [since, until]."""
+    width = area_time_bytes(bucket_ms)
+    lo, hi = since - bucket * bucket_ms, until - bucket * bucket_ms + 1
+    return (b"[" + lo.to_bytes(width, "big") if lo > 0 else "-",
+            b"(" + hi.to_bytes(width, "big") if hi < bucket_ms else "+")
 
 
 def stats_key(agency: str) -> str:
@@ -268,25 +292,41 @@ def unpack_strings(buf: bytes, pos: int, count: int) -> list[str]:
     return strings
 
 
-def member_fixed(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.ndarray, best_ts: np.ndarray,
-                 reads: np.ndarray, confidence: np.ndarray, hit: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """The fixed part of many trail members at once: the bytes ``Sighting.pack`` writes for each.
+def member_heads(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.ndarray, best_ts: np.ndarray,
+                 reads: np.ndarray, confidence: np.ndarray, hit: np.ndarray, source: np.ndarray) -> list[bytes]:
+    """Many trail members at once, up to their read id: the bytes ``Sighting.pack`` writes for each before it.
+    ``source``: 8-byte codes (``V8``)."""
+    raw, ends = pack_members(np.ascontiguousarray(start, dtype=np.int64), MEMBER_VERSION,
+                             (np.asarray(hit) & 1).astype(np.uint8), np.ascontiguousarray(sid, dtype=np.uint64),
+                             np.ascontiguousarray(geo52, dtype=np.uint64),
+                             np.ascontiguousarray(confidence, dtype=np.float32).view(np.uint32),
+                             np.ascontiguousarray(source).view("<u8"), end - start, best_ts - start,
+                             np.asarray(reads, dtype=np.int64))
+    data = raw.tobytes()
+    bounds = ends.tolist()
+    return [data[i:j] for i, j in zip([0, *bounds][:-1], bounds, strict=True)]
 
-    A sighting longer than 49 days (a parked car read every few seconds) saturates its duration instead of
-    failing the batch.
-    """
-    out = np.empty(sid.shape[0], dtype=MEMBER_FIXED)
-    out["ts"] = start.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - _TS_BYTES :]
-    out["version"] = MEMBER_VERSION
-    out["sid"] = sid
-    out["geo52"] = geo52
-    out["duration"] = np.minimum(end - start, _U32_MAX)
-    out["best_dt"] = np.minimum(best_ts - start, _U32_MAX)
-    out["reads"] = reads
-    out["confidence"] = confidence
-    out["flags"] = hit & 1
-    out["source"] = source
-    return out
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError(f"a trail member holds no negative duration, offset or count ({value})")
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if b < 0x80:
+            return value, pos
+        shift += 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,21 +346,25 @@ class Sighting:
     hit: bool = False
 
     def pack(self) -> bytes:
-        fixed = _FIXED.pack(self.ts.to_bytes(_TS_BYTES, "big"), MEMBER_VERSION, self.sighting_id, self.geo52,
-                            min(self.ts_last - self.ts, _U32_MAX), min(self.best_ts - self.ts, _U32_MAX),
-                            self.reads, self.confidence, 1 if self.hit else 0, source_code(self.camera_id, self.agency))
-        return fixed + pack_string(self.read_id)
+        head = _PREFIX.pack(self.ts.to_bytes(_TS_BYTES, "big"), MEMBER_VERSION, 1 if self.hit else 0, self.sighting_id,
+                            self.geo52.to_bytes(7, "little"), self.confidence, source_code(self.camera_id, self.agency))
+        return (head + _varint(self.ts_last - self.ts) + _varint(self.best_ts - self.ts) + _varint(self.reads)
+                + pack_string(self.read_id))
 
     @classmethod
     def unpack(cls, member: bytes, names: Mapping[bytes, tuple[str, str]]) -> Sighting:
         """``names``: ``source_names`` of the member's source code."""
-        ts_be, ver, sid, geo, dur, best_dt, reads, conf, flags, code = _FIXED.unpack_from(member)
+        ts_be, ver, flags, sid, geo, conf, code = _PREFIX.unpack_from(member)
         if ver != MEMBER_VERSION:
             raise ValueError(f"unknown sighting member version {ver}")
+        duration, pos = _read_varint(member, PREFIX)
+        best_dt, pos = _read_varint(member, pos)
+        reads, pos = _read_varint(member, pos)
         camera, agency = names.get(code, UNRESOLVED)
-        [read_id] = unpack_strings(member, _FIXED.size, 1)
+        [read_id] = unpack_strings(member, pos, 1)
         ts = int.from_bytes(ts_be, "big")
-        return cls(sid, ts, ts + dur, ts + best_dt, geo, reads, conf, camera, agency, read_id, bool(flags & 1))
+        return cls(sid, ts, ts + duration, ts + best_dt, int.from_bytes(geo, "little"), reads, conf, camera, agency,
+                   read_id, bool(flags & 1))
 
     def position(self) -> tuple[float, float]:
         lat, lon = geo52_decode(np.array([self.geo52], dtype=np.uint64))
@@ -380,8 +424,7 @@ def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | 
 
 def member_sources(members: Sequence[bytes]) -> list[bytes]:
     """The source code of each trail member."""
-    lo = _FIXED.size - 8
-    return [m[lo : lo + 8] for m in members]
+    return [m[AT_SOURCE : AT_SOURCE + 8] for m in members]
 
 
 @dataclass(slots=True, eq=False)  # arrays: == of two would be ambiguous, not a comparison
@@ -455,24 +498,21 @@ def unpack_columns(members: Sequence[bytes], names: SourceNames) -> TrailColumns
     codes that returns one)."""
     if not members:
         return TrailColumns.of([])
-    size = _FIXED.size
-    status, raw, ts, ids, used = split_members(np.frombuffer(b"".join(members), dtype=np.uint8), len(members), size,
-                                               _TS_BYTES, MEMBER_VERSION)
+    status, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used = split_members(
+        np.frombuffer(b"".join(members), dtype=np.uint8), len(members), MEMBER_VERSION)
     if status == BAD_VERSION:
         raise ValueError("unknown sighting member version")
     if status == BAD_LENGTH:
         raise ValueError("malformed sighting member")
-    fixed = raw.view(MEMBER_FIXED)
-    codes, inverse = distinct_values(np.ascontiguousarray(fixed["source"]).view("<u8"))
+    codes, inverse = distinct_values(source)
     distinct = [codes[i : i + 1].tobytes() for i in range(codes.shape[0])]
     found = names(distinct) if callable(names) else names
     if status == OK:  # one decode and one split for all read ids
         read_ids = ids[:used].tobytes().decode().split("\n")
     else:  # SEPARATOR_IN_ID
-        read_ids = [unpack_strings(m, size, 1)[0] for m in members]
-    return TrailColumns(fixed["sid"].copy(), ts, ts + fixed["duration"], ts + fixed["best_dt"], fixed["geo52"].copy(),
-                        fixed["reads"].copy(), fixed["confidence"].copy(), inverse.ravel(),
-                        [found.get(code, UNRESOLVED) for code in distinct], read_ids, (fixed["flags"] & 1).astype(bool))
+        read_ids = [Sighting.unpack(m, {}).read_id for m in members]
+    return TrailColumns(sid, ts, ts + duration, ts + best_dt, geo, reads, conf.view(np.float32), inverse.ravel(),
+                        [found.get(code, UNRESOLVED) for code in distinct], read_ids, (flags & 1).astype(bool))
 
 
 # One partition's batch, applied atomically by the server: check that the checkpoint still holds the

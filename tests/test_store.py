@@ -104,53 +104,76 @@ def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
     assert [[type(v) for v in r] for r in as_rows] == [[type(v) for v in r] for r in expected] and as_rows == expected
 
 
-@given(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**40), st.integers(0, 2**33),
-       st.integers(0, 2**33), st.integers(1, 2**31 - 1), st.floats(0, 1, width=32), st.booleans())
-def test_batch_packed_members_equal_sighting_pack(sid: int, geo: int, ts: int, dur: int, best: int, reads: int,
-                                                  conf: float, hit: bool) -> None:
-    """The pipeline's whole-batch encoder writes exactly Sighting.pack's bytes (durations past 49 days
-    saturate in both)."""
-    import numpy as np
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**47 - 1),
+                          st.integers(0, 2**40), st.integers(0, 2**40), st.integers(1, 2**31 - 1),
+                          st.floats(0, 1, width=32), st.booleans()), max_size=10))
+def test_batch_packed_members_equal_sighting_pack(rows: list[tuple[Any, ...]]) -> None:
+    """The pipeline's whole-batch encoder writes exactly Sighting.pack's bytes before the read id (any duration:
+    no saturation since layout 5)."""
+    from streams.store import member_heads
 
-    from streams.store import MEMBER_FIXED, member_fixed
+    sightings = [Sighting(sid, ts, ts + dur, ts + min(best, dur), geo, reads, conf, "cam", "agency", "r1", hit)
+                 for sid, geo, ts, dur, best, reads, conf, hit in rows]
 
-    s = Sighting(sid, ts, ts + dur, ts + best, geo, reads, conf, "cam", "agency", "r1", hit)
-    row = member_fixed(np.array([sid], np.uint64), np.array([geo], np.uint64), np.array([ts], np.int64),
-                       np.array([ts + dur], np.int64), np.array([ts + best], np.int64), np.array([reads], np.int32),
-                       np.array([conf], np.float32), np.array([hit], np.uint8),
-                       np.frombuffer(source_code("cam", "agency"), dtype="V8"))
-    assert row.tobytes() == s.pack()[: MEMBER_FIXED.itemsize]
+    def column(name: str, dtype: Any) -> np.ndarray:
+        return np.array([getattr(s, name) for s in sightings], dtype=dtype)
+
+    heads = member_heads(column("sighting_id", np.uint64), column("geo52", np.uint64), column("ts", np.int64),
+                         column("ts_last", np.int64), column("best_ts", np.int64), column("reads", np.int32),
+                         column("confidence", np.float32), column("hit", np.uint8),
+                         np.frombuffer(source_code("cam", "agency") * len(rows), dtype="V8"))
+    assert [h + b"\x02r1" for h in heads] == [s.pack() for s in sightings]
 
 
-@given(st.integers(-(2**45), 2**45), st.integers(60_000, 7 * 86_400_000), st.integers(0, 2**64 - 1))
-def test_area_index_entries_are_bucket_relative_and_small(ts: int, bucket_ms: int, sid: int) -> None:
-    """The score is the offset into the bucket the key names (a listpack entry of 4 bytes for buckets up to
-    2.3 hours, 5 up to 24 days, where a millisecond timestamp takes 9); the member is 16 bytes and carries
-    the id's low half."""
-    from streams.store import CELL_MEMBER, cell_entry, cell_key, cell_member
+@given(st.integers(0, 2**45), st.integers(60_000, 7 * 86_400_000), st.integers(0, 2**64 - 1))
+def test_area_index_entries_lead_with_the_time_into_their_bucket(ts: int, bucket_ms: int, sid: int) -> None:
+    """The member leads with the milliseconds into the bucket the key names (3 bytes up to 4.6-hour buckets,
+    else 4), then the vehicle and the id's low byte: 16 bytes for an hour's bucket, and its score is 0."""
+    from streams.store import area_entry, area_member_parts, cell_key
 
-    key, score = cell_entry("dr7abc", ts, bucket_ms)
+    key, member = area_entry("dr7abc", b"v" * 12, sid, ts, bucket_ms)
     bucket = int(key.rsplit(":", 1)[1].rstrip("}"))
-    assert key == cell_key("dr7abc", bucket) and bucket * bucket_ms + score == ts and 0 <= score < bucket_ms
-    member = cell_member(b"v" * 12, sid)
-    assert len(member) == 16 and CELL_MEMBER.unpack(member) == (b"v" * 12, sid % 2**32)
+    offset, vehicle, tag = area_member_parts(member, bucket_ms)
+    assert key == cell_key("dr7abc", bucket) and bucket * bucket_ms + offset == ts and 0 <= offset < bucket_ms
+    assert (vehicle, tag) == (b"v" * 12, sid % 256)
+    assert len(member) == (16 if bucket_ms <= 2**24 else 17)
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**45), st.integers(0, 2**64 - 1), st.binary(min_size=12, max_size=12)),
                 max_size=20), st.integers(60_000, 7 * 86_400_000))
 def test_batch_area_entries_equal_one_at_a_time(rows: list[tuple[int, int, bytes]], bucket_ms: int) -> None:
-    """The pipeline writes a batch's area entries with ``cell_entries``/``cell_members``; retention and the
-    replaced-entry check compute single ones with ``cell_entry``/``cell_member``: they must agree."""
-    import numpy as np
-
-    from streams.store import cell_entries, cell_entry, cell_member, cell_members
+    """The pipeline writes a batch's area entries with ``area_entries``; retention and the replaced-entry check
+    compute single ones with ``area_entry``: they must agree."""
+    from streams.store import area_entries, area_entry
 
     cells = [f"dr7ab{i % 3}" for i in range(len(rows))]
-    keys, scores = cell_entries(cells, np.array([ts for ts, _, _ in rows], dtype=np.int64), bucket_ms)
-    assert list(zip(keys, scores, strict=True)) == [cell_entry(c, ts, bucket_ms)
-                                                    for c, (ts, _, _) in zip(cells, rows, strict=True)]
-    members = cell_members([v for _, _, v in rows], np.array([sid for _, sid, _ in rows], dtype=np.uint64))
-    assert members == [cell_member(v, sid) for _, sid, v in rows]
+    keys, members = area_entries(cells, [v for _, _, v in rows], np.array([sid for _, sid, _ in rows], dtype=np.uint64),
+                                 np.array([ts for ts, _, _ in rows], dtype=np.int64), bucket_ms)
+    assert list(zip(keys, members, strict=True)) == [area_entry(c, v, sid, ts, bucket_ms)
+                                                     for c, (ts, sid, v) in zip(cells, rows, strict=True)]
+
+
+@given(st.lists(st.integers(0, 3 * 3_600_000 - 1), max_size=30), st.integers(0, 3 * 3_600_000 - 1),
+       st.integers(0, 3 * 3_600_000 - 1), st.sampled_from([60_000, 3_600_000, 86_400_000]))
+def test_area_ranges_select_exactly_the_entries_first_seen_in_the_window(times: list[int], a: int, b: int,
+                                                                          bucket_ms: int) -> None:
+    """``area_range``'s lexicographic bounds on each bucket's members pick exactly the times in [since, until]
+    (checked by sorting and comparing the members as Redis does)."""
+    from streams.store import area_entry, area_range
+
+    since, until = min(a, b), max(a, b)
+    picked = []
+    for ts in times:
+        member = area_entry("c", b"v" * 12, 1, ts, bucket_ms)[1]
+        bucket = ts // bucket_ms
+        if not since // bucket_ms <= bucket <= until // bucket_ms:  # the keys a search reads
+            continue
+        lo, hi = area_range(since, until, bucket, bucket_ms)
+        above = lo == "-" or (member >= lo[1:] if lo[:1] == b"[" else member > lo[1:])
+        below = hi == "+" or (member < hi[1:] if hi[:1] == b"(" else member <= hi[1:])
+        if above and below:
+            picked.append(ts)
+    assert sorted(picked) == sorted(t for t in times if since <= t <= until)
 
 
 @pytest.mark.integration

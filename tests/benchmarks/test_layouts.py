@@ -4,14 +4,28 @@ from __future__ import annotations
 
 from collections import Counter
 
-from benchmarks.layouts import COMPACT, ENTRIES_PER_AREA_KEY, NO_IDS, NO_READ_ID, TODAY, model_day, report
-from streams.store import MEMBER_FIXED
+from benchmarks.layouts import (
+    AREA_TIME_LED,
+    COMPACT,
+    ENTRIES_PER_AREA_KEY,
+    LAYOUT5,
+    NO_IDS,
+    NO_READ_ID,
+    TODAY,
+    model_day,
+    report,
+)
+from streams.store import Sighting, area_entry
 
 
-def test_todays_fields_are_the_stores_member() -> None:
-    # the model's "today" is the member store.py writes: its fixed part, then the read id
-    assert sum(TODAY.values()) - TODAY["read_id"] == MEMBER_FIXED.itemsize
-    assert sum(NO_IDS.values()) < sum(NO_READ_ID.values()) < sum(COMPACT.values()) < sum(TODAY.values())
+def test_layout5_fields_are_the_stores_member_and_area_entry_of_a_typical_pass() -> None:
+    # the model's layout 5 is what store.py writes for a pass of 2.5 s with 4 reads and an 11-byte read id
+    s = Sighting(1, 1_764_000_000_000, 1_764_000_002_500, 1_764_000_000_300, 1, 4, 0.9, "c", "a", "r-20261127")
+    assert len(s.pack()) == sum(LAYOUT5.values())
+    assert len(area_entry("dr7abc", b"v" * 12, 1, s.ts, 3_600_000)[1]) == AREA_TIME_LED
+    assert sum(TODAY.values()) - TODAY["read_id"] == 48  # layout 4's fixed part, as its report measured it
+    assert (sum(NO_IDS.values()) < sum(NO_READ_ID.values()) < sum(COMPACT.values()) < sum(LAYOUT5.values())
+            < sum(TODAY.values()))
 
 
 def test_model_day_has_every_vehicle_about_eleven_times_interleaved() -> None:
@@ -42,3 +56,9 @@ def test_report_says_how_far_the_model_is_from_the_real_run() -> None:
     assert not any(line.startswith("Calibration") for line in report(_results(100.0, None)))
     [line] = [line for line in report(_results(100.0, 105.5)) if line.startswith("Calibration")]
     assert "100.00 bytes per sighting in this model and 105.50" in line and "(+5.50" in line
+    # the combination named current is the one compared with the real run
+    r = _results(100.0, 105.5)
+    r["combinations"].append({"trail": "t5", "area": "a5", "bytes_per_sighting": 90.0})
+    r["current"] = ["t5", "a5"]
+    [line] = [line for line in report(r) if line.startswith("Calibration")]
+    assert "90.00 bytes per sighting in this model and 105.50" in line and "(+15.50" in line

@@ -1,14 +1,26 @@
-"""split_members against the members Sighting.pack writes, unpacked one at a time by Sighting.unpack."""
+"""split_members against the members Sighting.pack writes, unpacked one at a time by Sighting.unpack; pack_members
+against Sighting.pack (``tests/test_store.py``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.kernels.members import BAD_LENGTH, BAD_VERSION, OK, SEPARATOR_IN_ID, distinct_values, split_members
-from streams.store import _FIXED, _TS_BYTES, MEMBER_VERSION, Sighting, source_code, unpack_columns
+from streams.kernels.members import (
+    AT_VERSION,
+    BAD_LENGTH,
+    BAD_VERSION,
+    OK,
+    PREFIX,
+    SEPARATOR_IN_ID,
+    distinct_values,
+    split_members,
+)
+from streams.store import MEMBER_VERSION, Sighting, source_code, unpack_columns
 
 NAMES = {source_code("cam-1", "hartford-pd"): ("cam-1", "hartford-pd")}
 
@@ -19,10 +31,19 @@ def _sightings(read_ids: list[str]) -> list[Sighting]:
                      "hartford-pd", rid, i % 2 == 0) for i, rid in enumerate(read_ids)]
 
 
-def _split(members: list[bytes]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, int]:
+def _split(members: list[bytes]) -> tuple[int, list[tuple[Any, ...]], np.ndarray, int]:
+    """(status, each member's (ts, flags, sid, geo52, confidence, source, duration, best offset, reads), read id
+    text, its length)."""
     buf = np.frombuffer(b"".join(members), dtype=np.uint8)
-    status, fixed, ts, ids, used = split_members(buf, len(members), _FIXED.size, _TS_BYTES, MEMBER_VERSION)
-    return int(status), fixed, ts, ids, int(used)
+    status, ts, flags, sid, geo, conf, source, dur, best, reads, ids, used = split_members(buf, len(members),
+                                                                                          MEMBER_VERSION)
+    cols = [c.tolist() for c in (ts, flags, sid, geo, conf.view(np.float32), source, dur, best, reads)]
+    return int(status), list(zip(*cols, strict=True)), ids, int(used)
+
+
+def _fields(s: Sighting) -> tuple[Any, ...]:
+    code = int.from_bytes(source_code(s.camera_id, s.agency), "little")
+    return (s.ts, int(s.hit), s.sighting_id, s.geo52, s.confidence, code, s.ts_last - s.ts, s.best_ts - s.ts, s.reads)
 
 
 # read ids across the one-byte length (below 255 bytes) and the escaped two-byte one, in UTF-8
@@ -32,10 +53,9 @@ READ_IDS = ["r", "é" * 64, "x" * 254, "y" * 255, "\U0001F600" * 64, "z" * 64, "
 def test_fixed_parts_times_and_read_ids_are_those_of_each_member() -> None:
     sightings = _sightings(READ_IDS)
     members = [s.pack() for s in sightings]
-    status, fixed, ts, ids, used = _split(members)
+    status, fields, ids, used = _split(members)
     assert status == OK
-    assert fixed.tobytes() == b"".join(m[: _FIXED.size] for m in members)
-    assert ts.tolist() == [s.ts for s in sightings]
+    assert fields == [_fields(s) for s in sightings]
     assert ids[:used].tobytes().decode().split("\n") == READ_IDS
     assert unpack_columns(members, NAMES).sightings() == [Sighting.unpack(m, NAMES) for m in members] == sightings
 
@@ -43,14 +63,13 @@ def test_fixed_parts_times_and_read_ids_are_those_of_each_member() -> None:
 def test_a_read_id_holding_the_separator_is_reported_and_the_rest_is_complete() -> None:
     sightings = _sightings(["a", "line\nbreak", "c"])
     members = [s.pack() for s in sightings]
-    status, fixed, ts, _, _ = _split(members)
+    status, fields, _, _ = _split(members)
     assert status == SEPARATOR_IN_ID
-    assert fixed.tobytes() == b"".join(m[: _FIXED.size] for m in members)
-    assert ts.tolist() == [s.ts for s in sightings]
+    assert fields == [_fields(s) for s in sightings]
     assert unpack_columns(members, NAMES).sightings() == sightings
 
 
-@pytest.mark.parametrize("cut", [1, _FIXED.size, _FIXED.size + 2])
+@pytest.mark.parametrize("cut", [1, PREFIX, PREFIX + 2])
 def test_a_truncated_or_padded_reply_is_malformed(cut: int) -> None:
     members = [s.pack() for s in _sightings(["a", "b" * 300])]
     assert _split([members[0], members[1][:-cut]])[0] == BAD_LENGTH
@@ -61,10 +80,29 @@ def test_a_truncated_or_padded_reply_is_malformed(cut: int) -> None:
 
 def test_a_member_of_another_version_is_refused() -> None:
     members = [s.pack() for s in _sightings(["a", "b"])]
-    other = members[1][:_TS_BYTES] + bytes([MEMBER_VERSION + 1]) + members[1][_TS_BYTES + 1 :]
+    other = members[1][:AT_VERSION] + bytes([MEMBER_VERSION + 1]) + members[1][AT_VERSION + 1 :]
     assert _split([members[0], other])[0] == BAD_VERSION
     with pytest.raises(ValueError, match="version"):
         unpack_columns([members[0], other], NAMES)
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 16_383, 16_384, 2**21, 50 * 86_400_000, 2**40])
+def test_durations_and_offsets_of_any_length_round_trip_in_as_few_bytes_as_they_need(value: int) -> None:
+    """Varints: a pass of seconds takes 2 bytes, and a sighting of 50 days (past layout 4's 32-bit saturation)
+    keeps its exact end."""
+    s = Sighting(7, 1_764_000_000_000, 1_764_000_000_000 + value, 1_764_000_000_000 + value // 2, 1, 3, 0.5,
+                 "cam-1", "hartford-pd", "r")
+    member = s.pack()
+    size = max(1, (value.bit_length() + 6) // 7) + max(1, ((value // 2).bit_length() + 6) // 7)
+    assert len(member) == PREFIX + size + 1 + 2
+    assert unpack_columns([member], NAMES).sightings() == [Sighting.unpack(member, NAMES)] == [s]
+
+
+def test_a_varint_that_never_ends_is_malformed() -> None:
+    member = _sightings(["a"])[0].pack()
+    endless = member[:PREFIX] + b"\xff" * 12 + b"\x00" * 3
+    assert _split([endless])[0] == BAD_LENGTH
+    assert _split([member[: PREFIX + 2]])[0] == BAD_LENGTH
 
 
 @settings(max_examples=300, deadline=None)
