@@ -69,7 +69,9 @@ UNRESOLVED = ("", "")  # (camera, agency) of a code not (yet) in SOURCES_KEY: no
 # leads the member as the milliseconds into the key's bucket (3 bytes for buckets up to 4.6 hours, else 4),
 # big-endian, and every score is 0: a time range is a ``ZRANGEBYLEX``, and a listpack entry's score takes 2 bytes
 # instead of the 5 of a 24-bit integer. Then the vehicle (12 bytes) and the sighting id's low byte, which tells
-# one vehicle's sightings apart should two start in one cell at the same millisecond.
+# one vehicle's sightings apart should two start in one cell at the same millisecond (two cameras over one road;
+# a clash, 1 in 256 of those, shares one entry: a search still finds both, since it joins on the trail's entries
+# at that time, and removing one sighting's entry removes the other's too).
 VEHICLE_BYTES = 12
 
 
