@@ -17,7 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +26,6 @@ import numpy as np
 import orjson
 import redis
 from aiokafka import AIOKafkaProducer
-from kafka.admin import KafkaAdminClient
 from numpy.typing import NDArray
 
 from benchmarks.memory import sorted_set_anatomy
@@ -36,7 +35,7 @@ from streams.query import trail, trail_columns
 from streams.settings import Settings
 from streams.simulate import Traffic
 from streams.store import checkpoint_key, read_trail, trail_key, vehicle_id
-from streams.topics import ensure_topics
+from streams.topics import delete_run_topics, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,27 +50,12 @@ def state_dir() -> Path:
 BENCH = "bench"
 
 
-def bench_topics(names: Iterable[str]) -> list[str]:
-    """The topics among ``names`` that benchmark runs made."""
-    return [t for t in names if t.startswith((f"{BENCH}.", f"{BENCH}-")) or f"--{BENCH}." in t]
-
-
 def bench_stack(state: Path | None = None) -> stack.StackInfo:
-    """The local stack (started, or reused), without the topics earlier benchmark runs left in it.
-
-    Each run fills topics of its own and nothing removed them: the broker's retention never deletes a log's
-    active segment, so the local stack grew by gigabytes per ``make bench`` until the disk was full (72 GB of
-    them stopped the broker mid-run)."""
+    """The local stack (started, or reused), without the topics earlier benchmark runs left in it."""
     info = stack.up(state or state_dir())
-    admin = KafkaAdminClient(bootstrap_servers=info.kafka_bootstrap, client_id="platestream-bench")
-    try:
-        old = bench_topics(admin.list_topics())
-        for lo in range(0, len(old), 100):
-            admin.delete_topics(old[lo : lo + 100], timeout_ms=60_000)
-        if old:
-            log(f"deleted {len(old)} topics earlier benchmark runs left in the local stack")
-    finally:
-        admin.close()
+    old = delete_run_topics(info.kafka_bootstrap, BENCH)
+    if old:
+        log(f"deleted {len(old)} topics earlier benchmark runs left in the local stack")
     return info
 
 

@@ -1,6 +1,7 @@
 """``make demo``: start the local stack, simulate a city's traffic, process it, print a trail and the throughput.
 
-Each run uses its own topics and Redis database 15, so it never mixes with other data on the stack.
+Each run uses its own topics and Redis database 15, so it never mixes with other data on the stack; it first
+deletes the topics earlier demo runs left (their Redis data is gone with the database's flush anyway).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from streams.query import governed_trail
 from streams.settings import Settings
 from streams.simulate import generate
 from streams.store import checkpoint_key, read_trail
-from streams.topics import end_offsets, ensure_topics
+from streams.topics import delete_run_topics, end_offsets, ensure_topics
 
 DEMO_POLICY = Path(__file__).resolve().parents[1] / "deploy" / "policy.example.yaml"
 
@@ -34,6 +35,9 @@ def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
     print("1/5 starting the local stack (Kafka KRaft + Redis) ...", flush=True)
     info = stack.up(state_dir)
     print(f"    kafka {info.kafka_bootstrap}, redis {info.redis_url}  ({time.monotonic() - t0:.1f}s)")
+    old = delete_run_topics(info.kafka_bootstrap, "demo")
+    if old:
+        print(f"    deleted {len(old)} topics earlier demo runs left")
     tag = uuid.uuid4().hex[:6]
     s = Settings.from_env(
         env={k: v for k, v in os.environ.items() if k == "PLATESTREAM_HASH_KEY"},

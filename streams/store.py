@@ -298,11 +298,14 @@ def member_heads(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.
                  reads: np.ndarray, confidence: np.ndarray, hit: np.ndarray, source: np.ndarray) -> list[bytes]:
     """Many trail members at once, up to their read id: the bytes ``Sighting.pack`` writes for each before it.
     ``source``: 8-byte codes (``V8``)."""
+    duration, best_dt = np.asarray(end - start, dtype=np.int64), np.asarray(best_ts - start, dtype=np.int64)
+    if duration.size and min(int(duration.min()), int(best_dt.min())) < 0:
+        raise ValueError("a trail member holds no negative duration or best-read offset")
     raw, ends = pack_members(np.ascontiguousarray(start, dtype=np.int64), MEMBER_VERSION,
                              (np.asarray(hit) & 1).astype(np.uint8), np.ascontiguousarray(sid, dtype=np.uint64),
                              np.ascontiguousarray(geo52, dtype=np.uint64),
                              np.ascontiguousarray(confidence, dtype=np.float32).view(np.uint32),
-                             np.ascontiguousarray(source).view("<u8"), end - start, best_ts - start,
+                             np.ascontiguousarray(source).view("<u8"), duration, best_dt,
                              np.asarray(reads, dtype=np.int64))
     data = raw.tobytes()
     bounds = ends.tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -30,6 +31,29 @@ def ensure_topics(s: Settings, partitions: int | None = None) -> None:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
                 admin.create_topics(new)
             log.info("created topics %s with %d partitions", [t.name for t in new], n)
+    finally:
+        admin.close()
+
+
+def run_topics(names: Iterable[str], prefix: str) -> list[str]:
+    """The topics among ``names`` that runs named ``prefix`` made: their own topics ``<prefix>.<tag>.*``, the
+    topic faust adds per consumer group ``<prefix>-<tag>-app-__assignor-__leader``, and Quix Streams'
+    ``changelog__quix-...--<prefix>.<tag>...`` ones."""
+    return [t for t in names if t.startswith((f"{prefix}.", f"{prefix}-")) or f"--{prefix}." in t]
+
+
+def delete_run_topics(bootstrap: str, prefix: str) -> list[str]:
+    """Delete the topics earlier runs named ``prefix`` left in a broker (``run_topics``); returns their names.
+
+    Demos and benchmarks fill topics of their own, and nothing else removes them: the broker's retention never
+    deletes a log's active segment, so a local stack grows by every run (72 GB of benchmark topics once filled
+    the disk and stopped the broker mid-run)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="platestream-admin")
+    try:
+        old = run_topics(admin.list_topics(), prefix)
+        for lo in range(0, len(old), 100):
+            admin.delete_topics(old[lo : lo + 100], timeout_ms=60_000)
+        return old
     finally:
         admin.close()
 

@@ -104,6 +104,7 @@ def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
     assert [[type(v) for v in r] for r in as_rows] == [[type(v) for v in r] for r in expected] and as_rows == expected
 
 
+@hypothesis_settings(deadline=None)  # the first example compiles pack_members on a fresh clone (no Numba cache yet)
 @given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**52 - 1), st.integers(0, 2**47 - 1),
                           st.integers(0, 2**40), st.integers(0, 2**40), st.integers(1, 2**31 - 1),
                           st.floats(0, 1, width=32), st.booleans()), max_size=10))
@@ -123,6 +124,19 @@ def test_batch_packed_members_equal_sighting_pack(rows: list[tuple[Any, ...]]) -
                          column("confidence", np.float32), column("hit", np.uint8),
                          np.frombuffer(source_code("cam", "agency") * len(rows), dtype="V8"))
     assert [h + b"\x02r1" for h in heads] == [s.pack() for s in sightings]
+
+
+def test_a_sighting_that_ends_before_it_starts_is_refused_not_written() -> None:
+    """A varint of a negative number would be a huge one: both encoders refuse it."""
+    from streams.store import member_heads
+
+    with pytest.raises(ValueError, match="negative"):
+        Sighting(1, 2_000, 1_999, 2_000, 0, 1, 0.5, "cam", "agency", "r1").pack()
+    with pytest.raises(ValueError, match="negative"):
+        member_heads(*(np.array([v], dtype) for v, dtype in ((1, np.uint64), (0, np.uint64), (2_000, np.int64),
+                                                             (2_500, np.int64), (1_999, np.int64), (1, np.int32),
+                                                             (0.5, np.float32), (0, np.uint8))),
+                     np.frombuffer(source_code("cam", "agency"), dtype="V8"))
 
 
 @given(st.integers(0, 2**45), st.integers(60_000, 7 * 86_400_000), st.integers(0, 2**64 - 1))

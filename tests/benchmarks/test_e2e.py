@@ -95,10 +95,12 @@ def test_a_goal_row_judges_each_form_it_was_measured_in() -> None:
 
 
 def test_only_the_benchmarks_topics_are_cleaned_from_the_local_stack() -> None:
-    from benchmarks.e2e import bench_topics
+    from benchmarks.e2e import BENCH
+    from streams.topics import run_topics
 
     names = ["bench.1a2b3c.reads", "bench.1a2b3c.deduped", "bench-1a2b3c-app-__assignor-__leader",
              "bench-ab-HEAD-9f8e7d-app-__assignor-__leader", "changelog__quix-2d19f9--bench.aada9a.reads--default",
              "plates.reads", "plates.audit", "demo.2e46c1.reads", "demo-2e46c1-app-__assignor-__leader",
              "platestream-app-__assignor-__leader", "__consumer_offsets", "benchmarks.mine"]
-    assert bench_topics(names) == names[:5]
+    assert run_topics(names, BENCH) == names[:5]
+    assert run_topics(names, "demo") == names[7:9]
