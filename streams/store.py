@@ -128,7 +128,7 @@ async def ensure_layout(client: Any, scan: bool = True) -> None:
 
 
 # The sorted set ``compact_trails`` needs Redis to keep compact: 512 members (a vehicle with that many
-# sightings in its retention) of 100 bytes (a trail member with a 51-byte read id; a UUID makes 85)
+# sightings in its retention) of 100 bytes (a trail member of a pass with a 59-byte read id; a UUID makes 77)
 COMPACT_PROBE = (512, 100)
 
 
