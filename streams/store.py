@@ -44,6 +44,7 @@ from streams.kernels.members import (
     AT_SOURCE,
     BAD_LENGTH,
     BAD_VERSION,
+    GEO_BYTES,
     OK,
     PREFIX,
     TS_BYTES,
@@ -62,7 +63,6 @@ MEMBER_VERSION = 5
 # Layout 5 made the member 8 bytes shorter than layout 4's fixed widths (a typical 59 -> 51).
 _PREFIX = struct.Struct("<6sBBQ7sf8s")
 assert _PREFIX.size == PREFIX
-_TS_BYTES = TS_BYTES
 SOURCES_KEY = "ps:src"
 UNRESOLVED = ("", "")  # (camera, agency) of a code not (yet) in SOURCES_KEY: no policy knows agency ""
 # Area index entries are small on purpose (they are one of the two per-sighting costs in Redis). The time
@@ -351,8 +351,9 @@ class Sighting:
     hit: bool = False
 
     def pack(self) -> bytes:
-        head = _PREFIX.pack(self.ts.to_bytes(_TS_BYTES, "big"), MEMBER_VERSION, 1 if self.hit else 0, self.sighting_id,
-                            self.geo52.to_bytes(7, "little"), self.confidence, source_code(self.camera_id, self.agency))
+        head = _PREFIX.pack(self.ts.to_bytes(TS_BYTES, "big"), MEMBER_VERSION, 1 if self.hit else 0, self.sighting_id,
+                            self.geo52.to_bytes(GEO_BYTES, "little"), self.confidence,
+                            source_code(self.camera_id, self.agency))
         return (head + _varint(self.ts_last - self.ts) + _varint(self.best_ts - self.ts) + _varint(self.reads)
                 + pack_string(self.read_id))
 
@@ -394,9 +395,9 @@ def _lex_bound(ts: int | str, add: int, kind: bytes) -> bytes | str:
     t = int(ts) + add
     if t < 0:
         return "-"
-    if t >= 1 << (8 * _TS_BYTES):
+    if t >= 1 << (8 * TS_BYTES):
         return "+"
-    return kind + t.to_bytes(_TS_BYTES, "big")
+    return kind + t.to_bytes(TS_BYTES, "big")
 
 
 def _trail_range(key: str, lo: int | str, hi: int | str, limit: int | None) -> list[Any]:

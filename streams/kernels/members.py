@@ -117,11 +117,14 @@ def split_members(buf: NDArray[np.uint8], n: int, version: int):  # type: ignore
     pos = 0
     used = 0
     status = OK
+    bad = OK  # BAD_VERSION or BAD_LENGTH: where the walk stopped
     for i in range(n):
         if pos + PREFIX + 4 > end:  # three varints and a length byte at least
-            return BAD_LENGTH, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
+            bad = BAD_LENGTH
+            break
         if buf[pos + AT_VERSION] != version:
-            return BAD_VERSION, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
+            bad = BAD_VERSION
+            break
         t = np.int64(0)
         for j in range(TS_BYTES):
             t = (t << 8) | np.int64(buf[pos + j])
@@ -131,40 +134,45 @@ def split_members(buf: NDArray[np.uint8], n: int, version: int):  # type: ignore
         geo[i] = _get_le(buf, pos + AT_GEO, GEO_BYTES)
         conf[i] = np.uint32(_get_le(buf, pos + AT_CONF, 4))
         source[i] = _get_le(buf, pos + AT_SOURCE, 8)
-        v, pos = _get_varint(buf, pos + PREFIX, end)
-        if pos < 0 or v >= np.uint64(1 << 62):
-            return BAD_LENGTH, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
-        duration[i] = np.int64(v)
-        v, pos = _get_varint(buf, pos, end)
-        if pos < 0 or v >= np.uint64(1 << 62):
-            return BAD_LENGTH, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
-        best_dt[i] = np.int64(v)
-        v, pos = _get_varint(buf, pos, end)
-        if pos < 0 or v > np.uint64(0xFFFFFFFF) or pos >= end:
-            return BAD_LENGTH, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
-        reads[i] = np.uint32(v)
+        d, pos = _get_varint(buf, pos + PREFIX, end)
+        if pos < 0:
+            bad = BAD_LENGTH
+            break
+        b, pos = _get_varint(buf, pos, end)
+        if pos < 0:
+            bad = BAD_LENGTH
+            break
+        r, pos = _get_varint(buf, pos, end)
+        if pos < 0 or pos >= end or d >= np.uint64(1 << 62) or b >= np.uint64(1 << 62) or r > np.uint64(0xFFFFFFFF):
+            bad = BAD_LENGTH
+            break
+        duration[i] = np.int64(d)
+        best_dt[i] = np.int64(b)
+        reads[i] = np.uint32(r)
         length = int(buf[pos])
         pos += 1
         if length == 0xFF:
             if pos + 2 > end:
-                return BAD_LENGTH, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
+                bad = BAD_LENGTH
+                break
             length = int(buf[pos]) | (int(buf[pos + 1]) << 8)
             pos += 2
         if pos + length > end:
-            return BAD_LENGTH, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
+            bad = BAD_LENGTH
+            break
         if i > 0:
             ids[used] = SEPARATOR
             used += 1
         for j in range(length):
-            b = buf[pos + j]
-            if b == SEPARATOR:
+            c = buf[pos + j]
+            if c == SEPARATOR:
                 status = SEPARATOR_IN_ID
-            ids[used + j] = b
+            ids[used + j] = c
         used += length
         pos += length
-    if pos != end:
-        return BAD_LENGTH, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
-    return status, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
+    if bad == OK and pos != end:
+        bad = BAD_LENGTH
+    return bad if bad != OK else status, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used
 
 
 @nb.njit(cache=True)
