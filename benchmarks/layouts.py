@@ -34,13 +34,15 @@ ENTRIES_PER_AREA_KEY = 183  # measured: memory report 2026-11-26
 BUCKET_MS = 3_600_000
 # A trail entry's fields (bytes). "Today" is layout 4's member, measured as such in the report of 2026-11-27 (its
 # fixed part, then the best read's id with its length byte: 11 on average in the simulated day); layout 5 wrote
-# the same fields narrower (LAYOUT5); then narrower encodings still; then less content.
+# the same fields narrower (LAYOUT5), layout 6 the confidence in 2 bytes and the flags in the version's byte
+# (LAYOUT6); then narrower encodings still; then less content.
 TODAY = {"time": 6, "version": 1, "sighting_id": 8, "geo52": 8, "duration": 4, "best_offset": 4, "reads": 4,
          "confidence": 4, "flags": 1, "source": 8, "read_id": 11}
 # varints for duration, best offset and reads (a pass lasts seconds, has a few reads), geo52 in 7 bytes
 LAYOUT5 = {**TODAY, "geo52": 7, "duration": 2, "best_offset": 2, "reads": 1}
+LAYOUT6 = {**LAYOUT5, "confidence": 2, "flags": 0}
 # and a 2-byte source number assigned in Redis instead of the 8-byte hash of (camera, agency)
-COMPACT = {**LAYOUT5, "source": 2}
+COMPACT = {**LAYOUT6, "source": 2}
 NO_READ_ID = {k: v for k, v in COMPACT.items() if k != "read_id"}
 # and no sighting id (a per-vehicle sequence number of 1 byte instead)
 NO_IDS = {**NO_READ_ID, "sighting_id": 1}
@@ -49,7 +51,8 @@ NO_IDS = {**NO_READ_ID, "sighting_id": 1}
 # the trails do: layout 5)
 AREA_TODAY, AREA_TIME_LED = 16, 16
 LAYOUT5_TRAIL = "sorted set per vehicle, layout 5 member (varints, 7-byte geohash)"
-LAYOUT5_AREA = "sorted set per cell and hour, layout 5 entry (time-led, score 0)"
+LAYOUT6_TRAIL = "sorted set per vehicle, layout 6 member (2-byte confidence, flags in the version byte)"
+LAYOUT5_AREA = "sorted set per cell and hour, layout 5 entry (time-led, score 0; layout 6's too)"
 
 Write = Callable[[Any, int, bytes, int], None]
 VEHICLES_PER_HASH = 12  # a blob layout's trails: hashes of ~12 vehicles each, one vehicle's trail a field's value
@@ -78,11 +81,13 @@ def variants(rng: random.Random, vehicles: int) -> list[tuple[str, str, int, Wri
         p.zadd(b"ps:c:{%d:0}" % cell, {rng.randrange(BUCKET_MS).to_bytes(3, "big") + v + rng.randbytes(1): 0})
 
     size = {name: sum(f.values()) for name, f in
-            (("today", TODAY), ("layout5", LAYOUT5), ("compact", COMPACT), ("no_read_id", NO_READ_ID),
+            (("today", TODAY), ("layout5", LAYOUT5), ("layout6", LAYOUT6), ("compact", COMPACT),
+             ("no_read_id", NO_READ_ID),
              ("no_ids", NO_IDS))}
     return [
         ("trail", "sorted set per vehicle, layout 4 member", size["today"], zset_trail(size["today"])),
         ("trail", LAYOUT5_TRAIL, size["layout5"], zset_trail(size["layout5"])),
+        ("trail", LAYOUT6_TRAIL, size["layout6"], zset_trail(size["layout6"])),
         ("trail", "sorted set per vehicle, compact member", size["compact"], zset_trail(size["compact"])),
         ("trail", "sorted set per vehicle, compact member without the read id", size["no_read_id"],
          zset_trail(size["no_read_id"])),
@@ -167,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.date.today().isoformat()
     results = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
                "sightings": len(order), "vehicles": args.vehicles, "area_keys": max(cells) + 1,
-               "fields": {"today": TODAY, "layout5": LAYOUT5, "compact": COMPACT, "no_read_id": NO_READ_ID,
-                          "no_ids": NO_IDS},
-               "plate_directory_bytes_per_sighting": directory, "current": [LAYOUT5_TRAIL, LAYOUT5_AREA],
+               "fields": {"today": TODAY, "layout5": LAYOUT5, "layout6": LAYOUT6, "compact": COMPACT,
+                          "no_read_id": NO_READ_ID, "no_ids": NO_IDS},
+               "plate_directory_bytes_per_sighting": directory, "current": [LAYOUT6_TRAIL, LAYOUT5_AREA],
                "measured_today_bytes_per_sighting": memory_report("redis_bytes_per_sighting"),
                "layouts": rows, "combinations": combos}
     md = write_report(args.out, f"layouts-{date}", results, report(results))

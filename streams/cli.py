@@ -337,6 +337,25 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.connect import redis_client
+    from streams.migrate import MigrationError, migrate
+
+    client = redis_client(settings)
+    try:
+        done = migrate(client, settle_s=args.settle)
+    except MigrationError as e:
+        return _error(e)
+    finally:
+        client.close()
+    if done.from_layout is None:
+        print("nothing to migrate: Redis is fresh or already in this version's layout")
+    else:
+        print(f"migrated layout {done.from_layout} -> this version's: {done.members} sightings rewritten in "
+              f"{done.trails} trails ({done.current} were already rewritten)")
+    return 0
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     import secrets
 
@@ -468,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retention", help="run the retention sweeper once")
     rt.add_argument("action", choices=["sweep"])
 
+    so = sub.add_parser("store", help="rewrite Redis data of an earlier layout in place (stop the workers first)")
+    so.add_argument("action", choices=["migrate"])
+    so.add_argument("--settle", type=float, default=5.0,
+                    help="seconds the checkpoints must stand still before it begins (default 5)")
+
     po = sub.add_parser("policy", help="check a policy file, or make a new API token and its hash")
     po.add_argument("action", choices=["check", "token"])
     po.add_argument("file", nargs="?")
@@ -497,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail,
                "search": cmd_search, "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention,
-               "hotlist": cmd_hotlist, "serve": cmd_serve, "area": cmd_area, "transparency": cmd_transparency}
+               "store": cmd_store, "hotlist": cmd_hotlist, "serve": cmd_serve, "area": cmd_area,
+               "transparency": cmd_transparency}
     return handler[args.command](args, settings)
 
 

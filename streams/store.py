@@ -5,7 +5,8 @@ Keys (hash tags keep every multi-key operation inside one Redis Cluster slot):
 ``ps:t:{<vehicle>}``        sorted set, every score 0, member = packed sighting led by its first capture time
                             (ms, 48-bit big-endian): members sort by time, ranges are ``ZRANGEBYLEX``
 ``ps:src``                  hash: source code (8 B) -> camera and agency of the sightings that carry it
-``ps:meta``                 hash: ``layout`` = the version of this layout (``LAYOUT_VERSION``)
+``ps:meta``                 hash: ``layout`` = the version of this layout (``LAYOUT_VERSION``); ``migrating`` while
+                            ``streams.migrate`` rewrites an earlier one
 ``ps:c:{<cell>:<bucket>}``  sorted set, every score 0, member = capture time - bucket start (ms, 3 or 4 bytes
                             big-endian) + vehicle (12 B) + low byte of the sighting id: ranges are ``ZRANGEBYLEX``
 ``ps:ck:{<group>:<topic>:<partition>}``  hash: open dedup sessions + the next offset to consume
@@ -44,6 +45,7 @@ from streams.kernels.members import (
     AT_SOURCE,
     BAD_LENGTH,
     BAD_VERSION,
+    FLAG_BITS,
     GEO_BYTES,
     OK,
     PREFIX,
@@ -52,17 +54,20 @@ from streams.kernels.members import (
     pack_members,
     split_members,
 )
+from streams.kernels.rounding import rounded_array
 
-MEMBER_VERSION = 5
-# A trail member (``streams.kernels.members``): first capture time (ms, 48-bit big-endian), version, flags (bit 0:
-# hotlist hit), sighting id, geo52 (7 bytes), confidence, source code; then duration, best-read offset and reads
+MEMBER_VERSION = 6
+# A trail member (``streams.kernels.members``): first capture time (ms, 48-bit big-endian), version and flags in one
+# byte (flag bit 0: hotlist hit), sighting id, geo52 (7 bytes), confidence in ten-thousandths (a lookup shows 4
+# decimals: a float32 kept 2 bytes more that no reader saw), source code; then duration, best-read offset and reads
 # as varints; then the best read's id. Camera and agency names repeat across millions of sightings: each member
 # carries an 8-byte code of the pair instead (``SOURCES_KEY`` maps it back). The time leads the member and every
 # score is 0, so a trail sorts by time and a time range is a ``ZRANGEBYLEX``: a millisecond score took 10 bytes of
 # listpack, and formatting 1,000 of them as doubles was most of Redis's time for a trail lookup (297 -> 50 us).
-# Layout 5 made the member 8 bytes shorter than layout 4's fixed widths (a typical 59 -> 51).
-_PREFIX = struct.Struct("<6sBBQ7sf8s")
-assert _PREFIX.size == PREFIX
+# Layout 5 made the member 8 bytes shorter than layout 4's fixed widths (a typical 59 -> 51), layout 6 3 more (48).
+MEMBER_PREFIX = struct.Struct("<6sBQ7sH8s")
+CONFIDENCE_UNITS = 10_000  # a stored confidence is an integer number of these (4 decimals)
+assert MEMBER_PREFIX.size == PREFIX
 SOURCES_KEY = "ps:src"
 UNRESOLVED = ("", "")  # (camera, agency) of a code not (yet) in SOURCES_KEY: no policy knows agency ""
 # Area index entries are small on purpose (they are one of the two per-sighting costs in Redis). The time
@@ -97,7 +102,9 @@ def _keyed(hash_key: bytes) -> Any:
 
 
 META_KEY = "ps:meta"
-LAYOUT_VERSION = 5  # bumped with any change to what is stored: trail members, area index entries
+MIGRATING = "migrating"  # field of META_KEY while ``streams.migrate`` rewrites the data: no worker starts
+MIGRATES_FROM = (5,)  # layouts ``streams.migrate`` rewrites into this one in place
+LAYOUT_VERSION = 6  # bumped with any change to what is stored: trail members, area index entries
 
 
 class LayoutError(RuntimeError):
@@ -123,8 +130,13 @@ async def ensure_layout(client: Any, scan: bool = True) -> None:
         await client.hsetnx(META_KEY, "layout", LAYOUT_VERSION)
         found = await client.hget(META_KEY, "layout")
     if int(found) != LAYOUT_VERSION:
+        how = ("stop the workers and run `platestream store migrate` (it rewrites the data in place)"
+               if int(found) in MIGRATES_FROM else "wipe it and replay the reads topic")
         raise LayoutError(f"Redis holds platestream layout {int(found)}, this version writes {LAYOUT_VERSION}; "
-                          "wipe it and replay the reads topic (README: Redis layout)")
+                          f"{how} (README: Redis layout)")
+    if await client.hget(META_KEY, MIGRATING) is not None:
+        raise LayoutError("a layout migration has not finished: run `platestream store migrate` again "
+                          "(README: Redis layout)")
 
 
 # The sorted set ``compact_trails`` needs Redis to keep compact: 512 members (a vehicle with that many
@@ -303,13 +315,21 @@ def member_heads(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.
         raise ValueError("a trail member holds no negative duration or best-read offset")
     raw, ends = pack_members(np.ascontiguousarray(start, dtype=np.int64), MEMBER_VERSION,
                              (np.asarray(hit) & 1).astype(np.uint8), np.ascontiguousarray(sid, dtype=np.uint64),
-                             np.ascontiguousarray(geo52, dtype=np.uint64),
-                             np.ascontiguousarray(confidence, dtype=np.float32).view(np.uint32),
+                             np.ascontiguousarray(geo52, dtype=np.uint64), confidence_units(confidence),
                              np.ascontiguousarray(source).view("<u8"), duration, best_dt,
                              np.asarray(reads, dtype=np.int64))
     data = raw.tobytes()
     bounds = ends.tolist()
     return [data[i:j] for i, j in zip([0, *bounds][:-1], bounds, strict=True)]
+
+
+def confidence_units(confidence: NDArray[np.floating] | Sequence[float]) -> NDArray[np.uint16]:
+    """Confidences as stored: ``round(c, 4)`` in ten-thousandths (so a lookup shows what it showed when a float32
+    was stored). Refuses one outside [0, 1], which the read schema does too."""
+    rounded4 = rounded_array(np.asarray(confidence, dtype=np.float32), 4)
+    if rounded4.size and not (float(rounded4.min()) >= 0.0 and float(rounded4.max()) <= 1.0):
+        raise ValueError("a trail member holds a confidence in [0, 1]")
+    return np.rint(rounded4 * CONFIDENCE_UNITS).astype(np.uint16)
 
 
 def _varint(value: int) -> bytes:
@@ -351,16 +371,17 @@ class Sighting:
     hit: bool = False
 
     def pack(self) -> bytes:
-        head = _PREFIX.pack(self.ts.to_bytes(TS_BYTES, "big"), MEMBER_VERSION, 1 if self.hit else 0, self.sighting_id,
-                            self.geo52.to_bytes(GEO_BYTES, "little"), self.confidence,
-                            source_code(self.camera_id, self.agency))
+        head = MEMBER_PREFIX.pack(self.ts.to_bytes(TS_BYTES, "big"), MEMBER_VERSION << FLAG_BITS | int(self.hit),
+                                  self.sighting_id, self.geo52.to_bytes(GEO_BYTES, "little"),
+                                  int(confidence_units([self.confidence])[0]), source_code(self.camera_id, self.agency))
         return (head + _varint(self.ts_last - self.ts) + _varint(self.best_ts - self.ts) + _varint(self.reads)
                 + pack_string(self.read_id))
 
     @classmethod
     def unpack(cls, member: bytes, names: Mapping[bytes, tuple[str, str]]) -> Sighting:
         """``names``: ``source_names`` of the member's source code."""
-        ts_be, ver, flags, sid, geo, conf, code = _PREFIX.unpack_from(member)
+        ts_be, ver_flags, sid, geo, conf, code = MEMBER_PREFIX.unpack_from(member)
+        ver, flags = ver_flags >> FLAG_BITS, ver_flags & ((1 << FLAG_BITS) - 1)
         if ver != MEMBER_VERSION:
             raise ValueError(f"unknown sighting member version {ver}")
         duration, pos = _read_varint(member, PREFIX)
@@ -369,8 +390,8 @@ class Sighting:
         camera, agency = names.get(code, UNRESOLVED)
         [read_id] = unpack_strings(member, pos, 1)
         ts = int.from_bytes(ts_be, "big")
-        return cls(sid, ts, ts + duration, ts + best_dt, int.from_bytes(geo, "little"), reads, conf, camera, agency,
-                   read_id, bool(flags & 1))
+        return cls(sid, ts, ts + duration, ts + best_dt, int.from_bytes(geo, "little"), reads,
+                   conf / CONFIDENCE_UNITS, camera, agency, read_id, bool(flags & 1))
 
     def position(self) -> tuple[float, float]:
         lat, lon = geo52_decode(np.array([self.geo52], dtype=np.uint64))
@@ -446,7 +467,7 @@ class TrailColumns:
     best_ts: NDArray[np.int64]
     geo52: NDArray[np.uint64]
     reads: NDArray[np.uint32]
-    confidence: NDArray[np.float32]
+    confidence: NDArray[np.float64]  # as stored: 4 decimals
     source: NDArray[np.int64]  # each sighting's (camera, agency) as an index into ``sources``
     sources: list[tuple[str, str]]
     read_id: list[str]
@@ -465,7 +486,7 @@ class TrailColumns:
                    np.array([s.best_ts for s in sightings], dtype=np.int64),
                    np.array([s.geo52 for s in sightings], dtype=np.uint64),
                    np.array([s.reads for s in sightings], dtype=np.uint32),
-                   np.array([s.confidence for s in sightings], dtype=np.float32),
+                   np.array([s.confidence for s in sightings], dtype=np.float64),
                    np.array([index[p] for p in pairs], dtype=np.int64), list(index),
                    [s.read_id for s in sightings], np.array([s.hit for s in sightings], dtype=np.bool_))
 
@@ -517,7 +538,7 @@ def unpack_columns(members: Sequence[bytes], names: SourceNames) -> TrailColumns
         read_ids = ids[:used].tobytes().decode().split("\n")
     else:  # SEPARATOR_IN_ID
         read_ids = [Sighting.unpack(m, {}).read_id for m in members]
-    return TrailColumns(sid, ts, ts + duration, ts + best_dt, geo, reads, conf.view(np.float32), inverse.ravel(),
+    return TrailColumns(sid, ts, ts + duration, ts + best_dt, geo, reads, conf / CONFIDENCE_UNITS, inverse.ravel(),
                         [found.get(code, UNRESOLVED) for code in distinct], read_ids, (flags & 1).astype(bool))
 
 

@@ -24,9 +24,10 @@ text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=64) | st.sampl
 def test_sighting_round_trip(sid: int, geo: int, ts: int, dur: int, best: int, reads: int, conf: float,
                              cam: str, agency: str, read_id: str) -> None:
     s = Sighting(sid, ts, ts + dur, ts + min(best, dur), geo, reads, conf, cam, agency, read_id)
-    assert Sighting.unpack(s.pack(), {source_code(cam, agency): (cam, agency)}) == s
+    stored = dataclasses.replace(s, confidence=round(conf, 4))  # kept to the 4 decimals a lookup shows
+    assert Sighting.unpack(s.pack(), {source_code(cam, agency): (cam, agency)}) == stored
     # a source missing from the registry reads as an agency no policy knows (never shown, never expired)
-    assert Sighting.unpack(s.pack(), {}) == dataclasses.replace(s, camera_id="", agency="")
+    assert Sighting.unpack(s.pack(), {}) == dataclasses.replace(stored, camera_id="", agency="")
 
 
 def test_strings_of_every_length_the_schema_allows_round_trip() -> None:
@@ -77,7 +78,8 @@ def test_split_long_keeps_every_argument_and_pairs() -> None:
 def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
     from streams.store import TrailColumns, unpack_columns, unpack_many
 
-    sightings = [Sighting(sid, ts, ts + dur, ts, geo, reads, conf, cam, agency, read_id, hit)
+    # confidences as stored (4 decimals), so that unpacking gives back exactly these
+    sightings = [Sighting(sid, ts, ts + dur, ts, geo, reads, round(conf, 4), cam, agency, read_id, hit)
                  for sid, geo, ts, dur, reads, conf, cam, agency, read_id, hit in rows]
     members = [s.pack() for s in sightings]
     names = {source_code(s.camera_id, s.agency): (s.camera_id, s.agency) for s in sightings}
@@ -94,7 +96,7 @@ def test_unpack_many_equals_unpacking_each(rows: list[tuple[Any, ...]]) -> None:
     # Python objects are the sightings' own, with the same types
     assert [str(a.dtype) for a in (cols.sighting_id, cols.ts, cols.ts_last, cols.best_ts, cols.geo52, cols.reads,
                                    cols.confidence, cols.hit)] == ["uint64", "int64", "int64", "int64", "uint64",
-                                                                   "uint32", "float32", "bool"]
+                                                                   "uint32", "float64", "bool"]
     assert sorted(cols.sources) == sorted(set(names.values()))
     as_rows = list(zip(cols.sighting_id.tolist(), cols.ts.tolist(), cols.ts_last.tolist(), cols.best_ts.tolist(),
                        cols.geo52.tolist(), cols.reads.tolist(), cols.confidence.tolist(), cols.camera_id, cols.agency,

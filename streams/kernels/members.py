@@ -1,13 +1,14 @@
 """Trail members, packed and split in one compiled pass each: what the worker writes and a lookup reads.
 
-A trail member (``store.Sighting.pack``, layout 5) is a prefix of ``PREFIX`` bytes - its first-capture time as
-a 6-byte big-endian number (members sort by it), a version byte, a flags byte, the sighting id, the geohash in
-7 bytes, the confidence and the 8-byte source code - then the duration, the best read's offset from the start and
-the number of reads as unsigned LEB128 varints (a pass lasts seconds and has a few reads: 2 + 2 + 1 bytes where
-fixed widths took 12, and a parked car's days need no saturation), then the read id, length-prefixed (one byte
-below 255, else 0xFF and two bytes little-endian). Members are self-delimiting, so a lookup joins Redis's reply
-into one buffer (one C call) and walks it here, instead of slicing each member in Python. Pure functions over
-NumPy arrays, no I/O.
+A trail member (``store.Sighting.pack``, layout 6) is a prefix of ``PREFIX`` bytes - its first-capture time as
+a 6-byte big-endian number (members sort by it), a byte holding the version (high nibble) and the flags (low
+nibble), the sighting id, the geohash in 7 bytes, the confidence in ten-thousandths (2 bytes: lookups show 4
+decimals) and the 8-byte source code - then the duration, the best read's offset from the start and the number
+of reads as unsigned LEB128 varints (a pass lasts seconds and has a few reads: 2 + 2 + 1 bytes where fixed
+widths took 12, and a parked car's days need no saturation), then the read id, length-prefixed (one byte below
+255, else 0xFF and two bytes little-endian). Members are self-delimiting, so a lookup joins Redis's reply into
+one buffer (one C call) and walks it here, instead of slicing each member in Python. Pure functions over NumPy
+arrays, no I/O.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from numpy.typing import NDArray
 SEPARATOR = 0x0A
 OK, BAD_VERSION, BAD_LENGTH, SEPARATOR_IN_ID = 0, 1, 2, 3
 TS_BYTES = 6
-# offsets in the prefix: time, version, flags, sighting id (LE), geo52 (7 bytes LE), confidence (float32 LE),
-# source code (8 bytes as stored); the varints start at PREFIX
-AT_VERSION, AT_FLAGS, AT_SID, AT_GEO, AT_CONF, AT_SOURCE, PREFIX = 6, 7, 8, 16, 23, 27, 35
+# offsets in the prefix: time, version and flags, sighting id (LE), geo52 (7 bytes LE), confidence (uint16 LE,
+# ten-thousandths), source code (8 bytes as stored); the varints start at PREFIX
+AT_VERSION, AT_SID, AT_GEO, AT_CONF, AT_SOURCE, PREFIX = 6, 7, 15, 22, 24, 32
 GEO_BYTES = 7
+FLAG_BITS = 4  # the low nibble of the version byte; the version is the high one (0-15)
 MAX_VARINT = 10  # bytes of a 64-bit LEB128 varint
 
 
@@ -45,12 +47,13 @@ def _put_varint(out: NDArray[np.uint8], pos: int, value: np.uint64) -> int:
 
 @nb.njit(cache=True)
 def pack_members(ts: NDArray[np.int64], version: int, flags: NDArray[np.uint8],  # type: ignore[no-untyped-def]
-                 sid: NDArray[np.uint64], geo52: NDArray[np.uint64], conf_bits: NDArray[np.uint32],
+                 sid: NDArray[np.uint64], geo52: NDArray[np.uint64], conf: NDArray[np.uint16],
                  source: NDArray[np.uint64], duration: NDArray[np.int64], best_dt: NDArray[np.int64],
                  reads: NDArray[np.int64]):
     """Every member's part before the read id, joined: (bytes, each member's end in them). ``source`` is each
-    8-byte source code read as a little-endian uint64 (written back as the same bytes); ``conf_bits`` the
-    confidences' float32 bits; ``duration``, ``best_dt`` and ``reads`` must not be negative."""
+    8-byte source code read as a little-endian uint64 (written back as the same bytes); ``conf`` the
+    confidences in ten-thousandths; ``flags`` below 16; ``duration``, ``best_dt`` and ``reads`` must not be
+    negative."""
     n = ts.shape[0]
     out = np.empty(n * (PREFIX + 3 * MAX_VARINT), dtype=np.uint8)
     ends = np.empty(n, dtype=np.int64)
@@ -59,11 +62,10 @@ def pack_members(ts: NDArray[np.int64], version: int, flags: NDArray[np.uint8], 
         t = np.uint64(ts[i])
         for j in range(TS_BYTES):
             out[pos + j] = np.uint8((t >> np.uint64(8 * (TS_BYTES - 1 - j))) & np.uint64(0xFF))
-        out[pos + AT_VERSION] = np.uint8(version)
-        out[pos + AT_FLAGS] = flags[i]
+        out[pos + AT_VERSION] = np.uint8((version << FLAG_BITS) | flags[i])
         _put_le(out, pos + AT_SID, sid[i], 8)
         _put_le(out, pos + AT_GEO, geo52[i], GEO_BYTES)
-        _put_le(out, pos + AT_CONF, np.uint64(conf_bits[i]), 4)
+        _put_le(out, pos + AT_CONF, np.uint64(conf[i]), 2)
         _put_le(out, pos + AT_SOURCE, source[i], 8)
         pos = _put_varint(out, pos + PREFIX, np.uint64(duration[i]))
         pos = _put_varint(out, pos, np.uint64(best_dt[i]))
@@ -96,8 +98,9 @@ def _get_varint(buf: NDArray[np.uint8], pos: int, end: int) -> tuple[np.uint64, 
 
 @nb.njit(cache=True)
 def split_members(buf: NDArray[np.uint8], n: int, version: int):  # type: ignore[no-untyped-def]
-    """The ``n`` members joined in ``buf``, as columns: (status, time, flags, sighting id, geo52, confidence
-    bits, source, duration, best offset, reads, read ids as UTF-8 joined by ``SEPARATOR``, that text's length).
+    """The ``n`` members joined in ``buf``, as columns: (status, time, flags, sighting id, geo52, confidence in
+    ten-thousandths, source, duration, best offset, reads, read ids as UTF-8 joined by ``SEPARATOR``, that
+    text's length).
 
     status: ``OK``; ``BAD_VERSION`` (a member of another version); ``BAD_LENGTH`` (the buffer is not exactly
     ``n`` members); ``SEPARATOR_IN_ID`` (a read id holds the separator: the other columns are complete, the
@@ -107,7 +110,7 @@ def split_members(buf: NDArray[np.uint8], n: int, version: int):  # type: ignore
     flags = np.empty(n, dtype=np.uint8)
     sid = np.empty(n, dtype=np.uint64)
     geo = np.empty(n, dtype=np.uint64)
-    conf = np.empty(n, dtype=np.uint32)
+    conf = np.empty(n, dtype=np.uint16)
     source = np.empty(n, dtype=np.uint64)
     duration = np.empty(n, dtype=np.int64)
     best_dt = np.empty(n, dtype=np.int64)
@@ -122,17 +125,17 @@ def split_members(buf: NDArray[np.uint8], n: int, version: int):  # type: ignore
         if pos + PREFIX + 4 > end:  # three varints and a length byte at least
             bad = BAD_LENGTH
             break
-        if buf[pos + AT_VERSION] != version:
+        if buf[pos + AT_VERSION] >> FLAG_BITS != version:
             bad = BAD_VERSION
             break
         t = np.int64(0)
         for j in range(TS_BYTES):
             t = (t << 8) | np.int64(buf[pos + j])
         ts[i] = t
-        flags[i] = buf[pos + AT_FLAGS]
+        flags[i] = buf[pos + AT_VERSION] & ((1 << FLAG_BITS) - 1)
         sid[i] = _get_le(buf, pos + AT_SID, 8)
         geo[i] = _get_le(buf, pos + AT_GEO, GEO_BYTES)
-        conf[i] = np.uint32(_get_le(buf, pos + AT_CONF, 4))
+        conf[i] = np.uint16(_get_le(buf, pos + AT_CONF, 2))
         source[i] = _get_le(buf, pos + AT_SOURCE, 8)
         d, pos = _get_varint(buf, pos + PREFIX, end)
         if pos < 0:

@@ -9,6 +9,7 @@ from benchmarks.layouts import (
     COMPACT,
     ENTRIES_PER_AREA_KEY,
     LAYOUT5,
+    LAYOUT6,
     NO_IDS,
     NO_READ_ID,
     TODAY,
@@ -18,14 +19,14 @@ from benchmarks.layouts import (
 from streams.store import Sighting, area_entry
 
 
-def test_layout5_fields_are_the_stores_member_and_area_entry_of_a_typical_pass() -> None:
-    # the model's layout 5 is what store.py writes for a pass of 2.5 s with 4 reads and an 11-byte read id
+def test_layout6_fields_are_the_stores_member_and_area_entry_of_a_typical_pass() -> None:
+    # the model's layout 6 is what store.py writes for a pass of 2.5 s with 4 reads and an 11-byte read id
     s = Sighting(1, 1_764_000_000_000, 1_764_000_002_500, 1_764_000_000_300, 1, 4, 0.9, "c", "a", "r-20261127")
-    assert len(s.pack()) == sum(LAYOUT5.values())
+    assert len(s.pack()) == sum(LAYOUT6.values()) == sum(LAYOUT5.values()) - 3
     assert len(area_entry("dr7abc", b"v" * 12, 1, s.ts, 3_600_000)[1]) == AREA_TIME_LED
     assert sum(TODAY.values()) - TODAY["read_id"] == 48  # layout 4's fixed part, as its report measured it
-    assert (sum(NO_IDS.values()) < sum(NO_READ_ID.values()) < sum(COMPACT.values()) < sum(LAYOUT5.values())
-            < sum(TODAY.values()))
+    assert (sum(NO_IDS.values()) < sum(NO_READ_ID.values()) < sum(COMPACT.values()) < sum(LAYOUT6.values())
+            < sum(LAYOUT5.values()) < sum(TODAY.values()))
 
 
 def test_model_day_has_every_vehicle_about_eleven_times_interleaved() -> None:

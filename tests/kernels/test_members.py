@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.kernels.members import (
+    AT_CONF,
     AT_VERSION,
     BAD_LENGTH,
     BAD_VERSION,
+    FLAG_BITS,
     OK,
     PREFIX,
     SEPARATOR_IN_ID,
@@ -37,7 +39,7 @@ def _split(members: list[bytes]) -> tuple[int, list[tuple[Any, ...]], np.ndarray
     buf = np.frombuffer(b"".join(members), dtype=np.uint8)
     status, ts, flags, sid, geo, conf, source, dur, best, reads, ids, used = split_members(buf, len(members),
                                                                                           MEMBER_VERSION)
-    cols = [c.tolist() for c in (ts, flags, sid, geo, conf.view(np.float32), source, dur, best, reads)]
+    cols = [c.tolist() for c in (ts, flags, sid, geo, conf / 10_000, source, dur, best, reads)]
     return int(status), list(zip(*cols, strict=True)), ids, int(used)
 
 
@@ -80,7 +82,8 @@ def test_a_truncated_or_padded_reply_is_malformed(cut: int) -> None:
 
 def test_a_member_of_another_version_is_refused() -> None:
     members = [s.pack() for s in _sightings(["a", "b"])]
-    other = members[1][:AT_VERSION] + bytes([MEMBER_VERSION + 1]) + members[1][AT_VERSION + 1 :]
+    assert members[0][AT_VERSION] == MEMBER_VERSION << FLAG_BITS | 1  # the version, then the hit flag
+    other = members[1][:AT_VERSION] + bytes([(MEMBER_VERSION + 1) << FLAG_BITS]) + members[1][AT_VERSION + 1 :]
     assert _split([members[0], other])[0] == BAD_VERSION
     with pytest.raises(ValueError, match="version"):
         unpack_columns([members[0], other], NAMES)
@@ -113,3 +116,22 @@ def test_distinct_values_are_those_of_np_unique_in_order_of_first_appearance(val
     assert distinct.tolist() == list(dict.fromkeys(values))
     assert sorted(distinct.tolist()) == np.unique(arr).tolist()
     assert distinct[inverse].tolist() == values
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 1, width=32))
+def test_a_confidence_is_stored_as_the_four_decimals_a_lookup_shows(conf: float) -> None:
+    """Two bytes of ten-thousandths where layout 5 kept a float32: what a lookup shows, ``round(c, 4)`` of the
+    float32, is unchanged, and packing what a lookup read back gives the same member (a revision's old entry is
+    rebuilt from the worker's float32 and must match the stored one byte for byte)."""
+    s = Sighting(7, 1_764_000_000_000, 1_764_000_000_100, 1_764_000_000_000, 1, 2, conf, "cam-1", "hartford-pd", "r")
+    [back] = unpack_columns([s.pack()], NAMES).sightings()
+    assert back.confidence == round(float(np.float32(conf)), 4)
+    assert back.pack() == s.pack()
+    assert int.from_bytes(s.pack()[AT_CONF : AT_CONF + 2], "little") == round(back.confidence * 10_000)
+
+
+@pytest.mark.parametrize("conf", [-0.01, 1.01, float("nan")])
+def test_a_confidence_outside_0_to_1_is_refused(conf: float) -> None:
+    with pytest.raises(ValueError, match="confidence"):
+        Sighting(7, 1, 2, 1, 1, 2, conf, "cam-1", "hartford-pd", "r").pack()

@@ -1,0 +1,231 @@
+"""``platestream store migrate`` against the real Redis: a layout 5 Redis (members written by the layout 5 encoder,
+below as its format was) becomes exactly what a layout 6 worker would have written, in place; an interrupted
+migration finishes; a running worker, an unknown layout or a member of another version stop it before it changes
+anything."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from streams.cli import main
+from streams.migrate import MigrationError, member_5_to_6, migrate
+from streams.settings import Settings
+from streams.store import (
+    LAYOUT_VERSION,
+    META_KEY,
+    MIGRATING,
+    PENDING,
+    Sighting,
+    apply_batches,
+    cell_key,
+    checkpoint_key,
+    pack_string,
+    plan_batch,
+    read_trail,
+    source_code,
+    trail_key,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    return bytes(out) + bytes((value,))
+
+
+def pack_v5(s: Sighting) -> bytes:
+    """A trail member as layout 5 wrote it (git 6231a0d, ``Sighting.pack``)."""
+    head = struct.pack("<6sBBQ7sf8s", s.ts.to_bytes(6, "big"), 5, int(s.hit), s.sighting_id,
+                       s.geo52.to_bytes(7, "little"), s.confidence, source_code(s.camera_id, s.agency))
+    return (head + _varint(s.ts_last - s.ts) + _varint(s.best_ts - s.ts) + _varint(s.reads)
+            + pack_string(s.read_id))
+
+
+def _sightings(rng: random.Random, n: int) -> list[Sighting]:
+    out = []
+    for i in range(n):
+        ts = 1_764_000_000_000 + rng.randrange(10**9)
+        dur = rng.choice([0, 900, 2_500, 50 * 86_400_000])
+        conf = float(np.float32(rng.choice([rng.random(), 0.90625, 0.65625, 0.0, 1.0])))  # ties round to even
+        read_id = rng.choice([f"r{i}", "é" * 64, "x" * 300])
+        out.append(Sighting(rng.getrandbits(64), ts, ts + dur, ts + dur // 3, rng.getrandbits(52),
+                            rng.randrange(1, 300), conf, rng.choice(["cam-1", "cam-2"]), "hartford-pd", read_id,
+                            rng.random() < 0.2))
+    return out
+
+
+def _as_stored(s: Sighting) -> Sighting:
+    return dataclasses.replace(s, confidence=round(s.confidence, 4))
+
+
+def _layout5(client: redis.Redis, trails: dict[bytes, list[Sighting]]) -> None:
+    client.flushdb()
+    client.hset(META_KEY, "layout", 5)
+    for vehicle, sightings in trails.items():
+        client.zadd(trail_key(vehicle), {pack_v5(s): 0 for s in sightings})
+    for camera in ("cam-1", "cam-2"):
+        client.hset("ps:src", source_code(camera, "hartford-pd"), pack_string(camera) + pack_string("hartford-pd"))
+    client.zadd(cell_key("dr7abc", 490_000), {b"\x00\x01\x02" + b"v" * 12 + b"\x07": 0})
+    client.hset(checkpoint_key("g", "plates.reads", 0), mapping={"offset": "120", "watermark": "5"})
+
+
+def _trails(rng: random.Random) -> dict[bytes, list[Sighting]]:
+    trails = {rng.randbytes(12): _sightings(rng, rng.randrange(1, 12)) for _ in range(30)}
+    trails[b"commuter-001"] = _sightings(rng, 1_500)  # rewritten in more than one script call
+    return trails
+
+
+def _assert_layout6(client: redis.Redis, trails: dict[bytes, list[Sighting]]) -> None:
+    """Every member is the bytes a layout 6 worker writes for the sighting; lookups read them back."""
+    assert client.hget(META_KEY, "layout") == str(LAYOUT_VERSION).encode()
+    assert client.hget(META_KEY, MIGRATING) is None
+    for vehicle, sightings in trails.items():
+        stored = set(client.zrange(trail_key(vehicle), 0, -1))
+        assert stored == {_as_stored(s).pack() for s in sightings} == {s.pack() for s in sightings}
+        assert read_trail(client, trail_key(vehicle)) == sorted(
+            map(_as_stored, sightings), key=lambda s: s.pack())
+
+
+def test_a_layout5_redis_becomes_what_layout6_writes_and_only_trails_change(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    trails = _trails(random.Random(5))
+    _layout5(client, trails)
+    others = {k: client.dump(k) for k in client.scan_iter() if not k.startswith(b"ps:t:") and k != META_KEY.encode()}
+
+    done = migrate(client, settle_s=0.2)
+
+    assert (done.from_layout, done.trails, done.members, done.current) == (
+        5, len(trails), sum(map(len, trails.values())), 0)
+    _assert_layout6(client, trails)
+    assert {k: client.dump(k) for k in others} == others  # area index, sources, checkpoints untouched
+    assert migrate(client, settle_s=0).from_layout is None  # a second run finds nothing to do
+    assert len(pack_v5(trails[b"commuter-001"][0])) - len(trails[b"commuter-001"][0].pack()) == 3
+
+
+def test_an_interrupted_migration_finishes_and_workers_wait_for_it(settings: Settings) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from streams.store import LayoutError, ensure_layout
+
+    async def layout_check() -> None:
+        aclient = aioredis.from_url(settings.redis_url)
+        try:
+            await ensure_layout(aclient)
+        finally:
+            await aclient.aclose()
+
+    client = redis.Redis.from_url(settings.redis_url)
+    trails = _trails(random.Random(6))
+    _layout5(client, trails)
+    with pytest.raises(LayoutError, match="store migrate"):  # what a layout 6 worker tells the operator
+        asyncio.run(layout_check())
+    # as a migration leaves it when it stops after the first few trails
+    client.hset(META_KEY, mapping={"layout": LAYOUT_VERSION, MIGRATING: 5})
+    first = list(trails)[:4]
+    for vehicle in first:
+        key = trail_key(vehicle)
+        old = client.zrange(key, 0, -1)
+        client.zrem(key, *old)
+        client.zadd(key, {member_5_to_6(m): 0 for m in old})
+    with pytest.raises(LayoutError, match="migration has not finished"):
+        asyncio.run(layout_check())
+
+    done = migrate(client, settle_s=0)
+
+    assert (done.from_layout, done.trails) == (5, len(trails) - 4)
+    assert done.current == sum(len(trails[v]) for v in first)
+    _assert_layout6(client, trails)
+    asyncio.run(layout_check())  # workers start again
+
+
+def test_a_batch_a_crash_left_half_written_is_finished_before_the_rewrite(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    trails = _trails(random.Random(7))
+    _layout5(client, trails)
+    ck = checkpoint_key("g", "plates.reads", 1)
+    late = {random.Random(8).randbytes(12): _sightings(random.Random(9), 3) for _ in range(3)}
+    commands = [("ZADD", trail_key(v), 0, pack_v5(s)) for v, ss in late.items() for s in ss]
+    plan = plan_batch(ck, None, 40, [*commands, ("HSET", ck, "offset", "40")], max_args=8)
+
+    def crash() -> None:
+        raise RuntimeError("the worker died between the chunks")
+
+    with pytest.raises(RuntimeError, match="died"):
+        apply_batches(client, [plan], after_first=crash)
+    assert client.hget(ck, PENDING)
+
+    migrate(client, settle_s=0)
+
+    _assert_layout6(client, {**trails, **late})
+
+
+def test_a_running_worker_or_a_foreign_layout_or_member_stops_it_before_any_change(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    trails = _trails(random.Random(10))
+    _layout5(client, trails)
+    before = {k: client.dump(k) for k in client.scan_iter()}
+
+    # a worker still consuming: its checkpoint moves while the migration waits
+    ck = checkpoint_key("g", "plates.reads", 0)
+    writer = threading.Thread(target=lambda: (time.sleep(0.2), client.hset(ck, "offset", "121")))
+    writer.start()
+    with pytest.raises(MigrationError, match="stop every worker"):
+        migrate(client, settle_s=1.0)
+    writer.join()
+    client.hset(ck, "offset", "120")
+    assert {k: client.dump(k) for k in client.scan_iter()} == before
+
+    client.hset(META_KEY, "layout", 3)
+    with pytest.raises(MigrationError, match="layout 3"):
+        migrate(client, settle_s=0)
+    assert client.hget(META_KEY, "layout") == b"3"
+
+    # a member of neither layout: its trail is left as it was, and the migration can be run again once it is dealt with
+    client.hset(META_KEY, "layout", 5)
+    odd = trail_key(b"odd-vehicle1")
+    client.zadd(odd, {b"\x00" * 6 + b"\x04" + b"\x00" * 40: 0})
+    with pytest.raises(MigrationError, match=r"neither layout 5 nor 6 \(version byte 0x04\)"):
+        migrate(client, settle_s=0)
+    assert client.zcard(odd) == 1
+    client.delete(odd)
+    assert migrate(client, settle_s=0).from_layout == 5
+    _assert_layout6(client, trails)
+
+
+def test_the_command_line_migrates_and_says_what_it_did(settings: Settings, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+
+    client = redis.Redis.from_url(settings.redis_url)
+    trails = _trails(random.Random(11))
+    _layout5(client, trails)
+    import os
+
+    for k in [k for k in os.environ if k.startswith("PLATESTREAM_")]:  # e.g. the test runner's own
+        monkeypatch.delenv(k)
+    for k, v in settings.to_env().items():
+        monkeypatch.setenv(k, v)
+
+    assert main(["store", "migrate", "--settle", "0"]) == 0
+    n = sum(map(len, trails.values()))
+    said = capsys.readouterr().out
+    assert f"migrated layout 5 -> this version's: {n} sightings rewritten in {len(trails)} trails" in said
+    _assert_layout6(client, trails)
+    assert main(["store", "migrate", "--settle", "0"]) == 0
+    assert "nothing to migrate" in capsys.readouterr().out
+    client.hset(META_KEY, "layout", 3)
+    assert main(["store", "migrate", "--settle", "0"]) == 2
+    assert "error [migration_refused]: Redis holds layout 3" in capsys.readouterr().err
