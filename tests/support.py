@@ -6,6 +6,7 @@ import collections
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,7 +27,15 @@ from streams.records import Raw
 from streams.settings import Settings
 from streams.simulate import Traffic, generate
 from streams.stack import free_port
-from streams.store import apply_batch_sync, apply_cluster_sync, checkpoint_key, vehicle_id
+from streams.store import (
+    Sighting,
+    apply_batch_sync,
+    apply_cluster_sync,
+    checkpoint_key,
+    pack_string,
+    source_code,
+    vehicle_id,
+)
 from streams.topics import end_offsets, ensure_topics
 from tests.conftest import settings_env, wait_for
 
@@ -245,3 +254,19 @@ def process_all(s: Settings, log_dir: Path, messages: list[tuple[bytes | None, b
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
     return worker
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    return bytes(out) + bytes((value,))
+
+
+def pack_v5(s: Sighting) -> bytes:
+    """A trail member as layout 5 wrote it (git 6231a0d, ``Sighting.pack``)."""
+    head = struct.pack("<6sBBQ7sf8s", s.ts.to_bytes(6, "big"), 5, int(s.hit), s.sighting_id,
+                       s.geo52.to_bytes(7, "little"), s.confidence, source_code(s.camera_id, s.agency))
+    return (head + _varint(s.ts_last - s.ts) + _varint(s.best_ts - s.ts) + _varint(s.reads)
+            + pack_string(s.read_id))

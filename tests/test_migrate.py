@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import struct
 import threading
 import time
 
@@ -16,7 +15,9 @@ import pytest
 import redis
 
 from streams.cli import main
+from streams.directory import collect
 from streams.migrate import MigrationError, member_5_to_6, migrate
+from streams.pipeline import PartitionPipeline
 from streams.settings import Settings
 from streams.store import (
     LAYOUT_VERSION,
@@ -24,6 +25,7 @@ from streams.store import (
     MIGRATING,
     PENDING,
     Sighting,
+    apply_batch_sync,
     apply_batches,
     cell_key,
     checkpoint_key,
@@ -31,26 +33,12 @@ from streams.store import (
     plan_batch,
     read_trail,
     source_code,
+    source_names,
     trail_key,
 )
+from tests.support import dump_redis, pack_v5, pipeline_raws
 
 pytestmark = pytest.mark.integration
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    return bytes(out) + bytes((value,))
-
-
-def pack_v5(s: Sighting) -> bytes:
-    """A trail member as layout 5 wrote it (git 6231a0d, ``Sighting.pack``)."""
-    head = struct.pack("<6sBBQ7sf8s", s.ts.to_bytes(6, "big"), 5, int(s.hit), s.sighting_id,
-                       s.geo52.to_bytes(7, "little"), s.confidence, source_code(s.camera_id, s.agency))
-    return (head + _varint(s.ts_last - s.ts) + _varint(s.best_ts - s.ts) + _varint(s.reads)
-            + pack_string(s.read_id))
 
 
 def _sightings(rng: random.Random, n: int) -> list[Sighting]:
@@ -229,3 +217,47 @@ def test_the_command_line_migrates_and_says_what_it_did(settings: Settings, caps
     client.hset(META_KEY, "layout", 3)
     assert main(["store", "migrate", "--settle", "0"]) == 2
     assert "error [migration_refused]: Redis holds layout 3" in capsys.readouterr().err
+
+
+def test_a_worker_upgraded_mid_stream_ends_exactly_where_one_that_never_stopped_does(settings: Settings) -> None:
+    """The pipeline's real output, as a layout 5 worker stored it, migrated, then revised by the layout 6 worker
+    that resumes from the checkpoint (sightings written before the upgrade are extended, merged and retracted: it
+    removes their old entries by rebuilding them byte for byte): every key ends as in a run that never stopped."""
+    client = redis.Redis.from_url(settings.redis_url)
+    raws = pipeline_raws(settings, 12)
+
+    def run(pipe: PartitionPipeline, lo: int, hi: int) -> None:
+        rng = random.Random(lo)
+        while lo < hi:
+            n = min(rng.randint(1, 200), hi - lo)
+            expected = pipe.next_offset
+            assert apply_batch_sync(client, pipe.ck_key, expected, pipe.process_raw(raws[lo : lo + n]).redis)
+            lo += n
+
+    run(PartitionPipeline(settings, settings.topic_reads, 0), 0, len(raws))
+    collect(client)  # the directory keeps vehicles of revised plates until collected; other batches, other ones
+    want = dump_redis(client)
+    client.flushdb()
+
+    half = len(raws) // 2
+    run(PartitionPipeline(settings, settings.topic_reads, 0), 0, half)
+    names = source_names(client, [k for k in client.hkeys("ps:src")])
+    downgraded = 0
+    for key in client.scan_iter(match="ps:t:*"):  # what a layout 5 worker had stored for the same reads
+        members = client.zrange(key, 0, -1)
+        client.delete(key)
+        client.zadd(key, {pack_v5(Sighting.unpack(m, names)): 0 for m in members})
+        downgraded += len(members)
+    client.hset(META_KEY, "layout", 5)
+    assert downgraded > 500
+
+    assert migrate(client, settle_s=0).members == downgraded
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)  # the upgraded worker, from the checkpoint
+    pipe.restore(client.hgetall(pipe.ck_key))
+    assert pipe.next_offset == half
+    run(pipe, half, len(raws))
+
+    collect(client)
+    got = dump_redis(client)
+    assert got.pop(META_KEY.encode()) == {b"layout": str(LAYOUT_VERSION).encode()}
+    assert got == want

@@ -167,3 +167,43 @@ def test_governed_queries_retention_and_audit_on_cluster(csettings: Settings) ->
     cells = sum(int(client.zcard(k)) for k in client.scan_iter(match="ps:c:*"))  # type: ignore[arg-type]
     dirs = sum(int(client.hlen(k)) for k in client.scan_iter(match="ps:pd:*"))  # type: ignore[arg-type]
     assert (cells, dirs) == (48, 48)
+
+
+def test_store_migrate_rewrites_every_node_and_finishes_a_torn_batch_first(csettings: Settings) -> None:
+    """Layout 5 -> 6 on the cluster: trails on all three nodes are rewritten, and a batch a crash tore between
+    the checkpoint's node and the others (its write-ahead record holds layout 5 members) is finished before;
+    every trail ends as the layout 6 pipeline writes it."""
+    from streams.migrate import migrate
+    from streams.store import META_KEY, Sighting, source_names
+    from tests.support import pack_v5
+
+    client = redis_client(csettings)
+    raws = pipeline_raws(csettings, 13)
+    write_in_batches(csettings, raws, random.Random(13),
+                     lambda p, expected, r: apply_cluster_sync(client, p.ck_key, expected, r.next_offset, r.redis))
+    collect(client)
+
+    def data() -> dict[bytes, object]:
+        return dump_redis(client, (b"ps:fence:", b"ps:ck:", META_KEY.encode()))
+
+    want = data()
+    names = source_names(client, client.hkeys("ps:src"))  # type: ignore[arg-type]
+    trails = {key: client.zrange(key, 0, -1) for key in client.scan_iter(match="ps:t:*")}
+    for key, members in trails.items():  # what a layout 5 worker had stored
+        client.delete(key)
+        client.zadd(key, {pack_v5(Sighting.unpack(m, names)): 0 for m in members})
+    client.hset(META_KEY, "layout", 5)
+    # the last batch of another partition, torn: only the checkpoint's node has its part
+    ck = "ps:ck:{g:torn:7}"
+    node_of = client.nodes_manager.get_node_from_slot  # type: ignore[attr-defined]
+    torn = [k for k in trails if node_of(_slot(k)).name != node_of(_slot(ck.encode())).name][:20]
+    client.delete(*torn)
+    commands = [("ZADD", k.decode(), 0, pack_v5(Sighting.unpack(m, names))) for k in torn for m in trails[k]]
+    assert apply_cluster_sync(client, ck, None, 50, commands, crash_after_primary=True)
+    assert all(client.zcard(k) == 0 for k in torn)
+
+    done = migrate(client, settle_s=0)
+
+    assert done.members == sum(map(len, trails.values()))
+    assert data() == want
+    assert client.hget(META_KEY, "layout") == b"6"
