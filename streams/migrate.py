@@ -29,7 +29,7 @@ from streams.store import (
     META_KEY,
     MIGRATES_FROM,
     MIGRATING,
-    confidence_units,
+    confidence_unit,
     replay_pending_sync,
 )
 
@@ -69,7 +69,7 @@ def member_5_to_6(member: bytes) -> bytes:
     ts, version, flags, sid, geo, conf, code = _PREFIX_5.unpack_from(member)
     if version != 5:
         raise MigrationError(f"not a layout 5 trail member (version byte {version})")
-    units = int(confidence_units([conf])[0])
+    units = confidence_unit(conf)
     return MEMBER_PREFIX.pack(ts, LAYOUT_VERSION << FLAG_BITS | flags, sid, geo, units, code) + member[_PREFIX_5.size :]
 
 
