@@ -54,7 +54,6 @@ from streams.kernels.members import (
     pack_members,
     split_members,
 )
-from streams.kernels.rounding import rounded_array
 
 MEMBER_VERSION = 6
 # A trail member (``streams.kernels.members``): first capture time (ms, 48-bit big-endian), version and flags in one
@@ -324,12 +323,14 @@ def member_heads(sid: np.ndarray, geo52: np.ndarray, start: np.ndarray, end: np.
 
 
 def confidence_units(confidence: NDArray[np.floating] | Sequence[float]) -> NDArray[np.uint16]:
-    """Confidences as stored: ``round(c, 4)`` in ten-thousandths (so a lookup shows what it showed when a float32
-    was stored). Refuses one outside [0, 1], which the read schema does too."""
-    rounded4 = rounded_array(np.asarray(confidence, dtype=np.float32), 4)
-    if rounded4.size and not (float(rounded4.min()) >= 0.0 and float(rounded4.max()) <= 1.0):
+    """Confidences as stored: the float32 the worker holds, in ten-thousandths rounded half to even - i.e. the k
+    of ``round(c, 4) == k / 10_000``, so a lookup shows what it showed when a float32 was stored. (A float32 has
+    24 significant bits and 10,000 < 2**14: its product with 10,000 is exact in a double, so rounding the product
+    is rounding the exact decimal, as ``round`` does.) Refuses one outside [0, 1], as the read schema does."""
+    units = np.rint(np.asarray(confidence, dtype=np.float32).astype(np.float64) * CONFIDENCE_UNITS)
+    if units.size and not (float(units.min()) >= 0.0 and float(units.max()) <= CONFIDENCE_UNITS):
         raise ValueError("a trail member holds a confidence in [0, 1]")
-    return np.rint(rounded4 * CONFIDENCE_UNITS).astype(np.uint16)
+    return units.astype(np.uint16)
 
 
 _F32 = struct.Struct("<f")
@@ -338,11 +339,10 @@ _F32 = struct.Struct("<f")
 def confidence_unit(confidence: float) -> int:
     """``confidence_units`` of one value, without NumPy (a revision rebuilds one old member at a time: a
     NumPy call per member cost the worker ~1 us per message)."""
-    c = _F32.unpack(_F32.pack(confidence))[0]  # the float32 the worker holds, as the batch encoder casts it
-    rounded4 = round(c, 4)
-    if not 0.0 <= rounded4 <= 1.0:
+    units = _F32.unpack(_F32.pack(confidence))[0] * CONFIDENCE_UNITS  # exact: see confidence_units
+    if not 0.0 <= units <= CONFIDENCE_UNITS:
         raise ValueError("a trail member holds a confidence in [0, 1]")
-    return round(rounded4 * CONFIDENCE_UNITS)
+    return round(units)
 
 
 def _varint(value: int) -> bytes:

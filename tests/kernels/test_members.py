@@ -135,3 +135,17 @@ def test_a_confidence_is_stored_as_the_four_decimals_a_lookup_shows(conf: float)
 def test_a_confidence_outside_0_to_1_is_refused(conf: float) -> None:
     with pytest.raises(ValueError, match="confidence"):
         Sighting(7, 1, 2, 1, 1, 2, conf, "cam-1", "hartford-pd", "r").pack()
+
+
+def test_ten_thousandths_are_round_to_4_decimals_at_every_boundary() -> None:
+    """Both encoders take the float32's product with 10,000 (exact in a double) rounded half to even for
+    ``round(c, 4)``: checked at every k / 10,000 and at the float32 values on either side of each half-way point."""
+    from streams.store import confidence_unit, confidence_units
+
+    halves = np.arange(20_001, dtype=np.float64) / 20_000
+    c = halves.astype(np.float32)
+    values = np.concatenate([c, np.nextafter(c, np.float32(0)), np.nextafter(c, np.float32(1))]).astype(np.float32)
+    values = values[(values >= 0) & (values <= 1)]
+    want = [round(round(float(v), 4) * 10_000) for v in values]
+    assert confidence_units(values).tolist() == want
+    assert [confidence_unit(float(v)) for v in values.tolist()] == want
