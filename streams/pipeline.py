@@ -24,6 +24,7 @@ from streams.directory import directory_key, seal
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, SNAP_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_str, geohash_strings
+from streams.kernels.jsonrows import Template
 from streams.kernels.plates import pack_plates, plates_matrix, unpack_plate, unpack_plates
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
@@ -141,6 +142,7 @@ class PartitionPipeline:
         self._sources: dict[int, bytes] = {}  # camera index << 32 | agency index -> source code, registered
         self._packed: dict[str, bytes] = {}  # pack_string of cameras, agencies and regions (they repeat)
         self.next_offset: int | None = None
+        self._messages = sighting_template(topic, partition)
 
     # -- restore -------------------------------------------------------------------------------------
     def restore(self, checkpoint: dict[bytes, bytes]) -> None:
@@ -403,22 +405,12 @@ class PartitionPipeline:
                                                   strict=True)).items():
             directory.setdefault(directory_key(vid), []).extend((vid, seal(s.hash_key, vid, region, plate_text)))
         hex_sids = pick(sighting_hex(p["sid"][live]))
-        topic, partition = self.topic, self.partition
-        msgs = [{"schema": names.SCHEMA_SIGHTING, "op": "upsert", "sighting_id": hex_sid, "revision": revision,
-                 "vehicle": vhex, "plate": plate_text, "region": region, "camera_id": camera, "agency": agency,
-                 "ts": ts, "ts_last": ts_last, "best_ts": best_ts, "lat": la, "lon": lo, "geohash": gh, "geo52": geo,
-                 "confidence": conf, "reads": reads, "read_id": read_id, "hit": hit,
-                 "source": {"topic": topic, "partition": partition, "offset": offset}}
-                for hex_sid, revision, vhex, plate_text, region, camera, agency, ts, ts_last, best_ts, la, lo, gh, geo,
-                conf, reads, read_id, hit, offset in zip(
-                    hex_sids, pick(last_seqs), pick(vhexes), pick(plate_texts), pick(b_regions), pick(cameras),
-                    pick(b_agencies), pick(starts), pick(ends), pick(best_tss), pick(lats), pick(lons),
-                    pick(hash_texts), pick(geos), pick(confs), pick(counts), pick(b_reads), pick(hits),
-                    pick(best_seqs), strict=True)]
-        for msg, more in zip(msgs, pick(extra), strict=True):
-            if more is not None:
-                msg["extra"] = more
-        out.deduped.extend(zip(map(str.encode, hex_sids), map(orjson.dumps, msgs), strict=True))
+        # the sighting messages, serialized column by column (``SIGHTING_COLUMNS``: no dict per sighting)
+        msgs = self._messages.dumps(
+            [hex_sids, pick(last_seqs), pick(vhexes), pick(plate_texts), pick(b_regions), pick(cameras),
+             pick(b_agencies), pick(starts), pick(ends), pick(best_tss), pick(lats), pick(lons), pick(hash_texts),
+             pick(geos), pick(confs), pick(counts), pick(b_reads), pick(hits), pick(best_seqs)], pick(extra))
+        out.deduped.extend(zip(map(str.encode, hex_sids), msgs, strict=True))
         out.redis.extend(("ZADD", key, *entries) for key, entries in by_cell.items())
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
@@ -473,6 +465,19 @@ class PartitionPipeline:
         area_key, area_member = area_entry(cell, vid, sight.sighting_id, sight.ts, self.s.cell_bucket_ms)
         return trail_key(vid), sight.pack(), area_key, area_member
 
+
+
+# An upsert on the deduped topic (``schemas/sighting.v1.json``), key by key: what ``sighting_template`` serializes.
+SIGHTING_COLUMNS = ("sighting_id", "revision", "vehicle", "plate", "region", "camera_id", "agency", "ts", "ts_last",
+                    "best_ts", "lat", "lon", "geohash", "geo52", "confidence", "reads", "read_id", "hit")
+
+
+def sighting_template(topic: str, partition: int) -> Template:
+    """The upsert messages of one input partition: ``{"schema", "op", *SIGHTING_COLUMNS, "source": {topic,
+    partition, offset}, "extra"?}`` - the best read's extra fields where it is in this batch."""
+    source = Template([("topic", topic), ("partition", partition), "offset"])
+    return Template([("schema", names.SCHEMA_SIGHTING), ("op", "upsert"), *SIGHTING_COLUMNS, ("source", source),
+                     "extra?"])
 
 
 def _indexes(index: dict[str, int], values: list[str], items: Sequence[str]) -> np.ndarray:
