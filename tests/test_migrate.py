@@ -71,7 +71,7 @@ def _layout5(client: redis.Redis, trails: dict[bytes, list[Sighting]]) -> None:
 
 def _trails(rng: random.Random) -> dict[bytes, list[Sighting]]:
     trails = {rng.randbytes(12): _sightings(rng, rng.randrange(1, 12)) for _ in range(30)}
-    trails[b"commuter-001"] = _sightings(rng, 1_500)  # rewritten in more than one script call
+    trails[b"commuter-001"] = _sightings(rng, 1_500)  # rewritten in more than one script call (see below)
     return trails
 
 
@@ -86,7 +86,9 @@ def _assert_layout6(client: redis.Redis, trails: dict[bytes, list[Sighting]]) ->
             map(_as_stored, sightings), key=lambda s: s.pack())
 
 
-def test_a_layout5_redis_becomes_what_layout6_writes_and_only_trails_change(settings: Settings) -> None:
+def test_a_layout5_redis_becomes_what_layout6_writes_and_only_trails_change(settings: Settings,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("streams.migrate.PAIRS_PER_SCRIPT", 1_000)  # the commuter's trail takes two scripts
     client = redis.Redis.from_url(settings.redis_url)
     trails = _trails(random.Random(5))
     _layout5(client, trails)
