@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from streams.kernels.members import AT_VERSION
 from streams.store import (
     FLAG_BITS,
     LAYOUT_VERSION,
@@ -78,17 +79,17 @@ def member_5_to_6(member: bytes) -> bytes:
 
 
 def _version(member: bytes) -> int:
-    """A member's layout: 5 kept it in byte 6 whole, 6 in the byte's high nibble."""
-    b = member[6]
+    """A member's layout: 5 kept it in its version byte whole, 6 in the byte's high nibble."""
+    b = member[AT_VERSION]
     return b if b == 5 else b >> FLAG_BITS
 
 
+def _keys(client: Any, pattern: str) -> Iterator[bytes]:
+    return cast(Iterator[bytes], client.scan_iter(match=pattern, count=1000))
+
+
 def _offsets(client: Any) -> dict[bytes, bytes | None]:
-    return {key: client.hget(key, "offset") for key in client.scan_iter(match="ps:ck:*", count=1000)}
-
-
-def _trail_keys(client: Any) -> Iterator[bytes]:
-    return cast(Iterator[bytes], client.scan_iter(match="ps:t:*", count=1000))
+    return {key: client.hget(key, "offset") for key in _keys(client, "ps:ck:*")}
 
 
 def migrate(client: Any, settle_s: float = 5.0) -> Migrated:
@@ -116,18 +117,19 @@ def migrate(client: Any, settle_s: float = 5.0) -> Migrated:
         client.hset(META_KEY, mapping={"layout": LAYOUT_VERSION, MIGRATING: layout})
     # a batch a crash left half-written (its write-ahead record, in old members) is finished first, as the next
     # worker would have; the fences make this a no-op where it was finished already
-    for ck_key in list(_offsets(client)):
+    for ck_key in list(_keys(client, "ps:ck:*")):
         replay_pending_sync(client, ck_key.decode())
     rewrite = client.register_script(_REWRITE)
     trails = members = current = 0
-    for key in _trail_keys(client):
+    for key in _keys(client, "ps:t:*"):
         stored = cast(list[bytes], client.zrange(key, 0, -1))
-        old = [m for m in stored if _version(m) == layout]
-        if len(old) + sum(_version(m) == LAYOUT_VERSION for m in stored) != len(stored):
-            bad = next(m for m in stored if _version(m) not in (layout, LAYOUT_VERSION))
+        versions = [_version(m) for m in stored]
+        bad = next((m for m, v in zip(stored, versions, strict=True) if v not in (layout, LAYOUT_VERSION)), None)
+        if bad is not None:
             raise MigrationError(f"{key.decode()} holds a member of neither layout {layout} nor {LAYOUT_VERSION} "
-                                 f"(version byte {bad[6]:#04x}); that trail was left as it was, the ones before it "
-                                 "are rewritten: run the migration again once it is dealt with")
+                                 f"(version byte {bad[AT_VERSION]:#04x}); that trail was left as it was, the ones "
+                                 "before it are rewritten: run the migration again once it is dealt with")
+        old = [m for m, v in zip(stored, versions, strict=True) if v == layout]
         current += len(stored) - len(old)
         if not old:
             continue

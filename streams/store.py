@@ -46,6 +46,7 @@ from streams.kernels.members import (
     BAD_LENGTH,
     BAD_VERSION,
     FLAG_BITS,
+    FLAG_MASK,
     GEO_BYTES,
     OK,
     PREFIX,
@@ -394,7 +395,7 @@ class Sighting:
     def unpack(cls, member: bytes, names: Mapping[bytes, tuple[str, str]]) -> Sighting:
         """``names``: ``source_names`` of the member's source code."""
         ts_be, ver_flags, sid, geo, conf, code = MEMBER_PREFIX.unpack_from(member)
-        ver, flags = ver_flags >> FLAG_BITS, ver_flags & ((1 << FLAG_BITS) - 1)
+        ver, flags = ver_flags >> FLAG_BITS, ver_flags & FLAG_MASK
         if ver != MEMBER_VERSION:
             raise ValueError(f"unknown sighting member version {ver}")
         duration, pos = _read_varint(member, PREFIX)

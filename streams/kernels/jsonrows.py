@@ -66,10 +66,14 @@ def assemble(literals: NDArray[np.uint8], lit_bounds: NDArray[np.int64], values:
     """Row ``i`` is literal 0, value (i, 0), literal 1, value (i, 1), ..., literal k: (all rows' bytes, each
     row's end in them). ``starts``/``ends``: (rows, k) bounds into ``values``."""
     rows, k = starts.shape[0], starts.shape[1]
+    if lit_bounds.shape[0] != k + 2 or lit_bounds[k + 1] > literals.shape[0]:
+        raise ValueError("a literal before, between and after the values")
     lit_total = lit_bounds[k + 1] - lit_bounds[0]
     total = rows * lit_total
     for i in range(rows):
         for j in range(k):
+            if not 0 <= starts[i, j] <= ends[i, j] <= values.shape[0]:
+                raise ValueError("a value's bounds are outside the values")
             total += ends[i, j] - starts[i, j]
     out = np.empty(total, dtype=np.uint8)
     row_ends = np.empty(rows, dtype=np.int64)
@@ -124,7 +128,9 @@ class Template:
             else:
                 literal += orjson.dumps(value)
         self.literals.append(bytes(literal))
-        self.literals[-1] += b"}" if self.optional is None else b""
+        if self.optional is not None:
+            self.literals.append(b"")  # after the optional column's fragment (",key:value", or nothing)
+        self.literals[-1] += b"}"
         self._lits = np.frombuffer(b"".join(self.literals), dtype=np.uint8)
         self._bounds = np.cumsum([0, *map(len, self.literals)], dtype=np.int64)
 
@@ -134,16 +140,16 @@ class Template:
         if len(columns) != len(self.columns) or (optional is None) != (self.optional is None):
             raise ValueError(f"columns {self.columns}" + (f" and {self.optional}?" if self.optional else ""))
         n = len(columns[0]) if columns else 0
-        bufs = [orjson.dumps(list(col)) for col in columns]  # list(): a tuple or a map serializes alike
-        k = len(columns) + (optional is not None)
-        starts = np.empty((n, k), dtype=np.int64)
-        ends = np.empty((n, k), dtype=np.int64)
+        bufs = [orjson.dumps(col if isinstance(col, list) else list(col)) for col in columns]
+        k = len(self.literals) - 1  # value slots: the columns and the optional one
+        starts = np.empty((k, n), dtype=np.int64)  # a row per column: each is split into a contiguous row
+        ends = np.empty((k, n), dtype=np.int64)
         base = 0
         for j, raw in enumerate(bufs):
-            s, e = starts[:, j].copy(), ends[:, j].copy()
-            if split_array(np.frombuffer(raw, dtype=np.uint8), n, s, e) != n:
+            if split_array(np.frombuffer(raw, dtype=np.uint8), n, starts[j], ends[j]) != n:
                 raise ValueError(f"column {self.columns[j]} does not have {n} values")
-            starts[:, j], ends[:, j] = s + base, e + base
+            starts[j] += base
+            ends[j] += base
             base += len(raw)
         if optional is not None:
             if len(optional) != n:
@@ -154,13 +160,10 @@ class Template:
                      for v in optional]
             bufs.append(b"".join(extra))
             lengths = np.fromiter(map(len, extra), dtype=np.int64, count=n)
-            ends[:, -1] = base + np.cumsum(lengths)
-            starts[:, -1] = ends[:, -1] - lengths
-            lits = np.frombuffer(b"".join(self.literals) + b"}", dtype=np.uint8)
-            bounds = np.append(self._bounds, self._bounds[-1] + 1)
-        else:
-            lits, bounds = self._lits, self._bounds
-        out, row_ends = assemble(lits, bounds, np.frombuffer(b"".join(bufs), dtype=np.uint8), starts, ends)
+            ends[-1] = base + np.cumsum(lengths)
+            starts[-1] = ends[-1] - lengths
+        out, row_ends = assemble(self._lits, self._bounds, np.frombuffer(b"".join(bufs), dtype=np.uint8), starts.T,
+                                 ends.T)
         data = out.tobytes()
         cuts = row_ends.tolist()
         return [data[i:j] for i, j in zip([0, *cuts][:-1], cuts, strict=True)]

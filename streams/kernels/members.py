@@ -26,6 +26,7 @@ TS_BYTES = 6
 AT_VERSION, AT_SID, AT_GEO, AT_CONF, AT_SOURCE, PREFIX = 6, 7, 15, 22, 24, 32
 GEO_BYTES = 7
 FLAG_BITS = 4  # the low nibble of the version byte; the version is the high one (0-15)
+FLAG_MASK = (1 << FLAG_BITS) - 1
 MAX_VARINT = 10  # bytes of a 64-bit LEB128 varint
 
 
@@ -132,7 +133,7 @@ def split_members(buf: NDArray[np.uint8], n: int, version: int):  # type: ignore
         for j in range(TS_BYTES):
             t = (t << 8) | np.int64(buf[pos + j])
         ts[i] = t
-        flags[i] = buf[pos + AT_VERSION] & ((1 << FLAG_BITS) - 1)
+        flags[i] = buf[pos + AT_VERSION] & FLAG_MASK
         sid[i] = _get_le(buf, pos + AT_SID, 8)
         geo[i] = _get_le(buf, pos + AT_GEO, GEO_BYTES)
         conf[i] = np.uint16(_get_le(buf, pos + AT_CONF, 2))

@@ -60,3 +60,16 @@ def test_a_column_of_another_length_or_shape_is_refused() -> None:
         t.dumps([[1, 2]])
     with pytest.raises(ValueError, match="optional column comes last"):
         Template(["a?", "b"])
+
+
+def test_assemble_refuses_bounds_it_would_read_past() -> None:
+    from streams.kernels.jsonrows import assemble
+
+    lits, values = np.frombuffer(b"{}", np.uint8), np.frombuffer(b"12", np.uint8)
+    bounds = np.array([0, 1, 2], np.int64)
+    out, ends = assemble(lits, bounds, values, np.array([[0]], np.int64), np.array([[2]], np.int64))
+    assert out.tobytes() == b"{12}" and ends.tolist() == [4]
+    with pytest.raises(ValueError, match="outside"):
+        assemble(lits, bounds, values, np.array([[0]], np.int64), np.array([[3]], np.int64))
+    with pytest.raises(ValueError, match="literal"):
+        assemble(lits, np.array([0, 1, 2, 2], np.int64), values, np.array([[0]], np.int64), np.array([[2]], np.int64))
