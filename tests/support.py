@@ -270,3 +270,21 @@ def pack_v5(s: Sighting) -> bytes:
                        s.geo52.to_bytes(7, "little"), s.confidence, source_code(s.camera_id, s.agency))
     return (head + _varint(s.ts_last - s.ts) + _varint(s.best_ts - s.ts) + _varint(s.reads)
             + pack_string(s.read_id))
+
+
+def check_layout(redis_url: str) -> None:
+    """``store.ensure_layout`` as a worker runs it at start (raises ``LayoutError``)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from streams.store import ensure_layout
+
+    async def run() -> None:
+        client = aioredis.from_url(redis_url)
+        try:
+            await ensure_layout(client)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())

@@ -36,7 +36,7 @@ from streams.store import (
     source_names,
     trail_key,
 )
-from tests.support import dump_redis, pack_v5, pipeline_raws
+from tests.support import check_layout, dump_redis, pack_v5, pipeline_raws
 
 pytestmark = pytest.mark.integration
 
@@ -105,24 +105,13 @@ def test_a_layout5_redis_becomes_what_layout6_writes_and_only_trails_change(sett
 
 
 def test_an_interrupted_migration_finishes_and_workers_wait_for_it(settings: Settings) -> None:
-    import asyncio
-
-    import redis.asyncio as aioredis
-
-    from streams.store import LayoutError, ensure_layout
-
-    async def layout_check() -> None:
-        aclient = aioredis.from_url(settings.redis_url)
-        try:
-            await ensure_layout(aclient)
-        finally:
-            await aclient.aclose()
+    from streams.store import LayoutError
 
     client = redis.Redis.from_url(settings.redis_url)
     trails = _trails(random.Random(6))
     _layout5(client, trails)
     with pytest.raises(LayoutError, match="store migrate"):  # what a layout 6 worker tells the operator
-        asyncio.run(layout_check())
+        check_layout(settings.redis_url)
     # as a migration leaves it when it stops after the first few trails
     client.hset(META_KEY, mapping={"layout": LAYOUT_VERSION, MIGRATING: 5})
     first = list(trails)[:4]
@@ -132,14 +121,14 @@ def test_an_interrupted_migration_finishes_and_workers_wait_for_it(settings: Set
         client.zrem(key, *old)
         client.zadd(key, {member_5_to_6(m): 0 for m in old})
     with pytest.raises(LayoutError, match="migration has not finished"):
-        asyncio.run(layout_check())
+        check_layout(settings.redis_url)
 
     done = migrate(client, settle_s=0)
 
     assert (done.from_layout, done.trails) == (5, len(trails) - 4)
     assert done.current == sum(len(trails[v]) for v in first)
     _assert_layout6(client, trails)
-    asyncio.run(layout_check())  # workers start again
+    check_layout(settings.redis_url)  # workers start again
 
 
 def test_a_batch_a_crash_left_half_written_is_finished_before_the_rewrite(settings: Settings) -> None:

@@ -228,23 +228,15 @@ def test_source_names_come_from_the_registry_and_only_when_they_match_their_code
 
 @pytest.mark.integration
 def test_a_redis_of_another_layout_is_refused_and_a_fresh_one_is_marked(settings: Settings) -> None:
-    import asyncio
-
     import redis
-    import redis.asyncio as aioredis
 
-    from streams.store import LAYOUT_VERSION, META_KEY, LayoutError, ensure_layout
+    from streams.store import LAYOUT_VERSION, META_KEY, LayoutError
+    from tests.support import check_layout
 
     sync = redis.Redis.from_url(settings.redis_url)
 
     def check() -> None:
-        async def run() -> None:
-            client = aioredis.from_url(settings.redis_url)
-            try:
-                await ensure_layout(client)
-            finally:
-                await client.aclose()
-        asyncio.run(run())
+        check_layout(settings.redis_url)
 
     sync.flushdb()
     check()
