@@ -32,3 +32,16 @@ def test_kubernetes_manifests() -> None:
     assert set(settings) <= set(ENV_VARS)
     assert int(by_name["platestream-worker"]["spec"]["replicas"]) <= int(settings["PLATESTREAM_PARTITIONS"])
     Policy.from_dict(yaml.safe_load(by_name["platestream-policy"]["data"]["policy.yaml"]))
+
+
+def test_kubernetes_migration_job_runs_the_migrate_command_with_the_workers_settings() -> None:
+    from streams.cli import build_parser
+
+    [job] = yaml.safe_load_all((DEPLOY / "k8s" / "migrate-job.yaml").read_text())
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "platestream.yaml").read_text())}
+    worker = docs["platestream-worker"]["spec"]["template"]["spec"]["containers"][0]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert job["kind"] == "Job" and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert container["envFrom"] == worker["envFrom"] and container["image"] == worker["image"]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.action) == ("store", "migrate") and args.settle > 0
