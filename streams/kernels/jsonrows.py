@@ -18,8 +18,7 @@ import orjson
 from numpy.typing import NDArray
 
 QUOTE, BACKSLASH, COMMA = 0x22, 0x5C, 0x2C
-OPEN = (0x5B, 0x7B)  # [ {
-CLOSE = (0x5D, 0x7D)  # ] }
+OPEN_ARRAY, CLOSE_ARRAY, OPEN_OBJECT, CLOSE_OBJECT = 0x5B, 0x5D, 0x7B, 0x7D
 
 
 @nb.njit(cache=True)
@@ -27,7 +26,7 @@ def split_array(buf: NDArray[np.uint8], n: int, starts: NDArray[np.int64], ends:
     """Bounds of the ``n`` elements of the JSON array ``buf`` (as ``orjson`` writes it: no whitespace) into
     ``starts``/``ends``; returns how many it found (``n`` unless ``buf`` is not an array of ``n``)."""
     size = buf.shape[0]
-    if size < 2 or buf[0] != 0x5B or buf[size - 1] != 0x5D:
+    if size < 2 or buf[0] != OPEN_ARRAY or buf[size - 1] != CLOSE_ARRAY:
         return -1
     if n == 0:
         return 0 if size == 2 else -1
@@ -45,9 +44,9 @@ def split_array(buf: NDArray[np.uint8], n: int, starts: NDArray[np.int64], ends:
                 in_string = False
         elif c == QUOTE:
             in_string = True
-        elif c == 0x5B or c == 0x7B:
+        elif c in (OPEN_ARRAY, OPEN_OBJECT):
             depth += 1
-        elif c == 0x5D or c == 0x7D:
+        elif c in (CLOSE_ARRAY, CLOSE_OBJECT):
             depth -= 1
         elif c == COMMA and depth == 0:
             if k + 1 >= n:
@@ -155,8 +154,8 @@ class Template:
             if len(optional) != n:
                 raise ValueError(f"column {self.optional} does not have {n} values")
             key = b"," + orjson.dumps(self.optional) + b":"
-            empty = key + b"{}"  # the common case of a dict: no fields (one call saved per row)
-            extra = [b"" if v is None else key + orjson.dumps(v) if v or not isinstance(v, dict) else empty
+            empty = key + b"{}"  # the common case: a dict without fields (one call saved per row)
+            extra = [b"" if v is None else empty if type(v) is dict and not v else key + orjson.dumps(v)
                      for v in optional]
             bufs.append(b"".join(extra))
             lengths = np.fromiter(map(len, extra), dtype=np.int64, count=n)
