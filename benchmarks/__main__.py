@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     # written in 400-argument chunks (README: trail lookups under ingest)
     if e2e.realtime_permitted():
         e2e.log("trail lookups while ingesting 50k reads/s, lookup path at real-time priority")
-        prio = e2e.trail_under_ingest(info, trail_msgs, 50_000, log_dir, chunk_args=400, priority=True)
+        prio = e2e.trail_under_ingest(info, trail_msgs, 50_000, log_dir, chunk_args=400, priority="on")
         prio.pop("trail_priority")
         results.update({f"trail_priority_{k.removeprefix('trail_')}": v for k, v in prio.items()})
     else:

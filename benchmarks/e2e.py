@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import json
 import multiprocessing
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -343,10 +346,11 @@ def latency_at_rate(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes
             "latency_p999_ms": m.get("latency_ms_p999"), "latency_samples": m.get("latency_samples")}
 
 
-# Real-time priorities of the lookup path in ``trail_under_ingest(priority=True)``: Redis above the lookup
+# Real-time priorities of the lookup path in ``trail_under_ingest(priority="on")``: Redis above the lookup
 # process, both above every normal process (the worker, the producer, the broker). Children forked by either
 # (Redis's background saves) go back to normal scheduling
 REDIS_RT_PRIORITY, LOOKUP_RT_PRIORITY = 20, 10
+PRIORITIES = ("off", "on", "slice", "weight")  # of the lookup path in ``trail_under_ingest``
 
 
 def set_realtime(pid: int, priority: int) -> None:
@@ -356,6 +360,47 @@ def set_realtime(pid: int, priority: int) -> None:
     policy = (os.SCHED_FIFO | os.SCHED_RESET_ON_FORK) if priority else os.SCHED_OTHER
     for tid in os.listdir(f"/proc/{pid}/task"):
         os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
+
+
+# The shortest slice Linux's EEVDF scheduler grants a normal (SCHED_OTHER) task (``trail_under_ingest(priority=
+# "slice")``): a waking task with a shorter slice has an earlier deadline and preempts a running one with the
+# default slice (0.7-3 ms), without real-time priority
+SHORT_SLICE_NS = 100_000
+_SCHED_ATTR_CALLS = {"x86_64": (314, 315), "aarch64": (274, 275)}  # sched_setattr, sched_getattr
+
+
+class _SchedAttr(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint32), ("policy", ctypes.c_uint32), ("flags", ctypes.c_uint64),
+                ("nice", ctypes.c_int32), ("priority", ctypes.c_uint32), ("runtime", ctypes.c_uint64),
+                ("deadline", ctypes.c_uint64), ("period", ctypes.c_uint64), ("util_min", ctypes.c_uint32),
+                ("util_max", ctypes.c_uint32)]
+
+
+def set_slice(pid: int, ns: int) -> None:
+    """Normal scheduling with an EEVDF slice of ``ns`` (0: the default) for every thread of ``pid``.
+
+    Linux 6.12 and later; raises ``OSError`` where the kernel or the architecture has no such setting."""
+    call = _SCHED_ATTR_CALLS.get(platform.machine())
+    if call is None:
+        raise OSError(errno.ENOSYS, f"sched_setattr: unknown on {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), policy=os.SCHED_OTHER, runtime=ns)
+        if libc.syscall(call[0], int(tid), ctypes.byref(attr), 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sched_setattr({tid}): {os.strerror(err)}")
+
+
+# Nice of the autogroups of Redis and the lookup process in ``trail_under_ingest(priority="weight")``: Linux
+# shares the CPU between sessions (autogroups) first, so a process's own nice counts only against its session's
+# other processes; -10 weighs each session ~9x one at 0 (the worker's, the producer's, the broker's)
+AUTOGROUP_NICE = -10
+
+
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    """The nice of ``pid``'s autogroup (its session's share of the CPU against other sessions); a negative one
+    needs CAP_SYS_NICE."""
+    Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
 def realtime_permitted() -> bool:
@@ -369,13 +414,17 @@ def realtime_permitted() -> bool:
 
 
 def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], rate: float,
-                       log_dir: Path, chunk_args: int | None = None, priority: bool = False) -> dict[str, Any]:
+                       log_dir: Path, chunk_args: int | None = None, priority: str = "off") -> dict[str, Any]:
     """p99 of looking up a 1,000-sighting trail while the worker ingests at ``rate`` (``chunk_args``: the
     worker's ``PLATESTREAM_REDIS_CHUNK_ARGS``, if not the default).
 
-    ``priority``: Redis and the lookup process run at real-time priority during the measurement (what a box
-    shared by ingest and lookups needs for a short tail: under normal scheduling a lookup waits behind the
-    worker, the producer and the broker for a core, and Redis does too)."""
+    ``priority``: ``on``, Redis and the lookup process run at real-time priority during the measurement (what a
+    box shared by ingest and lookups needs for a short tail: under normal scheduling a lookup waits behind the
+    worker, the producer and the broker for a core, and Redis does too); ``slice``, they keep normal scheduling
+    with the shortest EEVDF slice (``SHORT_SLICE_NS``), which needs no privilege; ``weight``, that slice and
+    their sessions weighted ~9x the others' (``AUTOGROUP_NICE``); ``off``, none of these."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority: one of {PRIORITIES}, not {priority!r}")
     s = isolated_settings(info, db=11)
     if chunk_args is not None:
         s = dataclasses.replace(s, redis_chunk_args=chunk_args)
@@ -416,11 +465,16 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         flag = ctx.Event()
         proc = ctx.Process(target=_query_loop, args=(s, flag, results))
         proc.start()
-        if priority:
-            assert proc.pid is not None
+        assert proc.pid is not None
+        if priority == "on":
             set_realtime(info.redis_pid, REDIS_RT_PRIORITY)
             set_realtime(proc.pid, LOOKUP_RT_PRIORITY)  # threads it starts later inherit it
         time.sleep(2.0)  # let it import and warm up
+        if priority in ("slice", "weight"):  # (after the lookup process's setsid: its own autogroup)
+            for pid in (info.redis_pid, proc.pid):
+                set_slice(pid, SHORT_SLICE_NS)
+                if priority == "weight":
+                    set_autogroup_nice(pid, AUTOGROUP_NICE)
         before = processed(s, client)
         redis_stat = os.open(f"/proc/{info.redis_pid}/task/{info.redis_pid}/schedstat", os.O_RDONLY)  # main thread
         redis0 = _schedstat(redis_stat)
@@ -443,8 +497,11 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         consumed = (processed(s, client) - before) / (time.monotonic() - t0)
     finally:
         stop.set()
-        if priority:
+        if priority == "on":
             set_realtime(info.redis_pid, 0)
+        elif priority in ("slice", "weight"):
+            set_slice(info.redis_pid, 0)
+            set_autogroup_nice(info.redis_pid, 0)
         worker.stop()
     arr, cols = np.array(samples), np.array(col_samples)
     calls = int(scripts1.get("calls", 0)) - int(scripts0.get("calls", 0))

@@ -6,8 +6,9 @@ priority for the lookup path.
 The same measurement as ``make bench``'s trail figures (``e2e.trail_under_ingest``: a 1,000-sighting trail
 looked up from another process while a worker ingests 50k reads/s), repeated for each
 ``PLATESTREAM_REDIS_CHUNK_ARGS`` value and priority (``on``: Redis and the lookup process at SCHED_FIFO
-during the measurement; needs CAP_SYS_NICE), runs taking turns so each configuration sees the same
-machine. Writes ``benchmarks/results/trail-<date>.json`` and ``.md``.
+during the measurement, needs CAP_SYS_NICE; ``slice``: normal scheduling with the shortest EEVDF slice;
+``weight``: that slice and their sessions' autogroup nice at -10, needs CAP_SYS_NICE), runs taking turns so
+each configuration sees the same machine. Writes ``benchmarks/results/trail-<date>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -39,34 +40,40 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--chunk-args", default="0,400", help="comma-separated PLATESTREAM_REDIS_CHUNK_ARGS values")
-    ap.add_argument("--priority", default="off,on", help="off, on or off,on: the lookup path at real-time priority")
+    ap.add_argument("--priority", default="off,on",
+                    help="comma-separated of off, on (the lookup path at real-time priority), slice (at the "
+                         "shortest EEVDF slice) and weight (that slice, sessions weighted ~9x)")
     ap.add_argument("--vehicles", type=int, default=30_000)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    configs = [(int(v), p == "on") for p in args.priority.split(",") for v in args.chunk_args.split(",")]
-    if any(p for _, p in configs) and not e2e.realtime_permitted():
-        ap.error("--priority on needs CAP_SYS_NICE (run as root, or --priority off)")
+    configs = [(int(v), p) for p in args.priority.split(",") for v in args.chunk_args.split(",")]
+    if any(p not in e2e.PRIORITIES for _, p in configs):
+        ap.error(f"--priority: each of {', '.join(e2e.PRIORITIES)}")
+    if any(p in ("on", "weight") for _, p in configs) and not e2e.realtime_permitted():
+        ap.error("--priority on and weight need CAP_SYS_NICE (run as root, or --priority off,slice)")
     command = "python -m benchmarks.trail " + " ".join(argv if argv is not None else sys.argv[1:])
     info = e2e.bench_stack()
     msgs = generate(seed=42, vehicles=args.vehicles, hours=24).messages[: 50_000 * 20]
     log_dir = e2e.log_dir(info.state_dir)
-    runs: dict[tuple[int, bool], list[dict[str, Any]]] = {c: [] for c in configs}
+    runs: dict[tuple[int, str], list[dict[str, Any]]] = {c: [] for c in configs}
     t0 = time.monotonic()
     for i in range(args.runs):
         for v, prio in configs:
-            e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}, priority {'on' if prio else 'off'}")
+            e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}, priority {prio}")
             r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=v, priority=prio)
             runs[(v, prio)].append({k: r[k] for k in SHOWN})
     profile = e2e.profile_lookup(info)
     date = datetime.date.today().isoformat()
     results: dict[str, Any] = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
-                               "runs": {f"chunk_args={v},priority={'on' if p else 'off'}": rs
+                               "runs": {f"chunk_args={v},priority={p}": rs
                                         for (v, p), rs in runs.items()}, "lookup_profile": profile}
     lines = [*report_header("Trail lookups under 50k reads/s ingest", results),
              "Median of the runs (ms); each run: ~1,900 lookups of a 1,000-sighting trail from another process (a "
              "session of its own), "
              "rows and columns taking turns, 5 ms apart. Priority on: Redis and the lookup process at SCHED_FIFO "
-             "(20 and 10) during the measurement; the worker, the producer and the broker at normal priority. "
+             "(20 and 10) during the measurement; slice: both at normal priority with the shortest EEVDF slice "
+             "(0.1 ms, Linux 6.12+); weight: that slice and their sessions' autogroup nice at -10 (~9x the CPU "
+             "share of a session at 0). The worker, the producer and the broker at normal priority. "
              "paced_idle: the same lookups, 5 ms apart, before ingest starts (the worker started, idle); idle: back "
              "to back. redis_lookup: Redis's own time per lookup (its `ZRANGEBYLEX`) during the measurement, average "
              "and the 99th percentile's histogram bucket (upper bound); columns are `query.trail_columns` (NumPy "
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
              "| chunk args | priority | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
              "|---|---|" + "---|" * len(SHOWN)]
     for (v, p), rs in runs.items():
-        lines.append(f"| {v} | {'on' if p else 'off'} | "
+        lines.append(f"| {v} | {p} | "
                      + " | ".join(f"{statistics.median(r[k] for r in rs):.2f}" for k in SHOWN) + " |")
     lines += ["", "## Where a lookup's own time goes (cProfile of 300 lookups as rows, nothing else running; top by "
               "own time)", "", "cProfile slows every Python call down, so the shares of the Python lines are "

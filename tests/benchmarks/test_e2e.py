@@ -104,3 +104,40 @@ def test_only_the_benchmarks_topics_are_cleaned_from_the_local_stack() -> None:
              "platestream-app-__assignor-__leader", "__consumer_offsets", "benchmarks.mine"]
     assert run_topics(names, BENCH) == names[:5]
     assert run_topics(names, "demo") == names[7:9]
+
+
+def test_set_slice_and_autogroup_nice_reach_every_thread_and_are_undone() -> None:
+    """The ``slice`` and ``weight`` modes of the trail benchmark: each thread's EEVDF slice (read back from
+    /proc/<tid>/sched) and the session's autogroup nice, set and then back to the defaults."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from benchmarks.e2e import SHORT_SLICE_NS, set_autogroup_nice, set_slice
+
+    def slices(pid: int) -> list[int]:
+        return [int(re.search(r"se\.slice\s+:\s+(\d+)", Path(f"/proc/{pid}/task/{t}/sched").read_text())[1])
+                for t in sorted(os.listdir(f"/proc/{pid}/task"))]
+
+    code = ("import os, sys, threading, time\nos.setsid()\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        default = slices(proc.pid)
+        assert len(default) == 2 and SHORT_SLICE_NS not in default
+        set_slice(proc.pid, SHORT_SLICE_NS)
+        assert slices(proc.pid) == [SHORT_SLICE_NS] * 2
+        set_autogroup_nice(proc.pid, -10)
+        assert Path(f"/proc/{proc.pid}/autogroup").read_text().split()[-1] == "-10"
+        assert Path("/proc/self/autogroup").read_text().split()[-1] == "0"  # another session's: untouched
+        set_slice(proc.pid, 0)
+        set_autogroup_nice(proc.pid, 0)
+        assert slices(proc.pid) == default
+        assert Path(f"/proc/{proc.pid}/autogroup").read_text().split()[-1] == "0"
+    finally:
+        proc.kill()
+        proc.wait()
