@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from streams import sharing
@@ -37,9 +38,16 @@ STATUS = {"unauthenticated": 401, "forbidden_role": 403, "sharing_rule": 403, "n
           "audit_unavailable": 503}
 
 
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON reply serialized by orjson: aiohttp's default (the standard library's ``json``) took 5.0 ms for a
+    1,000-sighting trail, against 0.43 ms, far more than the lookup itself (README: trail lookups)."""
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), status=status,
+                        content_type="application/json", charset="utf-8")
+
+
 def _error(code: str, message: str, rule: str | None = None) -> web.Response:
     status = STATUS.get(code, 400)
-    return web.json_response({"error": {"code": code, "message": message, "rule": rule}}, status=status)
+    return json_response({"error": {"code": code, "message": message, "rule": rule}}, status=status)
 
 
 def _token(request: web.Request) -> str | None:
@@ -61,7 +69,10 @@ def governed_response(result: GovernedResult, fmt: Any = None) -> web.Response:
     rules then travel in the ``X-Audit-Seq`` and ``X-Withheld-By`` headers)."""
     withheld = sorted(set(result.refused.values()))
     if fmt in (None, "json"):
-        return web.json_response({"sightings": result.rows, "withheld_by": withheld, "audit_seq": result.audit_seq})
+        # ``json_response`` of the same object, the sightings serialized from their columns (no dict each)
+        envelope = b"".join((b'{"sightings":', result.sightings_json(), b',"withheld_by":', orjson.dumps(withheld),
+                             b',"audit_seq":', orjson.dumps(result.audit_seq), b"}"))
+        return web.Response(body=envelope, content_type="application/json", charset="utf-8")
     body, content_type = render(result.rows, fmt)
     return web.Response(text=body, headers={"Content-Type": content_type, "X-Audit-Seq": str(result.audit_seq),
                                             "X-Withheld-By": ",".join(withheld)})
@@ -225,7 +236,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         grant = await blocking(lambda: sharing.request_access(
             acc.client, policy, acc.audit, user, str(q.get("owner")), list(q.get("purposes") or []),
             str(q.get("reason") or "")))
-        return web.json_response(grant)
+        return json_response(grant)
 
     @guarded
     async def share_decide(request: web.Request) -> web.Response:
@@ -235,24 +246,24 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         grant = await blocking(lambda: sharing.decide(
             acc.client, policy, acc.audit, user, str(q.get("requester")), bool(q.get("approve")), q.get("days"),
             str(q.get("note") or "")))
-        return web.json_response(grant)
+        return json_response(grant)
 
     @guarded
     async def audit_verify(request: web.Request) -> web.Response:
         acc.policy().context(_token(request), "audit", "audit-verify", role="auditor")
         v = await blocking(acc.audit.verify)
-        return web.json_response({"ok": v.ok, "records": v.records, "first_bad": v.first_bad, "reason": v.reason})
+        return json_response({"ok": v.ok, "records": v.records, "first_bad": v.first_bad, "reason": v.reason})
 
     @guarded
     async def audit_report(request: web.Request) -> web.Response:
         agency = request.query.get("agency", "")
-        return web.json_response(await blocking(lambda: acc.audit_report(_token(request), agency)))
+        return json_response(await blocking(lambda: acc.audit_report(_token(request), agency)))
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+        return json_response({"ok": True})
 
     async def spec(request: web.Request) -> web.Response:
-        return web.json_response(openapi())
+        return json_response(openapi())
 
     app.router.add_post("/v1/trail", trail)
     app.router.add_post("/v1/area", area)

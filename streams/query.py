@@ -10,10 +10,10 @@ import re
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 import redis
 import shapely
 from numpy.typing import NDArray
@@ -22,6 +22,7 @@ from streams.audit import AuditLog
 from streams.directory import entries
 from streams.hotlist import Entry, class_regex
 from streams.kernels.geohash import geo52_decode, geohash_strings, geohash_text, split_geohashes
+from streams.kernels.jsonrows import Template
 from streams.kernels.members import distinct_values
 from streams.kernels.plates import CONFUSABLE, plate_class
 from streams.kernels.rounding import rounded_array
@@ -99,29 +100,48 @@ class Trail:
         """Each sighting's geohash (``Settings.geohash_precision`` characters)."""
         return split_geohashes(self.geohash_text)
 
-    def rows(self, agencies: Container[str] | None = None) -> list[dict[str, Any]]:
-        """One dict per sighting; with ``agencies``, of those agencies' sightings only (a governed query
-        builds no dict it would throw away)."""
-        c, plate, region = self.cols, self.plate, self.region
+    def columns(self, agencies: Container[str] | None = None) -> list[list[Any]]:
+        """The rows' values column by column, in ``ROW_KEYS`` order; with ``agencies``, of those agencies'
+        sightings only (a governed query converts nothing it would throw away)."""
+        c, n = self.cols, len(self.cols)
         geohash, read_id = self.geohash, c.read_id
         keep: NDArray[np.int64] | None = None
         if agencies is not None:
             allowed = np.array([agency in agencies for _, agency in c.sources], dtype=np.bool_)
-            keep = np.flatnonzero(allowed[c.source]) if len(c) else np.empty(0, np.int64)
+            keep = np.flatnonzero(allowed[c.source]) if n else np.empty(0, np.int64)
             at = keep.tolist()
-            geohash, read_id = list(map(geohash.__getitem__, at)), list(map(read_id.__getitem__, at))
+            geohash, read_id, n = list(map(geohash.__getitem__, at)), list(map(read_id.__getitem__, at)), len(at)
 
-        def col(values: NDArray[Any]) -> NDArray[Any]:
-            return values if keep is None else values[keep]
+        def col(values: NDArray[Any]) -> list[Any]:
+            return (values if keep is None else values[keep]).tolist()
 
         cameras, agencies_of = c.names(keep)
-        fields = zip(col(c.ts).tolist(), col(c.ts_last).tolist(), cameras, agencies_of, col(self.lat).tolist(),
-                     col(self.lon).tolist(), geohash, col(c.geo52).tolist(), col(self.confidence).tolist(),
-                     col(c.reads).tolist(), read_id, sighting_hex(col(c.sighting_id)), col(c.hit).tolist(), strict=True)
-        return [{"ts": ts, "ts_last": ts_last, "plate": plate, "region": region, "camera_id": camera,
-                 "agency": agency, "lat": la, "lon": lo, "geohash": gh, "geo52": geo, "confidence": conf,
-                 "reads": reads, "read_id": rid, "sighting_id": sid, "hit": hit}
-                for ts, ts_last, camera, agency, la, lo, gh, geo, conf, reads, rid, sid, hit in fields]
+        return [col(c.ts), col(c.ts_last), [self.plate] * n, [self.region] * n, cameras, agencies_of, col(self.lat),
+                col(self.lon), geohash, col(c.geo52), col(self.confidence), col(c.reads), read_id,
+                sighting_hex(c.sighting_id if keep is None else c.sighting_id[keep]), col(c.hit)]
+
+    def rows(self, agencies: Container[str] | None = None) -> list[dict[str, Any]]:
+        """One dict per sighting (``columns``)."""
+        return rows_of(self.columns(agencies))
+
+    def json(self, agencies: Container[str] | None = None) -> bytes:
+        """``orjson.dumps(self.rows(agencies))``, without a dict per sighting (a third of the time)."""
+        return ROW_TEMPLATE.dumps_array(self.columns(agencies))
+
+
+# The keys of a trail's rows, in order: what ``rows_of`` builds and ``ROW_TEMPLATE`` serializes
+ROW_KEYS = ("ts", "ts_last", "plate", "region", "camera_id", "agency", "lat", "lon", "geohash", "geo52", "confidence",
+            "reads", "read_id", "sighting_id", "hit")
+ROW_TEMPLATE = Template(list(ROW_KEYS))
+
+
+def rows_of(columns: Sequence[list[Any]]) -> list[dict[str, Any]]:
+    """Trail rows from their columns (``Trail.columns``)."""
+    return [{"ts": ts, "ts_last": ts_last, "plate": plate, "region": region, "camera_id": camera, "agency": agency,
+             "lat": la, "lon": lo, "geohash": gh, "geo52": geo, "confidence": conf, "reads": reads, "read_id": rid,
+             "sighting_id": sid, "hit": hit}
+            for ts, ts_last, plate, region, camera, agency, la, lo, gh, geo, conf, reads, rid, sid, hit
+            in zip(*columns, strict=True)]
 
 
 def trail_columns(client: redis.Redis, settings: Settings, plate: str, region: str, since: int | None = None,
@@ -177,11 +197,32 @@ def trail(client: redis.Redis, settings: Settings, plate: str, region: str, sinc
 
 @dataclass(frozen=True, slots=True)
 class GovernedResult:
-    """Sightings the requester may see, the rules that withheld other agencies' data, the audit record."""
+    """Sightings the requester may see, the rules that withheld other agencies' data, the audit record.
 
-    rows: list[dict[str, Any]]
+    A trail query's sightings are held column by column (``columns``, in ``ROW_KEYS`` order): ``rows`` makes
+    their dicts on first use, and ``sightings_json`` (the API's answer) serializes them without any."""
+
     refused: dict[str, str]
     audit_seq: int
+    columns: list[list[Any]] | None = None
+    _rows: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def of_rows(cls, rows: list[dict[str, Any]], refused: dict[str, str], audit_seq: int) -> GovernedResult:
+        return cls(refused, audit_seq, None, rows)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        rows = self._rows
+        if rows is None:
+            assert self.columns is not None
+            rows = rows_of(self.columns)
+            object.__setattr__(self, "_rows", rows)
+        return rows
+
+    def sightings_json(self) -> bytes:
+        """``orjson.dumps(self.rows)``."""
+        return orjson.dumps(self.rows) if self.columns is None else ROW_TEMPLATE.dumps_array(self.columns)
 
 
 def refusals(client: redis.Redis, policy: Policy, ctx: Context, now_ms: int | None = None) -> dict[str, str]:
@@ -209,19 +250,27 @@ def _governed(client: redis.Redis, settings: Settings, policy: Policy, ctx: Cont
     """Trails of (region, plate) ``vehicles``, cut to what ``ctx`` may see, audited before returning."""
     refused = refusals(client, policy, ctx)
     allowed = set(policy.agencies).difference(refused)
-    rows = [r for t in trails(client, settings, vehicles, since, until) for r in t.rows(allowed)]
-    rows.sort(key=itemgetter("ts", "sighting_id"))
+    parts = [t.columns(allowed) for t in trails(client, settings, vehicles, since, until)]
+    columns = (parts[0] if len(parts) == 1
+               else [list(itertools.chain.from_iterable(p[j] for p in parts)) for j in range(len(ROW_KEYS))])
+    # in (ts, sighting id) order across the vehicles (one trail is in it already unless a flag byte reordered
+    # sightings of one millisecond): a stable sort, as of the rows
+    ts, sid = columns[ROW_KEYS.index("ts")], columns[ROW_KEYS.index("sighting_id")]
+    if columns[0]:
+        order = np.lexsort((np.array(sid), np.array(ts, dtype=np.int64)))
+        if (order[1:] < order[:-1]).any():
+            columns = [list(map(c.__getitem__, order.tolist())) for c in columns]
     if limit is not None:
-        rows = rows[:limit]
-    owners = Counter(r["agency"] for r in rows)
-    seen = {(r["region"], r["plate"]) for r in rows}
+        columns = [c[:limit] for c in columns]
+    owners = Counter(columns[ROW_KEYS.index("agency")])
+    seen = set(zip(columns[ROW_KEYS.index("region")], columns[ROW_KEYS.index("plate")], strict=True))
     record = audit.append(
         action=action, agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose, case=ctx.case,
         terms={"since": since, "until": until, **terms,
                "vehicles_returned": sorted(vehicle_id(settings.hash_key, r, p).hex() for r, p in seen)},
-        decision=_decision(refused, policy), rules=sorted(set(refused.values())), result_count=len(rows),
+        decision=_decision(refused, policy), rules=sorted(set(refused.values())), result_count=len(columns[0]),
         owners=dict(owners))
-    return GovernedResult(rows, refused, int(record["seq"]))
+    return GovernedResult(refused, int(record["seq"]), columns)
 
 
 def governed_trail(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,
@@ -418,7 +467,7 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
     record = audit.append(action="query.area", agency=ctx.agency.id, user=ctx.user.id, purpose=ctx.purpose,
                           case=ctx.case, terms=terms, decision=_decision(refused, policy),
                           rules=sorted(set(refused.values())), result_count=len(rows), owners=dict(owners))
-    return GovernedResult(rows, refused, int(record["seq"]))
+    return GovernedResult.of_rows(rows, refused, int(record["seq"]))
 
 
 def area_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context, audit: AuditLog,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streams.audit import LOG_KEY, AuditLog
 from streams.policy import Policy, PolicyError, token_hash
-from streams.query import governed_trail, trail
+from streams.query import ROW_KEYS, governed_trail, trail
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
 from tests.support import store_reads
@@ -402,7 +402,42 @@ def test_trail_columns_and_rows_equal_each_sighting_built_alone(settings: Settin
     assert len(got) == len(stored) == 41 and got.rows() == expected
     assert got.lat.tolist() == [r["lat"] for r in expected] and got.geohash == [r["geohash"] for r in expected]
     assert got.cols.read_id == [f"r{i}" for i in range(41)] and len(got.cols.sources) == 12
+    assert tuple(got.rows()[0]) == ROW_KEYS and got.json() == orjson.dumps(got.rows())  # the API's bytes
     for agencies in ({AGENCIES[0]}, {AGENCIES[1]}, {AGENCIES[1], AGENCIES[2]}, set(), {"nobody"}, set(AGENCIES)):
         assert got.rows(agencies) == [r for r in expected if r["agency"] in agencies]
+        assert got.json(agencies) == orjson.dumps(got.rows(agencies))
     empty = trail_columns(client, settings, "NONE99", "US-CT")
     assert len(empty) == 0 and empty.rows() == [] and empty.rows({AGENCIES[0]}) == [] and empty.geohash == []
+    assert empty.json() == b"[]"
+
+
+def test_governed_sightings_of_many_vehicles_are_in_time_then_id_order_and_serialize_as_their_rows(
+        settings: Settings) -> None:
+    """A plate search merges the OCR variants' trails column by column: the order, the limit and the JSON are
+    those of sorting all the rows by (ts, sighting_id), the way they were made before (the oracle here)."""
+    from operator import itemgetter
+
+    from streams.query import MAX_PATTERN_PLATES, plate_search, trails
+    from tests.governance import TOKENS, policy
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    # three variants (cameras of their own, or the dedup would merge them), sightings at the same instants
+    # (ties broken by the sighting id), one agency withheld
+    plates = [("7ABC123", "hartford-pd"), ("7A8C123", "hartford-pd"), ("7ABC1Z3", "westport-pd"),
+              ("7A8C12E", "hartford-pd")]
+    store_reads(settings, client, [
+        {"read_id": f"g{i}-{j}", "camera_id": f"cam-{i}-{j}", "agency": agency, "plate": plate, "region": "US-CT",
+         "ts": BASE + (j % 3) * 600_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+        for i, (plate, agency) in enumerate(plates) for j in range(5)])
+    p = policy()
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+    alice = p.context(TOKENS["alice"], "criminal_investigation", "C-9")
+    variants = [("US-CT", plate) for plate, _ in plates[:3]]
+    oracle = sorted((r for t in trails(client, settings, variants) for r in t.rows({"hartford-pd"})),
+                    key=itemgetter("ts", "sighting_id"))
+    assert len(oracle) == 10 and len({r["ts"] for r in oracle}) == 3 < MAX_PATTERN_PLATES
+    result = plate_search(client, settings, p, alice, audit, "7A?C1?3", "US-CT")  # not 7A8C12E
+    assert result.rows == oracle and result.sightings_json() == orjson.dumps(oracle)
+    limited = plate_search(client, settings, p, alice, audit, "7A?C1?3", "US-CT", limit=4)
+    assert limited.rows == oracle[:4] and list(audit.records())[-1]["result_count"] == 4

@@ -136,6 +136,16 @@ class Template:
     def dumps(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None = None) -> list[bytes]:
         """``orjson.dumps`` of each row's object: one sequence per column, in the order of ``self.columns``
         (and the optional column's values, ``None`` where absent)."""
+        data, cuts = self._assemble(columns, optional)
+        return [data[i:j] for i, j in zip([0, *cuts][:-1], cuts, strict=True)]
+
+    def dumps_array(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None = None) -> bytes:
+        """``orjson.dumps`` of the list of the rows' objects (a query's answer, without a dict per row)."""
+        data, cuts = self._assemble(columns, optional)
+        return b"[" + b",".join([data[i:j] for i, j in zip([0, *cuts][:-1], cuts, strict=True)]) + b"]"
+
+    def _assemble(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None) -> tuple[bytes, list[int]]:
+        """All rows' objects back to back, and where each ends."""
         if len(columns) != len(self.columns) or (optional is None) != (self.optional is None):
             raise ValueError(f"columns {self.columns}" + (f" and {self.optional}?" if self.optional else ""))
         n = len(columns[0]) if columns else 0
@@ -163,6 +173,4 @@ class Template:
             starts[-1] = ends[-1] - lengths
         out, row_ends = assemble(self._lits, self._bounds, np.frombuffer(b"".join(bufs), dtype=np.uint8), starts.T,
                                  ends.T)
-        data = out.tobytes()
-        cuts = row_ends.tolist()
-        return [data[i:j] for i, j in zip([0, *cuts][:-1], cuts, strict=True)]
+        return out.tobytes(), row_ends.tolist()

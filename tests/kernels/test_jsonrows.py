@@ -21,13 +21,14 @@ scalar = (text | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, a
 extra = st.none() | st.dictionaries(text, scalar | st.lists(scalar, max_size=3), max_size=3)
 
 
-def _message(topic: str, partition: int, values: tuple[Any, ...], offset: int, more: Any) -> bytes:
-    """A sighting upsert as the pipeline built it before: a dict, then ``orjson.dumps``."""
-    msg = {"schema": "platestream.sighting.v1", "op": "upsert", **dict(zip(SIGHTING_COLUMNS, values, strict=True)),
-           "source": {"topic": topic, "partition": partition, "offset": offset}}
+def _message(topic: str, partition: int, values: tuple[Any, ...], offset: int, more: Any) -> dict[str, Any]:
+    """A sighting upsert as the pipeline built it before: a dict (then ``orjson.dumps``)."""
+    msg: dict[str, Any] = {"schema": "platestream.sighting.v1", "op": "upsert",
+                           **dict(zip(SIGHTING_COLUMNS, values, strict=True)),
+                           "source": {"topic": topic, "partition": partition, "offset": offset}}
     if more is not None:
         msg["extra"] = more
-    return orjson.dumps(msg)
+    return msg
 
 
 @settings(max_examples=300, deadline=None)
@@ -38,8 +39,10 @@ def test_sighting_messages_are_the_bytes_of_their_dicts(topic: str, partition: i
                                                         rows: list[tuple[tuple[Any, ...], int, Any]]) -> None:
     columns = [list(col) for col in zip(*[values for values, _, _ in rows], strict=True)] or [
         [] for _ in SIGHTING_COLUMNS]
-    got = sighting_template(topic, partition).dumps([*columns, [o for _, o, _ in rows]], [m for _, _, m in rows])
-    assert got == [_message(topic, partition, values, offset, more) for values, offset, more in rows]
+    template, optional = sighting_template(topic, partition), [m for _, _, m in rows]
+    dicts = [_message(topic, partition, values, offset, more) for values, offset, more in rows]
+    assert template.dumps([*columns, [o for _, o, _ in rows]], optional) == list(map(orjson.dumps, dicts))
+    assert template.dumps_array([*columns, [o for _, o, _ in rows]], optional) == orjson.dumps(dicts)
 
 
 @settings(max_examples=200, deadline=None)
@@ -54,6 +57,10 @@ def test_split_finds_each_element_of_an_array(values: list[Any]) -> None:
 def test_a_column_of_another_length_or_shape_is_refused() -> None:
     t = Template([("a", 1), "b", "c"])
     assert t.dumps([[1, 2], ["x", "y"]]) == [b'{"a":1,"b":1,"c":"x"}', b'{"a":1,"b":2,"c":"y"}']
+    assert t.dumps_array([[1, 2], ["x", "y"]]) == b'[{"a":1,"b":1,"c":"x"},{"a":1,"b":2,"c":"y"}]'
+    assert t.dumps_array([[], []]) == b"[]"
+    with pytest.raises(ValueError, match="does not have 2 values"):
+        t.dumps_array([[1, 2], ["x"]])
     with pytest.raises(ValueError, match="does not have 2 values"):
         t.dumps([[1, 2], ["x"]])
     with pytest.raises(ValueError, match="columns"):
