@@ -107,9 +107,10 @@ def code_version() -> str:
 # a goal's figure in the other forms the report measures it in, shown beside it: the verdict column judges the
 # goal's own figure, then each of these against the same bound
 ALSO: dict[str, tuple[tuple[str, str], ...]] = {
-    "trail_p99_ms": (("trail_columns_p99_ms", "as columns"),
+    "trail_p99_ms": (("trail_columns_p99_ms", "as columns"), ("trail_api_p99_ms", "as the API's governed answer"),
                      ("trail_priority_p99_ms", "lookup path at real-time priority, 400-argument chunks"),
-                     ("trail_priority_columns_p99_ms", "the same, as columns")),
+                     ("trail_priority_columns_p99_ms", "the same, as columns"),
+                     ("trail_priority_api_p99_ms", "the same, as the API's answer")),
 }
 
 

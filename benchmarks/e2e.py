@@ -33,8 +33,11 @@ from numpy.typing import NDArray
 
 from benchmarks.memory import sorted_set_anatomy
 from streams import stack
+from streams.api import governed_response
+from streams.audit import AuditLog
 from streams.pipeline import META_OFFSET
-from streams.query import trail, trail_columns
+from streams.policy import Policy, token_hash
+from streams.query import GovernedResult, governed_trail, trail, trail_columns
 from streams.settings import Settings
 from streams.simulate import Traffic
 from streams.store import checkpoint_key, read_trail, trail_key, vehicle_id
@@ -484,7 +487,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         flag.set()
         redis1 = _schedstat(redis_stat)
         os.close(redis_stat)
-        samples, col_samples, cpu, col_cpu = results.get(timeout=60)
+        (samples, col_samples, api_samples), (cpu, col_cpu, api_cpu) = results.get(timeout=60)
         proc.join(30)
         scripts1 = client.info("commandstats").get("cmdstat_evalsha", {})
         script_hist = _histogram(client)
@@ -503,7 +506,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             set_slice(info.redis_pid, 0)
             set_autogroup_nice(info.redis_pid, 0)
         worker.stop()
-    arr, cols = np.array(samples), np.array(col_samples)
+    arr, cols, api = np.array(samples), np.array(col_samples), np.array(api_samples)
     calls = int(scripts1.get("calls", 0)) - int(scripts0.get("calls", 0))
     usec = int(scripts1.get("usec", 0)) - int(scripts0.get("usec", 0))
     return {"trail_p50_ms": float(np.percentile(arr, 50)), "trail_p99_ms": float(np.percentile(arr, 99)),
@@ -512,17 +515,19 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             "trail_columns_p50_ms": float(np.percentile(cols, 50)),
             "trail_columns_p90_ms": float(np.percentile(cols, 90)),
             "trail_columns_p99_ms": float(np.percentile(cols, 99)), "trail_columns_max_ms": float(cols.max()),
+            # and as the API's answer: governed (policy, audit record) and serialized to the reply's JSON
+            "trail_api_p50_ms": float(np.percentile(api, 50)), "trail_api_p90_ms": float(np.percentile(api, 90)),
+            "trail_api_p99_ms": float(np.percentile(api, 99)), "trail_api_max_ms": float(api.max()),
             # where the slowest 1% of the lookups spent their time: the lookup process on a core, waiting on the
             # run queue for one (schedstat), or blocked on Redis's reply (the rest: Redis busy, or waiting for a core)
             **_slowest("trail", arr, cpu), **_slowest("trail_columns", cols, col_cpu),
+            **_slowest("trail_api", api, api_cpu),
             # Redis's main thread: how long, on average, it waited for a core each time it became runnable
             "trail_redis_runqueue_wait_ms_avg": (redis1[1] - redis0[1]) / 1e6 / max(redis1[2] - redis0[2], 1),
             "trail_columns_idle_p50_ms": float(np.median(idle_cols)),
             # the same pacing as under ingest, before ingest starts
-            "trail_paced_idle_p50_ms": float(np.percentile(paced[0], 50)),
-            "trail_paced_idle_p99_ms": float(np.percentile(paced[0], 99)),
-            "trail_columns_paced_idle_p50_ms": float(np.percentile(paced[1], 50)),
-            "trail_columns_paced_idle_p99_ms": float(np.percentile(paced[1], 99)),
+            **{f"trail_{kind}paced_idle_p{q}_ms": float(np.percentile(times, q))
+               for kind, times in zip(("", "columns_", "api_"), paced[0], strict=True) for q in (50, 99)},
             # how long Redis was busy with one batch script: the 99th percentile's histogram bucket (upper
             # bound, ms). A lookup waits at most this long behind a script; the rest of its tail is CPU
             # contention between the lookup, the worker, the producer, Redis and the broker on two cores
@@ -531,7 +536,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             # waiting behind scripts and the client's decoding)
             "trail_redis_lookup_ms_avg": float(lookup_stats.get("usec_per_call", float("nan"))) / 1000,
             "trail_redis_lookup_ms_p99_at_most": _bucket_at(lookup_hist, 0.99),
-            "trail_queries": len(samples) + len(col_samples), "trail_ingest_rate_target": rate,
+            "trail_queries": len(samples) + len(col_samples) + len(api_samples), "trail_ingest_rate_target": rate,
             "trail_ingest_rate_achieved": achieved, "trail_ingest_stored_per_s": consumed,
             "trail_priority": priority,
             "trail_idle_p50_ms": float(np.median(idle)), "trail_idle_redis_reply_p50_ms": float(np.median(raw)),
@@ -576,23 +581,41 @@ def _timed(fn: Callable[[], Any], n: int) -> list[float]:
 LOOKUP_PAUSE_S = 0.005  # between two lookups of ``trail_under_ingest`` (about 150 lookups/s)
 
 
+# The analyst of the ``api`` lookups: the heavy trail's agency, one user
+_BENCH_TOKEN = "benchmark-analyst-token"
+_BENCH_POLICY = {"version": 1, "agencies": [{"id": "bench", "name": "Benchmark", "state": "CT", "kind": "local"}],
+                 "users": [{"id": "analyst", "agency": "bench", "roles": ["analyst"],
+                            "token_sha256": token_hash(_BENCH_TOKEN)}]}
+
+
 def _lookups(c: redis.Redis, s: Settings) -> tuple[Callable[[], Sized], ...]:
-    return (lambda: trail(c, s, "HEAVY1", "US-CT"), lambda: trail_columns(c, s, "HEAVY1", "US-CT"))
+    """Rows (``query.trail``), columns (``query.trail_columns``) and the API's answer: the governed trail (policy
+    checked, the query audited: a write to Redis) and its JSON reply as the API serves it."""
+    policy = Policy.from_dict(_BENCH_POLICY)
+    ctx = policy.context(_BENCH_TOKEN, "criminal_investigation", "benchmark")
+    audit = AuditLog(c, b"benchmark-audit-key-0123")
+
+    def api() -> GovernedResult:
+        result = governed_trail(c, s, policy, ctx, audit, "HEAVY1", "US-CT")
+        governed_response(result)
+        return result
+
+    return (lambda: trail(c, s, "HEAVY1", "US-CT"), lambda: trail_columns(c, s, "HEAVY1", "US-CT"), api)
 
 
-Paced = tuple[list[float], list[float], list[tuple[float, float]], list[tuple[float, float]]]
+Paced = tuple[list[list[float]], list[list[tuple[float, float]]]]
 
 
 def _paced(lookups: tuple[Callable[[], Sized], ...], rounds: int | None, flag: Any) -> Paced:
-    """Times of rows and columns lookups taking turns, ``LOOKUP_PAUSE_S`` apart, for ``rounds`` rounds or
-    until ``flag`` is set; then, per lookup, how long of it this thread ran on a core and how long it waited on
+    """Times of each kind of ``lookups`` taking turns, ``LOOKUP_PAUSE_S`` apart, for ``rounds`` rounds or
+    until ``flag`` is set; and per lookup, how long of it this thread ran on a core and how long it waited on
     the run queue for one (the kernel's schedstat), all in ms. The rest of a lookup's time it was blocked: on
     Redis's reply."""
-    samples: Paced = ([], [], [], [])
+    samples: Paced = ([[] for _ in lookups], [[] for _ in lookups])
     stat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
     try:
-        while not flag.is_set() and (rounds is None or len(samples[0]) < rounds):
-            for lookup, out, cpu in zip(lookups, samples[:2], samples[2:], strict=True):
+        while not flag.is_set() and (rounds is None or len(samples[0][0]) < rounds):
+            for lookup, out, cpu in zip(lookups, *samples, strict=True):
                 run0, wait0, _ = _schedstat(stat)
                 t = time.perf_counter()
                 found = lookup()
@@ -625,7 +648,7 @@ def _query_loop(s: Settings, flag: Any, results: Any) -> None:
     for _ in range(20):  # warm-up, not measured
         for lookup in lookups:
             lookup()
-    results.put(_paced(lookups, None, flag))  # rows, columns: taking turns, under the same load
+    results.put(_paced(lookups, None, flag))  # rows, columns, API: taking turns, under the same load
 
 
 def on_prefilled(info: stack.StackInfo, prefilled: Settings, db: int, group: str) -> Settings:

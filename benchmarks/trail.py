@@ -25,7 +25,8 @@ from benchmarks import e2e
 from benchmarks.__main__ import machine, report_header, write_report
 from streams.simulate import generate
 
-SHOWN = ("trail_p50_ms", "trail_p99_ms", "trail_columns_p50_ms", "trail_columns_p99_ms", "trail_paced_idle_p50_ms",
+SHOWN = ("trail_p50_ms", "trail_p99_ms", "trail_columns_p50_ms", "trail_columns_p99_ms", "trail_api_p50_ms",
+         "trail_api_p99_ms", "trail_api_paced_idle_p99_ms", "trail_paced_idle_p50_ms",
          "trail_paced_idle_p99_ms", "trail_columns_paced_idle_p50_ms", "trail_columns_paced_idle_p99_ms",
          "trail_idle_p50_ms", "trail_columns_idle_p50_ms", "trail_slowest_on_core_share",
          "trail_slowest_runqueue_share", "trail_slowest_blocked_share", "trail_columns_slowest_on_core_share",
@@ -70,14 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     lines = [*report_header("Trail lookups under 50k reads/s ingest", results),
              "Median of the runs (ms); each run: ~1,900 lookups of a 1,000-sighting trail from another process (a "
              "session of its own), "
-             "rows and columns taking turns, 5 ms apart. Priority on: Redis and the lookup process at SCHED_FIFO "
-             "(20 and 10) during the measurement; slice: both at normal priority with the shortest EEVDF slice "
-             "(0.1 ms, Linux 6.12+); weight: that slice and their sessions' autogroup nice at -10 (~9x the CPU "
+             "rows, columns and API answers taking turns, 5 ms apart. Priority on: Redis and the lookup process at "
+             "SCHED_FIFO (20 and 10) during the measurement; slice: both at normal priority with the shortest EEVDF "
+             "slice (0.1 ms, Linux 6.12+); weight: that slice and their sessions' autogroup nice at -10 (~9x the CPU "
              "share of a session at 0). The worker, the producer and the broker at normal priority. "
              "paced_idle: the same lookups, 5 ms apart, before ingest starts (the worker started, idle); idle: back "
              "to back. redis_lookup: Redis's own time per lookup (its `ZRANGEBYLEX`) during the measurement, average "
              "and the 99th percentile's histogram bucket (upper bound); columns are `query.trail_columns` (NumPy "
-             "arrays), rows `query.trail` (a dict per sighting).", "",
+             "arrays), rows `query.trail` (a dict per sighting), api the API's answer (`query.governed_trail`: "
+             "policy, an audit record written to Redis; then the reply's JSON, no HTTP).", "",
              "| chunk args | priority | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
              "|---|---|" + "---|" * len(SHOWN)]
     for (v, p), rs in runs.items():

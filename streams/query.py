@@ -100,15 +100,18 @@ class Trail:
         """Each sighting's geohash (``Settings.geohash_precision`` characters)."""
         return split_geohashes(self.geohash_text)
 
-    def columns(self, agencies: Container[str] | None = None) -> list[list[Any]]:
-        """The rows' values column by column, in ``ROW_KEYS`` order; with ``agencies``, of those agencies'
-        sightings only (a governed query converts nothing it would throw away)."""
+    def kept(self, agencies: Container[str]) -> NDArray[np.int64]:
+        """Indexes of the sightings of ``agencies``."""
+        c = self.cols
+        allowed = np.array([agency in agencies for _, agency in c.sources], dtype=np.bool_)
+        return np.flatnonzero(allowed[c.source]) if len(c) else np.empty(0, np.int64)
+
+    def columns(self, keep: NDArray[np.int64] | None = None) -> list[list[Any]]:
+        """The rows' values column by column, in ``ROW_KEYS`` order; with ``keep``, of those sightings only (a
+        governed query converts nothing it would throw away)."""
         c, n = self.cols, len(self.cols)
         geohash, read_id = self.geohash, c.read_id
-        keep: NDArray[np.int64] | None = None
-        if agencies is not None:
-            allowed = np.array([agency in agencies for _, agency in c.sources], dtype=np.bool_)
-            keep = np.flatnonzero(allowed[c.source]) if n else np.empty(0, np.int64)
+        if keep is not None:
             at = keep.tolist()
             geohash, read_id, n = list(map(geohash.__getitem__, at)), list(map(read_id.__getitem__, at)), len(at)
 
@@ -121,12 +124,12 @@ class Trail:
                 sighting_hex(c.sighting_id if keep is None else c.sighting_id[keep]), col(c.hit)]
 
     def rows(self, agencies: Container[str] | None = None) -> list[dict[str, Any]]:
-        """One dict per sighting (``columns``)."""
-        return rows_of(self.columns(agencies))
+        """One dict per sighting (``columns``); with ``agencies``, of theirs only."""
+        return rows_of(self.columns(None if agencies is None else self.kept(agencies)))
 
     def json(self, agencies: Container[str] | None = None) -> bytes:
         """``orjson.dumps(self.rows(agencies))``, without a dict per sighting (a third of the time)."""
-        return ROW_TEMPLATE.dumps_array(self.columns(agencies))
+        return ROW_TEMPLATE.dumps_array(self.columns(None if agencies is None else self.kept(agencies)))
 
 
 # The keys of a trail's rows, in order: what ``rows_of`` builds and ``ROW_TEMPLATE`` serializes
@@ -220,6 +223,10 @@ class GovernedResult:
             object.__setattr__(self, "_rows", rows)
         return rows
 
+    def __len__(self) -> int:
+        """The number of sightings (without making their rows)."""
+        return len(self.rows) if self.columns is None else len(self.columns[0])
+
     def sightings_json(self) -> bytes:
         """``orjson.dumps(self.rows)``."""
         return orjson.dumps(self.rows) if self.columns is None else ROW_TEMPLATE.dumps_array(self.columns)
@@ -250,14 +257,15 @@ def _governed(client: redis.Redis, settings: Settings, policy: Policy, ctx: Cont
     """Trails of (region, plate) ``vehicles``, cut to what ``ctx`` may see, audited before returning."""
     refused = refusals(client, policy, ctx)
     allowed = set(policy.agencies).difference(refused)
-    parts = [t.columns(allowed) for t in trails(client, settings, vehicles, since, until)]
+    picks = [(t, t.kept(allowed)) for t in trails(client, settings, vehicles, since, until)]
+    parts = [t.columns(keep) for t, keep in picks]
     columns = (parts[0] if len(parts) == 1
                else [list(itertools.chain.from_iterable(p[j] for p in parts)) for j in range(len(ROW_KEYS))])
     # in (ts, sighting id) order across the vehicles (one trail is in it already unless a flag byte reordered
-    # sightings of one millisecond): a stable sort, as of the rows
-    ts, sid = columns[ROW_KEYS.index("ts")], columns[ROW_KEYS.index("sighting_id")]
+    # sightings of one millisecond): a stable sort, as of the rows (hex ids sort as the numbers)
     if columns[0]:
-        order = np.lexsort((np.array(sid), np.array(ts, dtype=np.int64)))
+        order = np.lexsort((np.concatenate([t.cols.sighting_id[keep] for t, keep in picks]),
+                            np.concatenate([t.cols.ts[keep] for t, keep in picks])))
         if (order[1:] < order[:-1]).any():
             columns = [list(map(c.__getitem__, order.tolist())) for c in columns]
     if limit is not None:

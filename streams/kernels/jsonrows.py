@@ -132,20 +132,26 @@ class Template:
         self.literals[-1] += b"}"
         self._lits = np.frombuffer(b"".join(self.literals), dtype=np.uint8)
         self._bounds = np.cumsum([0, *map(len, self.literals)], dtype=np.int64)
+        # the same with a comma after each row: the elements of an array, assembled in place
+        self._lits_comma = np.frombuffer(b"".join(self.literals) + b",", dtype=np.uint8)
+        self._bounds_comma = np.append(self._bounds[:-1], self._bounds[-1] + 1)
 
     def dumps(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None = None) -> list[bytes]:
         """``orjson.dumps`` of each row's object: one sequence per column, in the order of ``self.columns``
         (and the optional column's values, ``None`` where absent)."""
-        data, cuts = self._assemble(columns, optional)
+        out, row_ends = self._assemble(columns, optional, self._lits, self._bounds)
+        data, cuts = out.tobytes(), row_ends.tolist()
         return [data[i:j] for i, j in zip([0, *cuts][:-1], cuts, strict=True)]
 
     def dumps_array(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None = None) -> bytes:
         """``orjson.dumps`` of the list of the rows' objects (a query's answer, without a dict per row)."""
-        data, cuts = self._assemble(columns, optional)
-        return b"[" + b",".join([data[i:j] for i, j in zip([0, *cuts][:-1], cuts, strict=True)]) + b"]"
+        out, _ = self._assemble(columns, optional, self._lits_comma, self._bounds_comma)
+        return b"[" + out[:-1].tobytes() + b"]"  # (no rows: out is empty, out[:-1] too)
 
-    def _assemble(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None) -> tuple[bytes, list[int]]:
-        """All rows' objects back to back, and where each ends."""
+    def _assemble(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None, lits: NDArray[np.uint8],
+                  bounds: NDArray[np.int64]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+        """All rows' objects back to back (with ``lits``/``bounds``: the literals around the values), and where
+        each ends."""
         if len(columns) != len(self.columns) or (optional is None) != (self.optional is None):
             raise ValueError(f"columns {self.columns}" + (f" and {self.optional}?" if self.optional else ""))
         n = len(columns[0]) if columns else 0
@@ -171,6 +177,4 @@ class Template:
             lengths = np.fromiter(map(len, extra), dtype=np.int64, count=n)
             ends[-1] = base + np.cumsum(lengths)
             starts[-1] = ends[-1] - lengths
-        out, row_ends = assemble(self._lits, self._bounds, np.frombuffer(b"".join(bufs), dtype=np.uint8), starts.T,
-                                 ends.T)
-        return out.tobytes(), row_ends.tolist()
+        return assemble(lits, bounds, np.frombuffer(b"".join(bufs), dtype=np.uint8), starts.T, ends.T)
