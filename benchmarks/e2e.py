@@ -20,7 +20,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from benchmarks.memory import sorted_set_anatomy
 from streams import stack
+from streams.access import KafkaAuditPublisher
 from streams.api import governed_response
 from streams.audit import AuditLog
 from streams.pipeline import META_OFFSET
@@ -81,7 +82,8 @@ def isolated_settings(info: stack.StackInfo, db: int, partitions: int = 4) -> Se
     return Settings.from_env(
         env={}, kafka_bootstrap=info.kafka_bootstrap, redis_url=info.redis_url.rsplit("/", 1)[0] + f"/{db}",
         state_dir=Path(info.state_dir), topic_reads=f"bench.{tag}.reads", topic_deduped=f"bench.{tag}.deduped",
-        topic_dlq=f"bench.{tag}.dlq", topic_alerts=f"bench.{tag}.alerts", group=f"{BENCH}-{tag}",
+        topic_dlq=f"bench.{tag}.dlq", topic_alerts=f"bench.{tag}.alerts", topic_audit=f"bench.{tag}.audit",
+        group=f"{BENCH}-{tag}",
         partitions=partitions, hash_key=b"benchmark-key-0123456789",
     )
 
@@ -457,7 +459,8 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         # and paced as under ingest (a pause between lookups) before ingest starts (the worker idle): on this VM a
         # lookup after a few ms of pause costs far more than one right after another (the CPU's caches and
         # predictors have gone cold), which is most of the gap between ``idle`` and the figure under ingest
-        paced = _paced(_lookups(client, s), 300, threading.Event())
+        with _lookups(client, s) as lookups:
+            paced = _paced(lookups, 300, threading.Event())
         client.config_resetstat()  # (also empties the per-command latency histograms read below)
         scripts0 = client.info("commandstats").get("cmdstat_evalsha", {})
 
@@ -588,19 +591,25 @@ _BENCH_POLICY = {"version": 1, "agencies": [{"id": "bench", "name": "Benchmark",
                             "token_sha256": token_hash(_BENCH_TOKEN)}]}
 
 
-def _lookups(c: redis.Redis, s: Settings) -> tuple[Callable[[], Sized], ...]:
+@contextlib.contextmanager
+def _lookups(c: redis.Redis, s: Settings) -> Iterator[tuple[Callable[[], Sized], ...]]:
     """Rows (``query.trail``), columns (``query.trail_columns``) and the API's answer: the governed trail (policy
-    checked, the query audited: a write to Redis) and its JSON reply as the API serves it."""
+    checked; the query's audit record appended in Redis and published to Kafka, acknowledged before anything
+    returns, as the API does) and its JSON reply as the API serves it (no HTTP)."""
     policy = Policy.from_dict(_BENCH_POLICY)
     ctx = policy.context(_BENCH_TOKEN, "criminal_investigation", "benchmark")
-    audit = AuditLog(c, b"benchmark-audit-key-0123")
+    publisher = KafkaAuditPublisher(s)
+    audit = AuditLog(c, b"benchmark-audit-key-0123", publisher)
 
     def api() -> GovernedResult:
         result = governed_trail(c, s, policy, ctx, audit, "HEAVY1", "US-CT")
         governed_response(result)
         return result
 
-    return (lambda: trail(c, s, "HEAVY1", "US-CT"), lambda: trail_columns(c, s, "HEAVY1", "US-CT"), api)
+    try:
+        yield (lambda: trail(c, s, "HEAVY1", "US-CT"), lambda: trail_columns(c, s, "HEAVY1", "US-CT"), api)
+    finally:
+        publisher.close()
 
 
 Paced = tuple[list[list[float]], list[list[tuple[float, float]]]]
@@ -644,11 +653,11 @@ def _query_loop(s: Settings, flag: Any, results: Any) -> None:
     # scheduling group (Linux autogroup), whose producer stands in for the cameras (columns p99 under 50k reads/s
     # by default 7.7-8.9 -> 6.3-7.3 ms in three alternating rounds; no change with real-time priority)
     os.setsid()
-    lookups = _lookups(redis.Redis.from_url(s.redis_url), s)
-    for _ in range(20):  # warm-up, not measured
-        for lookup in lookups:
-            lookup()
-    results.put(_paced(lookups, None, flag))  # rows, columns, API: taking turns, under the same load
+    with _lookups(redis.Redis.from_url(s.redis_url), s) as lookups:
+        for _ in range(20):  # warm-up, not measured
+            for lookup in lookups:
+                lookup()
+        results.put(_paced(lookups, None, flag))  # rows, columns, API: taking turns, under the same load
 
 
 def on_prefilled(info: stack.StackInfo, prefilled: Settings, db: int, group: str) -> Settings:

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
              "to back. redis_lookup: Redis's own time per lookup (its `ZRANGEBYLEX`) during the measurement, average "
              "and the 99th percentile's histogram bucket (upper bound); columns are `query.trail_columns` (NumPy "
              "arrays), rows `query.trail` (a dict per sighting), api the API's answer (`query.governed_trail`: "
-             "policy, an audit record written to Redis; then the reply's JSON, no HTTP).", "",
+             "policy; the audit record appended in Redis and published to Kafka, acknowledged before the answer; "
+             "then the reply's JSON; no HTTP).", "",
              "| chunk args | priority | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
              "|---|---|" + "---|" * len(SHOWN)]
     for (v, p), rs in runs.items():
