@@ -12,14 +12,16 @@ running it again.
 
 While it runs, ``ps:meta`` says layout 6 and ``migrating``: workers of the old version refuse to start (they write
 layout 5) and so do those of the new one (they would revise sightings not yet rewritten). Workers already running
-are detected by their checkpoints' offsets moving, and the migration refuses to begin.
+are detected by their checkpoints' offsets moving, and the migration refuses to begin. Lookups of the new version
+work throughout: they read a trail not yet rewritten as it will be (``current_members``). The retention sweeper
+does not (it removes members by their bytes in this layout) and refuses a member of layout 5.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -76,6 +78,21 @@ def member_5_to_6(member: bytes) -> bytes:
         raise MigrationError(f"not a layout 5 trail member (version byte {version})")
     units = confidence_unit(conf)
     return MEMBER_PREFIX.pack(ts, LAYOUT_VERSION << FLAG_BITS | flags, sid, geo, units, code) + member[_PREFIX_5.size :]
+
+
+def current_members(members: Sequence[bytes]) -> list[bytes]:
+    """``members`` in this layout, those of layout 5 as ``migrate`` rewrites them: what a lookup reads of a
+    trail the migration has not reached yet (or before it starts). Raises ``ValueError`` on any other version."""
+    out = []
+    for member in members:
+        version = _version(member) if len(member) > AT_VERSION else None
+        if version == 5:
+            out.append(member_5_to_6(member))
+        elif version == LAYOUT_VERSION:
+            out.append(member)
+        else:
+            raise ValueError(f"unknown sighting member version {version}")
+    return out
 
 
 def _version(member: bytes) -> int:

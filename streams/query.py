@@ -8,7 +8,7 @@ import hmac
 import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,11 +26,13 @@ from streams.kernels.jsonrows import Template
 from streams.kernels.members import distinct_values
 from streams.kernels.plates import CONFUSABLE, plate_class
 from streams.kernels.rounding import rounded_array
+from streams.migrate import current_members
 from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
 from streams.sharing import granted_purposes_of
 from streams.store import (
+    MemberVersionError,
     Sighting,
     SourceNames,
     TrailColumns,
@@ -176,16 +178,33 @@ def trails(client: redis.Redis, settings: Settings, vehicles: Sequence[tuple[str
 def _trail(settings: Settings, norm: str, region: str, per_key: list[list[bytes]], names: SourceNames,
            limit: int | None) -> Trail:
     if len(per_key) == 1:
-        cols = unpack_columns(per_key[0], names)
+        cols = _unpack(per_key[0], names)
         if distinct_values(cols.sighting_id)[0].shape[0] != len(cols):  # a batch caught between chunks (store.py)
             cols = TrailColumns.of(_in_order(_latest(cols.sightings(), lambda s: s)))
     else:
-        found = [s for members in per_key for s in unpack_columns(members, names).sightings()]
+        found = [s for members in per_key for s in _unpack(members, names).sightings()]
         cols = TrailColumns.of(_in_order(_latest(found, lambda s: s))[:limit])
     # positions, geohashes and roundings of the whole trail in one call each; no object per sighting
     lat, lon = geo52_decode(cols.geo52)
     return Trail(norm, region, cols, rounded_array(lat, 6), rounded_array(lon, 6),
                  geohash_text(lat, lon, settings.geohash_precision), rounded_array(cols.confidence, 4))
+
+
+def _unpack(members: list[bytes], names: SourceNames) -> TrailColumns:
+    """A trail's members decoded; those of a trail ``platestream store migrate`` has not rewritten yet (layout 5)
+    read as it will rewrite them, so lookups work all through an upgrade."""
+    try:
+        return unpack_columns(members, names)
+    except MemberVersionError:
+        return unpack_columns(current_members(members), names)
+
+
+def _unpack_one(member: bytes, names: Mapping[bytes, tuple[str, str]]) -> Sighting:
+    """``_unpack`` of one member."""
+    try:
+        return Sighting.unpack(member, names)
+    except MemberVersionError:
+        return Sighting.unpack(current_members([member])[0], names)
 
 
 def _in_order(sightings: list[Sighting]) -> list[Sighting]:
@@ -463,7 +482,7 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
     hits: list[tuple[bytes, Sighting]] = []
     for (vid, tag, _), candidates in zip(found, trails, strict=True):
         for m in candidates:
-            sight = Sighting.unpack(m, names)
+            sight = _unpack_one(m, names)
             if (sight.sighting_id & 0xFF == tag and sight.agency in policy.agencies
                     and sight.agency not in refused):
                 hits.append((vid, sight))

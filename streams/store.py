@@ -397,7 +397,7 @@ class Sighting:
         ts_be, ver_flags, sid, geo, conf, code = MEMBER_PREFIX.unpack_from(member)
         ver, flags = ver_flags >> FLAG_BITS, ver_flags & FLAG_MASK
         if ver != MEMBER_VERSION:
-            raise ValueError(f"unknown sighting member version {ver}")
+            raise MemberVersionError(f"unknown sighting member version {ver}")
         duration, pos = _read_varint(member, PREFIX)
         best_dt, pos = _read_varint(member, pos)
         reads, pos = _read_varint(member, pos)
@@ -466,6 +466,11 @@ def read_trail(client: redis.Redis, key: str, lo: int | str = "-inf", hi: int | 
 def member_sources(members: Sequence[bytes]) -> list[bytes]:
     """The source code of each trail member."""
     return [m[AT_SOURCE : AT_SOURCE + 8] for m in members]
+
+
+class MemberVersionError(ValueError):
+    """A trail member of another layout (lookups read layout 5's while ``store migrate`` runs; nothing else may:
+    retention, for one, removes members by their bytes in this layout)."""
 
 
 @dataclass(slots=True, eq=False)  # arrays: == of two would be ambiguous, not a comparison
@@ -542,7 +547,7 @@ def unpack_columns(members: Sequence[bytes], names: SourceNames) -> TrailColumns
     status, ts, flags, sid, geo, conf, source, duration, best_dt, reads, ids, used = split_members(
         np.frombuffer(b"".join(members), dtype=np.uint8), len(members), MEMBER_VERSION)
     if status == BAD_VERSION:
-        raise ValueError("unknown sighting member version")
+        raise MemberVersionError("unknown sighting member version")
     if status == BAD_LENGTH:
         raise ValueError("malformed sighting member")
     codes, inverse = distinct_values(source)

@@ -36,7 +36,7 @@ from streams.store import (
     source_names,
     trail_key,
 )
-from tests.support import check_layout, dump_redis, pack_v5, pipeline_raws
+from tests.support import check_layout, dump_redis, pack_v5, pipeline_raws, store_reads
 
 pytestmark = pytest.mark.integration
 
@@ -252,3 +252,57 @@ def test_a_worker_upgraded_mid_stream_ends_exactly_where_one_that_never_stopped_
     got = dump_redis(client)
     assert got.pop(META_KEY.encode()) == {b"layout": str(LAYOUT_VERSION).encode()}
     assert got == want
+
+
+def test_lookups_work_all_through_an_upgrade_and_retention_waits_for_it(settings: Settings) -> None:
+    """The pipeline's layout 6 output turned back into layout 5 (``pack_v5``): trail, plate search and area search
+    answer exactly as on layout 6 before the migration starts, halfway through it and after it; the retention
+    sweeper refuses a trail of layout 5 (it removes members by their layout 6 bytes) and changes nothing."""
+    from streams.audit import AuditLog
+    from streams.query import area_search, plate_search, trail
+    from streams.retention import sweep
+    from streams.store import MemberVersionError
+    from tests.governance import TOKENS, policy
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    base = 1_764_000_000_000
+    plates = ["MIG123", "M1G123", "XYZ900"]
+    store_reads(settings, client, [
+        {"read_id": f"m{i}", "camera_id": f"cam-{i % 3}", "agency": "hartford-pd", "plate": plates[i % 3],
+         "region": "US-CT", "ts": base + i * 90_000, "lat": 41.7 + i * 1e-4, "lon": -72.7, "confidence": 0.5 + i / 97}
+        for i in range(60)])
+    p = policy()
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+    alice = p.context(TOKENS["alice"], "criminal_investigation", "C-1")
+
+    def answers() -> list[object]:
+        return [trail(client, settings, plate, "US-CT") for plate in plates] + [
+            plate_search(client, settings, p, alice, audit, "M?G12*", "US-CT").rows,
+            area_search(client, settings, p, alice, audit, 41.7, -72.7, 1_000, base, base + 60 * 90_000).rows]
+
+    expected = answers()
+    sizes = [len(a) for a in expected]  # type: ignore[arg-type]
+    assert min(sizes) > 10 and sizes[3] == sizes[0] + sizes[1] and sizes[4] == sum(sizes[:3])
+    keys = sorted(k for k in client.scan_iter("ps:t:*"))
+    names = source_names(client, [m[24:32] for k in keys for m in client.zrange(k, 0, -1)])
+    for key in keys:  # back to layout 5, member by member
+        members = client.zrange(key, 0, -1)
+        client.zrem(key, *members)
+        client.zadd(key, {pack_v5(Sighting.unpack(m, names)): 0 for m in members})
+    client.hset(META_KEY, "layout", 5)
+    before = dump_redis(client, skip=(b"ps:{audit}",))
+
+    assert answers() == expected
+    with pytest.raises(MemberVersionError):
+        sweep(client, settings, p, base + 400 * 86_400_000)
+    assert dump_redis(client, skip=(b"ps:{audit}",)) == before
+
+    client.hset(META_KEY, mapping={"layout": LAYOUT_VERSION, MIGRATING: 5})  # halfway: one trail rewritten
+    first = client.zrange(keys[0], 0, -1)
+    client.zrem(keys[0], *first)
+    client.zadd(keys[0], {member_5_to_6(m): 0 for m in first})
+    assert answers() == expected
+
+    migrate(client, settle_s=0)
+    assert answers() == expected
