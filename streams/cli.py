@@ -327,11 +327,12 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     from streams.access import access
     from streams.policy import PolicyError
     from streams.retention import sweep
+    from streams.store import LayoutError
 
     try:
         with access(settings, publish=False) as acc:
             removed = sweep(acc.client, settings, acc.policy(), int(time.time() * 1000))
-    except PolicyError as e:
+    except (PolicyError, LayoutError) as e:
         return _error(e)
     print(f"removed {sum(removed.values())} sightings past their agency's retention: {dict(removed)}")
     return 0

@@ -19,7 +19,7 @@ from streams.directory import collect
 from streams.kernels.geohash import geo52_decode, geohash_str
 from streams.policy import Policy
 from streams.settings import Settings
-from streams.store import area_entry, read_trail
+from streams.store import area_entry, read_trail, require_layout
 
 
 def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
@@ -44,6 +44,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
     trail entry, so no index entry outlives its sighting; vehicles whose trail emptied leave the plate
     directory last (``directory.collect``).
     """
+    require_layout(client)  # (a migration rewrites members; this removes them by their bytes in this layout)
     limit = cutoffs(policy, now_ms)
     removed: Counter[str] = Counter()
     newest_cutoff = max(limit.values(), default=0)

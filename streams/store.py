@@ -110,6 +110,8 @@ LAYOUT_VERSION = 6  # bumped with any change to what is stored: trail members, a
 class LayoutError(RuntimeError):
     """Redis holds data of another layout version: writing into it would mix two encodings."""
 
+    code = "layout_mismatch"
+
 
 async def ensure_layout(client: Any, scan: bool = True) -> None:
     """Mark a fresh Redis with this layout version, or refuse one that holds another.
@@ -129,14 +131,29 @@ async def ensure_layout(client: Any, scan: bool = True) -> None:
                 break
         await client.hsetnx(META_KEY, "layout", LAYOUT_VERSION)
         found = await client.hget(META_KEY, "layout")
+    refusal = _layout_refusal(found, await client.hget(META_KEY, MIGRATING))
+    if refusal is not None:
+        raise LayoutError(refusal)
+
+
+def require_layout(client: redis.Redis) -> None:
+    """``ensure_layout``'s refusals, for a process that changes what workers wrote (the retention sweeper removes
+    trail members by their bytes in this layout). Without the marker, each member's version is checked as it is read."""
+    found, migrating = client.hmget(META_KEY, ["layout", MIGRATING])
+    refusal = None if found is None else _layout_refusal(found, migrating)
+    if refusal is not None:
+        raise LayoutError(refusal)
+
+
+def _layout_refusal(found: bytes | str, migrating: bytes | str | None) -> str | None:
     if int(found) != LAYOUT_VERSION:
         how = ("stop the workers and run `platestream store migrate` (it rewrites the data in place)"
                if int(found) in MIGRATES_FROM else "wipe it and replay the reads topic")
-        raise LayoutError(f"Redis holds platestream layout {int(found)}, this version writes {LAYOUT_VERSION}; "
-                          f"{how} (README: Redis layout)")
-    if await client.hget(META_KEY, MIGRATING) is not None:
-        raise LayoutError("a layout migration has not finished: run `platestream store migrate` again "
-                          "(README: Redis layout)")
+        return (f"Redis holds platestream layout {int(found)}, this version writes {LAYOUT_VERSION}; {how} "
+                "(README: Redis layout)")
+    if migrating is not None:
+        return "a layout migration has not finished: run `platestream store migrate` again (README: Redis layout)"
+    return None
 
 
 # The sorted set ``compact_trails`` needs Redis to keep compact: 512 members (a vehicle with that many

@@ -9,10 +9,12 @@ import dataclasses
 import random
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+import yaml
 
 from streams.cli import main
 from streams.directory import collect
@@ -185,18 +187,24 @@ def test_a_running_worker_or_a_foreign_layout_or_member_stops_it_before_any_chan
     _assert_layout6(client, trails)
 
 
+def _cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, **extra: str) -> None:
+    """The environment of the command line: ``settings`` and ``extra``, and no other PLATESTREAM_ variable (the
+    test runner's own, say)."""
+    import os
+
+    for k in [k for k in os.environ if k.startswith("PLATESTREAM_")]:
+        monkeypatch.delenv(k)
+    for k, v in {**settings.to_env(), **extra}.items():
+        monkeypatch.setenv(k, v)
+
+
 def test_the_command_line_migrates_and_says_what_it_did(settings: Settings, capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
 
     client = redis.Redis.from_url(settings.redis_url)
     trails = _trails(random.Random(11))
     _layout5(client, trails)
-    import os
-
-    for k in [k for k in os.environ if k.startswith("PLATESTREAM_")]:  # e.g. the test runner's own
-        monkeypatch.delenv(k)
-    for k, v in settings.to_env().items():
-        monkeypatch.setenv(k, v)
+    _cli_env(monkeypatch, settings)
 
     assert main(["store", "migrate", "--settle", "0"]) == 0
     n = sum(map(len, trails.values()))
@@ -254,15 +262,21 @@ def test_a_worker_upgraded_mid_stream_ends_exactly_where_one_that_never_stopped_
     assert got == want
 
 
-def test_lookups_work_all_through_an_upgrade_and_retention_waits_for_it(settings: Settings) -> None:
+def test_lookups_work_all_through_an_upgrade_and_retention_waits_for_it(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """The pipeline's layout 6 output turned back into layout 5 (``pack_v5``): trail, plate search and area search
     answer exactly as on layout 6 before the migration starts, halfway through it and after it; the retention
-    sweeper refuses a trail of layout 5 (it removes members by their layout 6 bytes) and changes nothing."""
+    sweeper (it removes members by their layout 6 bytes) refuses to begin until the migration is done, from the
+    command line too, and a member of layout 5 stops it even where the marker is missing."""
     from streams.audit import AuditLog
     from streams.query import area_search, plate_search, trail
     from streams.retention import sweep
-    from streams.store import MemberVersionError
-    from tests.governance import TOKENS, policy
+    from streams.store import LayoutError, MemberVersionError
+    from tests.governance import TOKENS, policy, policy_doc, with_tokens
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(with_tokens(policy_doc())))
 
     client = redis.Redis.from_url(settings.redis_url)
     client.flushdb()
@@ -294,8 +308,13 @@ def test_lookups_work_all_through_an_upgrade_and_retention_waits_for_it(settings
     before = dump_redis(client, skip=(b"ps:{audit}",))
 
     assert answers() == expected
+    late = base + 400 * 86_400_000  # everything past hartford-pd's retention
+    with pytest.raises(LayoutError, match=r"layout 5.*store migrate"):
+        sweep(client, settings, p, late)
+    client.hdel(META_KEY, "layout")
     with pytest.raises(MemberVersionError):
-        sweep(client, settings, p, base + 400 * 86_400_000)
+        sweep(client, settings, p, late)
+    client.hset(META_KEY, "layout", 5)
     assert dump_redis(client, skip=(b"ps:{audit}",)) == before
 
     client.hset(META_KEY, mapping={"layout": LAYOUT_VERSION, MIGRATING: 5})  # halfway: one trail rewritten
@@ -303,6 +322,13 @@ def test_lookups_work_all_through_an_upgrade_and_retention_waits_for_it(settings
     client.zrem(keys[0], *first)
     client.zadd(keys[0], {member_5_to_6(m): 0 for m in first})
     assert answers() == expected
+    with pytest.raises(LayoutError, match="migration has not finished"):
+        sweep(client, settings, p, late)
+    _cli_env(monkeypatch, settings, PLATESTREAM_POLICY=str(policy_file))
+    assert main(["retention", "sweep"]) == 2
+    assert "error [layout_mismatch]: a layout migration has not finished" in capsys.readouterr().err
 
     migrate(client, settle_s=0)
     assert answers() == expected
+    assert sum(sweep(client, settings, p, late).values()) == sum(len(t) for t in expected[:3])  # type: ignore[arg-type]
+    assert not list(client.scan_iter("ps:t:*"))
