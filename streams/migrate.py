@@ -14,7 +14,8 @@ While it runs, ``ps:meta`` says layout 6 and ``migrating``: workers of the old v
 layout 5) and so do those of the new one (they would revise sightings not yet rewritten). Workers already running
 are detected by their checkpoints' offsets moving, and the migration refuses to begin. Lookups of the new version
 work throughout: they read a trail not yet rewritten as it will be (``current_members``). The retention sweeper
-does not (it removes members by their bytes in this layout) and refuses a member of layout 5.
+removes members by their bytes in this layout, so it refuses to begin until the migration is done
+(``store.require_layout``), and stops at a member of layout 5 wherever the marker is missing.
 """
 
 from __future__ import annotations
