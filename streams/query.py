@@ -129,10 +129,6 @@ class Trail:
         """One dict per sighting (``columns``); with ``agencies``, of theirs only."""
         return rows_of(self.columns(None if agencies is None else self.kept(agencies)))
 
-    def json(self, agencies: Container[str] | None = None) -> bytes:
-        """``orjson.dumps(self.rows(agencies))``, without a dict per sighting (a third of the time)."""
-        return ROW_TEMPLATE.dumps_array(self.columns(None if agencies is None else self.kept(agencies)))
-
 
 # The keys of a trail's rows, in order: what ``rows_of`` builds and ``ROW_TEMPLATE`` serializes
 ROW_KEYS = ("ts", "ts_last", "plate", "region", "camera_id", "agency", "lat", "lon", "geohash", "geo52", "confidence",

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streams.audit import LOG_KEY, AuditLog
 from streams.policy import Policy, PolicyError, token_hash
-from streams.query import ROW_KEYS, governed_trail, trail
+from streams.query import ROW_KEYS, ROW_TEMPLATE, governed_trail, trail
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
 from tests.support import store_reads
@@ -402,13 +402,14 @@ def test_trail_columns_and_rows_equal_each_sighting_built_alone(settings: Settin
     assert len(got) == len(stored) == 41 and got.rows() == expected
     assert got.lat.tolist() == [r["lat"] for r in expected] and got.geohash == [r["geohash"] for r in expected]
     assert got.cols.read_id == [f"r{i}" for i in range(41)] and len(got.cols.sources) == 12
-    assert tuple(got.rows()[0]) == ROW_KEYS and got.json() == orjson.dumps(got.rows())  # the API's bytes
+    # what the API serves: the columns' JSON, byte for byte the rows'
+    assert tuple(got.rows()[0]) == ROW_KEYS and ROW_TEMPLATE.dumps_array(got.columns()) == orjson.dumps(got.rows())
     for agencies in ({AGENCIES[0]}, {AGENCIES[1]}, {AGENCIES[1], AGENCIES[2]}, set(), {"nobody"}, set(AGENCIES)):
         assert got.rows(agencies) == [r for r in expected if r["agency"] in agencies]
-        assert got.json(agencies) == orjson.dumps(got.rows(agencies))
+        assert ROW_TEMPLATE.dumps_array(got.columns(got.kept(agencies))) == orjson.dumps(got.rows(agencies))
     empty = trail_columns(client, settings, "NONE99", "US-CT")
     assert len(empty) == 0 and empty.rows() == [] and empty.rows({AGENCIES[0]}) == [] and empty.geohash == []
-    assert empty.json() == b"[]"
+    assert ROW_TEMPLATE.dumps_array(empty.columns()) == b"[]"
 
 
 def test_governed_sightings_of_many_vehicles_are_in_time_then_id_order_and_serialize_as_their_rows(
