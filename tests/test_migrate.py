@@ -38,6 +38,7 @@ from streams.store import (
     source_names,
     trail_key,
 )
+from tests.conftest import settings_env
 from tests.support import check_layout, dump_redis, pack_v5, pipeline_raws, store_reads
 
 pytestmark = pytest.mark.integration
@@ -188,13 +189,13 @@ def test_a_running_worker_or_a_foreign_layout_or_member_stops_it_before_any_chan
 
 
 def _cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, **extra: str) -> None:
-    """The environment of the command line: ``settings`` and ``extra``, and no other PLATESTREAM_ variable (the
-    test runner's own, say)."""
+    """This process's environment as ``settings_env`` makes a subprocess's, for ``main`` run in it."""
     import os
 
-    for k in [k for k in os.environ if k.startswith("PLATESTREAM_")]:
+    env = settings_env(settings, **extra)
+    for k in [k for k in os.environ if k not in env]:  # the test runner's own PLATESTREAM_ variables, say
         monkeypatch.delenv(k)
-    for k, v in {**settings.to_env(), **extra}.items():
+    for k, v in env.items():
         monkeypatch.setenv(k, v)
 
 
