@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from benchmarks.memory import sorted_set_anatomy
 from streams import stack
-from streams.access import KafkaAuditPublisher
+from streams.access import LoopAuditPublisher
 from streams.api import governed_response
 from streams.audit import AuditLog
 from streams.pipeline import META_OFFSET
@@ -598,18 +598,33 @@ def _lookups(c: redis.Redis, s: Settings) -> Iterator[tuple[Callable[[], Sized],
     returns, as the API does) and its JSON reply as the API serves it (no HTTP)."""
     policy = Policy.from_dict(_BENCH_POLICY)
     ctx = policy.context(_BENCH_TOKEN, "criminal_investigation", "benchmark")
-    publisher = KafkaAuditPublisher(s)
-    audit = AuditLog(c, b"benchmark-audit-key-0123", publisher)
+    with _api_publisher(s) as publisher:
+        audit = AuditLog(c, b"benchmark-audit-key-0123", publisher)
 
-    def api() -> GovernedResult:
-        result = governed_trail(c, s, policy, ctx, audit, "HEAVY1", "US-CT")
-        governed_response(result)
-        return result
+        def api() -> GovernedResult:
+            result = governed_trail(c, s, policy, ctx, audit, "HEAVY1", "US-CT")
+            governed_response(result)
+            return result
 
-    try:
         yield (lambda: trail(c, s, "HEAVY1", "US-CT"), lambda: trail_columns(c, s, "HEAVY1", "US-CT"), api)
+
+
+@contextlib.contextmanager
+def _api_publisher(s: Settings) -> Iterator[LoopAuditPublisher]:
+    """The API server's audit publisher, on an event loop in a thread of its own, as aiohttp's loop is to the
+    request threads."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="audit-loop", daemon=True)
+    thread.start()
+    publisher = LoopAuditPublisher(s)
+    try:
+        asyncio.run_coroutine_threadsafe(publisher.start(), loop).result(timeout=60)
+        yield publisher
     finally:
         publisher.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 Paced = tuple[list[list[float]], list[list[tuple[float, float]]]]

@@ -5,11 +5,15 @@ Used by the CLI (and by any API front end): nothing that reads sightings for a p
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import redis
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaProducer
 
 from streams import connect
@@ -17,6 +21,15 @@ from streams.audit import AuditLog
 from streams.policy import Policy, PolicyError, PolicyStore
 from streams.settings import Settings
 from streams.topics import ensure_topics
+
+PUBLISH_TIMEOUT_S = 30.0  # a record the broker has not acknowledged by then fails the query (fail closed)
+
+
+class AuditPublisher(Protocol):
+    """Sends one audit record to the audit topic and returns once the broker acknowledged it, else raises."""
+
+    def __call__(self, record: bytes) -> None: ...
+    def close(self) -> None: ...
 
 
 class KafkaAuditPublisher:
@@ -28,18 +41,66 @@ class KafkaAuditPublisher:
         self.producer = KafkaProducer(**connect.kafka(settings), acks="all", linger_ms=0)
 
     def __call__(self, record: bytes) -> None:
-        self.producer.send(self.topic, value=record, key=b"audit").get(timeout=30)
+        self.producer.send(self.topic, value=record, key=b"audit").get(timeout=PUBLISH_TIMEOUT_S)
 
     def close(self) -> None:
         self.producer.close()
 
 
+class LoopAuditPublisher:
+    """The API server's audit publisher: an aiokafka producer on the server's event loop, called from the request
+    threads; each call waits for the broker's ack (fail closed, as ``KafkaAuditPublisher``). A call hands over to
+    the loop once, where kafka-python's producer hands over to its sender thread and back: idle, p50 0.85 against
+    1.7 ms and p99 1.5 against 2.8 (README: the API's answer)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic_audit
+        self._producer: AIOKafkaProducer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+
+    async def start(self) -> None:
+        """Create the audit topic if needed and connect; on the loop that will carry the records."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, ensure_topics, self.settings)
+        producer = AIOKafkaProducer(**connect.kafka(self.settings), acks="all", linger_ms=0)
+        await producer.start()
+        self._producer, self._loop, self._loop_thread = producer, loop, threading.get_ident()
+
+    def __call__(self, record: bytes) -> None:
+        producer, loop = self._producer, self._loop
+        if producer is None or loop is None:
+            raise RuntimeError("the audit publisher is not started")
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("the audit publisher was called on its own event loop, which would wait for itself")
+        fut = asyncio.run_coroutine_threadsafe(producer.send_and_wait(self.topic, record, key=b"audit"), loop)
+        try:
+            fut.result(timeout=PUBLISH_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    def close(self) -> None:
+        """``stop`` from another thread (``Access.close``), while the loop still runs."""
+        if self._producer is not None and self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(timeout=PUBLISH_TIMEOUT_S)
+
+
 class Access:
-    def __init__(self, settings: Settings, client: redis.Redis | None = None, publish: bool = True) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None, publish: bool = True,
+                 publisher: AuditPublisher | None = None) -> None:
+        """``publisher`` sends the audit records to Kafka (default: ``KafkaAuditPublisher``; none if not
+        ``publish``)."""
         self.settings = settings
         self.client = client or connect.redis_client(settings)
         self.store = PolicyStore(settings.policy_path) if settings.policy_path else None
-        self.publisher = KafkaAuditPublisher(settings) if publish else None
+        self.publisher: AuditPublisher | None = publisher or (KafkaAuditPublisher(settings) if publish else None)
         self.audit = AuditLog(self.client, settings.audit_key, self.publisher)
 
     def policy(self) -> Policy:

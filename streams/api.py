@@ -2,8 +2,9 @@
 
 Every request carries ``Authorization: Bearer <token>``; queries also carry a purpose and a case number.
 Errors are JSON ``{"error": {"code", "message", "rule"}}`` with a stable code. The OpenAPI description is
-served at ``/openapi.json``. Blocking Redis/Kafka calls run in a thread pool, one request at a time per
-worker thread; the audit record is written before any result leaves the server.
+served at ``/openapi.json``. Blocking Redis calls run in a thread pool, one request at a time per worker thread;
+the audit record is written, and acknowledged by Kafka (sent from the event loop: ``LoopAuditPublisher``), before
+any result leaves the server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from streams import sharing
-from streams.access import Access
+from streams.access import Access, LoopAuditPublisher
 from streams.audit import AuditError
 from streams.export import FORMATS, render
 from streams.policy import PURPOSES, Context, Policy, PolicyError
@@ -152,8 +153,15 @@ def openapi() -> dict[str, Any]:
 
 
 def make_app(settings: Settings, access: Access | None = None) -> web.Application:
-    acc = access or Access(settings)
     app = web.Application()
+    if access is None:
+        # the audit copy goes out from this server's own event loop (LoopAuditPublisher), connected before the
+        # first request
+        publisher = LoopAuditPublisher(settings)
+        acc = Access(settings, publisher=publisher)
+        app.on_startup.append(lambda _: publisher.start())
+    else:
+        acc = access
 
     async def blocking(fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn)

@@ -22,7 +22,7 @@ from streams.settings import Settings
 from streams.stack import free_port
 from tests.conftest import settings_env, wait_for
 from tests.governance import TOKENS, policy_doc, with_tokens
-from tests.support import store_reads
+from tests.support import read_topic, store_reads
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +153,10 @@ def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> N
     searches = [r for r in audit.records() if r["action"] == "query.plate_search"]
     assert [(r["user"], r["decision"], r["result_count"]) for r in searches] == [
         ("alice", "partial", 4), ("alice", "refused", 0), ("fred", "partial", 0)]
+    # every record reached the audit topic too, sent from the server's event loop (LoopAuditPublisher)
+    published = sorted((json.loads(r.value) for r in read_topic(settings, settings.topic_audit)),
+                       key=lambda r: r["seq"])
+    assert published == list(audit.records()) and len(published) >= 13
     assert "API" not in json.dumps(searches)
     assert "API123" not in json.dumps(trails)  # the audit names the vehicle by its pseudonym only
     # the server's own log (access log at INFO) names paths, never plates or tokens
