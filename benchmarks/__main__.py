@@ -89,7 +89,30 @@ def machine() -> dict[str, Any]:
             "orjson": orjson.__version__, "faust_streaming": faust.__version__, "aiokafka": aiokafka.__version__,
             "redis_py": redis.__version__, "kafka_broker": stack.KAFKA_VERSION,
             "redis_server": version([shutil.which("redis-server") or "redis-server", "--version"]),
-            "java": version(["java", "-version"]) or "?", "code": code_version()}
+            "java": version(["java", "-version"]) or "?", "code": code_version(), "speed": machine_speed()}
+
+
+def python_steps(n: int) -> int:
+    """The pure-Python reference loop of ``machine_speed``: the sum of i*i below ``n``, one step at a time."""
+    acc = 0
+    for i in range(n):
+        acc += i * i
+    return acc
+
+
+def machine_speed(repeats: int = 5) -> str:
+    """How fast this machine runs code that is not platestream's, so that reports of different days or machines
+    can be told apart: the same, unchanged kernels ran a third slower on some days here than on others
+    (benchmarks/HISTORY.md, round 20). Best of ``repeats``: a pure-Python loop (the worker's time is mostly the
+    interpreter's) and a 256 MiB memory copy."""
+    import numpy as np
+
+    n = 2_000_000
+    loop = kernels.best_of(lambda: python_steps(n), repeats)
+    src = np.ones(32 << 20, dtype=np.int64)
+    dst = np.empty_like(src)
+    copy = kernels.best_of(lambda: np.copyto(dst, src), repeats)
+    return f"python loop {n / loop / 1e6:.1f} M steps/s, memory copy {src.nbytes / copy / 1e9:.1f} GB/s"
 
 
 def code_version() -> str:

@@ -11,7 +11,8 @@ from streams.kernels.dedup import DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_into
 
 
-def _best_of(fn: Any, repeat: int = 5) -> float:
+def best_of(fn: Any, repeat: int = 5) -> float:
+    """Seconds of the fastest of ``repeat`` calls of ``fn``."""
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
@@ -26,10 +27,10 @@ def geohash_points_per_s(n: int = 20_000_000) -> dict[str, float]:
     lon = rng.uniform(-180, 180, n)
     out = np.empty(n, dtype=np.uint64)
     geo52_into(lat, lon, out)  # compile, and touch every page of the output once
-    seconds = _best_of(lambda: geo52_into(lat, lon, out))
-    alloc = _best_of(lambda: geo52(lat, lon), 3)
+    seconds = best_of(lambda: geo52_into(lat, lon, out))
+    alloc = best_of(lambda: geo52(lat, lon), 3)
     # baseline in the same run: NumPy doing only the quantization of one axis (no clamp, no interleave)
-    base = _best_of(lambda: (((lat + 85.05112878) / 170.10225756) * 67108864.0).astype(np.uint32), 3)
+    base = best_of(lambda: (((lat + 85.05112878) / 170.10225756) * 67108864.0).astype(np.uint32), 3)
     return {"geohash_points_per_s": n / seconds, "geohash_with_fresh_output_points_per_s": n / alloc,
             "geohash_numpy_one_axis_points_per_s": n / base}
 
@@ -69,7 +70,7 @@ def dedup_reads_per_s(n: int = 3_000_000, batch: int = 20_000) -> dict[str, floa
         return st
 
     run()  # compile + warm
-    seconds = _best_of(run, 3)
+    seconds = best_of(run, 3)
     st = run()
     alive = int(st.pool["alive"][: st.n_used].sum())
     pool_bytes = sum(a.nbytes for a in st.pool.values()) + st.nxt.nbytes + st.row.nbytes

@@ -144,3 +144,16 @@ def test_set_slice_and_autogroup_nice_reach_every_thread_and_are_undone() -> Non
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_machine_speed_reference_times_the_work_it_names() -> None:
+    """Every report's machine line carries a speed reference of code that is not platestream's; its loop
+    computes what it says (the closed form of the sum of squares) and both rates come out finite and positive."""
+    import re
+
+    from benchmarks.__main__ import machine_speed, python_steps
+
+    n = 100_003
+    assert python_steps(n) == (n - 1) * n * (2 * n - 1) // 6
+    m = re.fullmatch(r"python loop ([\d.]+) M steps/s, memory copy ([\d.]+) GB/s", machine_speed(repeats=1))
+    assert m is not None and float(m[1]) > 0 and float(m[2]) > 0
