@@ -359,7 +359,8 @@ PRIORITIES = ("off", "on", "slice", "weight")  # of the lookup path in ``trail_u
 
 
 def set_realtime(pid: int, priority: int) -> None:
-    """SCHED_FIFO at ``priority`` (0: back to normal scheduling) for every thread of ``pid``.
+    """SCHED_FIFO at ``priority`` (0: back to normal scheduling) for every thread ``pid`` has now (threads and
+    children it starts later get normal scheduling: SCHED_RESET_ON_FORK).
 
     Raises ``PermissionError`` without CAP_SYS_NICE (root, or ``setcap cap_sys_nice``)."""
     policy = (os.SCHED_FIFO | os.SCHED_RESET_ON_FORK) if priority else os.SCHED_OTHER
@@ -468,15 +469,18 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         # shared with the load)
         ctx = multiprocessing.get_context("spawn")
         results: Any = ctx.Queue()
-        flag = ctx.Event()
-        proc = ctx.Process(target=_query_loop, args=(s, flag, results))
+        flag, ready = ctx.Event(), ctx.Event()
+        proc = ctx.Process(target=_query_loop, args=(s, flag, ready, results))
         proc.start()
         assert proc.pid is not None
+        if not ready.wait(120):
+            raise RuntimeError("the lookup process did not warm up in 120 s")
+        # set now, on every thread it has (a thread started later would not have real-time priority:
+        # SCHED_RESET_ON_FORK), and after its setsid (its own autogroup)
         if priority == "on":
             set_realtime(info.redis_pid, REDIS_RT_PRIORITY)
-            set_realtime(proc.pid, LOOKUP_RT_PRIORITY)  # threads it starts later inherit it
-        time.sleep(2.0)  # let it import and warm up
-        if priority in ("slice", "weight"):  # (after the lookup process's setsid: its own autogroup)
+            set_realtime(proc.pid, LOOKUP_RT_PRIORITY)
+        if priority in ("slice", "weight"):
             for pid in (info.redis_pid, proc.pid):
                 set_slice(pid, SHORT_SLICE_NS)
                 if priority == "weight":
@@ -663,7 +667,7 @@ def _schedstat(fd: int) -> tuple[int, int, int]:
     return int(run), int(wait), int(slices)
 
 
-def _query_loop(s: Settings, flag: Any, results: Any) -> None:
+def _query_loop(s: Settings, flag: Any, ready: Any, results: Any) -> None:
     # a session of its own, as an analyst's API server is a service of its own: not in the benchmark driver's
     # scheduling group (Linux autogroup), whose producer stands in for the cameras (columns p99 under 50k reads/s
     # by default 7.7-8.9 -> 6.3-7.3 ms in three alternating rounds; no change with real-time priority)
@@ -672,6 +676,7 @@ def _query_loop(s: Settings, flag: Any, results: Any) -> None:
         for _ in range(20):  # warm-up, not measured
             for lookup in lookups:
                 lookup()
+        ready.set()  # every thread started (the audit publisher's loop): the driver sets priorities now
         results.put(_paced(lookups, None, flag))  # rows, columns, API: taking turns, under the same load
 
 
