@@ -474,6 +474,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         proc.start()
         assert proc.pid is not None
         if not ready.wait(120):
+            proc.kill()  # (a non-daemon child left running would hold the benchmark's exit)
             raise RuntimeError("the lookup process did not warm up in 120 s")
         # set now, on every thread it has (a thread started later would not have real-time priority:
         # SCHED_RESET_ON_FORK), and after its setsid (its own autogroup)
