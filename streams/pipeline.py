@@ -283,6 +283,7 @@ class PartitionPipeline:
         # the batch's ZADDs (they commute: every entry names its sighting), so a lookup between the chunks of
         # a chunked write (store.plan_batch) sees a revised sighting's old entry or both, never neither
         removals: list[tuple[Any, ...]] = []
+        area_removals: list[tuple[str, bytes]] = []
         for k in np.flatnonzero(was_written):
             i = int(touched[k])
             old = self._entry_from_snapshot(i, snap[k], float(snap_conf[k]), bool(hit_before[k]))
@@ -291,8 +292,8 @@ class PartitionPipeline:
                 continue
             out.sightings_retracted += 1
             sid = int(p["sid"][i])
-            removals += [("ZREM", old[0], old[1]), ("ZREM", old[2], old[3]),
-                         ("HDEL", self.ck_key, struct.pack("<Q", sid))]
+            removals += [("ZREM", old[0], old[1]), ("HDEL", self.ck_key, struct.pack("<Q", sid))]
+            area_removals.append(old[2:4])
             survivor = self.state.survivor(i)
             # the read that merged it away is the survivor's latest: its offset versions the retraction
             retraction = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{sid:016x}",
@@ -308,6 +309,7 @@ class PartitionPipeline:
         live = touched[alive]
         if not live.shape[0]:
             out.redis.extend(removals)
+            out.redis.extend(("ZREM", *entry) for entry in area_removals)
             return
         read_ids, regions, agencies = batch.read_id, batch.region, batch.agency
         best_seqs = p["best_seq"][live].tolist()
@@ -392,7 +394,7 @@ class PartitionPipeline:
                 if prev[:2] != (trail_keys[row], members[row]):
                     removals.append(("ZREM", prev[0], prev[1]))
                 if prev[2:4] != (cell_keys[row], area_members[row]):
-                    removals.append(("ZREM", prev[2], prev[3]))
+                    area_removals.append(prev[2:4])
         out.redis.extend(zip(repeat("ZADD"), pick(trail_keys), repeat(0), pick(members)))  # time leads the member
         # one ZADD per area cell and time bucket (a batch's sightings share few): far fewer commands for
         # Redis to run
@@ -415,6 +417,11 @@ class PartitionPipeline:
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
         out.redis.extend(removals)
+        if area_removals:
+            # two sightings of one vehicle first seen in one cell at one millisecond share an area entry 1 time
+            # in 256 (``store.area_entry``): one that this batch writes stays, whoever's old entry it also was
+            added = {(key, member) for key, entries in by_cell.items() for member in entries[1::2]}
+            out.redis.extend(("ZREM", *entry) for entry in area_removals if entry not in added)
 
     def _evict(self, out: BatchResult) -> None:
         st = self.state

@@ -19,7 +19,7 @@ from streams.directory import collect
 from streams.kernels.geohash import geo52_decode, geohash_str
 from streams.policy import Policy
 from streams.settings import Settings
-from streams.store import area_entry, read_trail, require_layout
+from streams.store import Sighting, area_entry, read_trail, require_layout
 
 
 def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
@@ -36,6 +36,20 @@ def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
     return out
 
 
+def _area_entries_only_of(older: list[Sighting], gone: list[bool], vid: bytes,
+                          settings: Settings) -> set[tuple[str, bytes]]:
+    """The area index entries of the expired sightings (``gone``) that no kept one shares: two sightings of one
+    vehicle first seen in one cell at one millisecond share an entry 1 time in 256 (``store.area_entry``),
+    and a kept sighting's entry must stay (say two agencies' cameras over one road, with different limits)."""
+    same_ms = {s.ts for s, g in zip(older, gone, strict=True) if g}
+    rows = [(s, g) for s, g in zip(older, gone, strict=True) if s.ts in same_ms]  # all that may share one
+    lat, lon = geo52_decode(np.array([s.geo52 for s, _ in rows], dtype=np.uint64))
+    cells = geohash_str(lat, lon, settings.cell_precision)
+    entries = [(area_entry(cell.tobytes().decode(), vid, s.sighting_id, s.ts, settings.cell_bucket_ms), g)
+               for (s, g), cell in zip(rows, cells, strict=True)]
+    return {e for e, g in entries if g} - {e for e, g in entries if not g}
+
+
 def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) -> Counter[str]:
     """One pass over every trail, then over the plate directory; returns sightings removed per agency.
 
@@ -50,15 +64,14 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
     newest_cutoff = max(limit.values(), default=0)
     for key in client.scan_iter(match="ps:t:*", count=1000) if limit else ():
         vid = bytes.fromhex(key.decode().split("{", 1)[1].rstrip("}"))
-        expired = [s for s in read_trail(client, key, "-inf", newest_cutoff - 1)
-                   if (cut := limit.get((s.agency, s.hit))) is not None and s.ts < cut]
+        older = read_trail(client, key, "-inf", newest_cutoff - 1)
+        expiring = [(cut := limit.get((s.agency, s.hit))) is not None and s.ts < cut for s in older]
+        expired = [s for s, g in zip(older, expiring, strict=True) if g]
         if not expired:
             continue
-        lat, lon = geo52_decode(np.array([s.geo52 for s in expired], dtype=np.uint64))
-        cells = geohash_str(lat, lon, settings.cell_precision)
         with client.pipeline(transaction=False) as pipe:
-            for s, cell in zip(expired, cells, strict=True):
-                pipe.zrem(*area_entry(cell.tobytes().decode(), vid, s.sighting_id, s.ts, settings.cell_bucket_ms))
+            for entry in _area_entries_only_of(older, expiring, vid, settings):
+                pipe.zrem(*entry)
             pipe.execute()
         with client.pipeline(transaction=False) as pipe:
             for s in expired:

@@ -76,7 +76,9 @@ UNRESOLVED = ("", "")  # (camera, agency) of a code not (yet) in SOURCES_KEY: no
 # instead of the 5 of a 24-bit integer. Then the vehicle (12 bytes) and the sighting id's low byte, which tells
 # one vehicle's sightings apart should two start in one cell at the same millisecond (two cameras over one road;
 # a clash, 1 in 256 of those, shares one entry: a search still finds both, since it joins on the trail's entries
-# at that time, and removing one sighting's entry removes the other's too).
+# at that time). Retention removes a shared entry with the last sighting that has it, and a batch never removes
+# an entry it writes (a merge's survivor can take over the absorbed sighting's). Left: a sighting whose first
+# time or cell changes in a later batch removes its old entry even if another, untouched sighting shares it.
 VEHICLE_BYTES = 12
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import random
 import signal
@@ -33,6 +34,7 @@ from streams.store import (
     apply_cluster_sync,
     checkpoint_key,
     pack_string,
+    sighting_ids,
     source_code,
     vehicle_id,
 )
@@ -194,6 +196,18 @@ def store_reads(s: Settings, client: redis.Redis, reads: list[dict[str, Any]]) -
         assert apply_cluster_sync(client, pipe.ck_key, None, result.next_offset, result.redis)
     else:
         assert apply_batch_sync(client, pipe.ck_key, None, result.redis)
+
+
+def area_clash(s: Settings) -> Settings:
+    """``s`` with a reads topic where the sightings opened at offsets 0 and 1 of partition 0 have ids with
+    the same low byte: two sightings of one vehicle first seen in one cell at one millisecond then share an
+    area index entry (``store.area_entry``), which happens 1 time in 256 by chance."""
+    for n in range(100_000):
+        topic = f"{s.topic_reads}.clash{n}"
+        first, second = sighting_ids(topic, 0, [0, 1])
+        if first & 0xFF == second & 0xFF:
+            return dataclasses.replace(s, topic_reads=topic)
+    raise AssertionError("no clash in 100,000 topics (expected one in 256)")
 
 
 def dump_redis(client: redis.Redis, skip: tuple[bytes, ...] = ()) -> dict[bytes, object]:

@@ -14,7 +14,7 @@ from streams.pipeline import PartitionPipeline
 from streams.records import Raw
 from streams.settings import Settings
 from streams.store import apply_batch_sync
-from tests.support import dump_redis, pipeline_raws
+from tests.support import area_clash, dump_redis, pipeline_raws
 
 pytestmark = pytest.mark.integration
 
@@ -227,6 +227,37 @@ def test_a_merge_keeps_the_best_read_of_the_absorbed_sighting_across_batches(set
         ("upsert", "best", "b-pd", 3), ("upsert", "best", "b-pd", 4)]
     [sighting] = read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "7ABC123")))
     assert (sighting.read_id, sighting.agency, sighting.reads, sighting.ts) == ("best", "b-pd", 4, t0)
+
+
+def test_a_merge_into_an_entry_the_absorbed_sighting_shared_keeps_it(settings: Settings) -> None:
+    """The survivor of a merge can take over the absorbed sighting's first capture time: when their ids also
+    have the same low byte (1 in 256), its new area entry is the absorbed one's old entry, which the batch
+    must not remove after writing it."""
+    from streams.store import area_entry, read_trail, sighting_id, trail_key, vehicle_id
+
+    s = area_clash(settings)
+    client = redis.Redis.from_url(s.redis_url)
+    client.flushdb()
+    t0 = 1_700_000_000_000
+    w = s.dedup_window_ms
+
+    def raw(offset: int, dt: int) -> Raw:
+        doc = {"read_id": f"r{offset}", "camera_id": "cam-1", "agency": "a-pd", "plate": "7ABC123",
+               "region": "US-CT", "ts": t0 + dt, "lat": 41.7, "lon": -72.7, "confidence": 0.5}
+        return Raw(s.topic_reads, 0, offset, None, None, orjson.dumps(doc))
+
+    pipe = PartitionPipeline(s, s.topic_reads, 0)
+    # offset 0 opens the later sighting, offset 1 an earlier one; the bridge merges them into offset 0's (the
+    # first to arrive survives), which now starts at offset 1's time
+    for batch in ([raw(0, w + w // 2), raw(1, 0)], [raw(2, (w + w // 2) // 2)]):
+        expected = pipe.next_offset
+        _apply(client, pipe, expected, pipe.process_raw(batch).redis)
+    vid = vehicle_id(s.hash_key, "US-CT", "7ABC123")
+    [sighting] = read_trail(client, trail_key(vid))
+    assert (sighting.sighting_id, sighting.ts, sighting.reads) == (sighting_id(s.topic_reads, 0, 0), t0, 3)
+    [cell] = client.scan_iter(match="ps:c:*")
+    key, member = area_entry(cell.decode()[6:].split(":")[0], vid, sighting.sighting_id, t0, s.cell_bucket_ms)
+    assert (cell.decode(), client.zrange(cell, 0, -1)) == (key, [member])
 
 
 def test_state_bytes_accounts_for_the_dedup_state_tracemalloc_sees() -> None:

@@ -5,25 +5,29 @@ from __future__ import annotations
 import pytest
 import redis
 
+from streams.audit import AuditLog
 from streams.policy import DAY_MS
-from streams.query import trail
+from streams.query import area_search, trail
 from streams.retention import sweep
 from streams.settings import Settings
-from tests.governance import policy
-from tests.support import store_reads
+from tests.governance import TOKENS, policy
+from tests.support import area_clash, store_reads
 
 pytestmark = pytest.mark.integration
 NOW = 1_800_000_000_000
 
 
+def _read(agency: str, age_days: int, ms: int = 0) -> dict[str, object]:
+    return {"read_id": f"{agency}-{age_days}", "camera_id": f"cam-{agency}", "agency": agency, "plate": "RET123",
+            "region": "US-CT", "ts": NOW - age_days * DAY_MS - ms, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+
+
 def _store(settings: Settings, client: redis.Redis) -> None:
-    reads = []
-    for agency in ("hartford-pd", "westport-pd", "nypd"):  # limits: 7 days, 30 days, none
-        for age_days in (1, 10, 40):
-            reads.append({"read_id": f"{agency}-{age_days}", "camera_id": f"cam-{agency}", "agency": agency,
-                          "plate": "RET123", "region": "US-CT", "ts": NOW - age_days * DAY_MS, "lat": 41.7,
-                          "lon": -72.7, "confidence": 0.9})
-    store_reads(settings, client, reads)
+    # limits: 7 days, 30 days, none; the agencies' reads are a millisecond apart, so each sighting has its own
+    # area index entry (a shared one: the test after this one)
+    store_reads(settings, client, [_read(agency, age_days, ms)
+                                   for ms, agency in enumerate(("hartford-pd", "westport-pd", "nypd"))
+                                   for age_days in (1, 10, 40)])
 
 
 def _left(settings: Settings, client: redis.Redis) -> set[str]:
@@ -51,3 +55,29 @@ def test_each_agency_keeps_exactly_what_its_limit_allows(settings: Settings) -> 
     assert dict(removed) == {"hartford-pd": 1, "westport-pd": 1}
     assert _left(settings, client) == {"westport-pd-1", "nypd-1", "nypd-10", "nypd-40"}
     assert _cell_members(client) == 4
+
+
+def test_an_area_entry_two_agencies_share_stays_as_long_as_one_keeps_its_sighting(settings: Settings) -> None:
+    # two agencies' cameras over one road read the car at the same millisecond, and the sightings' ids have
+    # the same low byte (chosen here; 1 in 256 by chance): both sightings have one area index entry
+    s = area_clash(settings)
+    client = redis.Redis.from_url(s.redis_url)
+    store_reads(s, client, [_read("hartford-pd", 10), _read("westport-pd", 10)])
+    assert _left(s, client) == {"hartford-pd-10", "westport-pd-10"}
+    assert _cell_members(client) == 1
+    p = policy()
+    walt = p.context(TOKENS["walt"], "criminal_investigation", "W-1")
+    audit = AuditLog(client, b"audit-test-key-0123456789")
+
+    def found() -> list[str]:
+        return [r["read_id"] for r in area_search(client, s, p, walt, audit, 41.7, -72.7, 100, NOW - 11 * DAY_MS,
+                                                  NOW).rows]
+
+    assert found() == ["westport-pd-10"]
+    assert dict(sweep(client, s, p, NOW)) == {"hartford-pd": 1}  # past Hartford's 7 days, within Westport's 30
+    assert _left(s, client) == {"westport-pd-10"}
+    assert _cell_members(client) == 1
+    assert found() == ["westport-pd-10"]  # the entry stayed: Westport's sighting is still found in the area
+    assert dict(sweep(client, s, p, NOW + 25 * DAY_MS)) == {"westport-pd": 1}
+    assert _cell_members(client) == 0
+    assert found() == []
