@@ -20,7 +20,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -358,14 +358,30 @@ REDIS_RT_PRIORITY, LOOKUP_RT_PRIORITY = 20, 10
 PRIORITIES = ("off", "on", "slice", "weight")  # of the lookup path in ``trail_under_ingest``
 
 
+def each_thread(tids: Iterable[int], apply: Callable[[int], None]) -> list[int]:
+    """``apply`` to each thread; one that exited since it was listed is skipped (``ProcessLookupError``: a
+    process's threads come and go while it is being set). Returns the threads it was applied to."""
+    done = []
+    for tid in tids:
+        try:
+            apply(tid)
+        except ProcessLookupError:
+            continue
+        done.append(tid)
+    return done
+
+
+def threads(pid: int) -> list[int]:
+    return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
 def set_realtime(pid: int, priority: int) -> None:
     """SCHED_FIFO at ``priority`` (0: back to normal scheduling) for every thread ``pid`` has now (threads and
     children it starts later get normal scheduling: SCHED_RESET_ON_FORK).
 
     Raises ``PermissionError`` without CAP_SYS_NICE (root, or ``setcap cap_sys_nice``)."""
     policy = (os.SCHED_FIFO | os.SCHED_RESET_ON_FORK) if priority else os.SCHED_OTHER
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setscheduler(int(tid), policy, os.sched_param(priority))
+    each_thread(threads(pid), lambda tid: os.sched_setscheduler(tid, policy, os.sched_param(priority)))
 
 
 # The shortest slice Linux's EEVDF scheduler grants a normal (SCHED_OTHER) task (``trail_under_ingest(priority=
@@ -386,15 +402,21 @@ def set_slice(pid: int, ns: int) -> None:
     """Normal scheduling with an EEVDF slice of ``ns`` (0: the default) for every thread of ``pid``.
 
     Linux 6.12 and later; raises ``OSError`` where the kernel or the architecture has no such setting."""
+    each_thread(threads(pid), lambda tid: set_thread_slice(tid, ns))
+
+
+def set_thread_slice(tid: int, ns: int) -> None:
+    """``set_slice`` of one thread (``ProcessLookupError`` if it has exited)."""
     call = _SCHED_SETATTR.get(platform.machine())
     if call is None:
         raise OSError(errno.ENOSYS, f"sched_setattr: unknown on {platform.machine()}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), policy=os.SCHED_OTHER, runtime=ns)
-        if libc.syscall(call, int(tid), ctypes.byref(attr), 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"sched_setattr({tid}): {os.strerror(err)}")
+    attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), policy=os.SCHED_OTHER, runtime=ns)
+    if _LIBC.syscall(call, tid, ctypes.byref(attr), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sched_setattr({tid}): {os.strerror(err)}")  # (ESRCH makes a ProcessLookupError)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 # Nice of the autogroups of Redis and the lookup process in ``trail_under_ingest(priority="weight")``: Linux

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from benchmarks.__main__ import sampled_profile
 from benchmarks.e2e import ROOT, summarize_samples
 
@@ -37,8 +40,6 @@ def test_report_section_says_why_when_not_sampled() -> None:
 
 
 def test_the_report_names_the_commit_it_measured() -> None:
-    import re
-
     from benchmarks.__main__ import code_version
 
     assert re.fullmatch(r"[0-9a-f]{7,40}( \+ changes)?", code_version())
@@ -108,20 +109,57 @@ def test_only_the_benchmarks_topics_are_cleaned_from_the_local_stack() -> None:
     assert run_topics(names, "demo") == names[7:9]
 
 
+def _slice_ns(pid: int, tid: int) -> int:
+    """A thread's EEVDF slice, as the kernel shows it."""
+    found = re.search(r"se\.slice\s+:\s+(\d+)", Path(f"/proc/{pid}/task/{tid}/sched").read_text())
+    assert found is not None
+    return int(found[1])
+
+
+def test_a_thread_that_exited_after_it_was_listed_is_skipped() -> None:
+    """Setting a priority walks a process's threads as listed a moment before: one that exits meanwhile (a real
+    exited thread's id here) is skipped, for ``sched_setscheduler`` and ``sched_setattr`` alike, and the
+    others are still set."""
+    import os
+    import threading
+
+    from benchmarks.e2e import SHORT_SLICE_NS, each_thread, set_thread_slice, threads
+
+    gone = threading.Thread(target=lambda: None)
+    gone.start()
+    gone.join()
+    assert gone.native_id is not None and gone.native_id not in threads(os.getpid())
+    stay = threading.Event()
+    live = threading.Thread(target=stay.wait, daemon=True)
+    live.start()
+    try:
+        assert live.native_id is not None
+        nice = [gone.native_id, live.native_id]
+        assert each_thread(nice, lambda t: os.sched_setscheduler(t, os.SCHED_BATCH, os.sched_param(0))) == [
+            live.native_id]
+        assert os.sched_getscheduler(live.native_id) == os.SCHED_BATCH
+        assert each_thread(nice, lambda t: os.sched_setscheduler(t, os.SCHED_OTHER, os.sched_param(0))) == [
+            live.native_id]
+        assert os.sched_getscheduler(live.native_id) == os.SCHED_OTHER
+        assert each_thread(nice, lambda t: set_thread_slice(t, SHORT_SLICE_NS)) == [live.native_id]
+        assert _slice_ns(os.getpid(), live.native_id) == SHORT_SLICE_NS
+        assert each_thread(nice, lambda t: set_thread_slice(t, 0)) == [live.native_id]
+        assert _slice_ns(os.getpid(), live.native_id) != SHORT_SLICE_NS
+    finally:
+        stay.set()
+
+
 def test_set_slice_and_autogroup_nice_reach_every_thread_and_are_undone() -> None:
     """The ``slice`` and ``weight`` modes of the trail benchmark: each thread's EEVDF slice (read back from
     /proc/<tid>/sched) and the session's autogroup nice, set and then back to the defaults."""
     import os
-    import re
     import subprocess
     import sys
-    from pathlib import Path
 
     from benchmarks.e2e import SHORT_SLICE_NS, set_autogroup_nice, set_slice
 
     def slices(pid: int) -> list[int]:
-        return [int(re.search(r"se\.slice\s+:\s+(\d+)", Path(f"/proc/{pid}/task/{t}/sched").read_text())[1])
-                for t in sorted(os.listdir(f"/proc/{pid}/task"))]
+        return [_slice_ns(pid, int(t)) for t in sorted(os.listdir(f"/proc/{pid}/task"))]
 
     code = ("import os, sys, threading, time\nos.setsid()\n"
             "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
@@ -151,8 +189,6 @@ def test_set_slice_and_autogroup_nice_reach_every_thread_and_are_undone() -> Non
 def test_machine_speed_reference_times_the_work_it_names() -> None:
     """Every report's machine line carries a speed reference of code that is not platestream's; its loop
     computes what it says (the closed form of the sum of squares) and both rates come out finite and positive."""
-    import re
-
     from benchmarks.__main__ import machine_speed, python_steps
 
     n = 100_003
