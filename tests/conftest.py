@@ -16,9 +16,16 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from streams import stack
 from streams.settings import Settings
+
+# Property tests judge results, not time: on a 2-core runner that also carries the broker, one slow example (a
+# first call that compiles a Numba kernel, a collection, the broker's burst) must not fail the suite as Hypothesis's
+# 200 ms deadline would. Tests that set their own settings keep them.
+hypothesis_settings.register_profile("platestream", deadline=None)
+hypothesis_settings.load_profile("platestream")
 
 
 @pytest.fixture(scope="session")
