@@ -85,6 +85,19 @@ def test_realtime_priority_reaches_every_thread_and_not_forked_children() -> Non
         proc.wait()
 
 
+def test_the_median_run_is_the_conservative_middle() -> None:
+    """The report's figure of several runs (throughput, trail p99): the median run; of an even number, the lower
+    throughput or the higher time."""
+    from benchmarks.__main__ import median_run
+
+    runs = [{"x": 3.0, "run": "a"}, {"x": 1.0, "run": "b"}, {"x": 2.0, "run": "c"}]
+    assert median_run(runs, "x")["run"] == median_run(runs, "x", higher_is_better=False)["run"] == "c"
+    runs.append({"x": 4.0, "run": "d"})
+    assert median_run(runs, "x")["run"] == "c"
+    assert median_run(runs, "x", higher_is_better=False)["run"] == "a"
+    assert median_run([{"e2e_reads_per_s": 5.0, "run": "e"}])["run"] == "e"
+
+
 def test_a_goal_row_judges_each_form_it_was_measured_in() -> None:
     from benchmarks.__main__ import goal_row
 
