@@ -353,15 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     # priority, batches written in 400-argument chunks: README, trail lookups under ingest), taking turns; a
     # single run's p99 swung from 11 to 19 ms within one day, so the median run of each is reported, as above
     trail_msgs = msgs[: 50_000 * (5 if args.quick else 20)]
-    first = e2e.realtime_permitted()
-    if not first:
+    realtime = e2e.realtime_permitted()
+    if not realtime:
         results["notes"].append("trail lookups at real-time priority not measured: no CAP_SYS_NICE")
     trails: list[dict[str, Any]] = []
     prios: list[dict[str, Any]] = []
     for i in range(n_runs):
         e2e.log(f"trail lookups while ingesting 50k reads/s (run {i + 1}/{n_runs})")
         trails.append(e2e.trail_under_ingest(info, trail_msgs, 50_000, log_dir))
-        if first:
+        if realtime:
             e2e.log(f"trail lookups while ingesting 50k reads/s, lookup path at real-time priority (run {i + 1}/"
                     f"{n_runs})")
             prio = e2e.trail_under_ingest(info, trail_msgs, 50_000, log_dir, chunk_args=400, priority="on")
