@@ -53,7 +53,7 @@ def test_realtime_priority_reaches_every_thread_and_not_forked_children() -> Non
     import subprocess
     import sys
 
-    from benchmarks.e2e import realtime_permitted, set_realtime
+    from benchmarks.e2e import realtime_permitted, set_realtime, threads
 
     assert realtime_permitted()
     code = ("import os, sys, threading, time\n"
@@ -68,7 +68,7 @@ def test_realtime_priority_reaches_every_thread_and_not_forked_children() -> Non
     try:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline() == "up\n"
-        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        tids = threads(proc.pid)
         assert len(tids) == 2
         set_realtime(proc.pid, 10)
         fifo = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
@@ -170,14 +170,13 @@ def test_a_thread_that_exited_after_it_was_listed_is_skipped() -> None:
 def test_set_slice_and_autogroup_nice_reach_every_thread_and_are_undone() -> None:
     """The ``slice`` and ``weight`` modes of the trail benchmark: each thread's EEVDF slice (read back from
     /proc/<tid>/sched) and the session's autogroup nice, set and then back to the defaults."""
-    import os
     import subprocess
     import sys
 
-    from benchmarks.e2e import SHORT_SLICE_NS, set_autogroup_nice, set_slice
+    from benchmarks.e2e import SHORT_SLICE_NS, set_autogroup_nice, set_slice, threads
 
     def slices(pid: int) -> list[int]:
-        return [_slice_ns(pid, int(t)) for t in sorted(os.listdir(f"/proc/{pid}/task"))]
+        return [_slice_ns(pid, t) for t in sorted(threads(pid))]
 
     code = ("import os, sys, threading, time\nos.setsid()\n"
             "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
