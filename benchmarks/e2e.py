@@ -528,6 +528,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         while processed(s, client) < before + len(messages) and time.monotonic() < deadline:
             time.sleep(0.01)
         consumed = (processed(s, client) - before) / (time.monotonic() - t0)
+        written = worker.metrics()
     finally:
         stop.set()
         if priority == "on":
@@ -570,7 +571,10 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             "trail_ingest_rate_achieved": achieved, "trail_ingest_stored_per_s": consumed,
             "trail_priority": priority,
             "trail_idle_p50_ms": float(np.median(idle)), "trail_idle_redis_reply_p50_ms": float(np.median(raw)),
-            "trail_ingest_batch_scripts": calls, "trail_ingest_batch_script_ms_avg": usec / max(calls, 1) / 1000}
+            "trail_ingest_batch_scripts": calls, "trail_ingest_batch_script_ms_avg": usec / max(calls, 1) / 1000,
+            # partition batches the worker wrote whole and in chunks (PLATESTREAM_REDIS_CHUNK_WHEN), whole run
+            "trail_ingest_redis_batches_whole": int(written.get("redis_batches_whole", 0)),
+            "trail_ingest_redis_batches_chunked": int(written.get("redis_batches_chunked", 0))}
 
 
 def _slowest(prefix: str, times: NDArray[np.float64], cpu: list[tuple[float, float]],

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 DEV_HASH_KEY = "platestream-dev-key-not-secret"
 DEV_AUDIT_KEY = "platestream-dev-audit-key-not-secret"
 MIN_CHUNK_ARGS = 16  # a chunk must hold a command's name, key and some of its arguments
+CHUNK_WHEN = ("caught-up", "always")
 
 # name -> (default, meaning). Defaults of None mean "taken from the local stack file".
 ENV_VARS: dict[str, tuple[str | None, str]] = {
@@ -50,9 +51,13 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_TOPIC_AUDIT": ("plates.audit", "output: the audit log's records"),
     "PLATESTREAM_POLICY": ("", "path of the policy file (YAML/JSON); queries are refused without one"),
     "PLATESTREAM_AUDIT_KEY": (DEV_AUDIT_KEY, "secret of the audit chain's HMAC"),
-    "PLATESTREAM_REDIS_CHUNK_ARGS": ("0", "a batch's Redis write runs as scripts of at most this many command "
-                                          "arguments, two at a time, so lookups wait behind at most two "
-                                          "(0: one script per batch; chunks cost throughput, see README)"),
+    "PLATESTREAM_REDIS_CHUNK_ARGS": ("400", "a batch's Redis write runs as scripts of at most this many command "
+                                            "arguments, two at a time, so lookups wait behind at most two (0: one "
+                                            "script per batch; chunks cost throughput, see README)"),
+    "PLATESTREAM_REDIS_CHUNK_WHEN": ("caught-up", "which batches PLATESTREAM_REDIS_CHUNK_ARGS chunks: caught-up = only "
+                                                  "a batch that leaves its partition at most one poll behind the "
+                                                  "log's end (catching up, batches are written whole, at full "
+                                                  "throughput); always = every batch"),
     "PLATESTREAM_RETENTION_INTERVAL_S": ("60", "how often the worker runs the retention sweeper"),
     "PLATESTREAM_STOP_TIMEOUT_S": ("35", "after SIGTERM/SIGINT the worker exits within this many seconds, "
                                          "graceful or not (the batch in flight gets up to 30 of them)"),
@@ -120,7 +125,8 @@ class Settings:
     redis_cert_file: str = ""
     redis_key_file: str = ""
     redis_cluster: bool = False
-    redis_chunk_args: int = 0
+    redis_chunk_args: int = 400
+    redis_chunk_when: str = "caught-up"  # one of CHUNK_WHEN
     crash_after: tuple[str, int, str] | None = None  # (step, batch number, "exit" or "stop")
 
     @property
@@ -212,6 +218,7 @@ class Settings:
             previous_hash_key=previous.encode(),
             redis_cluster=integer("PLATESTREAM_REDIS_CLUSTER", 0, 1) == 1,
             redis_chunk_args=integer("PLATESTREAM_REDIS_CHUNK_ARGS", 0, 1_000_000),
+            redis_chunk_when=str(raw("PLATESTREAM_REDIS_CHUNK_WHEN")),
             crash_after=_crash_after(str(raw("PLATESTREAM_CRASH_AFTER") or "")),
             **security,
         )
@@ -220,6 +227,9 @@ class Settings:
         if 0 < settings.redis_chunk_args < MIN_CHUNK_ARGS:
             raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_ARGS={settings.redis_chunk_args} is below {MIN_CHUNK_ARGS} "
                                 "(0 turns chunking off)")
+        if settings.redis_chunk_when not in CHUNK_WHEN:
+            raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_WHEN={settings.redis_chunk_when!r}: one of "
+                                f"{', '.join(CHUNK_WHEN)}")
         if settings.hash_key == DEV_HASH_KEY.encode():
             log.warning("PLATESTREAM_HASH_KEY is the public development key; set a secret in production")
         if settings.policy_path is not None and settings.audit_key == DEV_AUDIT_KEY.encode():
@@ -252,6 +262,7 @@ class Settings:
             **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},
             "PLATESTREAM_REDIS_CLUSTER": "1" if self.redis_cluster else "0",
             "PLATESTREAM_REDIS_CHUNK_ARGS": str(self.redis_chunk_args),
+            "PLATESTREAM_REDIS_CHUNK_WHEN": self.redis_chunk_when,
             "PLATESTREAM_CRASH_AFTER": ":".join(map(str, self.crash_after)) if self.crash_after else "",
         }
         env.update(extra)

@@ -31,6 +31,7 @@ import threading
 import time
 import typing
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -81,8 +82,10 @@ log = logging.getLogger("platestream.worker")
 REDIS_WRITE_TIMEOUT_S = 120.0
 # The Redis thread sends a chunked batch's scripts a few at a time (store.apply_batches) and needs the GIL
 # for a moment between two; with CPython's default 5 ms switch interval it waited that long for the batch
-# computation to let go, and Redis ran out of chunks
+# computation to let go, and Redis ran out of chunks. Only while chunks are written: the extra GIL handoffs
+# cost a worker that writes whole batches ~8% (three alternating runs, benchmarks.chunks)
 SWITCH_INTERVAL_S = 0.0002
+DEFAULT_SWITCH_INTERVAL_S = sys.getswitchinterval()
 GC_YOUNG_THRESHOLD = 50_000
 SENDER_TURNS = 4  # event-loop iterations from send_batch to the produce request on the wire (see handle)
 
@@ -209,8 +212,6 @@ class BatchRunner:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
-        if s.redis_chunk_args:
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.consumer.subscribe([s.topic_reads], listener=_Rebalance(self))
 
     async def stop(self) -> None:
@@ -327,8 +328,13 @@ class BatchRunner:
                 for _ in range(SENDER_TURNS):
                     await asyncio.sleep(0)
                 if not self.s.redis_cluster:  # (the cluster path splits them by node first)
-                    self._flight.writes = [plan_batch(pipe.ck_key, expected, r.next_offset, r.redis,
-                                                      self.s.redis_chunk_args) for _, pipe, expected, r in work]
+                    chunk_args = self._chunk_args()
+                    sys.setswitchinterval(SWITCH_INTERVAL_S if chunk_args else DEFAULT_SWITCH_INTERVAL_S)
+                    self._flight.writes = [plan_batch(pipe.ck_key, expected, r.next_offset, r.redis, chunk_args)
+                                           for _, pipe, expected, r in work]
+                    chunked = sum(1 for w in self._flight.writes if w.rest)
+                    self.metrics["redis_batches_chunked"] += chunked
+                    self.metrics["redis_batches_whole"] += len(work) - chunked
                     for _, _, _, r in work:
                         r.redis = []
         self.metrics["stage_us.wait.sink.deduped"] += int((t1 - t0) * 1e6)
@@ -336,6 +342,16 @@ class BatchRunner:
         self.metrics["stage_us.wait.sink.redis"] += int((t3 - t2) * 1e6)
         self.metrics["batches"] += 1
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
+
+    def _chunk_args(self) -> int:
+        """``PLATESTREAM_REDIS_CHUNK_ARGS`` for the batches just processed, or 0 (one script each) if they are to
+        be written whole: by default chunks go only to a worker that keeps up (``caught_up``)."""
+        args = self.s.redis_chunk_args
+        if not args or self.s.redis_chunk_when == "always":
+            return args
+        assert self.consumer is not None
+        ends = [(self.consumer.highwater(tp), pipe.next_offset) for tp, pipe in self.pipelines.items()]
+        return args if caught_up(ends, self.s.batch_max_records) else 0
 
     def _decode(self, batches: dict[TopicPartition, list[Any]]) -> list[tuple[TopicPartition, PartitionPipeline,
                                                                              int | None, Decoded]]:
@@ -492,6 +508,21 @@ class BatchRunner:
             self.pipelines.pop(tp, None)
             await self.load([tp])
         return fenced
+
+
+def caught_up(ends: Iterable[tuple[int | None, int | None]], max_records: int) -> bool:
+    """Whether a worker whose partitions are at these (log end as of the last fetch, next offset to process)
+    is at most one poll (``max_records``) behind on all of them together; a partition not fetched or not
+    processed yet (None) is not known to be.
+
+    Chunked writes shorten how long a lookup waits behind a batch but cost the worker throughput (README); a
+    worker that keeps up has throughput to spare, one that catches up has none, so only the first chunks."""
+    lag = 0
+    for highwater, next_offset in ends:
+        if highwater is None or next_offset is None:
+            return False
+        lag += max(highwater - next_offset, 0)
+    return lag <= max_records
 
 
 def _rss_bytes() -> int:

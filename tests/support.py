@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,11 @@ class Worker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> dict[str, Any]:
+        """The worker's ``/metrics`` (its web server is up once it consumes)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
+            return dict(orjson.loads(resp.read()))
 
 
 def checkpoint_offsets(s: Settings, client: redis.Redis, partitions: int = 64) -> dict[int, int]:

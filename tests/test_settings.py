@@ -16,6 +16,8 @@ def test_defaults() -> None:
     s = Settings.from_env(BASE)
     assert (s.dedup_window_ms, s.allowed_lateness_ms, s.topic_reads) == (10_000, 900_000, "plates.reads")
     assert s.redacted()["hash_key"] == "***"
+    # lookups wait behind short chunks of a batch's Redis write, but only while the worker keeps up
+    assert (s.redis_chunk_args, s.redis_chunk_when) == (400, "caught-up")
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -38,6 +40,7 @@ def test_defaults() -> None:
     ("PLATESTREAM_STOP_TIMEOUT_S", "nan", "outside"),
     ("PLATESTREAM_REDIS_CHUNK_ARGS", "8", "below 16"),
     ("PLATESTREAM_REDIS_CHUNK_ARGS", "-1", "outside"),
+    ("PLATESTREAM_REDIS_CHUNK_WHEN", "sometimes", "one of caught-up, always"),
 ])
 def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import signal
 import time
 from pathlib import Path
@@ -205,3 +206,32 @@ def test_a_redis_that_lost_a_partitions_data_is_refilled_from_the_start_of_the_t
         second.stop()
     acc = verify_against_truth(s, traffic)
     assert acc.wrong == [] and acc.lost == 0 and acc.stored == len(traffic.truth)
+
+
+def test_a_worker_writes_whole_batches_while_it_catches_up_and_chunks_once_it_keeps_up(settings: Settings,
+                                                                                       tmp_path: Path) -> None:
+    """Chunked Redis writes shorten the lookups' wait behind a batch but cost throughput, so by default
+    (PLATESTREAM_REDIS_CHUNK_WHEN=caught-up) only a worker within one poll of the log's end writes them: a backlog
+    goes to Redis in whole batches, live traffic in chunks, and what is stored is exact either way."""
+    s = dataclasses.replace(settings, batch_max_records=200, redis_chunk_args=16)  # every batch has > 16 arguments
+    traffic = generate(seed=5, vehicles=300, hours=2)
+    live = 400
+    backlog, tail = traffic.messages[:-live], traffic.messages[-live:]
+    ensure_topics(s)
+    send_all(s, s.topic_reads, backlog)
+    worker = Worker(s, tmp_path)
+    try:
+        wait_caught_up(s, worker, timeout=120)
+        caught = worker.metrics()
+        for lo in range(0, live, 50):  # the worker keeps up with these
+            send_all(s, s.topic_reads, tail[lo : lo + 50])
+            wait_caught_up(s, worker, timeout=60)
+        done = worker.metrics()
+    finally:
+        worker.stop()
+    # a poll takes at most 200 records, and every one that left more than 200 of the backlog unread went whole
+    assert caught["redis_batches_whole"] >= (len(backlog) - 2 * 200) // 200
+    assert done["redis_batches_whole"] == caught["redis_batches_whole"]
+    assert done["redis_batches_chunked"] >= caught["redis_batches_chunked"] + live // 50
+    acc = verify_against_truth(s, traffic)
+    assert acc.wrong == [] and (acc.lost, acc.duplicated) == (0, 0) and acc.stored == len(traffic.truth)
