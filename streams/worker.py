@@ -11,7 +11,9 @@ Per batch, in this order (crash anywhere and a restart converges to the same Red
    (at-least-once).
 2. ``sink.redis``: per partition, one atomic server-side script with every sighting change and the
    partition's checkpoint (its open dedup sessions and next offset), fenced on the checkpoint's offset so a
-   zombie worker that lost its partitions cannot overwrite newer state (effectively-once).
+   zombie worker that lost its partitions cannot overwrite newer state (effectively-once). A worker that
+   keeps up writes it as short chunks instead, all-or-nothing on restart (``store.plan_batch``), so lookups
+   do not wait behind a whole batch; one that catches up writes whole batches, at full throughput.
 3. Kafka offset commit (only after Redis acknowledged; Redis's checkpoint is authoritative on restart).
 
 Two batches overlap: while Redis runs batch N's scripts (sent from a thread), the event loop's thread
@@ -82,8 +84,8 @@ log = logging.getLogger("platestream.worker")
 REDIS_WRITE_TIMEOUT_S = 120.0
 # The Redis thread sends a chunked batch's scripts a few at a time (store.apply_batches) and needs the GIL
 # for a moment between two; with CPython's default 5 ms switch interval it waited that long for the batch
-# computation to let go, and Redis ran out of chunks. Only while chunks are written: the extra GIL handoffs
-# cost a worker that writes whole batches ~8% (three alternating runs, benchmarks.chunks)
+# computation to let go, and Redis ran out of chunks. Only for polls written in chunks: set for good, a worker
+# writing whole batches measured 1-8% slower (benchmarks/HISTORY.md, round 22)
 SWITCH_INTERVAL_S = 0.0002
 DEFAULT_SWITCH_INTERVAL_S = sys.getswitchinterval()
 GC_YOUNG_THRESHOLD = 50_000
