@@ -10,7 +10,6 @@ import signal
 import struct
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from benchmarks.e2e import RunningWorker
 from streams.connect import kafka, redis_client
 from streams.directory import directory_key, open_entry
 from streams.pipeline import META_OFFSET, BatchResult, PartitionPipeline
@@ -75,8 +75,7 @@ class Worker:
 
     def metrics(self) -> dict[str, Any]:
         """The worker's ``/metrics`` (its web server is up once it consumes)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
-            return dict(orjson.loads(resp.read()))
+        return RunningWorker(self.proc, self.port).metrics()
 
 
 def checkpoint_offsets(s: Settings, client: redis.Redis, partitions: int = 64) -> dict[int, int]:

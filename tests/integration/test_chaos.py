@@ -33,8 +33,9 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
-# small batches, each written to Redis in several chunks (store.plan_batch)
-SMALL = {"PLATESTREAM_BATCH_MAX_RECORDS": "200", "PLATESTREAM_REDIS_CHUNK_ARGS": "64"}
+# small batches, each written to Redis in several chunks (store.plan_batch), also while the worker catches up
+SMALL = {"PLATESTREAM_BATCH_MAX_RECORDS": "200", "PLATESTREAM_REDIS_CHUNK_ARGS": "64",
+         "PLATESTREAM_REDIS_CHUNK_WHEN": "always"}
 
 
 def _exact(settings: Settings, traffic: object) -> dict[str, int]:
