@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in values:
             chunk_args, _, when = v.partition(":")
             e2e.log(f"round {i + 1}/{args.rounds}: PLATESTREAM_REDIS_CHUNK_ARGS={v}")
-            run = dataclasses.replace(s, redis_chunk_args=int(chunk_args), redis_chunk_when=when or "caught-up")
+            run = dataclasses.replace(s, redis_chunk_args=int(chunk_args), redis_chunk_when=when or s.redis_chunk_when)
             r = e2e.exact_run(run, traffic, log_dir, name=f"chunks {v.replace(':', '-')}")
             runs[v].append(r["e2e_reads_per_s"])
             m = r["worker_metrics"]
