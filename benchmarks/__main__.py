@@ -242,6 +242,10 @@ def memory_anatomy(results: dict[str, Any]) -> list[str]:
                 "number of keys; a batch that needs more stops, grows them and resumes.", "",
                 "| part | bytes per key |", "|---|---:|"]
         out += [f"| {name} | {fmt(v)} |" for name, v in parts]
+        if results.get("directory_seal_cache_bytes_at_peak") is not None:
+            out += ["", "Not counted: the plate directory's values of recent vehicles, remembered by vehicle id "
+                    f"(a bound of 65,536 vehicles, not per key): {fmt(results['directory_seal_cache_bytes_at_peak'])} "
+                    "bytes at the peak."]
     rows = []
     for kind in ("trails", "area_index"):
         cols = [results.get(f"redis_entry_{kind}_{p}") for p in

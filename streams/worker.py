@@ -51,6 +51,7 @@ from numpy.typing import NDArray
 from redis.exceptions import RedisError
 
 from streams import connect, fetch, names
+from streams.directory import shared_sealer
 from streams.hotlist import HOTLIST_KEY, Entry
 from streams.pipeline import (
     NO_HOTLIST,
@@ -653,6 +654,8 @@ def make_app(settings: Settings) -> faust.App:
                                        for p in runner.pipelines.values())
         m["dedup_pool_slots"] = sum(p.state.n_used for p in runner.pipelines.values())
         m["dedup_state_bytes"] = sum(p.state_bytes() for p in runner.pipelines.values())
+        sealer = shared_sealer(settings.hash_key)
+        m["directory_seal_cache_hits"], m["directory_seal_cache_misses"] = sealer.hits, sealer.misses
         m["rss_bytes"] = _rss_bytes()
         m.update(runner.latency.percentiles())
         if request.query.get("reset_latency"):

@@ -6,7 +6,8 @@ import orjson
 import pytest
 import redis
 
-from streams.directory import collect, directory_key, entries, open_entry, seal
+import streams.directory
+from streams.directory import Sealer, collect, directory_key, entries, open_entry, seal
 from streams.pipeline import PartitionPipeline
 from streams.policy import DAY_MS
 from streams.records import Raw
@@ -17,6 +18,33 @@ from tests.governance import policy
 from tests.support import store_reads
 
 KEY, OLD = b"directory-test-key-0123", b"directory-old-key-0123"
+
+
+def test_sealer_returns_seal_and_remembers_at_most_two_generations(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+
+    def counted(hash_key: bytes, vehicle: bytes, region: str, plate: str) -> bytes:
+        calls.append(vehicle)
+        return seal(hash_key, vehicle, region, plate)
+
+    monkeypatch.setattr(streams.directory, "seal", counted)
+    plates = [f"7AB{i:04d}" for i in range(5)]
+    vids = [vehicle_id(KEY, "US-CT", p) for p in plates]
+    sealer = Sealer(KEY, capacity=2)
+    assert [sealer(v, "US-CT", p) for v, p in zip(vids, plates, strict=True)] == [
+        seal(KEY, v, "US-CT", p) for v, p in zip(vids, plates, strict=True)]
+    assert (sealer.hits, sealer.misses, len(calls)) == (0, 5, 5)
+    assert len(sealer) <= 4  # generations of at most 2: {v2, v3} then {v4}
+    assert sealer(vids[3], "US-CT", plates[3]) == seal(KEY, vids[3], "US-CT", plates[3])  # the older generation
+    assert sealer(vids[4], "US-CT", plates[4]) == seal(KEY, vids[4], "US-CT", plates[4])  # the newer one
+    assert (sealer.hits, len(calls)) == (2, 5)
+    sealer(vids[0], "US-CT", plates[0])  # dropped with its generation: sealed again
+    assert (sealer.misses, calls[-1]) == (6, vids[0])
+    for i in range(100):
+        sealer(vehicle_id(KEY, "US-CT", f"9ZZ{i:04d}"), "US-CT", f"9ZZ{i:04d}")
+    assert len(sealer) <= 4
+    with pytest.raises(ValueError):
+        Sealer(KEY, capacity=0)
 
 
 def test_seal_is_deterministic_and_opens_only_with_its_key_and_vehicle() -> None:

@@ -37,6 +37,17 @@ def test_strings_of_every_length_the_schema_allows_round_trip() -> None:
     assert unpack_strings(b"hdr" + pack_strings(*values), 3, len(values)) == values
 
 
+def test_pack_string_many_packs_each_value_as_pack_string_does() -> None:
+    from streams.store import pack_string, pack_string_many
+
+    short = ["", "x", "AB-123", "\u00e9\u00e9", "a" * 254]
+    assert pack_string_many(short) == [pack_string(v) for v in short]
+    mixed = [*short, "b" * 255, "\U0001F600" * 64]  # one long value: three length bytes for it only
+    assert pack_string_many(mixed) == [pack_string(v) for v in mixed]
+    assert pack_string_many(mixed)[-1][:3] == b"\xff\x00\x01"
+    assert pack_string_many([]) == []
+
+
 def test_vehicle_id_depends_on_key_region_and_plate() -> None:
     a = vehicle_id(b"k" * 16, "US-CT", "7ABC123")
     assert a == vehicle_id(b"k" * 16, "US-CT", "7ABC123")
