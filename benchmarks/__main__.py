@@ -23,6 +23,7 @@ from typing import Any
 from benchmarks import e2e, kernels
 from benchmarks.memory import dedup_state_bytes_per_key
 from streams import stack
+from streams.directory import SEALER_GENERATION
 from streams.simulate import generate
 
 GOALS: dict[str, tuple[str, float, str]] = {
@@ -244,8 +245,8 @@ def memory_anatomy(results: dict[str, Any]) -> list[str]:
         out += [f"| {name} | {fmt(v)} |" for name, v in parts]
         if results.get("directory_seal_cache_bytes_at_peak") is not None:
             out += ["", "Not counted: the plate directory's values of recent vehicles, remembered by vehicle id "
-                    f"(a bound of 65,536 vehicles, not per key): {fmt(results['directory_seal_cache_bytes_at_peak'])} "
-                    "bytes at the peak."]
+                    f"(a bound of {2 * SEALER_GENERATION:,} vehicles, not per key): "
+                    f"{fmt(results['directory_seal_cache_bytes_at_peak'])} bytes at the peak."]
     rows = []
     for kind in ("trails", "area_index"):
         cols = [results.get(f"redis_entry_{kind}_{p}") for p in

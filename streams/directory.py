@@ -34,6 +34,7 @@ _INFO = b"platestream plate directory v1"
 
 
 _KEYS = [f"ps:pd:{{{b:02x}}}" for b in range(256)]
+SEALER_GENERATION = 1 << 15  # vehicles per generation of a ``Sealer``
 
 
 def directory_key(vehicle: bytes) -> str:
@@ -62,7 +63,7 @@ class Sealer:
     keyed hash of region and plate, so it names one value.
     """
 
-    def __init__(self, hash_key: bytes, capacity: int = 1 << 15) -> None:
+    def __init__(self, hash_key: bytes, capacity: int = SEALER_GENERATION) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.hash_key, self.capacity = hash_key, capacity
