@@ -323,7 +323,7 @@ def pack_string_many(values: Sequence[str]) -> list[bytes]:
 
 def pack_strings(*values: str) -> bytes:
     """The variable part of members and checkpoints: ``pack_string`` of each value, concatenated."""
-    return b"".join(map(pack_string, values))
+    return b"".join(pack_string_many(values))
 
 
 def unpack_strings(buf: bytes, pos: int, count: int) -> list[str]:
