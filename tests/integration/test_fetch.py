@@ -1,5 +1,6 @@
-"""Raw-record polling (``streams.fetch``) against the real broker: same records as aiokafka's own path,
-aborted transactions still skipped, other consumers untouched."""
+"""Raw-record polling (``streams.fetch``) against the real broker: same records and positions as aiokafka's own
+path in polls of any size and from inside a record batch, aborted transactions still skipped, other consumers
+untouched."""
 
 from __future__ import annotations
 
@@ -77,3 +78,86 @@ def test_raw_records_are_the_records_aiokafka_would_return(settings: Settings) -
     assert a.timestamps[:4] == [1_700_000_000_000 + i for i in range(4)]
     assert a.offsets[:4] == [0, 1, 2, 3] and a.offsets[4] > 6
     assert a[2] == b[2] and a[2].value is None and a[2].topic == settings.topic_reads
+
+
+async def _produce_batches(s: Settings) -> list[int]:
+    """Record batches of 5 and 3 records, an aborted transaction, a committed one, then a batch of 4: the
+    offsets of the batches' first records (a batch is one producer batch, so polls cross batch ends)."""
+    plain = AIOKafkaProducer(**connect.kafka(s), acks="all")
+    await plain.start()
+    firsts = []
+
+    async def batch(values: list[bytes]) -> None:
+        b = plain.create_batch()
+        for v in values:
+            assert b.append(key=v[:2], value=v, timestamp=None) is not None
+        meta = await (await plain.send_batch(b, s.topic_reads, partition=0))
+        firsts.append(meta.offset)
+
+    try:
+        await batch([b"a%d" % i for i in range(5)])
+        await batch([b"b%d" % i for i in range(3)])
+        tx = AIOKafkaProducer(**connect.kafka(s), transactional_id=f"{s.group}-tx2")
+        await tx.start()
+        try:
+            await tx.begin_transaction()
+            await tx.send_and_wait(s.topic_reads, b"aborted", partition=0)
+            await tx.abort_transaction()
+            async with tx.transaction():
+                await tx.send_and_wait(s.topic_reads, b"committed", partition=0)
+        finally:
+            await tx.stop()
+        await batch([b"c%d" % i for i in range(4)])
+    finally:
+        await plain.stop()
+    return firsts
+
+
+async def _poll_in_steps(s: Settings, start: int, max_records: int | None, one_by_one: bool = False,
+                         **kw: Any) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """(offset, key, value) of every record from ``start`` on, and the consumer's position after each poll."""
+    tp = TopicPartition(s.topic_reads, 0)
+    consumer = AIOKafkaConsumer(**connect.kafka(s), enable_auto_commit=False, isolation_level="read_committed",
+                                **kw)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        records: list[tuple[Any, ...]] = []
+        positions: list[int] = []
+        for _ in range(200):
+            if one_by_one:
+                got = [await asyncio.wait_for(consumer.getone(), 5)]
+            else:
+                got = (await consumer.getmany(tp, timeout_ms=500, max_records=max_records)).get(tp, [])
+            if max_records is not None:
+                assert len(got) <= max_records
+            records.extend((r.offset, r.key, r.value) for r in got)
+            if got:
+                positions.append(await consumer.position(tp))
+            if records and records[-1][2] == b"c3":
+                break
+        return records, positions
+    finally:
+        await consumer.stop()
+
+
+def test_raw_records_in_polls_of_any_size_and_from_inside_a_batch(settings: Settings) -> None:
+    ensure_topics(settings)
+    first = asyncio.run(_produce_batches(settings))
+    assert first[:2] == [0, 5]  # batches at 0-4 and 5-7 (the transactions follow)
+    fetch.install()
+    expected, _ = asyncio.run(_poll_in_steps(settings, 0, None))  # aiokafka's own path
+    values = [v for _, _, v in expected]
+    assert values == [b"a0", b"a1", b"a2", b"a3", b"a4", b"b0", b"b1", b"b2", b"committed", b"c0", b"c1", b"c2",
+                      b"c3"]
+    for start in (0, 2, 6):  # from the first record, and from inside each of the two first batches
+        want = [r for r in expected if r[0] >= start]
+        for max_records in (1, 2, 3, 7, None):
+            plain = asyncio.run(_poll_in_steps(settings, start, max_records))
+            raw = asyncio.run(_poll_in_steps(settings, start, max_records, value_deserializer=fetch.raw_records))
+            assert raw[0] == plain[0] == want, (start, max_records)
+            # the same position after every poll (the next fetch starts where the last record taken ends)
+            assert raw[1] == plain[1], (start, max_records)
+        one = asyncio.run(_poll_in_steps(settings, start, None, one_by_one=True, value_deserializer=fetch.raw_records))
+        assert one[0] == want
