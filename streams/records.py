@@ -143,21 +143,29 @@ class Raw:
 
 class Polled(Sequence[Raw]):
     """One partition's poll as columns (``streams.fetch``): the batch path reads ``values`` and ``offsets``
-    directly; indexing builds a ``Raw`` for the rare record-at-a-time paths (dead letters)."""
+    directly; a record's key and timestamp are read only by the rare record-at-a-time paths (dead letters),
+    which index it to get a ``Raw``."""
 
-    __slots__ = ("keys", "offsets", "partition", "timestamps", "topic", "values")
+    __slots__ = ("offsets", "partition", "records", "topic", "values")
 
-    def __init__(self, topic: str, partition: int, offsets: list[int], timestamps: list[int | None],
-                 keys: list[bytes | None], values: list[bytes | None]) -> None:
-        self.topic, self.partition = topic, partition
-        self.offsets, self.timestamps, self.keys, self.values = offsets, timestamps, keys, values
+    def __init__(self, topic: str, partition: int, records: Sequence[Any], offsets: list[int],
+                 values: list[bytes | None]) -> None:
+        self.topic, self.partition, self.records = topic, partition, records
+        self.offsets, self.values = offsets, values
 
     @classmethod
     def of(cls, topic: str, partition: int, records: Sequence[Any]) -> Polled:
         """Columns of records with ``offset``, ``timestamp``, ``key`` and ``value`` (aiokafka's raw records
         or ``ConsumerRecord``s)."""
-        return cls(topic, partition, [r.offset for r in records], [r.timestamp for r in records],
-                   [r.key for r in records], [r.value for r in records])
+        return cls(topic, partition, records, [r.offset for r in records], [r.value for r in records])
+
+    @property
+    def keys(self) -> list[bytes | None]:
+        return [r.key for r in self.records]
+
+    @property
+    def timestamps(self) -> list[int | None]:
+        return [r.timestamp for r in self.records]
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -168,9 +176,9 @@ class Polled(Sequence[Raw]):
     def __getitem__(self, i: slice) -> Polled: ...
     def __getitem__(self, i: int | slice) -> Raw | Polled:
         if isinstance(i, slice):
-            return Polled(self.topic, self.partition, self.offsets[i], self.timestamps[i], self.keys[i],
-                          self.values[i])
-        return Raw(self.topic, self.partition, self.offsets[i], self.timestamps[i], self.keys[i], self.values[i])
+            return Polled(self.topic, self.partition, self.records[i], self.offsets[i], self.values[i])
+        r = self.records[i]
+        return Raw(self.topic, self.partition, self.offsets[i], r.timestamp, r.key, self.values[i])
 
 
 @dataclass(slots=True)

@@ -187,6 +187,8 @@ def test_polled_columns_index_and_slice_as_records() -> None:
     records = [Raw("plates.reads", 3, 40 + i, 1000 + i, b"k%d" % i if i % 2 else None, b"v%d" % i) for i in range(5)]
     polled = Polled.of("plates.reads", 3, records)
     assert len(polled) == 5 and list(polled) == records
+    assert polled.offsets == [40, 41, 42, 43, 44] and polled.timestamps == [1000, 1001, 1002, 1003, 1004]
+    assert polled.keys == [None, b"k1", None, b"k3", None] and polled.values == [b"v%d" % i for i in range(5)]
     assert polled[-1] == records[-1] and polled[0] == records[0]
     part = polled[1:4]
     assert isinstance(part, Polled) and list(part) == records[1:4] and part.values == [b"v1", b"v2", b"v3"]
