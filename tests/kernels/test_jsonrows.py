@@ -80,3 +80,7 @@ def test_assemble_refuses_bounds_it_would_read_past() -> None:
         assemble(lits, bounds, values, np.array([[0]], np.int64), np.array([[3]], np.int64))
     with pytest.raises(ValueError, match="literal"):
         assemble(lits, np.array([0, 1, 2, 2], np.int64), values, np.array([[0]], np.int64), np.array([[2]], np.int64))
+    with pytest.raises(ValueError, match="a literal's bounds"):
+        assemble(lits, np.array([0, 2, 1], np.int64), values, np.array([[0]], np.int64), np.array([[2]], np.int64))
+    with pytest.raises(ValueError, match="a literal's bounds"):
+        assemble(lits, np.array([-1, 1, 2], np.int64), values, np.array([[0]], np.int64), np.array([[2]], np.int64))
