@@ -29,12 +29,17 @@ async def _produce(s: Settings) -> None:
                                       timestamp_ms=1_700_000_000_000 + i)
     finally:
         await plain.stop()
-    tx = AIOKafkaProducer(**connect.kafka(s), transactional_id=f"{s.group}-tx")
+    await _transactions(s, "tx", [b"aborted-1", b"aborted-2"])
+
+
+async def _transactions(s: Settings, name: str, aborted: list[bytes]) -> None:
+    """A transaction of ``aborted`` that is aborted, then one of b"committed" that commits (partition 0)."""
+    tx = AIOKafkaProducer(**connect.kafka(s), transactional_id=f"{s.group}-{name}")
     await tx.start()
     try:
         await tx.begin_transaction()
-        await tx.send_and_wait(s.topic_reads, b"aborted-1", partition=0)
-        await tx.send_and_wait(s.topic_reads, b"aborted-2", partition=0)
+        for value in aborted:
+            await tx.send_and_wait(s.topic_reads, value, partition=0)
         await tx.abort_transaction()
         async with tx.transaction():
             await tx.send_and_wait(s.topic_reads, b"committed", partition=0)
@@ -97,16 +102,7 @@ async def _produce_batches(s: Settings) -> list[int]:
     try:
         await batch([b"a%d" % i for i in range(5)])
         await batch([b"b%d" % i for i in range(3)])
-        tx = AIOKafkaProducer(**connect.kafka(s), transactional_id=f"{s.group}-tx2")
-        await tx.start()
-        try:
-            await tx.begin_transaction()
-            await tx.send_and_wait(s.topic_reads, b"aborted", partition=0)
-            await tx.abort_transaction()
-            async with tx.transaction():
-                await tx.send_and_wait(s.topic_reads, b"committed", partition=0)
-        finally:
-            await tx.stop()
+        await _transactions(s, "tx2", [b"aborted"])
         await batch([b"c%d" % i for i in range(4)])
     finally:
         await plain.stop()
