@@ -734,7 +734,7 @@ def apply_batches(client: redis.Redis, batches: Sequence[BatchWrite],
     return applied
 
 
-CHUNKS_IN_FLIGHT = 2  # Redis runs one chunk while the next is on its way; a lookup waits behind at most two
+CHUNKS_IN_FLIGHT = 2  # Redis runs one later chunk while the next is on its way; a lookup waits behind two
 
 
 def _run_chunks(client: redis.Redis, chunks: Sequence[tuple[str, str, int, bytes]]) -> None:
