@@ -78,24 +78,22 @@ class _PartitionRecords(fetcher.PartitionRecords):
         """Up to ``limit`` records (all if None), and whether none is left after them."""
         out: list[Any] = []
         while limit is None or len(out) < limit:
-            if self._at == len(self._batch):
-                if self._batch:
-                    # past a batch's last record: its end (v2 batches keep it even if compaction dropped records)
-                    self.next_fetch_offset = self._batch_end
-                    self._batch, self._at = [], 0
-                if not self._next_batch():
-                    return out, True
+            if not self._batch and not self._next_batch():
+                return out, True
             n = len(self._batch) - self._at
             if limit is not None:
                 n = min(n, limit - len(out))
-            # a whole batch is handed over as its list (``_batch`` is replaced, never changed, after this)
             piece = self._batch if n == len(self._batch) else self._batch[self._at : self._at + n]
             if out:
                 out.extend(piece)
             else:
-                out = piece
+                out = piece  # (a whole batch's own list: it is let go of below)
             self._at += n
             self.next_fetch_offset = piece[-1].offset + 1
+            if self._at == len(self._batch):
+                # past its last record: the batch's end (v2 batches keep it even if compaction dropped records)
+                self.next_fetch_offset = self._batch_end
+                self._batch, self._at = [], 0
         return out, False
 
     def _unpack_records(self) -> Iterator[Any]:
