@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import gc
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ from streams import connect, fetch
 from streams.records import Polled
 from streams.settings import Settings
 from streams.simulate import generate
-from streams.worker import GC_YOUNG_THRESHOLD
+from streams.worker import FETCH_SETTINGS, settle_gc
 
 PATHS = ("aiokafka", "platestream")
 
@@ -41,8 +40,7 @@ async def consume(s: Settings, total: int, path: str, stall_s: float = 30.0) -> 
     raw = {"value_deserializer": fetch.raw_records} if path == "platestream" else {}
     consumer = AIOKafkaConsumer(
         s.topic_reads, **connect.kafka(s), group_id=f"{e2e.BENCH}-fetch-{uuid.uuid4().hex[:6]}",
-        enable_auto_commit=False, auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-        fetch_max_bytes=64 << 20, isolation_level="read_committed", **raw)
+        enable_auto_commit=False, auto_offset_reset="earliest", **FETCH_SETTINGS, **raw)
     await consumer.start()
     try:
         first = await consumer.getmany(timeout_ms=30_000, max_records=1)
@@ -77,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     s = e2e.prefilled(info, traffic.messages, db=12)
     del traffic
     fetch.install()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+    settle_gc()
     runs: dict[str, list[tuple[float, float]]] = {p: [] for p in PATHS}
     t0 = time.monotonic()
     for i in range(args.rounds):

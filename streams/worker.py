@@ -90,6 +90,19 @@ REDIS_WRITE_TIMEOUT_S = 120.0
 SWITCH_INTERVAL_S = 0.0002
 DEFAULT_SWITCH_INTERVAL_S = sys.getswitchinterval()
 GC_YOUNG_THRESHOLD = 50_000
+# How the worker's consumer fetches (also ``benchmarks.fetch``'s): large fetches, committed reads only
+FETCH_SETTINGS: dict[str, Any] = {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 64 << 20,
+                                  "isolation_level": "read_committed"}
+
+
+def settle_gc() -> None:
+    """Each batch allocates hundreds of thousands of short-lived containers (decoded documents, rows); with
+    CPython's default thresholds that is a collection every 700 allocations, and the frequent full collections
+    walk every long-lived object (imports, dedup state strings). Objects alive now are frozen out of
+    collection, and young collections run every ``GC_YOUNG_THRESHOLD`` allocations."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 SENDER_TURNS = 4  # event-loop iterations from send_batch to the produce request on the wire (see handle)
 
 
@@ -203,18 +216,12 @@ class BatchRunner:
         fetch.install()
         self.consumer = AIOKafkaConsumer(
             **connect.kafka(s), group_id=s.group, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            auto_offset_reset="earliest", **FETCH_SETTINGS,
             value_deserializer=fetch.raw_records,  # records without a ConsumerRecord each (streams.fetch)
-            isolation_level="read_committed", session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
+            session_timeout_ms=10_000, heartbeat_interval_ms=3_000,
         )
         await self.consumer.start()
-        # Each batch allocates hundreds of thousands of short-lived containers (decoded documents, rows);
-        # with CPython's default thresholds that is a collection every 700 allocations, and the frequent
-        # full collections walk every long-lived object (imports, dedup state strings). Objects alive now
-        # are frozen out of collection, and young collections run every GC_YOUNG_THRESHOLD allocations.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+        settle_gc()
         self.consumer.subscribe([s.topic_reads], listener=_Rebalance(self))
 
     async def stop(self) -> None:
