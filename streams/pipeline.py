@@ -33,6 +33,7 @@ from streams.settings import Settings
 from streams.sharing import grant_purposes
 from streams.store import (
     PENDING,
+    PENDING_KEY,
     SOURCES_KEY,
     Sighting,
     area_entries,
@@ -153,7 +154,7 @@ class PartitionPipeline:
         if META_OFFSET in checkpoint:
             self.next_offset = int(checkpoint[META_OFFSET])
             self.state.watermark = int(checkpoint[META_WATERMARK])
-        rows = [v for k, v in checkpoint.items() if k not in (META_OFFSET, META_WATERMARK, PENDING)]
+        rows = [v for k, v in checkpoint.items() if k not in (META_OFFSET, META_WATERMARK, PENDING, PENDING_KEY)]
         st = self.state
         st.reserve(len(rows))
         bests: list[tuple[str, str, str]] = []

@@ -621,9 +621,18 @@ end
 """
 APPLY_BATCH = RUN_COMMANDS + """
 local cur = redis.call('HGET', KEYS[1], 'offset')
-if (cur or '') ~= ARGV[1] then return 0 end
+if (cur or '') ~= ARGV[1] then
+  if ARGV[4] then redis.call('UNLINK', ARGV[4]) end
+  return 0
+end
+if ARGV[4] and redis.call('EXISTS', ARGV[4]) == 0 then
+  return redis.error_reply('write-ahead record ' .. ARGV[4] .. ' is missing: nothing written')
+end
 run_commands(ARGV[2])
-if ARGV[3] then redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'pending', ARGV[4]) end
+if ARGV[3] then
+  redis.call('PERSIST', ARGV[4])
+  redis.call('HSET', KEYS[1], 'offset', ARGV[3], 'pending_key', ARGV[4])
+end
 return 1
 """
 MAX_ARGS = 4000  # Lua's unpack() limit is ~8000 stack slots; longer commands are split
@@ -659,11 +668,16 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
 # So a batch can be written as a run of short scripts ("chunks"), at most two sent ahead of their replies
 # (a pipeline would not help: Redis reads a client's pipelined scripts in one go and runs them back to
 # back). It costs throughput (the README has the figures), so it is off unless configured. The batch
-# stays all-or-nothing on restart the way a Redis Cluster batch does (below): the first chunk is fenced
-# like ``APPLY_BATCH``, moves the checkpoint's offset and stores the other chunks as a write-ahead record
-# (``pending``); each other chunk runs once per end offset (``APPLY_NODE``, with a fence hash per chunk
-# number); the last one drops the record; a worker that loads the partition replays whatever of it is
-# left (``replay_pending``) before reading the checkpoint. Between chunks a lookup sees part of a batch:
+# stays all-or-nothing on restart the way a Redis Cluster batch does (below): the other chunks are stored
+# first as a write-ahead record under a key of their own (``record_key``: a plain SET with an expiry, ~10 us
+# for 500 KB; inside the script the same record cost ~1 ms, which made first chunks the longest scripts a
+# lookup waited behind); the first chunk is fenced like ``APPLY_BATCH`` (a fenced one unlinks its record),
+# refuses to write anything if the record is missing, makes it live (PERSIST), moves the checkpoint's
+# offset and names the record there (``pending_key``); each other chunk runs once per end offset
+# (``APPLY_NODE``, with a fence hash per chunk number); the last one drops the record; a worker that loads
+# the partition replays whatever of it is left (``replay_pending``) before reading the checkpoint. The
+# record's key is random per batch, so a zombie's record never replaces the owner's, and an orphan (the
+# writer died between the SET and the script) expires. Between chunks a lookup sees part of a batch:
 # a batch lists its ``ZADD``s before the ``ZREM``s of the entries they replace, so a revised sighting
 # may briefly show both revisions (trail lookups keep the latest), never neither.
 CHUNK_FENCE = "ps:fence:c{}"  # hash per chunk number: checkpoint key -> end offset of its last run
@@ -679,6 +693,7 @@ class BatchWrite:
     first: bytes  # ``pack_commands`` blob of the first chunk
     pending: bytes  # write-ahead record of the other chunks (b"" when there are none)
     rest: tuple[tuple[str, bytes], ...]  # (fence key, blob) of each other chunk, in order
+    record_key: str = ""  # where ``pending`` is stored while the batch is in flight (with ``rest``)
 
 
 def chunk_commands(commands: Sequence[tuple[Any, ...]], max_args: int) -> list[list[tuple[Any, ...]]]:
@@ -703,9 +718,19 @@ def plan_batch(ck_key: str, expected: int | None, next_offset: int, commands: Se
     chunks = chunk_commands(commands, max_args)
     if len(chunks) == 1:
         return BatchWrite(ck_key, expected, next_offset, pack_commands(chunks[0]), b"", ())
-    chunks[-1].append(("HDEL", ck_key, PENDING))
+    record_key = write_ahead_key(ck_key)
+    chunks[-1] += [("HDEL", ck_key, PENDING_KEY), ("UNLINK", record_key)]
     rest = tuple((CHUNK_FENCE.format(k), pack_commands(c)) for k, c in enumerate(chunks[1:], start=1))
-    return BatchWrite(ck_key, expected, next_offset, pack_commands(chunks[0]), _pending_record(next_offset, rest), rest)
+    return BatchWrite(ck_key, expected, next_offset, pack_commands(chunks[0]), _pending_record(next_offset, rest), rest,
+                      record_key)
+
+
+def write_ahead_key(ck_key: str) -> str:
+    """A fresh key for one batch's write-ahead record, in the checkpoint's hash slot."""
+    return f"{ck_key.replace('ps:ck:', 'ps:wal:', 1)}:{os.urandom(8).hex()}"
+
+
+RECORD_TTL_MS = 3_600_000  # an orphaned record (no first chunk made it live) expires; a live one has no expiry
 
 
 def apply_batches(client: redis.Redis, batches: Sequence[BatchWrite],
@@ -720,13 +745,17 @@ def apply_batches(client: redis.Redis, batches: Sequence[BatchWrite],
     ``after_first`` runs between the first chunks and the others (fault injection).
     """
     script = client.register_script(APPLY_BATCH)
+    scripts: list[int] = []  # each script's place in the pipeline's replies (a record's SET goes before it)
     with client.pipeline(transaction=False) as pipe:
         for b in batches:
             args: list[Any] = ["" if b.expected is None else str(b.expected), b.first]
             if b.rest:
-                args += [str(b.next_offset), b.pending]
+                pipe.set(b.record_key, b.pending, px=RECORD_TTL_MS)
+                args += [str(b.next_offset), b.record_key]
+            scripts.append(len(pipe))
             script(keys=[b.ck_key], args=args, client=pipe)
-        applied = [bool(r) for r in pipe.execute()]
+        replies = pipe.execute()
+    applied = [bool(replies[i]) for i in scripts]
     if after_first is not None and any(b.rest for b in batches):
         after_first()
     _run_chunks(client, [(fence, b.ck_key, b.next_offset, blob)
@@ -777,7 +806,8 @@ def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, comman
 # anything else (``replay_pending``), and the fences make the replay a no-op where step 2 already ran.
 # Scripts use the ``allow-cross-slot-keys`` flag: keys of any slot, as long as the node serves it.
 # Resharding while workers run is not supported (a moved slot fails the batch; the worker retries).
-PENDING = b"pending"
+PENDING = b"pending"  # a write-ahead record in the checkpoint hash (Redis Cluster)
+PENDING_KEY = b"pending_key"  # the key of a chunked batch's write-ahead record (standalone)
 APPLY_PRIMARY = "#!lua flags=allow-cross-slot-keys" + RUN_COMMANDS + """
 local cur = redis.call('HGET', KEYS[1], 'offset')
 if (cur or '') ~= ARGV[1] then return 0 end
@@ -851,11 +881,28 @@ def apply_cluster_sync(client: Any, ck_key: str, expected: int | None, next_offs
     return True
 
 
+class WriteAheadRecordMissing(RuntimeError):
+    """The checkpoint names a write-ahead record that is not there: a batch cannot be finished."""
+
+
+def _record_key_value(ck_key: str, key: bytes | None, value: bytes | None) -> bytes | None:
+    if key is not None and value is None:
+        raise WriteAheadRecordMissing(f"{ck_key} names the write-ahead record {key.decode()}, which does not exist: "
+                                      "the partition's last batch cannot be finished (was the key deleted or evicted?)")
+    return value
+
+
 def replay_pending_sync(client: Any, ck_key: str) -> int:
-    """Apply the other nodes' part of the last batch where it has not been applied; returns how many."""
-    next_offset, parts = _pending_parts(client.hget(ck_key, PENDING))
+    """Apply what the last batch left unapplied (the other nodes' parts, or the chunks after the first);
+    returns how many parts."""
+    inline, key = client.hmget(ck_key, [PENDING, PENDING_KEY])
+    referenced = _record_key_value(ck_key, key, client.get(key) if key else None)
     script = client.register_script(APPLY_NODE)
-    return sum(int(script(keys=[fence], args=[ck_key, next_offset, blob])) for fence, blob in parts)
+    done = 0
+    for raw in (inline, referenced):
+        next_offset, parts = _pending_parts(raw)
+        done += sum(int(script(keys=[fence], args=[ck_key, next_offset, blob])) for fence, blob in parts)
+    return done
 
 
 async def apply_batches_cluster(client: Any, batches: Sequence[tuple[str, int | None, int,
@@ -882,7 +929,12 @@ async def apply_batches_cluster(client: Any, batches: Sequence[tuple[str, int | 
 
 async def replay_pending(client: Any, ck_key: str) -> int:
     """Async ``replay_pending_sync`` (the worker, on partition load)."""
-    next_offset, parts = _pending_parts(await client.hget(ck_key, PENDING))
+    inline, key = await client.hmget(ck_key, [PENDING, PENDING_KEY])
+    referenced = _record_key_value(ck_key, key, await client.get(key) if key else None)
     script = client.register_script(APPLY_NODE)
-    done = [await script(keys=[fence], args=[ck_key, next_offset, blob]) for fence, blob in parts]
-    return sum(int(x) for x in done)
+    done = 0
+    for raw in (inline, referenced):
+        next_offset, parts = _pending_parts(raw)
+        for fence, blob in parts:
+            done += int(await script(keys=[fence], args=[ck_key, next_offset, blob]))
+    return done

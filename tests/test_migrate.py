@@ -25,7 +25,7 @@ from streams.store import (
     LAYOUT_VERSION,
     META_KEY,
     MIGRATING,
-    PENDING,
+    PENDING_KEY,
     Sighting,
     apply_batch_sync,
     apply_batches,
@@ -148,7 +148,7 @@ def test_a_batch_a_crash_left_half_written_is_finished_before_the_rewrite(settin
 
     with pytest.raises(RuntimeError, match="died"):
         apply_batches(client, [plan], after_first=crash)
-    assert client.hget(ck, PENDING)
+    assert client.hget(ck, PENDING_KEY)
 
     migrate(client, settle_s=0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from typing import Any
 
 import numpy as np
@@ -319,8 +320,9 @@ def test_chunked_batches_write_what_one_script_writes_even_when_torn(settings: S
         collect(client)  # directory entries of plates a sighting held only between batches
         out = dump_redis(client, skip=(b"ps:fence:",))  # (fence values depend on where batches ended)
         for key, value in out.items():
+            assert not key.startswith(b"ps:wal:")  # the last chunk drops the record
             if key.startswith(b"ps:ck:"):
-                assert b"pending" not in value  # type: ignore[operator]  # the last chunk drops the record
+                assert b"pending_key" not in value  # type: ignore[operator]
         return out
 
     client.flushdb()
@@ -363,6 +365,68 @@ def test_chunked_batches_write_what_one_script_writes_even_when_torn(settings: S
     for plan in late:  # a zombie's chunks, after the heir finished its batch
         assert all(node(keys=[fence], args=[plan.ck_key, plan.next_offset, blob]) == 0 for fence, blob in plan.rest)
     assert data() == want
+
+
+@pytest.mark.integration
+def test_a_chunked_batch_s_write_ahead_record_is_live_only_while_its_batch_is_unfinished(settings: Settings) -> None:
+    """The record goes in a key of its own before the first chunk: the first chunk makes it live (no expiry)
+    and names it in the checkpoint; a fenced first chunk deletes it; a first chunk whose record is missing
+    writes nothing; a checkpoint naming a missing record stops the replay with a clear error."""
+    import redis
+
+    from streams.store import (
+        APPLY_BATCH,
+        PENDING_KEY,
+        WriteAheadRecordMissing,
+        apply_batches,
+        plan_batch,
+        replay_pending_sync,
+    )
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    commands = [("HINCRBY", "n", f"f{i}", 1) for i in range(20)]  # 80 arguments: chunks of 16 hold 4 each
+
+    class Crash(Exception):
+        pass
+
+    def crash() -> None:
+        raise Crash
+
+    plan = plan_batch("ps:ck:{g:t:0}", None, 10, commands, 16)
+    assert plan.record_key.startswith("ps:wal:{g:t:0}:") and len(plan.rest) == 4
+    assert plan.record_key != plan_batch("ps:ck:{g:t:0}", None, 10, commands, 16).record_key  # fresh per batch
+    with pytest.raises(Crash):
+        apply_batches(client, [plan], after_first=crash)
+    assert client.hget(plan.ck_key, PENDING_KEY) == plan.record_key.encode()
+    assert client.get(plan.record_key) == plan.pending and client.pttl(plan.record_key) == -1  # live: kept
+    assert client.hlen("n") == 4  # the first chunk only
+
+    zombie = plan_batch(plan.ck_key, None, 12, commands[:8], 16)  # starts where the checkpoint no longer is
+    assert apply_batches(client, [zombie]) == [False]
+    assert client.exists(zombie.record_key) == 0 and client.hlen("n") == 4  # fenced: its record is gone too
+
+    assert replay_pending_sync(client, plan.ck_key) == 4
+    assert client.hgetall("n") == {f"f{i}".encode(): b"1" for i in range(20)}
+    assert client.exists(plan.record_key) == 0 and client.hget(plan.ck_key, PENDING_KEY) is None
+    assert client.hget(plan.ck_key, "offset") == b"10"
+
+    # a first chunk finds no record (it expired, or its SET failed): an error, and nothing is written
+    script = client.register_script(APPLY_BATCH)
+    nxt = plan_batch(plan.ck_key, 10, 20, commands, 16)
+    with pytest.raises(redis.ResponseError, match=r"write-ahead record ps:wal:.* is missing"):
+        script(keys=[plan.ck_key], args=["10", nxt.first, "20", nxt.record_key])
+    assert client.hget(plan.ck_key, "offset") == b"10" and client.hgetall("n")[b"f0"] == b"1"
+    # a record no first chunk made live (here the chunk failed; or the writer died before sending it) expires
+    client.set("s", "not a hash")
+    failing = plan_batch(plan.ck_key, 10, 20, [("HSET", "s", "f", "v"), *commands], 16)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        apply_batches(client, [failing])
+    assert 0 < client.pttl(failing.record_key) <= 3_600_000 and client.hget(plan.ck_key, "offset") == b"10"
+
+    client.hset(plan.ck_key, PENDING_KEY, "ps:wal:{g:t:0}:gone")
+    with pytest.raises(WriteAheadRecordMissing, match=re.escape("ps:wal:{g:t:0}:gone")):
+        replay_pending_sync(client, plan.ck_key)
 
 
 def test_chunks_hold_at_most_their_arguments_and_every_command_in_order() -> None:
