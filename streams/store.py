@@ -797,22 +797,35 @@ def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, comman
 # -- Redis Cluster ---------------------------------------------------------------------------------
 # A batch's keys live on several nodes, and a script may only touch keys of the node it runs on. So a
 # partition's batch is split by node and applied in two steps, each atomic on its node:
-# 1. on the node of the checkpoint key: fenced exactly like APPLY_BATCH, that node's commands, the
-#    checkpoint, and - as a write-ahead record in the checkpoint hash (``pending``) - every other node's
-#    commands with the batch's end offset;
+# 0. every other node's commands with the batch's end offset, as a write-ahead record under a key of its
+#    own in the checkpoint's slot (as for chunks: a SET with an expiry, not hundreds of KB through Lua);
+# 1. on the node of the checkpoint key: fenced exactly like APPLY_BATCH (a fenced step deletes the record),
+#    that node's commands, the checkpoint, the record made permanent and named in the checkpoint
+#    (``pending_key``; the previous batch's record, finished by now, is deleted);
 # 2. on each other node: its commands, applied once per end offset (a per-node fence hash remembers the
 #    last end offset applied for this partition).
-# A crash between 1 and 2 leaves ``pending``; whoever loads the partition next replays it before
+# A crash between 1 and 2 leaves the record; whoever loads the partition next replays it before
 # anything else (``replay_pending``), and the fences make the replay a no-op where step 2 already ran.
+# (Records written inline in the checkpoint, ``pending``, by earlier versions are replayed the same way.)
 # Scripts use the ``allow-cross-slot-keys`` flag: keys of any slot, as long as the node serves it.
 # Resharding while workers run is not supported (a moved slot fails the batch; the worker retries).
 PENDING = b"pending"  # a write-ahead record in the checkpoint hash (Redis Cluster)
 PENDING_KEY = b"pending_key"  # the key of a chunked batch's write-ahead record (standalone)
 APPLY_PRIMARY = "#!lua flags=allow-cross-slot-keys" + RUN_COMMANDS + """
 local cur = redis.call('HGET', KEYS[1], 'offset')
-if (cur or '') ~= ARGV[1] then return 0 end
+if (cur or '') ~= ARGV[1] then
+  redis.call('UNLINK', KEYS[2])
+  return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('write-ahead record ' .. KEYS[2] .. ' is missing: nothing written')
+end
 run_commands(ARGV[2])
-redis.call('HSET', KEYS[1], 'pending', ARGV[3])
+local last = redis.call('HGET', KEYS[1], 'pending_key')
+if last and last ~= KEYS[2] then redis.call('UNLINK', last) end
+redis.call('PERSIST', KEYS[2])
+redis.call('HSET', KEYS[1], 'pending_key', KEYS[2])
+redis.call('HDEL', KEYS[1], 'pending')
 return 1
 """
 APPLY_NODE = "#!lua flags=allow-cross-slot-keys" + RUN_COMMANDS + """
@@ -871,8 +884,10 @@ def apply_cluster_sync(client: Any, ck_key: str, expected: int | None, next_offs
     between the two steps, as a crash would."""
     primary_blob, pending, others = plan_cluster(ck_key, next_offset, commands,
                                                  client.nodes_manager.get_node_from_slot, fence_keys(client))
+    record_key = write_ahead_key(ck_key)
+    client.set(record_key, pending, px=RECORD_TTL_MS)
     ok = client.register_script(APPLY_PRIMARY)(
-        keys=[ck_key], args=["" if expected is None else str(expected), primary_blob, pending])
+        keys=[ck_key, record_key], args=["" if expected is None else str(expected), primary_blob])
     if not ok or crash_after_primary:
         return bool(ok)
     node_script = client.register_script(APPLY_NODE)
@@ -916,9 +931,14 @@ async def apply_batches_cluster(client: Any, batches: Sequence[tuple[str, int | 
     fences = fence_keys(client)
     plans = [plan_cluster(ck, nxt, cmds, node_of_slot, fences) for ck, _, nxt, cmds in batches]
     primary = client.register_script(APPLY_PRIMARY)
-    applied = await asyncio.gather(*(
-        primary(keys=[ck], args=["" if exp is None else str(exp), blob, pending])
-        for (ck, exp, _, _), (blob, pending, _) in zip(batches, plans, strict=True)))
+
+    async def first_step(ck: str, expected: int | None, blob: bytes, pending: bytes) -> Any:
+        record_key = write_ahead_key(ck)
+        await client.set(record_key, pending, px=RECORD_TTL_MS)
+        return await primary(keys=[ck, record_key], args=["" if expected is None else str(expected), blob])
+
+    applied = await asyncio.gather(*(first_step(ck, exp, blob, pending)
+                                     for (ck, exp, _, _), (blob, pending, _) in zip(batches, plans, strict=True)))
     node_script = client.register_script(APPLY_NODE)
     await asyncio.gather(*(
         node_script(keys=[fence], args=[ck, nxt, blob])

@@ -376,6 +376,7 @@ def test_a_chunked_batch_s_write_ahead_record_is_live_only_while_its_batch_is_un
 
     from streams.store import (
         APPLY_BATCH,
+        PENDING,
         PENDING_KEY,
         WriteAheadRecordMissing,
         apply_batches,
@@ -423,6 +424,13 @@ def test_a_chunked_batch_s_write_ahead_record_is_live_only_while_its_batch_is_un
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         apply_batches(client, [failing])
     assert 0 < client.pttl(failing.record_key) <= 3_600_000 and client.hget(plan.ck_key, "offset") == b"10"
+
+    # a record an earlier version wrote inside the checkpoint (``pending``) is still finished on load
+    client.delete("n")
+    old = plan_batch(plan.ck_key, 10, 30, commands, 16)
+    client.hset(plan.ck_key, mapping={"offset": "30", PENDING: old.pending})
+    assert replay_pending_sync(client, plan.ck_key) == 4
+    assert client.hgetall("n") == {f"f{i}".encode(): b"1" for i in range(4, 20)}  # the chunks after the first
 
     client.hset(plan.ck_key, PENDING_KEY, "ps:wal:{g:t:0}:gone")
     with pytest.raises(WriteAheadRecordMissing, match=re.escape("ps:wal:{g:t:0}:gone")):
