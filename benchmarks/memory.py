@@ -85,9 +85,10 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     return out
 
 
-def redis_bytes_per_sighting(vehicles: int) -> dict[str, Any]:
+def redis_bytes_per_sighting(vehicles: int, cell_bucket_s: int | None = None) -> dict[str, Any]:
     """The full report's Redis figure on its own: the same simulated day (seed 42) pre-filled into the local
-    stack, one worker run over it, ``INFO memory`` per stored sighting and where the bytes go."""
+    stack, one worker run over it, ``INFO memory`` per stored sighting and where the bytes go (``cell_bucket_s``:
+    the worker's ``PLATESTREAM_CELL_BUCKET_S``, if not the default)."""
     import dataclasses
     import uuid
 
@@ -97,6 +98,8 @@ def redis_bytes_per_sighting(vehicles: int) -> dict[str, Any]:
     msgs = generate(seed=42, vehicles=vehicles, hours=24).messages
     s = e2e.prefilled(info, msgs, db=10)
     e2e.log("worker run")
+    if cell_bucket_s is not None:
+        s = dataclasses.replace(s, cell_bucket_ms=cell_bucket_s * 1000)
     r = e2e.throughput(dataclasses.replace(s, group=f"{s.group}-{uuid.uuid4().hex[:6]}"), len(msgs),
                        e2e.log_dir(info.state_dir))
     return {k: v for k, v in r.items() if k.startswith(("redis_", "e2e_sightings", "e2e_messages"))}
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vehicles", default="20000,40000", help="comma-separated simulated vehicle counts")
     ap.add_argument("--redis-vehicles", type=int, default=95_000,
                     help="simulated vehicles of the Redis part (the full report's day; 0: skip it)")
+    ap.add_argument("--cell-bucket-s", type=int, default=None,
+                    help="the Redis part's PLATESTREAM_CELL_BUCKET_S (default: the settings' default)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     command = " ".join(["python -m benchmarks.memory", *(argv if argv is not None else sys.argv[1:])])
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(v) for v in args.vehicles.split(",")]
     results["sizes"] = {str(v): dedup_state_bytes_per_key(vehicles=v) for v in sizes}
     if args.redis_vehicles:
-        results["redis"] = redis_bytes_per_sighting(args.redis_vehicles)
+        results["redis"] = redis_bytes_per_sighting(args.redis_vehicles, args.cell_bucket_s)
     results["seconds"] = time.monotonic() - t0
     title = "Dedup state per active (camera, plate) key" + (" and Redis bytes per sighting" * ("redis" in results))
     lines = [*report_header(title, results),

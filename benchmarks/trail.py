@@ -2,13 +2,16 @@
 priority for the lookup path.
 
     python -m benchmarks.trail [--runs 2] [--chunk-args 0,400] [--priority off,on] [--vehicles 30000]
+                               [--cell-bucket-s 900,300]
 
 The same measurement as ``make bench``'s trail figures (``e2e.trail_under_ingest``: a 1,000-sighting trail
 looked up from another process while a worker ingests 50k reads/s), repeated for each
 ``PLATESTREAM_REDIS_CHUNK_ARGS`` value and priority (``on``: Redis and the lookup process at SCHED_FIFO
 during the measurement, needs CAP_SYS_NICE; ``slice``: normal scheduling with the shortest EEVDF slice;
-``weight``: that slice and their sessions' autogroup nice at -10, needs CAP_SYS_NICE), runs taking turns so
-each configuration sees the same machine. Writes ``benchmarks/results/trail-<date>.json`` and ``.md``.
+``weight``: that slice and their sessions' autogroup nice at -10, needs CAP_SYS_NICE) and
+``PLATESTREAM_CELL_BUCKET_S`` (the area index's time bucket: how many entries a busy cell's sorted set holds),
+runs taking turns so each configuration sees the same machine. Writes ``benchmarks/results/trail-<date>.json``
+and ``.md``.
 """
 
 from __future__ import annotations
@@ -45,29 +48,33 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated of off, on (the lookup path at real-time priority), slice (at the "
                          "shortest EEVDF slice) and weight (that slice, sessions weighted ~9x)")
     ap.add_argument("--vehicles", type=int, default=30_000)
+    ap.add_argument("--cell-bucket-s", default="", help="comma-separated PLATESTREAM_CELL_BUCKET_S values "
+                    "(default: the settings' default only)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
-    configs = [(int(v), p) for p in args.priority.split(",") for v in args.chunk_args.split(",")]
-    if any(p not in e2e.PRIORITIES for _, p in configs):
+    buckets = [int(b) for b in args.cell_bucket_s.split(",")] if args.cell_bucket_s else [None]
+    configs = [(int(v), p, b) for b in buckets for p in args.priority.split(",") for v in args.chunk_args.split(",")]
+    if any(p not in e2e.PRIORITIES for _, p, _ in configs):
         ap.error(f"--priority: each of {', '.join(e2e.PRIORITIES)}")
-    if any(p in ("on", "weight") for _, p in configs) and not e2e.realtime_permitted():
+    if any(p in ("on", "weight") for _, p, _ in configs) and not e2e.realtime_permitted():
         ap.error("--priority on and weight need CAP_SYS_NICE (run as root, or --priority off,slice)")
     command = "python -m benchmarks.trail " + " ".join(argv if argv is not None else sys.argv[1:])
     info = e2e.bench_stack()
     msgs = generate(seed=42, vehicles=args.vehicles, hours=24).messages[: 50_000 * 20]
     log_dir = e2e.log_dir(info.state_dir)
-    runs: dict[tuple[int, str], list[dict[str, Any]]] = {c: [] for c in configs}
+    runs: dict[tuple[int, str, int | None], list[dict[str, Any]]] = {c: [] for c in configs}
     t0 = time.monotonic()
     for i in range(args.runs):
-        for v, prio in configs:
-            e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}, priority {prio}")
-            r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=v, priority=prio)
-            runs[(v, prio)].append({k: r[k] for k in SHOWN})
+        for v, prio, bucket in configs:
+            e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}, priority {prio}"
+                    + ("" if bucket is None else f", PLATESTREAM_CELL_BUCKET_S={bucket}"))
+            r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=v, priority=prio, cell_bucket_s=bucket)
+            runs[(v, prio, bucket)].append({k: r[k] for k in SHOWN})
     profile = e2e.profile_lookup(info)
     date = datetime.date.today().isoformat()
     results: dict[str, Any] = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
-                               "runs": {f"chunk_args={v},priority={p}": rs
-                                        for (v, p), rs in runs.items()}, "lookup_profile": profile}
+                               "runs": {f"chunk_args={v},priority={p}" + ("" if b is None else f",cell_bucket_s={b}"):
+                                        rs for (v, p, b), rs in runs.items()}, "lookup_profile": profile}
     lines = [*report_header("Trail lookups under 50k reads/s ingest", results),
              "Median of the runs (ms); each run: ~1,900 lookups of a 1,000-sighting trail from another process (a "
              "session of its own), "
@@ -81,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
              "arrays), rows `query.trail` (a dict per sighting), api the API's answer (`query.governed_trail`: "
              "policy; the audit record appended in Redis and published to Kafka, acknowledged before the answer; "
              "then the reply's JSON; no HTTP).", "",
-             "| chunk args | priority | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
-             "|---|---|" + "---|" * len(SHOWN)]
-    for (v, p), rs in runs.items():
-        lines.append(f"| {v} | {p} | "
+             "| chunk args | priority | cell bucket s | " + " | ".join(k.removeprefix("trail_") for k in SHOWN) + " |",
+             "|---|---|---|" + "---|" * len(SHOWN)]
+    for (v, p, b), rs in runs.items():
+        lines.append(f"| {v} | {p} | {'default' if b is None else b} | "
                      + " | ".join(f"{statistics.median(r[k] for r in rs):.2f}" for k in SHOWN) + " |")
     lines += ["", "## Where a lookup's own time goes (cProfile of 300 lookups as rows, nothing else running; top by "
               "own time)", "", "cProfile slows every Python call down, so the shares of the Python lines are "
