@@ -34,9 +34,10 @@ from streams.query import (
     trail_terms,
 )
 from streams.settings import Settings
+from streams.store import CellBucketError
 
 STATUS = {"unauthenticated": 401, "forbidden_role": 403, "sharing_rule": 403, "no_policy": 503,
-          "audit_unavailable": 503}
+          "audit_unavailable": 503, "cell_bucket_mismatch": 503}
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -177,6 +178,8 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
                 return _error("invalid_query", str(e))
             except AuditError as e:
                 return _error("audit_unavailable", str(e))
+            except CellBucketError as e:  # this server is configured for another area index than Redis holds
+                return _error(e.code, str(e))
             except ValueError as e:
                 return _error("invalid_request", f"request body must be a JSON object: {e}")
         return wrapped

@@ -142,6 +142,7 @@ def _governed_query(args: argparse.Namespace, settings: Settings, action: str, t
     from streams.audit import AuditError
     from streams.policy import PolicyError
     from streams.query import QueryError, checked_context
+    from streams.store import CellBucketError
 
     try:
         with access(settings) as acc:
@@ -149,7 +150,7 @@ def _governed_query(args: argparse.Namespace, settings: Settings, action: str, t
             ctx = checked_context(policy, acc.audit, args.token or settings.token, args.purpose, args.case,
                                   action, terms())
             return run(acc, policy, ctx)
-    except (PolicyError, QueryError, AuditError) as e:
+    except (PolicyError, QueryError, AuditError, CellBucketError) as e:
         return _error(e)
 
 

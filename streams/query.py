@@ -32,6 +32,8 @@ from streams.records import Invalid, normalize_plate, validate_read
 from streams.settings import Settings
 from streams.sharing import granted_purposes_of
 from streams.store import (
+    CELL_BUCKET,
+    META_KEY,
     MemberVersionError,
     Sighting,
     SourceNames,
@@ -39,6 +41,7 @@ from streams.store import (
     area_member_parts,
     area_range,
     cell_key,
+    check_cell_bucket,
     member_sources,
     read_trail_members,
     sighting_hex,
@@ -458,6 +461,7 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
           terms: dict[str, Any]) -> GovernedResult:
     """Sightings indexed in ``cells`` between ``since`` and ``until``, checked against their trail entry,
     the owners' rules and the ``exact`` geometry; audited."""
+    check_cell_bucket(client.hget(META_KEY, CELL_BUCKET), settings.cell_bucket_ms)  # (else: silently nothing found)
     buckets = range(since // settings.cell_bucket_ms, until // settings.cell_bucket_ms + 1)
     if len(cells) * len(buckets) > MAX_AREA_KEYS:
         raise QueryError(f"area_too_large: {len(cells)} cells x {len(buckets)} time buckets; narrow the search")

@@ -58,7 +58,8 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
     trail entry, so no index entry outlives its sighting; vehicles whose trail emptied leave the plate
     directory last (``directory.collect``).
     """
-    require_layout(client)  # (a migration rewrites members; this removes them by their bytes in this layout)
+    # (a migration rewrites members; this removes them by their bytes in this layout, area entries by their bucket)
+    require_layout(client, settings.cell_bucket_ms)
     limit = cutoffs(policy, now_ms)
     removed: Counter[str] = Counter()
     newest_cutoff = max(limit.values(), default=0)

@@ -109,14 +109,34 @@ MIGRATES_FROM = (5,)  # layouts ``streams.migrate`` rewrites into this one in pl
 LAYOUT_VERSION = 6  # bumped with any change to what is stored: trail members, area index entries
 
 
+CELL_BUCKET = "cell_bucket_s"  # field of META_KEY: the area index's time bucket (seconds) its keys were made with
+
+
 class LayoutError(RuntimeError):
     """Redis holds data of another layout version: writing into it would mix two encodings."""
 
     code = "layout_mismatch"
 
 
-async def ensure_layout(client: Any, scan: bool = True) -> None:
-    """Mark a fresh Redis with this layout version, or refuse one that holds another.
+class CellBucketError(LayoutError):
+    """Redis holds an area index of another time bucket: searches and retention would miss its entries."""
+
+    code = "cell_bucket_mismatch"
+
+
+def check_cell_bucket(recorded: bytes | str | None, cell_bucket_ms: int) -> None:
+    """Refuse a ``PLATESTREAM_CELL_BUCKET_S`` other than the one recorded in ``META_KEY`` (None: not recorded)."""
+    if recorded is not None and int(recorded) * 1000 != cell_bucket_ms:
+        raise CellBucketError(
+            f"Redis holds an area index in {int(recorded)}-second time buckets, and "
+            f"PLATESTREAM_CELL_BUCKET_S={cell_bucket_ms // 1000} would look for its entries in other keys (area "
+            f"searches and retention would miss them): set PLATESTREAM_CELL_BUCKET_S={int(recorded)}")
+
+
+async def ensure_layout(client: Any, scan: bool = True, cell_bucket_ms: int | None = None) -> None:
+    """Mark a fresh Redis with this layout version, or refuse one that holds another; with ``cell_bucket_ms``,
+    the same for the area index's time bucket (a Redis written before it was recorded takes the configured one,
+    as it did then).
 
     Data from before the marker existed (layouts 1 and 2) is recognised by its trail scores, capture times
     then (0 since layout 4), and named by its members' first byte, their version then (``scan``: not on
@@ -136,15 +156,21 @@ async def ensure_layout(client: Any, scan: bool = True) -> None:
     refusal = _layout_refusal(found, await client.hget(META_KEY, MIGRATING))
     if refusal is not None:
         raise LayoutError(refusal)
+    if cell_bucket_ms is not None:
+        await client.hsetnx(META_KEY, CELL_BUCKET, cell_bucket_ms // 1000)
+        check_cell_bucket(await client.hget(META_KEY, CELL_BUCKET), cell_bucket_ms)
 
 
-def require_layout(client: redis.Redis) -> None:
+def require_layout(client: redis.Redis, cell_bucket_ms: int | None = None) -> None:
     """``ensure_layout``'s refusals, for a process that changes what workers wrote (the retention sweeper removes
-    trail members by their bytes in this layout). Without the marker, each member's version is checked as it is read."""
-    found, migrating = client.hmget(META_KEY, ["layout", MIGRATING])
+    trail members by their bytes in this layout, area entries by their bucket). Without the marker, each
+    member's version is checked as it is read."""
+    found, migrating, bucket = client.hmget(META_KEY, ["layout", MIGRATING, CELL_BUCKET])
     refusal = None if found is None else _layout_refusal(found, migrating)
     if refusal is not None:
         raise LayoutError(refusal)
+    if cell_bucket_ms is not None:
+        check_cell_bucket(bucket, cell_bucket_ms)
 
 
 def _layout_refusal(found: bytes | str, migrating: bytes | str | None) -> str | None:

@@ -194,7 +194,7 @@ class BatchRunner:
         s = self.s
         self.redis = connect.redis_async(s)
         await self.redis.ping()
-        await ensure_layout(self.redis, scan=not s.redis_cluster)  # before anything is written
+        await ensure_layout(self.redis, scan=not s.redis_cluster, cell_bucket_ms=s.cell_bucket_ms)  # before any write
         compact = await compact_trails(self.redis)
         if compact is None:
             log.info("could not check Redis's sorted-set encoding settings (probe refused); see README: Redis settings")

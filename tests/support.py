@@ -291,7 +291,7 @@ def pack_v5(s: Sighting) -> bytes:
             + pack_string(s.read_id))
 
 
-def check_layout(redis_url: str) -> None:
+def check_layout(redis_url: str, cell_bucket_ms: int | None = None) -> None:
     """``store.ensure_layout`` as a worker runs it at start (raises ``LayoutError``)."""
     import asyncio
 
@@ -302,7 +302,7 @@ def check_layout(redis_url: str) -> None:
     async def run() -> None:
         client = aioredis.from_url(redis_url)
         try:
-            await ensure_layout(client)
+            await ensure_layout(client, cell_bucket_ms=cell_bucket_ms)
         finally:
             await client.aclose()
 

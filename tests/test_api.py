@@ -120,6 +120,16 @@ def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> N
     status, err = call(server, "/v1/area", {"polygon": [[41.69, -72.71], [41.7, -72.7]], "since": 0, "until": 1,
                                             "purpose": "criminal_investigation", "case": "HPD-9"}, TOKENS["alice"])
     assert (status, err["error"]["code"]) == (400, "invalid_query") and "3-1000" in err["error"]["message"]
+    # Redis holds an area index of another time bucket than this server's: refused as a server problem
+    from streams.store import CELL_BUCKET, META_KEY
+
+    recorded = client.hget(META_KEY, CELL_BUCKET)
+    client.hset(META_KEY, CELL_BUCKET, settings.cell_bucket_ms // 1000 * 2)
+    status, err = call(server, "/v1/area", {"polygon": square, "since": 1_764_000_000_000, "until": 1_764_000_600_000,
+                                            "purpose": "criminal_investigation", "case": "HPD-9"}, TOKENS["alice"])
+    assert (status, err["error"]["code"]) == (503, "cell_bucket_mismatch")
+    assert f"PLATESTREAM_CELL_BUCKET_S={settings.cell_bucket_ms // 1000 * 2}" in err["error"]["message"]
+    client.hdel(META_KEY, CELL_BUCKET) if recorded is None else client.hset(META_KEY, CELL_BUCKET, recorded)
 
     # partial plate search and exports (CSV, JSON lines) over HTTP, with the audit seq in a header
     search = {"pattern": "AP?12*", "purpose": "criminal_investigation", "case": "HPD-9"}

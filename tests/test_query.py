@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import orjson
 import pytest
@@ -328,6 +330,13 @@ def test_area_search_time_range_is_exact_across_bucket_borders(settings: Setting
         rows = area_search(client, settings, p, ctx, audit, 41.7637, -72.6851, 200, since, until).rows
         assert [r["ts"] for r in rows] == [t for t in times if since <= t <= until], (since, until)
         assert [r["read_id"] for r in rows] == [f"pass-{r['ts']}" for r in rows]
+    # configured for another bucket than the data was written with: refused, not an empty answer
+    from streams.store import CELL_BUCKET, META_KEY, CellBucketError
+
+    client.hset(META_KEY, CELL_BUCKET, size // 1000)
+    other = dataclasses.replace(settings, cell_bucket_ms=size * 2)
+    with pytest.raises(CellBucketError, match=f"set PLATESTREAM_CELL_BUCKET_S={size // 1000}"):
+        area_search(client, other, p, ctx, audit, 41.7637, -72.6851, 200, times[0], times[-1])
 
 
 def test_a_lookup_between_the_chunks_of_a_batch_sees_each_sighting_once(settings: Settings) -> None:

@@ -271,6 +271,38 @@ def test_a_redis_of_another_layout_is_refused_and_a_fresh_one_is_marked(settings
     assert sync.hget(META_KEY, "layout") == str(LAYOUT_VERSION).encode()
 
 
+def test_the_area_index_s_time_bucket_is_recorded_once_and_another_is_refused(settings: Settings) -> None:
+    """A worker records its ``PLATESTREAM_CELL_BUCKET_S`` with the layout (a Redis marked before it was recorded
+    takes the configured one); a worker, the retention sweeper or an area search configured for another bucket
+    is refused, saying which one the data was written with, before it writes or reads anything."""
+    import redis
+
+    from streams.retention import sweep
+    from streams.store import CELL_BUCKET, META_KEY, CellBucketError, require_layout
+    from tests.governance import policy
+    from tests.support import check_layout
+
+    sync = redis.Redis.from_url(settings.redis_url)
+    sync.flushdb()
+    check_layout(settings.redis_url, 900_000)
+    check_layout(settings.redis_url, 900_000)
+    assert sync.hget(META_KEY, CELL_BUCKET) == b"900"
+    with pytest.raises(CellBucketError, match=r"900-second time buckets.*BUCKET_S=300 would.*set PLATESTREAM_CELL_"
+                                              r"BUCKET_S=900"):
+        check_layout(settings.redis_url, 300_000)
+    assert sync.hget(META_KEY, CELL_BUCKET) == b"900"  # not replaced
+    require_layout(sync, 900_000)
+    with pytest.raises(CellBucketError):
+        require_layout(sync, 300_000)
+    with pytest.raises(CellBucketError):
+        sweep(sync, dataclasses.replace(settings, cell_bucket_ms=300_000), policy(), 10**13)
+
+    sync.hdel(META_KEY, CELL_BUCKET)  # marked by a version that did not record it
+    check_layout(settings.redis_url, 300_000)
+    assert sync.hget(META_KEY, CELL_BUCKET) == b"300"
+    check_layout(settings.redis_url)  # (tools that do not know the setting check the layout only)
+
+
 @pytest.mark.integration
 def test_batch_script_runs_every_command_of_a_flat_blob_and_of_the_nested_layout(settings: Settings) -> None:
     """Flat blobs (argument count, arguments) are what workers write; a nested one (a list per command) can
