@@ -20,7 +20,7 @@ from streams.records import Invalid, normalize_plate, validate_read
 app = faust.App(os.environ.get("NAIVE_APP_ID", "naive"), broker=f"kafka://{os.environ.get('NAIVE_BOOTSTRAP', '')}",
                 store="memory://", web_port=int(os.environ.get("NAIVE_WEB_PORT", "6067")), autodiscover=False,
                 broker_session_timeout=10.0, topic_disable_leader=True,
-                datadir=os.environ.get("NAIVE_DATADIR", tempfile.mkdtemp(prefix="naive-faust-")))
+                datadir=os.environ.get("NAIVE_DATADIR") or tempfile.mkdtemp(prefix="naive-faust-"))
 topic = app.topic(os.environ.get("NAIVE_TOPIC", "naive"), value_serializer="raw", key_serializer="raw")
 r = aioredis.from_url(os.environ.get("NAIVE_REDIS_URL", "redis://127.0.0.1:6379/13"))
 KEY = os.environ.get("NAIVE_HASH_KEY", "naive-baseline-key").encode()
