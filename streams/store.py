@@ -835,8 +835,8 @@ def apply_batch_sync(client: redis.Redis, key: str, expected: int | None, comman
 # (Records written inline in the checkpoint, ``pending``, by earlier versions are replayed the same way.)
 # Scripts use the ``allow-cross-slot-keys`` flag: keys of any slot, as long as the node serves it.
 # Resharding while workers run is not supported (a moved slot fails the batch; the worker retries).
-PENDING = b"pending"  # a write-ahead record in the checkpoint hash (Redis Cluster)
-PENDING_KEY = b"pending_key"  # the key of a chunked batch's write-ahead record (standalone)
+PENDING = b"pending"  # a write-ahead record inside the checkpoint hash: earlier versions' (replayed, not written)
+PENDING_KEY = b"pending_key"  # the key of the write-ahead record (chunked batches; Redis Cluster's last batch)
 APPLY_PRIMARY = "#!lua flags=allow-cross-slot-keys" + RUN_COMMANDS + """
 local cur = redis.call('HGET', KEYS[1], 'offset')
 if (cur or '') ~= ARGV[1] then
@@ -926,24 +926,24 @@ class WriteAheadRecordMissing(RuntimeError):
     """The checkpoint names a write-ahead record that is not there: a batch cannot be finished."""
 
 
-def _record_key_value(ck_key: str, key: bytes | None, value: bytes | None) -> bytes | None:
-    if key is not None and value is None:
+def _replay_steps(ck_key: str, inline: bytes | None, key: bytes | None,
+                  referenced: bytes | None) -> list[tuple[str, int, bytes]]:
+    """(fence key, end offset, blob) of each part ``APPLY_NODE`` replays: from a record in the checkpoint
+    (``inline``, an earlier version's) and from the one it names (``key``, read as ``referenced``)."""
+    if key is not None and referenced is None:
         raise WriteAheadRecordMissing(f"{ck_key} names the write-ahead record {key.decode()}, which does not exist: "
                                       "the partition's last batch cannot be finished (was the key deleted or evicted?)")
-    return value
+    return [(fence, next_offset, blob) for raw in (inline, referenced)
+            for next_offset, parts in [_pending_parts(raw)] for fence, blob in parts]
 
 
 def replay_pending_sync(client: Any, ck_key: str) -> int:
     """Apply what the last batch left unapplied (the other nodes' parts, or the chunks after the first);
     returns how many parts."""
     inline, key = client.hmget(ck_key, [PENDING, PENDING_KEY])
-    referenced = _record_key_value(ck_key, key, client.get(key) if key else None)
+    steps = _replay_steps(ck_key, inline, key, client.get(key) if key else None)
     script = client.register_script(APPLY_NODE)
-    done = 0
-    for raw in (inline, referenced):
-        next_offset, parts = _pending_parts(raw)
-        done += sum(int(script(keys=[fence], args=[ck_key, next_offset, blob])) for fence, blob in parts)
-    return done
+    return sum(int(script(keys=[fence], args=[ck_key, nxt, blob])) for fence, nxt, blob in steps)
 
 
 async def apply_batches_cluster(client: Any, batches: Sequence[tuple[str, int | None, int,
@@ -976,11 +976,6 @@ async def apply_batches_cluster(client: Any, batches: Sequence[tuple[str, int | 
 async def replay_pending(client: Any, ck_key: str) -> int:
     """Async ``replay_pending_sync`` (the worker, on partition load)."""
     inline, key = await client.hmget(ck_key, [PENDING, PENDING_KEY])
-    referenced = _record_key_value(ck_key, key, await client.get(key) if key else None)
+    steps = _replay_steps(ck_key, inline, key, await client.get(key) if key else None)
     script = client.register_script(APPLY_NODE)
-    done = 0
-    for raw in (inline, referenced):
-        next_offset, parts = _pending_parts(raw)
-        for fence, blob in parts:
-            done += int(await script(keys=[fence], args=[ck_key, next_offset, blob]))
-    return done
+    return sum([int(await script(keys=[fence], args=[ck_key, nxt, blob])) for fence, nxt, blob in steps])

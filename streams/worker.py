@@ -90,6 +90,7 @@ REDIS_WRITE_TIMEOUT_S = 120.0
 SWITCH_INTERVAL_S = 0.0002
 DEFAULT_SWITCH_INTERVAL_S = sys.getswitchinterval()
 GC_YOUNG_THRESHOLD = 50_000
+SENDER_TURNS = 4  # event-loop iterations from send_batch to the produce request on the wire (see handle)
 # How the worker's consumer fetches (also ``benchmarks.fetch``'s): large fetches, committed reads only
 FETCH_SETTINGS: dict[str, Any] = {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 64 << 20,
                                   "isolation_level": "read_committed"}
@@ -103,7 +104,6 @@ def settle_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
-SENDER_TURNS = 4  # event-loop iterations from send_batch to the produce request on the wire (see handle)
 
 
 class _Rebalance(ConsumerRebalanceListener):
