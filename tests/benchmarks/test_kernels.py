@@ -7,7 +7,7 @@ import numpy as np
 from benchmarks.kernels import _geohash_traffic, geohash_points_per_s
 
 
-def test_the_memory_ceiling_kernel_moves_the_geohash_kernels_bytes() -> None:
+def test_the_plain_copy_kernel_moves_the_geohash_kernels_bytes() -> None:
     rng = np.random.default_rng(4)
     lat, lon = rng.uniform(-85, 85, 1001), rng.uniform(-180, 180, 1001)
     out = np.zeros(1001, dtype=np.uint64)
@@ -15,9 +15,9 @@ def test_the_memory_ceiling_kernel_moves_the_geohash_kernels_bytes() -> None:
     assert np.array_equal(out, lat.view(np.uint64) ^ lon.view(np.uint64))
 
 
-def test_geohash_figures_name_one_pass_the_ceiling_and_a_cached_batch() -> None:
+def test_geohash_figures_name_one_pass_a_plain_copy_and_a_cached_batch() -> None:
     r = geohash_points_per_s(n=100_000, batch=20_000)
     assert set(r) == {"geohash_points_per_s", "geohash_with_fresh_output_points_per_s",
-                      "geohash_numpy_one_axis_points_per_s", "geohash_memory_ceiling_points_per_s",
+                      "geohash_numpy_one_axis_points_per_s", "geohash_plain_copy_points_per_s",
                       "geohash_cached_batch_points_per_s"}
     assert all(v > 0 for v in r.values())

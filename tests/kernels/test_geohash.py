@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 import pygeohash
 import pytest
@@ -9,7 +10,8 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.kernels.geohash import GEO_LAT_MAX, geo52, geo52_decode, geohash_str, geohash_strings
+from streams.kernels import geohash as gh
+from streams.kernels.geohash import GEO_LAT_MAX, GEO_LAT_MIN, geo52, geo52_decode, geohash_str, geohash_strings
 from streams.stack import StackInfo
 
 N = 20_000
@@ -19,10 +21,15 @@ def _points(seed: int, lat_limit: float) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     lat = rng.uniform(-lat_limit, lat_limit, N)
     lon = rng.uniform(-180, 180, N)
-    # plus exact edges and values on cell boundaries
+    # plus exact edges, and 52-bit cell boundaries with the doubles either side of them
     edges_lat = np.array([0.0, -lat_limit, lat_limit, 45.0, -45.0, 1e-12, -1e-12, 41.7637, 85.0])
     edges_lon = np.array([0.0, -180.0, 179.999999, 90.0, -90.0, 1e-12, -1e-12, -72.6851, 180.0 - 1e-9])
-    return np.concatenate([lat, edges_lat]), np.concatenate([lon, edges_lon])
+    k = rng.integers(0, 2**26, 300)
+    b_lat = -lat_limit + 2 * lat_limit * k / 2**26
+    b_lon = -180.0 + 360.0 * k / 2**26
+    b_lat = np.clip(np.concatenate([b_lat, np.nextafter(b_lat, -90), np.nextafter(b_lat, 90)]), -lat_limit, lat_limit)
+    b_lon = np.clip(np.concatenate([b_lon, np.nextafter(b_lon, 180), np.nextafter(b_lon, -180)]), -180, 180)
+    return np.concatenate([lat, edges_lat, b_lat]), np.concatenate([lon, edges_lon, b_lon])
 
 
 @pytest.mark.integration
@@ -101,3 +108,56 @@ def test_geo52_decode_round_trips_within_cell(lat: float, lon: float) -> None:
 
 def test_latitudes_beyond_web_mercator_are_clamped() -> None:
     assert geo52(np.array([89.9]), np.array([10.0]))[0] == geo52(np.array([GEO_LAT_MAX]), np.array([10.0]))[0]
+
+
+@nb.njit
+def _one_by_one(lat: np.ndarray, lon: np.ndarray, out: np.ndarray) -> None:
+    for i in range(lat.shape[0]):
+        out[i] = gh.geo52_one(lat[i], lon[i])
+
+
+@nb.njit
+def _vector_prefix(lat: np.ndarray, lon: np.ndarray, out: np.ndarray) -> int:
+    return gh._encode_vectors(lat, lon, out)
+
+
+def test_four_at_a_time_and_streamed_scores_equal_the_scalar_arithmetic() -> None:
+    # every length around the 4- and 8-point steps, every 8-byte offset from a 32-byte line (the streamed path
+    # first reaches one), arrays past the streaming threshold; odd values too (NaN, infinities, out of range,
+    # signed zeros, the clamp's edges and cell boundaries)
+    rng = np.random.default_rng(9)
+    n = gh.STREAM_MIN_POINTS + 21
+    lat, lon = rng.uniform(-90, 90, n + 8), rng.uniform(-200, 200, n + 8)
+    odd_lat = [np.nan, np.inf, -np.inf, 90.0, -90.0, 0.0, -0.0, GEO_LAT_MAX, GEO_LAT_MIN, 1e300, 41.7637]
+    odd_lon = [1e300, np.nan, -1e300, 181.0, -181.0, -180.0, 180.0, -0.0, 0.0, np.inf, 360.0 * 3 / 2**26 - 180]
+    for at in (0, 5, 1000, n - 20):
+        lat[at : at + len(odd_lat)], lon[at : at + len(odd_lon)] = odd_lat, odd_lon
+    for length in (*range(0, 20), 1001, gh.STREAM_MIN_POINTS - 1, gh.STREAM_MIN_POINTS, n):
+        for offset in range(4):
+            a, b = lat[offset : offset + length], lon[offset : offset + length]
+            want = np.empty(length, dtype=np.uint64)
+            _one_by_one(a, b, want)
+            got = np.zeros(length + 4, dtype=np.uint64)[offset : offset + length]  # out misaligned as the inputs
+            gh.geo52_into(a, b, got)
+            assert np.array_equal(got, want), (length, offset, np.flatnonzero(got != want)[:5])
+            if gh.VECTOR:  # the vector path did the work (all but a short tail and the alignment head)
+                assert _vector_prefix(a, b, np.empty(length, dtype=np.uint64)) >= length - 7
+
+
+def test_strided_arrays_take_the_scalar_loop_with_the_same_scores() -> None:
+    rng = np.random.default_rng(10)
+    lat, lon = rng.uniform(-85, 85, 2001), rng.uniform(-180, 180, 2001)
+    assert _vector_prefix(lat[::2], lon[::2], np.empty(1001, dtype=np.uint64)) == 0
+    want = np.empty(1001, dtype=np.uint64)
+    _one_by_one(lat[::2], lon[::2], want)
+    assert np.array_equal(geo52(lat[::2], lon[::2]), want)
+
+
+def test_the_vector_path_follows_the_cpu_numba_compiles_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nb.config, "CPU_NAME", "generic", raising=False)
+    monkeypatch.setattr(nb.config, "CPU_FEATURES", None, raising=False)
+    assert not gh._avx2_target()
+    monkeypatch.setattr(nb.config, "CPU_FEATURES", "+sse4.2,+avx2,+fma", raising=False)
+    assert gh._avx2_target()
+    monkeypatch.setattr(nb.config, "CPU_FEATURES", "+sse4.2,-avx2", raising=False)
+    assert not gh._avx2_target()
