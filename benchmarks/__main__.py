@@ -218,6 +218,7 @@ def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
     lines += sampled_profile(results.get("profile_sampled"))
     lines += memory_anatomy(results)
     lines += geohash_anatomy(results)
+    lines += dedup_kernel_anatomy(results)
     if results.get("profile_top"):
         lines += ["", "## Where the worker's time goes (cProfile of the batch loop, top by own time)", "", "```",
                   results["profile_top"], "```"]
@@ -245,6 +246,23 @@ def geohash_anatomy(results: dict[str, Any]) -> list[str]:
             f"The one pass runs at {whole / copy:.0%} of the plain loop's pace (over arrays past the caches the "
             "kernel streams its output and prefetches its input); the arithmetic alone is "
             + ("above" if cached >= GOALS["geohash_points_per_s"][1] else "below") + " the goal."]
+
+
+def dedup_kernel_anatomy(results: dict[str, Any]) -> list[str]:
+    """The dedup kernel goal's profile: the batch kernel against the eviction and compaction after each batch."""
+    parts = [results.get(f"dedup_kernel_{k}_ns_per_read") for k in ("batch", "expiry", "compaction")]
+    if any(p is None for p in parts) or results.get("dedup_reads_per_s") is None:
+        return []
+    batch, expiry, compaction = parts
+    share = f"{fmt(results.get('dedup_kernel_compactions'))} of {fmt(results.get('dedup_kernel_batches'))} batches"
+    goal_ns = 1e9 / GOALS["dedup_reads_per_s"][1]
+    return ["", "## Where the dedup kernel's time goes (ns per read, one timed run apart from the figure's)", "",
+            "| part | ns per read |", "|---|---:|",
+            f"| the batch kernel (`run_batch`: room for new sessions, then `dedup_batch`) | {batch:.1f} |",
+            f"| expiry: finding and marking the sessions no acceptable read can change | {expiry:.1f} |",
+            f"| compaction of evicted slots and the key table's re-index ({share}) | {compaction:.1f} |",
+            f"| the figure's own run, per read | {1e9 / results['dedup_reads_per_s']:.1f} |", "",
+            f"The goal needs {goal_ns:.1f} ns per read in all."]
 
 
 def memory_anatomy(results: dict[str, Any]) -> list[str]:

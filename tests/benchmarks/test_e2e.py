@@ -226,3 +226,14 @@ def test_the_geohash_section_sets_the_pass_against_a_plain_copy() -> None:
     below = "\n".join(geohash_anatomy({"geohash_points_per_s": 4.5e8, "geohash_plain_copy_points_per_s": 6e8,
                                        "geohash_cached_batch_points_per_s": 4.9e8}))
     assert "alone is below the goal" in below
+
+
+def test_the_dedup_kernel_section_sets_its_parts_against_the_goal() -> None:
+    from benchmarks.__main__ import dedup_kernel_anatomy
+
+    assert dedup_kernel_anatomy({"dedup_reads_per_s": 2e7}) == []
+    text = "\n".join(dedup_kernel_anatomy({
+        "dedup_reads_per_s": 2e7, "dedup_kernel_batch_ns_per_read": 44.0, "dedup_kernel_expiry_ns_per_read": 1.7,
+        "dedup_kernel_compaction_ns_per_read": 10.8, "dedup_kernel_compactions": 75, "dedup_kernel_batches": 150}))
+    assert "| 44.0 |" in text and "| 1.7 |" in text and "(75 of 150 batches) | 10.8 |" in text
+    assert "| the figure's own run, per read | 50.0 |" in text and "needs 33.3 ns per read" in text
