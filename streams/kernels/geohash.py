@@ -209,6 +209,8 @@ def _encode_vectors_impl(lat, lon, out):  # type: ignore[no-untyped-def]  # (Num
 @nb.njit(cache=True, boundscheck=False)
 def geo52_into(lat: NDArray[np.float64], lon: NDArray[np.float64], out: NDArray[np.uint64]) -> None:
     """52-bit Redis GEOADD score for each point, written into ``out`` (no allocation on the hot path)."""
+    if lon.shape[0] != lat.shape[0] or out.shape[0] != lat.shape[0]:  # (no bounds are checked below)
+        raise ValueError("geo52_into: lat, lon and out differ in length")
     for i in range(_encode_vectors(lat, lon, out), lat.shape[0]):
         out[i] = geo52_one(lat[i], lon[i])
 

@@ -161,3 +161,11 @@ def test_the_vector_path_follows_the_cpu_numba_compiles_for(monkeypatch: pytest.
     assert gh._avx2_target()
     monkeypatch.setattr(nb.config, "CPU_FEATURES", "+sse4.2,-avx2", raising=False)
     assert not gh._avx2_target()
+
+
+def test_arrays_of_different_lengths_are_refused_before_anything_is_written() -> None:
+    out = np.zeros(3, dtype=np.uint64)
+    for lat, lon, o in ((np.zeros(4), np.zeros(4), out), (np.zeros(3), np.zeros(2), out)):
+        with pytest.raises(ValueError, match="differ in length"):
+            gh.geo52_into(lat, lon, o)
+    assert not out.any()
