@@ -219,6 +219,15 @@ def _gather_inplace(arr: NDArray, idx: NDArray[np.int64]) -> None:
 
 
 @nb.njit(inline="always", cache=True)
+def U(i: int) -> np.uint64:
+    """An index as unsigned: Numba then emits no negative-index wraparound (a compare and a select with the
+    array's length, mostly spilled, per access). The kernels index only with non-negative values. With
+    unsigned indexes ``dedup_batch`` took 38.6 against 47.0 ns per read (the kernel benchmark's reads, best
+    of 10 alternating runs in one process; medians 54.1 against 65.1)."""
+    return np.uint64(i)
+
+
+@nb.njit(inline="always", cache=True)
 def _hash(cam: np.int32, cls: np.uint64) -> np.uint64:
     h = cls * np.uint64(0x9E3779B97F4A7C15) ^ (np.uint64(cam) * np.uint64(0xC2B2AE3D27D4EB4F))
     h ^= h >> np.uint64(29)
@@ -251,11 +260,11 @@ def _slot(tab: NDArray[np.uint64], p_cam: NDArray[np.int32], p_cls: NDArray[np.u
     size = np.int64(tab.shape[0])
     i = _home(tab, cam, cls)
     while True:
-        e = tab[i]
+        e = tab[U(i)]
         if e == 0:
             return i
         if (e & np.uint64(0xFFFFFFFF00000000)) == fp:
-            s = np.int64(e & np.uint64(0xFFFFFFFF))
+            s = e & np.uint64(0xFFFFFFFF)
             if p_cam[s] == cam and p_cls[s] == cls:  # a fingerprint match: the chain's head confirms the key
                 return i
         i += 1
@@ -306,22 +315,24 @@ def _better(conf_a: float, ts_a: int, seq_a: int, conf_b: float, ts_b: int, seq_
 @nb.njit(cache=True)
 def _touch(s, row, touched, n_touched, t_best, t_into, start, end, count, best_conf, best_ts,  # type: ignore[no-untyped-def]
            best_plate, best_geo, written, snap, snap_conf):
-    r = row[s]
-    if r >= 0 and r < n_touched and touched[r] == s:
+    u = U(s)
+    r = row[u]
+    if r >= 0 and r < n_touched and touched[U(r)] == s:
         return n_touched
-    row[s] = n_touched
-    touched[n_touched] = s
-    t_best[n_touched] = -1
-    t_into[n_touched] = -1
+    row[u] = n_touched
+    n = U(n_touched)
+    touched[n] = s
+    t_best[n] = -1
+    t_into[n] = -1
     # snapshot of the pre-batch values (only meaningful for sessions already written), as in SNAP_FIELDS
-    snap[n_touched, 0] = start[s]
-    snap[n_touched, 1] = end[s]
-    snap[n_touched, 2] = count[s]
-    snap[n_touched, 3] = np.int64(best_plate[s])
-    snap[n_touched, 4] = np.int64(best_geo[s])
-    snap[n_touched, 5] = written[s]
-    snap[n_touched, 6] = best_ts[s]
-    snap_conf[n_touched] = best_conf[s]
+    snap[n, 0] = start[u]
+    snap[n, 1] = end[u]
+    snap[n, 2] = count[u]
+    snap[n, 3] = np.int64(best_plate[u])
+    snap[n, 4] = np.int64(best_geo[u])
+    snap[n, 5] = written[u]
+    snap[n, 6] = best_ts[u]
+    snap_conf[n] = best_conf[u]
     return n_touched + 1
 
 
@@ -340,7 +351,8 @@ def dedup_batch(  # type: ignore[no-untyped-def]
     rows of scratch); the caller makes room and calls again from there. ``touched`` lists every session
     created, extended or absorbed in this batch, in first-touch order, with a snapshot of its values
     before the batch, its best read's row in the batch (``t_best``) and the session that absorbed it
-    (``t_into``); ``session_of`` and ``late`` get each read's session and lateness.
+    (``t_into``); ``session_of`` and ``late`` get each read's session and lateness. Arrays are indexed
+    with ``U`` (see there).
     """
     n = r_ts.shape[0]
     capacity = cam.shape[0]
@@ -356,16 +368,19 @@ def dedup_batch(  # type: ignore[no-untyped-def]
         hi = min(n, lo + fit)
         for i in range(lo, hi):
             if i + AHEAD < n:  # hint the probe of the read AHEAD on: a new key's slot is a miss anywhere in the table
-                prefetch(tab, _home(tab, r_cam[i + AHEAD], r_cls[i + AHEAD]))
-            c = r_cam[i]
-            k = r_cls[i]
-            t = r_ts[i]
+                ahead = U(i + AHEAD)
+                prefetch(tab, _home(tab, r_cam[ahead], r_cls[ahead]))
+            ui = U(i)
+            c = r_cam[ui]
+            k = r_cls[ui]
+            t = r_ts[ui]
+            q = r_seq[ui]
             if t < watermark - lateness:
-                late[i] = 1
+                late[ui] = 1
             if t > watermark:
                 watermark = t
             fp = _fp(c, k)
-            slot = _slot(tab, cam, cls, c, k, fp)
+            slot = U(_slot(tab, cam, cls, c, k, fp))
             e = tab[slot]
             head = np.int64(-1)
             if e == 0:
@@ -376,10 +391,11 @@ def dedup_batch(  # type: ignore[no-untyped-def]
             survivor = -1
             s = head
             while s != -1:
-                if alive[s] and t >= start[s] - window and t <= end[s] + window:
+                us = U(s)
+                if alive[us] and t >= start[us] - window and t <= end[us] + window:
                     n_touched = _touch(s, row, touched, n_touched, t_best, t_into, start, end, count, best_conf,
                                        best_ts, best_plate, best_geo, written, snap, snap_conf)
-                    if survivor == -1 or first_seq[s] < first_seq[survivor]:
+                    if survivor == -1 or first_seq[us] < first_seq[U(survivor)]:
                         if survivor != -1:
                             _absorb(s, survivor, start, end, count, best_conf, best_ts, best_seq, best_plate,
                                     best_geo, row, t_best, t_into, alive, last_seq)
@@ -387,48 +403,49 @@ def dedup_batch(  # type: ignore[no-untyped-def]
                     else:
                         _absorb(survivor, s, start, end, count, best_conf, best_ts, best_seq, best_plate,
                                 best_geo, row, t_best, t_into, alive, last_seq)
-                s = nxt[s]
+                s = nxt[us]
             if survivor == -1:
                 s = n_used
+                us = U(s)
                 n_used += 1
-                cam[s] = c
-                cls[s] = k
-                start[s] = t
-                end[s] = t
-                count[s] = 1
-                best_conf[s] = r_conf[i]
-                best_ts[s] = t
-                best_seq[s] = r_seq[i]
-                best_plate[s] = r_plate[i]
-                best_geo[s] = r_geo[i]
-                first_seq[s] = r_seq[i]
-                alive[s] = 1
-                written[s] = 0
-                last_seq[s] = r_seq[i]
-                nxt[s] = head
+                cam[us] = c
+                cls[us] = k
+                start[us] = t
+                end[us] = t
+                count[us] = 1
+                best_conf[us] = r_conf[ui]
+                best_ts[us] = t
+                best_seq[us] = q
+                best_plate[us] = r_plate[ui]
+                best_geo[us] = r_geo[ui]
+                first_seq[us] = q
+                alive[us] = 1
+                written[us] = 0
+                last_seq[us] = q
+                nxt[us] = head
                 tab[slot] = fp | np.uint64(s)
                 # a new slot: no session of that index was touched in this batch, whatever row[s] holds
                 n_touched = _touch(s, row, touched, n_touched, t_best, t_into, start, end, count, best_conf,
                                    best_ts, best_plate, best_geo, written, snap, snap_conf)
-                t_best[row[s]] = i
+                t_best[U(row[us])] = i
                 survivor = s
             else:
-                s = survivor
-                if t < start[s]:
-                    start[s] = t
-                if t > end[s]:
-                    end[s] = t
-                count[s] += 1
-                if r_seq[i] > last_seq[s]:
-                    last_seq[s] = r_seq[i]
-                if _better(r_conf[i], t, r_seq[i], best_conf[s], best_ts[s], best_seq[s]):
-                    best_conf[s] = r_conf[i]
-                    best_ts[s] = t
-                    best_seq[s] = r_seq[i]
-                    best_plate[s] = r_plate[i]
-                    best_geo[s] = r_geo[i]
-                    t_best[row[s]] = i
-            session_of[i] = survivor
+                us = U(survivor)
+                if t < start[us]:
+                    start[us] = t
+                if t > end[us]:
+                    end[us] = t
+                count[us] += 1
+                if q > last_seq[us]:
+                    last_seq[us] = q
+                if _better(r_conf[ui], t, q, best_conf[us], best_ts[us], best_seq[us]):
+                    best_conf[us] = r_conf[ui]
+                    best_ts[us] = t
+                    best_seq[us] = q
+                    best_plate[us] = r_plate[ui]
+                    best_geo[us] = r_geo[ui]
+                    t_best[U(row[us])] = i
+            session_of[ui] = survivor
         lo = hi
     return n_used, n_keys, watermark, n_touched, n
 
@@ -436,22 +453,24 @@ def dedup_batch(  # type: ignore[no-untyped-def]
 @nb.njit(inline="always", cache=True)
 def _absorb(dst, src, start, end, count, best_conf, best_ts, best_seq, best_plate, best_geo,  # type: ignore[no-untyped-def]
             row, t_best, t_into, alive, last_seq):
-    if last_seq[src] > last_seq[dst]:
-        last_seq[dst] = last_seq[src]
-    if start[src] < start[dst]:
-        start[dst] = start[src]
-    if end[src] > end[dst]:
-        end[dst] = end[src]
-    count[dst] += count[src]
-    if _better(best_conf[src], best_ts[src], best_seq[src], best_conf[dst], best_ts[dst], best_seq[dst]):
-        best_conf[dst] = best_conf[src]
-        best_ts[dst] = best_ts[src]
-        best_seq[dst] = best_seq[src]
-        best_plate[dst] = best_plate[src]
-        best_geo[dst] = best_geo[src]
-        t_best[row[dst]] = t_best[row[src]]
-    alive[src] = 0
-    t_into[row[src]] = dst  # follow the chain to the live survivor if dst is absorbed later
+    d = U(dst)
+    s = U(src)
+    if last_seq[s] > last_seq[d]:
+        last_seq[d] = last_seq[s]
+    if start[s] < start[d]:
+        start[d] = start[s]
+    if end[s] > end[d]:
+        end[d] = end[s]
+    count[d] += count[s]
+    if _better(best_conf[s], best_ts[s], best_seq[s], best_conf[d], best_ts[d], best_seq[d]):
+        best_conf[d] = best_conf[s]
+        best_ts[d] = best_ts[s]
+        best_seq[d] = best_seq[s]
+        best_plate[d] = best_plate[s]
+        best_geo[d] = best_geo[s]
+        t_best[U(row[d])] = t_best[U(row[s])]
+    alive[s] = 0
+    t_into[U(row[s])] = dst  # follow the chain to the live survivor if dst is absorbed later
 
 
 @nb.njit(cache=True)
