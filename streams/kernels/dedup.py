@@ -219,7 +219,7 @@ def _gather_inplace(arr: NDArray, idx: NDArray[np.int64]) -> None:
 
 
 @nb.njit(inline="always", cache=True)
-def U(i: int) -> np.uint64:
+def U(i: int | np.integer) -> np.uint64:
     """An index as unsigned: Numba then emits no negative-index wraparound (a compare and a select with the
     array's length, mostly spilled, per access). The kernels index only with non-negative values. With
     unsigned indexes ``dedup_batch`` took 38.6 against 47.0 ns per read (the kernel benchmark's reads, best
