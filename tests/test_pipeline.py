@@ -193,8 +193,8 @@ print(json.dumps([before, counts()]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     before, after = orjson.loads(out.splitlines()[-1])
     entry_points = ["scan.scan_reads", "scan.intern_spans", "dedup.dedup_batch", "dedup.expired", "dedup._reindex",
-                    "dedup._gather_inplace", "plates.pack_plates", "plates._unpack_matrix", "geohash.geo52_into",
-                    "geohash.geo52_decode", "geohash.geohash_str"]
+                    "dedup._kept_runs", "dedup._move_runs", "plates.pack_plates", "plates._unpack_matrix",
+                    "geohash.geo52_into", "geohash.geo52_decode", "geohash.geohash_str"]
     assert all(before[k] == 0 for k in entry_points)
     assert {k: after[k] > 0 for k in entry_points} == dict.fromkeys(entry_points, True)
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.kernels.dedup import DedupArrays, expired, max_keys, run_batch
+from streams.kernels.dedup import DedupArrays, _kept_runs, _move_runs, expired, max_keys, run_batch
 from streams.kernels.plates import pack_plates, plate_class, plates_matrix
 
 W = 10_000
@@ -165,6 +165,31 @@ def test_late_read_bridges_two_sightings() -> None:
     reads = [(0, "AB1", 0, 0.5), (0, "AB1", 20_000, 0.9), (0, "A81", 10_000, 0.6)]
     got = normalize_kernel_rows(run_kernel(reads, 1)[0], reads)
     assert got == {(0, "A81", 0, 20_000, 3, 1, 2)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), max_size=300), st.sampled_from([np.int64, np.uint8, np.float32, np.uint64]))
+def test_compaction_moves_the_kept_slots_down_in_order(keep: list[bool], dtype: type) -> None:
+    """Run by run in place == NumPy's boolean selection, whatever the runs' lengths and how far they move
+    (a run that moves less than a vector's width overlaps where it lands)."""
+    mask = np.array(keep, dtype=bool)
+    arr = np.arange(1, mask.shape[0] + 1).astype(dtype)
+    want = arr[mask].copy()
+    src, length = _kept_runs(np.flatnonzero(mask))
+    assert int(length.sum()) == want.shape[0] and bool((length > 0).all())
+    _move_runs(arr, src, length)
+    assert np.array_equal(arr[: want.shape[0]], want)
+
+
+def test_compaction_of_long_runs_moved_a_short_way() -> None:
+    # each run lands a few slots below where it starts: the copies overlap their source
+    mask = np.ones(10_000, dtype=bool)
+    mask[[0, 3, 700, 701, 5_000]] = False
+    arr = np.arange(10_000, dtype=np.int64)
+    src, length = _kept_runs(np.flatnonzero(mask))
+    assert src.tolist() == [1, 4, 702, 5_001] and length.tolist() == [2, 696, 4_298, 4_999]
+    _move_runs(arr, src, length)
+    assert np.array_equal(arr[: int(mask.sum())], np.flatnonzero(mask))
 
 
 def test_reclaim_compacts_only_past_the_dead_share_and_keeps_the_live_sessions() -> None:
