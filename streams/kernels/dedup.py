@@ -285,8 +285,23 @@ def _fp(cam: np.int32, cls: np.uint64) -> np.uint64:
 @nb.njit(inline="always", cache=True)
 def _slot(tab: NDArray[np.uint64], p_cam: NDArray[np.int32], p_cls: NDArray[np.uint64], cam: np.int32,
           cls: np.uint64, fp: np.uint64) -> np.int64:
+    return _slot_at(tab, p_cam, p_cls, cam, cls, fp, _home(tab, cam, cls))
+
+
+@nb.njit(inline="always", cache=True)
+def _home_of(tab: NDArray[np.uint64], h: np.uint64) -> np.int64:
+    return np.int64(((h >> np.uint64(32)) * np.uint64(tab.shape[0])) >> np.uint64(32))
+
+
+@nb.njit(inline="always", cache=True)
+def _fp_of(h: np.uint64) -> np.uint64:
+    return ((h & np.uint64(0xFFFFFFFF)) | np.uint64(1)) << np.uint64(32)
+
+
+@nb.njit(inline="always", cache=True)
+def _slot_at(tab: NDArray[np.uint64], p_cam: NDArray[np.int32], p_cls: NDArray[np.uint64], cam: np.int32,
+             cls: np.uint64, fp: np.uint64, i: np.int64) -> np.int64:
     size = np.int64(tab.shape[0])
-    i = _home(tab, cam, cls)
     while True:
         e = tab[U(i)]
         if e == 0:
@@ -386,6 +401,11 @@ def dedup_batch(  # type: ignore[no-untyped-def]
     capacity = cam.shape[0]
     rows = touched.shape[0]
     table = tab.shape[0]
+    # each read's key hashed once, for its hint AHEAD reads before, its home slot and its fingerprint (three
+    # times before: 39.8 -> 37.4 ns per read, best of 14 alternating runs)
+    hs = np.empty(n, np.uint64)
+    for i in range(i0, n):
+        hs[U(i)] = _hash(r_cam[U(i)], r_cls[U(i)])
     lo = i0
     while lo < n:
         # reads that surely fit: each touches at most two open sessions of its key (they are more than W
@@ -396,8 +416,7 @@ def dedup_batch(  # type: ignore[no-untyped-def]
         hi = min(n, lo + fit)
         for i in range(lo, hi):
             if i + AHEAD < n:  # hint the probe of the read AHEAD on: a new key's slot is a miss anywhere in the table
-                ahead = U(i + AHEAD)
-                prefetch(tab, _home(tab, r_cam[ahead], r_cls[ahead]))
+                prefetch(tab, _home_of(tab, hs[U(i + AHEAD)]))
             ui = U(i)
             c = r_cam[ui]
             k = r_cls[ui]
@@ -407,8 +426,9 @@ def dedup_batch(  # type: ignore[no-untyped-def]
                 late[ui] = 1
             if t > watermark:
                 watermark = t
-            fp = _fp(c, k)
-            slot = U(_slot(tab, cam, cls, c, k, fp))
+            h = hs[ui]
+            fp = _fp_of(h)
+            slot = U(_slot_at(tab, cam, cls, c, k, fp, _home_of(tab, h)))
             e = tab[slot]
             head = np.int64(-1)
             if e == 0:
