@@ -23,9 +23,9 @@ from streams.arena import LENGTH, OFFSET, StringArena
 from streams.directory import Sealer, directory_key, shared_sealer
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, SNAP_FIELDS, DedupArrays, expired, run_batch
-from streams.kernels.geohash import geo52, geo52_decode, geohash_str, geohash_strings
+from streams.kernels.geohash import geo52, geo52_decode, geohash_strings
 from streams.kernels.jsonrows import Template
-from streams.kernels.plates import pack_plates, plates_matrix, unpack_plate, unpack_plates
+from streams.kernels.plates import pack_plates, plates_matrix, unpack_plates
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
@@ -35,9 +35,7 @@ from streams.store import (
     PENDING,
     PENDING_KEY,
     SOURCES_KEY,
-    Sighting,
     area_entries,
-    area_entry,
     checkpoint_key,
     member_heads,
     pack_string,
@@ -50,7 +48,6 @@ from streams.store import (
     trail_key,
     trail_key_hex,
     unpack_strings,
-    vehicle_id,
     vehicle_ids,
 )
 
@@ -287,9 +284,11 @@ class PartitionPipeline:
         # a chunked write (store.plan_batch) sees a revised sighting's old entry or both, never neither
         removals: list[tuple[Any, ...]] = []
         area_removals: list[tuple[str, bytes]] = []
-        for k in np.flatnonzero(was_written):
+        rewritten = np.flatnonzero(was_written)
+        olds = self._entries_from_snapshots(touched[rewritten], snap[rewritten], snap_conf[rewritten],
+                                            hit_before[rewritten])
+        for k, old in zip(rewritten.tolist(), olds, strict=True):
             i = int(touched[k])
-            old = self._entry_from_snapshot(i, snap[k], float(snap_conf[k]), bool(hit_before[k]))
             if alive[k]:
                 self._old[i] = old  # compared with the new entry below
                 continue
@@ -460,20 +459,27 @@ class PartitionPipeline:
             out.redis.append(("HINCRBY", stats_key(d["agency"]), f"hits:{_date(d['ts'] // DAY_MS)}", 1))
 
     # -- encoding ------------------------------------------------------------------------------------
-    def _entry_from_snapshot(self, i: int, snap: np.ndarray, conf: float,
-                             hit: bool) -> tuple[str, bytes, str, bytes]:
-        """Trail and cell entries of session ``i`` as last written (from its pre-batch snapshot)."""
-        [(read_id, region, agency)] = self.best_reads(np.array([i]))
-        v = dict(zip(SNAP_FIELDS, snap.tolist(), strict=True))
-        plate_text = unpack_plate(v["best_plate"] & 0xFFFFFFFFFFFFFFFF)  # uint64 values are int64 bits
-        geo = v["best_geo"] & 0xFFFFFFFFFFFFFFFF
-        sight = Sighting(int(self.state.pool["sid"][i]), v["start"], v["end"], v["best_ts"], geo, v["count"], conf,
-                         self.cam_names[int(self.state.pool["cam"][i])], agency, read_id, hit)
-        vid = vehicle_id(self.s.hash_key, region, plate_text)
-        lat, lon = geo52_decode(np.array([geo], dtype=np.uint64))
-        cell = geohash_str(lat, lon, self.s.cell_precision)[0].tobytes().decode()
-        area_key, area_member = area_entry(cell, vid, sight.sighting_id, sight.ts, self.s.cell_bucket_ms)
-        return trail_key(vid), sight.pack(), area_key, area_member
+    def _entries_from_snapshots(self, sessions: np.ndarray, snap: np.ndarray, conf: np.ndarray,
+                                hit: np.ndarray) -> list[tuple[str, bytes, str, bytes]]:
+        """Trail and cell entries of ``sessions`` as last written, rebuilt from their pre-batch snapshots (rows
+        of ``SNAP_FIELDS``) column by column, as the batch's new entries are (one call per sighting took ~32 us,
+        5% of the pipeline's time on the simulated day)."""
+        if not sessions.shape[0]:
+            return []
+        s, p = self.s, self.state.pool
+        v = {name: np.ascontiguousarray(snap[:, j]) for j, name in enumerate(SNAP_FIELDS)}
+        plate, geo = v["best_plate"].view(np.uint64), v["best_geo"].view(np.uint64)  # uint64 values as int64 bits
+        read_ids, regions, agencies = map(list, zip(*self.best_reads(sessions), strict=True))
+        vids = vehicle_ids(s.hash_key, regions, unpack_plates(plate))
+        lat, lon = geo52_decode(geo)
+        cameras = [self.cam_names[c] for c in p["cam"][sessions].tolist()]
+        codes = np.frombuffer(b"".join(map(source_code, cameras, agencies)), dtype="V8")
+        sids = p["sid"][sessions]
+        heads = member_heads(sids, geo, v["start"], v["end"], v["best_ts"], v["count"], conf, hit, codes)
+        members = list(map(bytes.__add__, heads, pack_string_many(read_ids)))
+        area_keys, area_members = area_entries(geohash_strings(lat, lon, s.cell_precision), vids, sids, v["start"],
+                                               s.cell_bucket_ms)
+        return list(zip(map(trail_key, vids), members, area_keys, area_members, strict=True))
 
 
 
