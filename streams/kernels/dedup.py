@@ -270,32 +270,32 @@ def max_keys(size: int) -> int:
 
 
 @nb.njit(inline="always", cache=True)
+def _home_of(tab: NDArray[np.uint64], h: np.uint64) -> np.int64:
+    """The first slot a probe for a key of hash ``h`` looks at: the hash's high half scaled to the table's size
+    (any size, not only powers of two)."""
+    return np.int64(((h >> np.uint64(32)) * np.uint64(tab.shape[0])) >> np.uint64(32))
+
+
+@nb.njit(inline="always", cache=True)
+def _fp_of(h: np.uint64) -> np.uint64:
+    """The fingerprint in its slot of a key of hash ``h``: the hash's low half (never 0: 0 is an empty slot)."""
+    return ((h & np.uint64(0xFFFFFFFF)) | np.uint64(1)) << np.uint64(32)
+
+
+@nb.njit(inline="always", cache=True)
 def _home(tab: NDArray[np.uint64], cam: np.int32, cls: np.uint64) -> np.int64:
-    """The first slot a key's probe looks at: the hash's high half scaled to the table's size (any size,
-    not only powers of two)."""
-    return np.int64(((_hash(cam, cls) >> np.uint64(32)) * np.uint64(tab.shape[0])) >> np.uint64(32))
+    return _home_of(tab, _hash(cam, cls))
 
 
 @nb.njit(inline="always", cache=True)
 def _fp(cam: np.int32, cls: np.uint64) -> np.uint64:
-    """The key's fingerprint in its slot: the hash's low half (never 0: 0 is an empty slot)."""
-    return ((_hash(cam, cls) & np.uint64(0xFFFFFFFF)) | np.uint64(1)) << np.uint64(32)
+    return _fp_of(_hash(cam, cls))
 
 
 @nb.njit(inline="always", cache=True)
 def _slot(tab: NDArray[np.uint64], p_cam: NDArray[np.int32], p_cls: NDArray[np.uint64], cam: np.int32,
           cls: np.uint64, fp: np.uint64) -> np.int64:
     return _slot_at(tab, p_cam, p_cls, cam, cls, fp, _home(tab, cam, cls))
-
-
-@nb.njit(inline="always", cache=True)
-def _home_of(tab: NDArray[np.uint64], h: np.uint64) -> np.int64:
-    return np.int64(((h >> np.uint64(32)) * np.uint64(tab.shape[0])) >> np.uint64(32))
-
-
-@nb.njit(inline="always", cache=True)
-def _fp_of(h: np.uint64) -> np.uint64:
-    return ((h & np.uint64(0xFFFFFFFF)) | np.uint64(1)) << np.uint64(32)
 
 
 @nb.njit(inline="always", cache=True)
