@@ -26,6 +26,7 @@ import numba as nb
 import numpy as np
 from numpy.typing import NDArray
 
+from streams.kernels.index import U
 from streams.kernels.plates import MAX_PLATE
 
 FAST, OPTIONAL, EXTRA, SLOW = 0, 1, 2, 3
@@ -53,14 +54,14 @@ _VEH_BYTES, _VEH_START = _table(VEHICLE_KEYS)
 
 @nb.njit(inline="always", cache=True)
 def _ws(buf: NDArray[np.uint8], i: int, end: int) -> int:
-    while i < end and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
+    while i < end and (buf[U(i)] == 32 or buf[U(i)] == 10 or buf[U(i)] == 13 or buf[U(i)] == 9):
         i += 1
     return i
 
 
 @nb.njit(inline="always", cache=True)
 def _digit(buf: NDArray[np.uint8], i: int, end: int) -> bool:
-    return i < end and 48 <= buf[i] <= 57
+    return i < end and 48 <= buf[U(i)] <= 57
 
 
 @nb.njit(cache=True)
@@ -71,7 +72,7 @@ def _key_id(buf: NDArray[np.uint8], a: int, b: int, names: NDArray[np.uint8], st
             continue
         same = True
         for j in range(b - a):
-            if buf[a + j] != names[lo + j]:
+            if buf[U(a + j)] != names[lo + j]:
                 same = False
                 break
         if same:
@@ -83,10 +84,10 @@ def _key_id(buf: NDArray[np.uint8], a: int, b: int, names: NDArray[np.uint8], st
 def _vehicle(buf: NDArray[np.uint8], i: int, end: int) -> int:
     """Index after a ``vehicle`` object whose members are make/model/color/type as strings of at most
     64 characters (each at most once), else -1: anything more the reference path checks."""
-    if i >= end or buf[i] != 123:
+    if i >= end or buf[U(i)] != 123:
         return -1
     i = _ws(buf, i + 1, end)
-    if i < end and buf[i] == 125:
+    if i < end and buf[U(i)] == 125:
         return i + 1
     seen = 0
     while True:
@@ -98,7 +99,7 @@ def _vehicle(buf: NDArray[np.uint8], i: int, end: int) -> int:
             return -1
         seen |= 1 << k
         i = _ws(buf, ke + 1, end)
-        if i >= end or buf[i] != 58:
+        if i >= end or buf[U(i)] != 58:
             return -1
         i = _ws(buf, i + 1, end)
         ve = _plain_string(buf, i, end)
@@ -107,9 +108,9 @@ def _vehicle(buf: NDArray[np.uint8], i: int, end: int) -> int:
         i = _ws(buf, ve + 1, end)
         if i >= end:
             return -1
-        if buf[i] == 125:
+        if buf[U(i)] == 125:
             return i + 1
-        if buf[i] != 44:
+        if buf[U(i)] != 44:
             return -1
         i = _ws(buf, i + 1, end)
 
@@ -117,11 +118,11 @@ def _vehicle(buf: NDArray[np.uint8], i: int, end: int) -> int:
 @nb.njit(cache=True)
 def _plain_string(buf: NDArray[np.uint8], i: int, end: int) -> int:
     """At an opening quote: index of the closing quote, or -1 unless printable ASCII without escapes."""
-    if i >= end or buf[i] != 34:
+    if i >= end or buf[U(i)] != 34:
         return -1
     i += 1
     while i < end:
-        c = buf[i]
+        c = buf[U(i)]
         if c == 34:
             return i
         if c < 32 or c >= 127 or c == 92:
@@ -135,15 +136,15 @@ def _skip_value(buf: NDArray[np.uint8], i: int, end: int) -> int:
     """Index after a value of an optional field, or -1. Lax inside containers: orjson judges those rows."""
     depth = 0
     while i < end:
-        c = buf[i]
+        c = buf[U(i)]
         if c >= 128:
             return -1
         if c == 34:  # string, escapes skipped
             i += 1
-            while i < end and buf[i] != 34:
-                if buf[i] < 32 or buf[i] >= 128:
+            while i < end and buf[U(i)] != 34:
+                if buf[U(i)] < 32 or buf[U(i)] >= 128:
                     return -1
-                i += 2 if buf[i] == 92 else 1
+                i += 2 if buf[U(i)] == 92 else 1
             if i >= end:
                 return -1
             i += 1
@@ -159,8 +160,8 @@ def _skip_value(buf: NDArray[np.uint8], i: int, end: int) -> int:
             return i
         else:
             i += 1
-        if depth == 0 and (i >= end or buf[i] == 44 or buf[i] == 125 or buf[i] == 32 or buf[i] == 10
-                           or buf[i] == 13 or buf[i] == 9):
+        if depth == 0 and (i >= end or buf[U(i)] == 44 or buf[U(i)] == 125 or buf[U(i)] == 32 or buf[U(i)] == 10
+                           or buf[U(i)] == 13 or buf[U(i)] == 9):
             return i
     return -1
 
@@ -169,13 +170,13 @@ def _skip_value(buf: NDArray[np.uint8], i: int, end: int) -> int:
 def _number(buf: NDArray[np.uint8], i: int, end: int, integer_only: bool) -> tuple[int, float, int]:
     """A JSON number at ``i``: (index after it or -1, value as float, value as int if ``integer_only``)."""
     neg = False
-    if i < end and buf[i] == 45:
+    if i < end and buf[U(i)] == 45:
         neg = True
         i += 1
     if not _digit(buf, i, end):
         return -1, 0.0, 0
     m = 0  # the digits as one integer, never more than 18 of them (no overflow)
-    if buf[i] == 48:
+    if buf[U(i)] == 48:
         i += 1
         if _digit(buf, i, end):
             return -1, 0.0, 0  # leading zero: not JSON
@@ -183,11 +184,11 @@ def _number(buf: NDArray[np.uint8], i: int, end: int, integer_only: bool) -> tup
         while _digit(buf, i, end):
             if m >= _MAX_MANTISSA:
                 return -1, 0.0, 0
-            m = m * 10 + (buf[i] - 48)
+            m = m * 10 + (buf[U(i)] - 48)
             i += 1
     frac = 0
     is_int = True
-    if i < end and buf[i] == 46:
+    if i < end and buf[U(i)] == 46:
         is_int = False
         i += 1
         if not _digit(buf, i, end):
@@ -195,21 +196,21 @@ def _number(buf: NDArray[np.uint8], i: int, end: int, integer_only: bool) -> tup
         while _digit(buf, i, end):
             if m >= _MAX_MANTISSA or frac > 40:
                 return -1, 0.0, 0
-            m = m * 10 + (buf[i] - 48)
+            m = m * 10 + (buf[U(i)] - 48)
             frac += 1
             i += 1
     exp = 0
-    if i < end and (buf[i] == 101 or buf[i] == 69):
+    if i < end and (buf[U(i)] == 101 or buf[U(i)] == 69):
         is_int = False
         i += 1
         eneg = False
-        if i < end and (buf[i] == 43 or buf[i] == 45):
-            eneg = buf[i] == 45
+        if i < end and (buf[U(i)] == 43 or buf[U(i)] == 45):
+            eneg = buf[U(i)] == 45
             i += 1
         if not _digit(buf, i, end):
             return -1, 0.0, 0
         while _digit(buf, i, end):
-            exp = exp * 10 + (buf[i] - 48)
+            exp = exp * 10 + (buf[U(i)] - 48)
             if exp > 1000:
                 return -1, 0.0, 0
             i += 1
@@ -239,7 +240,7 @@ def _string_ok(buf: NDArray[np.uint8], a: int, b: int, k: int, plates: NDArray[n
             return False
         m = 0
         for j in range(a, b):
-            c = buf[j]
+            c = buf[U(j)]
             if c == 32 or c == 45:
                 continue
             if 97 <= c <= 122:
@@ -252,10 +253,10 @@ def _string_ok(buf: NDArray[np.uint8], a: int, b: int, k: int, plates: NDArray[n
             m += 1
         return m >= 1
     if k == _REGION:  # [A-Z]{2}-[A-Z0-9]{1,3}
-        if n < 4 or n > 6 or buf[a + 2] != 45:
+        if n < 4 or n > 6 or buf[U(a + 2)] != 45:
             return False
         for j in range(n):
-            c = buf[a + j]
+            c = buf[U(a + j)]
             if j == 2:
                 continue
             if not (65 <= c <= 90 or (j > 2 and 48 <= c <= 57)):
@@ -268,7 +269,7 @@ def _string_ok(buf: NDArray[np.uint8], a: int, b: int, k: int, plates: NDArray[n
 def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64],
               nums: NDArray[np.float64], ts: NDArray[np.int64], plates: NDArray[np.uint8], r: int) -> int:
     i = _ws(buf, i, end)
-    if i >= end or buf[i] != 123:
+    if i >= end or buf[U(i)] != 123:
         return SLOW
     i = _ws(buf, i + 1, end)
     seen = 0
@@ -282,7 +283,7 @@ def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64]
             return SLOW
         k = _key_id(buf, i + 1, ke, _KEY_BYTES, _KEY_START)
         i = _ws(buf, ke + 1, end)
-        if i >= end or buf[i] != 58:
+        if i >= end or buf[U(i)] != 58:
             return SLOW
         i = _ws(buf, i + 1, end)
         if k < 0:
@@ -333,10 +334,10 @@ def _scan_one(buf: NDArray[np.uint8], i: int, end: int, spans: NDArray[np.int64]
         i = _ws(buf, i, end)
         if i >= end:
             return SLOW
-        if buf[i] == 44:
+        if buf[U(i)] == 44:
             i = _ws(buf, i + 1, end)
             continue
-        if buf[i] != 125:
+        if buf[U(i)] != 125:
             return SLOW
         break
     if _ws(buf, i + 1, end) != end or seen & _CORE_MASK != _CORE_MASK:
@@ -390,7 +391,7 @@ def intern_spans(buf: NDArray[np.uint8], a: NDArray[np.int64], b: NDArray[np.int
     for r in range(n):
         h = np.uint64(14695981039346656037)
         for j in range(a[r], b[r]):
-            h = (h ^ np.uint64(buf[j])) * np.uint64(1099511628211)
+            h = (h ^ np.uint64(buf[U(j)])) * np.uint64(1099511628211)
         slot = int(h ^ (h >> np.uint64(29))) & mask
         while True:
             t = table[slot]
@@ -405,7 +406,7 @@ def intern_spans(buf: NDArray[np.uint8], a: NDArray[np.int64], b: NDArray[np.int
             same = b[f] - a[f] == ln
             if same:
                 for j in range(ln):
-                    if buf[a[f] + j] != buf[a[r] + j]:
+                    if buf[U(a[f] + j)] != buf[U(a[r] + j)]:
                         same = False
                         break
             if same:
