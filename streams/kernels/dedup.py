@@ -275,22 +275,6 @@ def _fp_of(h: np.uint64) -> np.uint64:
 
 
 @nb.njit(inline="always", cache=True)
-def _home(tab: NDArray[np.uint64], cam: np.int32, cls: np.uint64) -> np.int64:
-    return _home_of(tab, _hash(cam, cls))
-
-
-@nb.njit(inline="always", cache=True)
-def _fp(cam: np.int32, cls: np.uint64) -> np.uint64:
-    return _fp_of(_hash(cam, cls))
-
-
-@nb.njit(inline="always", cache=True)
-def _slot(tab: NDArray[np.uint64], p_cam: NDArray[np.int32], p_cls: NDArray[np.uint64], cam: np.int32,
-          cls: np.uint64, fp: np.uint64) -> np.int64:
-    return _slot_at(tab, p_cam, p_cls, cam, cls, fp, _home(tab, cam, cls))
-
-
-@nb.njit(inline="always", cache=True)
 def _slot_at(tab: NDArray[np.uint64], p_cam: NDArray[np.int32], p_cls: NDArray[np.uint64], cam: np.int32,
              cls: np.uint64, fp: np.uint64, i: np.int64) -> np.int64:
     size = np.int64(tab.shape[0])
@@ -326,8 +310,9 @@ def _reindex(cam, cls, alive, first_seq, n_used, nxt, tab) -> int:  # type: igno
         if not alive[u]:
             nxt[u] = -1
             continue
-        fp = _fp(cam[u], cls[u])
-        i = U(_slot(tab, cam, cls, cam[u], cls[u], fp))
+        h = _hash(cam[u], cls[u])  # once, for the fingerprint and the home slot
+        fp = _fp_of(h)
+        i = U(_slot_at(tab, cam, cls, cam[u], cls[u], fp, _home_of(tab, h)))
         e = tab[i]
         if e == 0:
             n_keys += 1
