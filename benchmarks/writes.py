@@ -1,20 +1,22 @@
-"""Where a batch's Redis write time goes, and what plain transactions instead of the Lua script would change.
+"""Where a batch's Redis write time goes: the Lua script against a plain transaction.
 
     python -m benchmarks.writes [--messages 600000] [--rounds 2]
 
 The pipeline's real batches (one partition, 20,000 reads each, simulated traffic) are applied to a fresh
 redis-server three ways, taking turns:
 
-- ``script``: what the worker does (``store.plan_batch`` + ``apply_batches``): one fenced Lua script per batch, its
-  commands in a msgpack blob;
+- ``script``: one fenced Lua script per batch, its commands in a msgpack blob (``store.apply_scripts``: what
+  the worker does for chunked batches, and did for every batch before);
 - ``unpack``: the same blobs, only unpacked by a script (``cmsgpack.unpack``), nothing run: the script's parsing;
-- ``multi``: the same commands in RESP (``hiredis.pack_command``) as ``WATCH`` / ``MULTI`` / ``EXEC``, fenced by
-  ``WATCH`` on the checkpoint: no Lua.
+- ``multi``: what the worker does for a whole batch (``store.apply_batches``): the same blob transcoded to RESP
+  (``kernels.resp``, in the writer thread) and run as ``WATCH`` / ``MULTI`` / ``EXEC``, fenced by ``WATCH``
+  on the checkpoint: no Lua.
 
 Per mode: redis-server's CPU time (``/proc``), Redis's own time in the batch command (``commandstats`` of
 ``EVALSHA`` or ``EXEC``: what a lookup waits behind; a transaction's queued commands are parsed before ``EXEC``,
-between other clients' commands) and the client's packing time. ``script`` and ``multi`` must leave the same data
-(``DEBUG DIGEST``). Writes ``benchmarks/results/writes-<date>.json`` and ``.md``.
+between other clients' commands), the client's packing time (the worker's event-loop thread) and, for
+``multi``, the transcoding (the writer thread, GIL released). ``script`` and ``multi`` must leave the same
+data (``DEBUG DIGEST``). Writes ``benchmarks/results/writes-<date>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -23,31 +25,27 @@ import argparse
 import datetime
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import hiredis
 import redis
 
 from benchmarks.__main__ import machine, report_header, write_report
 from streams import stack
+from streams.kernels.resp import resp_commands
 from streams.pipeline import Command, PartitionPipeline
 from streams.records import Raw
 from streams.settings import Settings
 from streams.simulate import generate
-from streams.store import apply_batches, pack_commands, plan_batch
+from streams.store import apply_batches, apply_scripts, pack_commands, plan_batch
 
 MODES = ("script", "unpack", "multi")
 Batch = tuple[list[Command], int]  # a batch's commands and the offset after it
 UNPACK_ONLY = "local a = cmsgpack.unpack(ARGV[1]) return #a"
-# (hiredis's stub types the command as a 1-tuple)
-_pack = cast(Callable[[Command], bytes], hiredis.pack_command)
 
 
 def batches(messages: int, batch: int = 20_000, vehicles: int = 20_000) -> tuple[str, list[Batch]]:
@@ -64,61 +62,6 @@ def batches(messages: int, batch: int = 20_000, vehicles: int = 20_000) -> tuple
     return pipe.ck_key, out
 
 
-class Transactions:
-    """A batch as a ``WATCH`` / ``MULTI`` / ``EXEC`` transaction on a raw connection (RESP in, hiredis out)."""
-
-    def __init__(self, host: str, port: int, db: int = 0) -> None:
-        self.sock = socket.create_connection((host, port))
-        self.reader = hiredis.Reader()
-        self.packing_s = 0.0
-        if db:
-            self.sock.sendall(_pack(("SELECT", db)))
-            self._expect(b"OK")
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _reply(self) -> Any:
-        while True:
-            got = self.reader.gets()
-            if got is not False:
-                if isinstance(got, hiredis.ReplyError):
-                    raise got
-                return got
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise ConnectionError("redis closed the connection")
-            self.reader.feed(data)
-
-    def _expect(self, want: Any) -> None:
-        got = self._reply()
-        if got != want:
-            raise RuntimeError(f"redis replied {got!r}, expected {want!r}")
-
-    def apply(self, ck_key: str, expected: int | None, commands: Sequence[Command],
-              after_check: Callable[[], None] | None = None) -> bool:
-        """Run ``commands`` atomically if the checkpoint still holds ``expected`` (what ``APPLY_BATCH`` checks);
-        False, writing nothing, if it does not, or if it moved between the check and ``EXEC``. ``after_check``
-        runs between the two (fault injection)."""
-        t = time.perf_counter()
-        body = b"".join(map(_pack, commands))
-        self.packing_s += time.perf_counter() - t
-        self.sock.sendall(_pack(("WATCH", ck_key)) + _pack(("HGET", ck_key, "offset")))
-        self._expect(b"OK")
-        if self._reply() != (None if expected is None else str(expected).encode()):
-            self.sock.sendall(_pack(("UNWATCH",)))
-            self._expect(b"OK")
-            return False
-        if after_check is not None:
-            after_check()
-        self.sock.sendall(_pack(("MULTI",)) + body + _pack(("EXEC",)))
-        self._expect(b"OK")
-        for _ in commands:
-            self._expect(b"QUEUED")
-        done = self._reply()
-        return done is not None  # None: the watched checkpoint changed, nothing ran
-
-
 def server_cpu_s(pid: int) -> float:
     """User + system CPU time of process ``pid`` (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -131,19 +74,11 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
     port = stack.free_port()
     pid = stack.start_redis(state, port, extra=["--enable-debug-command", "local"])
     client = redis.Redis(port=port)
-    packing = 0.0
+    packing = transcoding = 0.0
     try:
         cpu0, t0 = server_cpu_s(pid), time.perf_counter()
         expected: int | None = None
-        if mode == "script":
-            for commands, nxt in work:
-                t = time.perf_counter()
-                write = plan_batch(ck_key, expected, nxt, commands)
-                packing += time.perf_counter() - t
-                if apply_batches(client, [write]) != [True]:
-                    raise RuntimeError("the batch script was fenced")
-                expected = nxt
-        elif mode == "unpack":
+        if mode == "unpack":
             script = client.register_script(UNPACK_ONLY)
             for commands, _ in work:
                 t = time.perf_counter()
@@ -151,21 +86,24 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
                 packing += time.perf_counter() - t
                 script(keys=[ck_key], args=[blob])
         else:
-            tx = Transactions("127.0.0.1", port)
-            try:
-                for commands, nxt in work:
-                    if not tx.apply(ck_key, expected, commands):
-                        raise RuntimeError("the transaction was fenced")
-                    expected = nxt
-                packing = tx.packing_s
-            finally:
-                tx.close()
+            apply = apply_scripts if mode == "script" else apply_batches
+            for commands, nxt in work:
+                t = time.perf_counter()
+                write = plan_batch(ck_key, expected, nxt, commands)
+                packing += time.perf_counter() - t
+                if mode == "multi":  # what the writer thread adds (GIL released), timed apart from the write
+                    t = time.perf_counter()
+                    resp_commands(write.first)
+                    transcoding += time.perf_counter() - t
+                if apply(client, [write]) != [True]:
+                    raise RuntimeError(f"the batch was fenced ({mode})")
+                expected = nxt
         wall, cpu = time.perf_counter() - t0, server_cpu_s(pid) - cpu0
         stats = client.info("commandstats")
         batch_cmd = stats.get("cmdstat_exec" if mode == "multi" else "cmdstat_evalsha", {})
         figures = {"server_cpu_s": cpu, "batch_command_s": int(batch_cmd.get("usec", 0)) / 1e6,
                    "batch_command_ms_avg": float(batch_cmd.get("usec_per_call", 0.0)) / 1000,
-                   "client_packing_s": packing, "wall_s": wall}
+                   "client_packing_s": packing, "writer_transcoding_s": transcoding, "wall_s": wall}
         return figures, cast(bytes, client.execute_command("DEBUG", "DIGEST"))
     finally:
         client.close()
@@ -212,13 +150,15 @@ def report(r: dict[str, Any]) -> list[str]:
              "turns. Medians of the runs, in µs per message; `vs script` is the ratio to the script's median. "
              "batch command: Redis's own time in the batch's `EVALSHA` (script, unpack) or `EXEC` (multi), which "
              "a lookup waits behind.", "",
-             "| mode | server CPU | vs script | batch command | vs script | client packing | runs (server CPU) |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| mode | server CPU | vs script | batch command | vs script | client packing | writer transcoding | "
+             "runs (server CPU) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for mode in r["runs"]:
         cpu, cmd = med(mode, "server_cpu_s"), med(mode, "batch_command_s")
         lines.append(f"| {mode} | {cpu * per_read:.2f} | {cpu / med('script', 'server_cpu_s'):.2f} | "
                      f"{cmd * per_read:.2f} | {cmd / med('script', 'batch_command_s'):.2f} | "
                      f"{med(mode, 'client_packing_s') * per_read:.2f} | "
+                     f"{med(mode, 'writer_transcoding_s') * per_read:.2f} | "
                      + " / ".join(f"{run['server_cpu_s'] * per_read:.2f}" for run in r["runs"][mode]) + " |")
     return lines
 

@@ -26,6 +26,7 @@ from streams.kernels.dedup import POOL_FIELDS, SNAP_FIELDS, DedupArrays, expired
 from streams.kernels.geohash import geo52, geo52_decode, geohash_strings
 from streams.kernels.jsonrows import Template
 from streams.kernels.plates import pack_plates, plates_matrix, unpack_plates
+from streams.kernels.resp import resp_commands
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
@@ -38,6 +39,7 @@ from streams.store import (
     area_entries,
     checkpoint_key,
     member_heads,
+    pack_commands,
     pack_string,
     pack_string_many,
     pack_strings,
@@ -522,3 +524,4 @@ def warm_up(s: Settings) -> None:
         pipe.process_raw([Raw("warm-up", 0, i, None, None, orjson.dumps(docs[i])) for i in batch])
     st = pipe.state
     st.compact(st.pool["alive"][: st.n_used].astype(bool))  # as reserve/reclaim do (it re-indexes too)
+    resp_commands(pack_commands(pipe.process_raw([]).redis))  # the Redis writer thread's transcoder

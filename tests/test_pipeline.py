@@ -181,7 +181,7 @@ from streams.settings import Settings
 before = {}
 def counts():
     out = {}
-    for m in ("scan", "dedup", "plates", "geohash"):
+    for m in ("scan", "dedup", "plates", "geohash", "resp"):
         for name, obj in vars(importlib.import_module("streams.kernels." + m)).items():
             if isinstance(obj, CPUDispatcher):
                 out[m + "." + name] = len(obj.signatures)
@@ -194,7 +194,7 @@ print(json.dumps([before, counts()]))
     before, after = orjson.loads(out.splitlines()[-1])
     entry_points = ["scan.scan_reads", "scan.intern_spans", "dedup.dedup_batch", "dedup.expired", "dedup._reindex",
                     "dedup._kept_runs", "dedup._move_runs", "plates.pack_plates", "plates._unpack_matrix",
-                    "geohash.geo52_into", "geohash.geo52_decode", "geohash.geohash_text"]
+                    "geohash.geo52_into", "geohash.geo52_decode", "geohash.geohash_text", "resp._resp"]
     assert all(before[k] == 0 for k in entry_points)
     assert {k: after[k] > 0 for k in entry_points} == dict.fromkeys(entry_points, True)
 

@@ -331,6 +331,108 @@ def test_batch_script_runs_every_command_of_a_flat_blob_and_of_the_nested_layout
 
 
 @pytest.mark.integration
+def test_whole_batches_as_transactions_store_exactly_what_scripts_store(settings: Settings) -> None:
+    """A simulated partition written batch by batch through ``apply_batches`` (one MULTI/EXEC each) and through
+    ``apply_scripts`` leaves the same keys and values; each of the writes fences: a batch that starts where
+    the checkpoint is not writes nothing."""
+    import random
+
+    import redis
+
+    from streams.store import apply_batches, apply_scripts, plan_batch
+    from tests.support import dump_redis, pipeline_raws, write_in_batches
+
+    client = redis.Redis.from_url(settings.redis_url)
+    raws = pipeline_raws(settings, 31)
+    out = []
+    for apply in (apply_batches, apply_scripts):
+        client.flushdb()
+        client.config_resetstat()
+        write_in_batches(settings, raws, random.Random(7), lambda p, expected, r, apply=apply: apply(
+            client, [plan_batch(p.ck_key, expected, r.next_offset, r.redis)]) == [True])
+        stats = client.info("commandstats")
+        out.append(dump_redis(client))
+        ck_key = next(k for k in out[-1] if k.startswith(b"ps:ck:")).decode()
+        stale = plan_batch(ck_key, 5, 10, [("HSET", "zombie", "f", "v"), ("HSET", ck_key, "offset", "10")])
+        assert apply(client, [stale]) == [False] and client.exists("zombie") == 0
+        if apply is apply_batches:  # (not a script in disguise)
+            assert stats["cmdstat_exec"]["calls"] > 20 and "cmdstat_evalsha" not in stats
+    assert len(out[0]) > 100 and out[0] == out[1]
+
+
+@pytest.mark.integration
+def test_a_transaction_fences_each_batch_and_starts_again_when_a_checkpoint_changes_under_it(
+        settings: Settings) -> None:
+    """Of two partitions' batches, the one whose checkpoint moved is left out and the other written. A write to
+    a watched checkpoint between reading it and EXEC (another worker) makes EXEC write nothing, and the
+    round starts again from the fence: now fenced if the offset moved, written if it did not."""
+    import redis
+
+    from streams.store import apply_transaction, plan_batch, resp_commands
+
+    client = redis.Redis.from_url(settings.redis_url)
+    other = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    client.hset("ck:a", "offset", "10")
+    client.hset("ck:b", "offset", "20")
+
+    def batch(key: str, expected: int, nxt: int, field: str) -> Any:
+        return plan_batch(key, expected, nxt, [("HINCRBY", "n", field, 1), ("HSET", key, "offset", str(nxt))])
+
+    def apply(batches: list[Any], between: Any = None) -> list[bool]:
+        return apply_transaction(client, batches, [resp_commands(b.first) for b in batches], between)
+
+    assert apply([batch("ck:a", 10, 11, "a"), batch("ck:b", 19, 21, "b")]) == [True, False]
+    assert client.hgetall("n") == {b"a": b"1"} and client.hget("ck:b", "offset") == b"20"
+
+    rounds = []
+
+    def same_offset() -> None:  # a write that keeps the offset: EXEC refuses, the fence passes again
+        rounds.append(1)
+        if len(rounds) == 1:
+            other.hset("ck:a", "offset", "11")
+
+    assert apply([batch("ck:a", 11, 12, "a"), batch("ck:b", 20, 21, "b")], same_offset) == [True, True]
+    assert len(rounds) == 2 and client.hgetall("n") == {b"a": b"2", b"b": b"1"}
+
+    rounds.clear()
+
+    def moved() -> None:  # a newer owner moved the checkpoint: the second round finds this batch fenced
+        rounds.append(1)
+        if len(rounds) == 1:
+            other.hset("ck:a", "offset", "99")
+
+    assert apply([batch("ck:a", 12, 13, "a")], moved) == [False]
+    assert len(rounds) == 1 and client.hgetall("n") == {b"a": b"2", b"b": b"1"}  # fenced before the hook ran again
+    assert client.hget("ck:a", "offset") == b"99"
+
+
+@pytest.mark.integration
+def test_a_refused_transaction_writes_nothing_and_a_failing_command_is_reported(settings: Settings) -> None:
+    """A command Redis refuses while queuing (here: unknown) aborts the whole batch. A command that fails while
+    EXEC runs (a key of another type) does not stop the others, the checkpoint included, unlike a script: the
+    write is reported failed with Redis's error (the difference ``store.py`` documents)."""
+    import redis
+
+    from streams.store import BatchCommandError, apply_batches, plan_batch
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    client.hset("ck", "offset", "1")
+    refused = plan_batch("ck", 1, 2, [("HINCRBY", "n", "x", 1), ("NOSUCHCOMMAND", "k"), ("HSET", "ck", "offset", "2")])
+    with pytest.raises(redis.ResponseError, match=r"nothing written.*unknown command"):
+        apply_batches(client, [refused])
+    assert client.exists("n") == 0 and client.hget("ck", "offset") == b"1"
+
+    client.set("s", "not a hash")
+    failing = plan_batch("ck", 1, 2, [("HINCRBY", "n", "x", 1), ("HSET", "s", "f", "v"), ("HSET", "ck", "offset", "2")])
+    with pytest.raises(BatchCommandError, match="WRONGTYPE"):
+        apply_batches(client, [failing])
+    assert client.hget("n", "x") == b"1" and client.hget("ck", "offset") == b"2"
+    assert client.ping()  # the connection that saw the error is usable again (dropped, reconnected)
+
+
+@pytest.mark.integration
 def test_chunked_batches_write_what_one_script_writes_even_when_torn(settings: Settings) -> None:
     """A batch written as chunks (``plan_batch``) leaves exactly what one script per batch leaves, also when
     the writer dies after the first chunk: the next owner's ``replay_pending`` finishes the batch, and the
