@@ -9,14 +9,15 @@ events/s (see README, "Why not stream.take").
 Per batch, in this order (crash anywhere and a restart converges to the same Redis state):
 1. ``sink.dlq`` and ``sink.deduped``: produce whole record batches and wait for the broker's acks
    (at-least-once).
-2. ``sink.redis``: per partition, one atomic server-side script with every sighting change and the
-   partition's checkpoint (its open dedup sessions and next offset), fenced on the checkpoint's offset so a
+2. ``sink.redis``: one atomic MULTI/EXEC per poll with every sighting change and each partition's
+   checkpoint (its open dedup sessions and next offset), fenced on the checkpoints' offsets (WATCH) so a
    zombie worker that lost its partitions cannot overwrite newer state (effectively-once). A worker that
-   keeps up writes it as short chunks instead, all-or-nothing on restart (``store.plan_batch``), so lookups
-   do not wait behind a whole batch; one that catches up writes whole batches, at full throughput.
+   keeps up writes each batch as short chunks (scripts) instead, all-or-nothing on restart
+   (``store.plan_batch``), so lookups do not wait behind a whole batch; one that catches up writes whole
+   batches, at full throughput.
 3. Kafka offset commit (only after Redis acknowledged; Redis's checkpoint is authoritative on restart).
 
-Two batches overlap: while Redis runs batch N's scripts (sent from a thread), the event loop's thread
+Two batches overlap: while Redis runs batch N's write (sent from a thread), the event loop's thread
 decodes and deduplicates batch N+1; N+1's records leave the worker only after N is in Redis.
 """
 
@@ -500,7 +501,8 @@ class BatchRunner:
         return n
 
     async def _write_redis(self, flight: _Flight) -> set[TopicPartition]:
-        """One atomic, fenced script per partition; returns partitions found owned by someone else."""
+        """The flight's atomic, fenced write (``store.apply_batches``); returns partitions found owned by someone
+        else."""
         assert self.redis is not None
         work = flight.work
         if self.s.redis_cluster:
