@@ -830,14 +830,14 @@ def apply_transaction(client: redis.Redis, batches: Sequence[BatchWrite], bodies
     """Apply whole (unchunked) batches as one fenced MULTI/EXEC; per batch, whether it was applied. ``bodies``:
     each batch's commands as RESP and their number (``resp_commands`` of its blob). ``after_fence`` runs
     between reading the watched offsets and EXEC (tests: another writer there)."""
+    keys = [b.ck_key for b in batches]
+    fence = b"".join(map(_pack, [("WATCH", *keys), *(("HGET", k, "offset") for k in keys)]))
     conn = client.connection_pool.get_connection()
     try:
         while True:
-            keys = [b.ck_key for b in batches]
-            fence = [("WATCH", *keys), *(("HGET", k, "offset") for k in keys)]
-            conn.send_packed_command([b"".join(map(_pack, fence))])
+            conn.send_packed_command([fence])
             reader = _Replies(conn)
-            watched, *offsets = reader.take(len(fence))
+            watched, *offsets = reader.take(1 + len(keys))
             _raise_error(watched)
             applied = [(cur or b"") == ("" if b.expected is None else str(b.expected)).encode()
                        for b, cur in zip(batches, map(_raise_error, offsets), strict=True)]
