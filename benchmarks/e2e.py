@@ -489,7 +489,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         with _lookups(client, s) as lookups:
             paced = _paced(lookups, 300, threading.Event())
         client.config_resetstat()  # (also empties the per-command latency histograms read below)
-        scripts0 = client.info("commandstats").get("cmdstat_evalsha", {})
+        scripts0 = _batch_stats(client)
 
         # the querying client is its own process (and session: _query_loop), as an analyst's would be (no GIL
         # shared with the load)
@@ -523,8 +523,8 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
         os.close(redis_stat)
         (samples, col_samples, api_samples), (cpu, col_cpu, api_cpu) = results.get(timeout=60)
         proc.join(30)
-        scripts1 = client.info("commandstats").get("cmdstat_evalsha", {})
-        script_hist = _histogram(client)
+        scripts1 = _batch_stats(client)
+        script_hist = _merged(*(_histogram(client, c) for c in BATCH_COMMANDS))
         lookup_hist = _histogram(client, "zrangebylex")
         lookup_stats = client.info("commandstats").get("cmdstat_zrangebylex", {})
         # the worker kept up: everything produced was in Redis soon after the producer finished
@@ -563,8 +563,9 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
             # the same pacing as under ingest, before ingest starts
             **{f"trail_{kind}paced_idle_p{q}_ms": float(np.percentile(times, q))
                for kind, times in zip(("", "columns_", "api_"), paced[0], strict=True) for q in (50, 99)},
-            # how long Redis was busy with one batch script: the 99th percentile's histogram bucket (upper
-            # bound, ms). A lookup waits at most this long behind a script; the rest of its tail is CPU
+            # how long Redis was busy with one batch write (script or transaction: BATCH_COMMANDS): the 99th
+            # percentile's histogram bucket (upper bound, ms). A lookup waits at most this long behind one; the
+            # rest of its tail is CPU
             # contention between the lookup, the worker, the producer, Redis and the broker on two cores
             "trail_ingest_batch_script_ms_p99_at_most": _bucket_at(script_hist, 0.99),
             # Redis's own time for a lookup's ZRANGEBYLEX under ingest (the rest of a lookup is the round trip,
@@ -591,7 +592,24 @@ def _slowest(prefix: str, times: NDArray[np.float64], cpu: list[tuple[float, flo
             f"{prefix}_slowest_blocked_share": 1 - (run + wait) / total}
 
 
-def _histogram(client: redis.Redis, command: str = "evalsha") -> dict[int, int]:
+# What a batch's Redis write runs as: a script (chunks, Redis Cluster) or a transaction (whole batches)
+BATCH_COMMANDS = ("evalsha", "exec")
+
+
+def _batch_stats(client: redis.Redis) -> dict[str, int]:
+    """Calls and microseconds of the batch writes' commands so far (``INFO commandstats``)."""
+    stats = client.info("commandstats")
+    return {k: sum(int(stats.get(f"cmdstat_{c}", {}).get(k, 0)) for c in BATCH_COMMANDS) for k in ("calls", "usec")}
+
+
+def _merged(*hists: dict[int, int]) -> dict[int, int]:
+    """Cumulative histograms (``_histogram``) of several commands as one: at each bucket, the sum of each
+    one's count at its last bucket up to there (0 before its first)."""
+    keys = sorted(set().union(*hists))
+    return {k: sum(max((v for b, v in h.items() if b <= k), default=0) for h in hists) for k in keys}
+
+
+def _histogram(client: redis.Redis, command: str) -> dict[int, int]:
     """``LATENCY HISTOGRAM <command>``: cumulative calls per power-of-two bucket (upper bound in us)."""
     reply = cast(dict[bytes, Any], client.execute_command("LATENCY", "HISTOGRAM", command))
     hist = reply.get(command.encode(), {}).get(b"histogram_usec", {})

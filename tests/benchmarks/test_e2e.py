@@ -237,3 +237,15 @@ def test_the_dedup_kernel_section_sets_its_parts_against_the_goal() -> None:
         "dedup_kernel_compaction_ns_per_read": 10.8, "dedup_kernel_compactions": 75, "dedup_kernel_batches": 150}))
     assert "| 44.0 |" in text and "| 1.7 |" in text and "(75 of 150 batches) | 10.8 |" in text
     assert "| the figure's own run, per read | 50.0 |" in text and "needs 33.3 ns per read" in text
+
+
+def test_batch_write_histograms_of_scripts_and_transactions_merge_as_one() -> None:
+    """Cumulative per-bucket counts of ``EVALSHA`` and ``EXEC`` add up bucket by bucket, each holding its last count
+    past its own buckets, so the 99th percentile is over both kinds of batch write."""
+    from benchmarks.e2e import _bucket_at, _merged
+
+    scripts, transactions = {1: 2, 4: 5}, {2: 1, 8: 3}
+    assert _merged(scripts, transactions) == {1: 2, 2: 3, 4: 6, 8: 8}
+    assert _merged(scripts, {}) == scripts
+    assert _bucket_at(_merged(scripts, transactions), 0.99) == 0.008
+    assert _bucket_at(_merged(scripts, transactions), 0.5) == 0.004
