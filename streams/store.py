@@ -765,18 +765,17 @@ RECORD_TTL_MS = 3_600_000  # an orphaned record (no first chunk made it live) ex
 def apply_batches(client: redis.Redis, batches: Sequence[BatchWrite],
                   after_first: Callable[[], None] | None = None) -> list[bool]:
     """Apply ``plan_batch`` batches; per batch, whether it was applied (False: the checkpoint had moved -
-    fenced - and nothing was written). Whole batches go as one transaction (``apply_transaction``), chunked
-    ones as scripts (``apply_scripts``).
+    fenced - and nothing was written). As transactions (``apply_transaction``); as scripts (``apply_scripts``)
+    only a blob the transcoder refuses (an earlier version's nested layout).
 
     Synchronous on purpose: the worker runs it in a thread, so Redis executes batch N while the event loop's
     thread computes batch N+1. The blobs are packed before (by the event loop's thread): here the thread
     waits on the socket or runs kernels that release the GIL, instead of competing for it.
     ``after_first`` runs between the first chunks and the others (fault injection).
     """
-    if not any(b.rest for b in batches):
-        bodies = [resp_commands(b.first) for b in batches]
-        if all(n >= 0 for _, n in bodies):  # (else a blob only the script runs: an earlier version's nested one)
-            return apply_transaction(client, batches, bodies)
+    bodies = [resp_commands(b.first) for b in batches]
+    if all(n >= 0 for _, n in bodies):  # (else a blob only the script runs: an earlier version's nested one)
+        return apply_transaction(client, batches, bodies, after_first=after_first)
     return apply_scripts(client, batches, after_first)
 
 
@@ -803,16 +802,19 @@ def apply_scripts(client: redis.Redis, batches: Sequence[BatchWrite],
     return applied
 
 
-# -- whole batches as transactions --------------------------------------------------------------------
-# A batch that is not chunked runs as a plain MULTI/EXEC of its commands: atomic like the script, without Lua.
+# -- batches as transactions --------------------------------------------------------------------------
+# A batch (or each chunk of one) runs as a plain MULTI/EXEC of its commands: atomic like a script, without Lua.
 # The script's cmsgpack.unpack, one Lua call and one reply conversion per command cost Redis more than the
 # commands: on the pipeline's batches 0.85 against 0.52 s of redis-server CPU, EXEC 0.27 against EVALSHA 0.70 s
 # of Redis's own time (what a lookup waits behind). The fence is WATCH: the checkpoints are watched and
 # their offsets read first; a batch whose offset is not the one it starts from is left out (fenced), and
 # if any watched checkpoint changes before EXEC (another worker wrote it), EXEC runs nothing and the whole
-# round starts again. The commands travel as RESP transcoded from the msgpack blob by a kernel that
-# releases the GIL (``kernels.resp``): packing RESP in Python would have cost the worker's event loop ~0.6
-# us more per message than the blob does.
+# round starts again. A chunk after the first watches its chunk number's fence hash the same way
+# (``APPLY_NODE``'s rule: it runs unless the fence holds its batch's end offset or a later one), one chunk at a
+# time: with a WATCH per chunk none can be sent ahead, but each is short and Redis's time per chunk less.
+# The commands travel as RESP transcoded from the msgpack blob by a kernel that releases the GIL
+# (``kernels.resp``): packing RESP in Python would have cost the worker's event loop ~0.6 us more per message
+# than the blob does.
 # One difference from the script: a command that fails while EXEC runs does not stop the ones after it,
 # the checkpoint's HSET among them. Only a key of the wrong type makes one fail (another program writing
 # into platestream's keys): the batch is reported failed with Redis's error (``BatchCommandError``), but
@@ -825,48 +827,106 @@ _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
 _pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)  # (its stub types a 1-tuple)
 
 
+Choice = tuple[list[bool], list[tuple[bytes, int]]]  # per batch applied?, and the RESP bodies to run
+
+
 def apply_transaction(client: redis.Redis, batches: Sequence[BatchWrite], bodies: Sequence[tuple[bytes, int]],
-                      after_fence: Callable[[], None] | None = None) -> list[bool]:
-    """Apply whole (unchunked) batches as one fenced MULTI/EXEC; per batch, whether it was applied. ``bodies``:
-    each batch's commands as RESP and their number (``resp_commands`` of its blob). ``after_fence`` runs
-    between reading the watched offsets and EXEC (tests: another writer there)."""
-    keys = [b.ck_key for b in batches]
-    fence = b"".join(map(_pack, [("WATCH", *keys), *(("HGET", k, "offset") for k in keys)]))
+                      after_fence: Callable[[], None] | None = None, after_first: Callable[[], None] | None = None
+                      ) -> list[bool]:
+    """``apply_batches`` with transactions; per batch, whether it was applied. ``bodies``: each batch's first
+    chunk as RESP and its number of commands (``resp_commands`` of its blob); ``after_fence`` runs between
+    reading the watched keys and EXEC (tests: another writer there), ``after_first`` as in ``apply_batches``.
+
+    The first chunks go in one transaction fenced on the checkpoints' offsets; a chunked batch's also makes its
+    write-ahead record live and names it in the checkpoint (a fenced one deletes its record; a missing record
+    writes nothing), as ``APPLY_BATCH`` does. Each later chunk is a transaction of its own, fenced like
+    ``APPLY_NODE``: it runs unless its chunk number's fence already holds this batch's end offset or a later one.
+    """
+    chunked = [b for b in batches if b.rest]
+    if chunked:
+        with client.pipeline(transaction=False) as pipe:
+            for b in chunked:
+                pipe.set(b.record_key, b.pending, px=RECORD_TTL_MS)
+            pipe.execute()
+
+    def first(replies: list[Any]) -> Choice:
+        offsets, present = replies[: len(batches)], iter(replies[len(batches) :])
+        applied, run = [], []
+        for b, cur, (body, n) in zip(batches, offsets, bodies, strict=True):
+            ok = (cur or b"") == ("" if b.expected is None else str(b.expected)).encode()
+            exists = next(present) if b.rest else 1
+            if ok and not exists:
+                raise redis.ResponseError(f"write-ahead record {b.record_key} is missing: nothing written")
+            applied.append(ok)
+            if ok and b.rest:
+                body += _pack(("PERSIST", b.record_key)) + _pack(
+                    ("HSET", b.ck_key, "offset", str(b.next_offset), "pending_key", b.record_key))
+                run.append((body, n + 2))
+            elif ok:
+                run.append((body, n))
+            elif b.rest:
+                run.append((_pack(("UNLINK", b.record_key)), 1))
+        return applied, run
+
     conn = client.connection_pool.get_connection()
     try:
-        while True:
-            conn.send_packed_command([fence])
-            reader = _Replies(conn)
-            watched, *offsets = reader.take(1 + len(keys))
-            _raise_error(watched)
-            applied = [(cur or b"") == ("" if b.expected is None else str(b.expected)).encode()
-                       for b, cur in zip(batches, map(_raise_error, offsets), strict=True)]
-            if not any(applied):
-                conn.send_packed_command([_pack(("UNWATCH",))])
-                _raise_error(reader.take(1)[0])
-                return applied
-            if after_fence is not None:
-                after_fence()
-            run = [body for (body, _), ok in zip(bodies, applied, strict=True) if ok]
-            queued = sum(n for (_, n), ok in zip(bodies, applied, strict=True) if ok)
-            conn.send_packed_command([_MULTI, *run, _EXEC])
-            _raise_error(reader.take(1)[0])  # MULTI's OK
-            errors = [r for r in reader.take(queued) if isinstance(r, hiredis.ReplyError)]
-            result = reader.take(1)[0]
-            if errors or isinstance(result, hiredis.ReplyError):  # refused while queuing: EXEC ran nothing
-                raise redis.ResponseError(f"batch refused, nothing written: {(errors or [result])[0]}")
-            if result is None:  # a watched checkpoint changed after it was read: fence again
-                continue
-            failed = [r for r in result if isinstance(r, hiredis.ReplyError)]
-            if failed:
-                raise BatchCommandError(f"{len(failed)} command(s) of the batch failed inside EXEC, the rest "
-                                        f"and the checkpoint were written: {failed[0]}")
-            return applied
+        applied = _exec_fenced(
+            conn, [*(b.ck_key for b in batches), *(b.record_key for b in chunked)],
+            [*(("HGET", b.ck_key, "offset") for b in batches), *(("EXISTS", b.record_key) for b in chunked)],
+            first, after_fence)
+        if after_first is not None and chunked:
+            after_first()
+        for b, ok in zip(batches, applied, strict=True):
+            for fence, blob in b.rest if ok else ():
+                body, n = resp_commands(blob)
+                if n < 0:
+                    raise ValueError(f"chunk {fence} of {b.ck_key} is not a flat command blob")
+                tail = _pack(("HSET", fence, b.ck_key, str(b.next_offset)))
+
+                def later(replies: list[Any], b: BatchWrite = b, body: bytes = body + tail, n: int = n + 1) -> Choice:
+                    done = int(replies[0] or -1)
+                    return ([False], []) if done >= b.next_offset else ([True], [(body, n)])
+
+                _exec_fenced(conn, [fence], [("HGET", fence, b.ck_key)], later)
+        return applied
     except BaseException:
         conn.disconnect()  # replies may still be on their way: this connection is out of step
         raise
     finally:
         client.connection_pool.release(conn)
+
+
+def _exec_fenced(conn: Any, watch: Sequence[str], reads: Sequence[tuple[Any, ...]],
+                 choose: Callable[[list[Any]], Choice], after_fence: Callable[[], None] | None = None) -> list[bool]:
+    """``WATCH`` the keys, send the reads; ``choose(their replies)`` says what ran and the bodies to run, as one
+    MULTI/EXEC. If a watched key changed before EXEC, nothing ran: read and choose again. Returns what
+    ``choose`` said ran."""
+    request = b"".join(map(_pack, [("WATCH", *watch), *reads]))
+    while True:
+        conn.send_packed_command([request])
+        reader = _Replies(conn)
+        watched, *replies = reader.take(1 + len(reads))
+        _raise_error(watched)
+        result, run = choose([_raise_error(r) for r in replies])
+        if not run:
+            conn.send_packed_command([_pack(("UNWATCH",))])
+            _raise_error(reader.take(1)[0])
+            return result
+        if after_fence is not None:
+            after_fence()
+        conn.send_packed_command([_MULTI, *(body for body, _ in run), _EXEC])
+        _raise_error(reader.take(1)[0])  # MULTI's OK
+        errors = [r for r in reader.take(sum(n for _, n in run)) if isinstance(r, hiredis.ReplyError)]
+        done = reader.take(1)[0]
+        if errors or isinstance(done, hiredis.ReplyError):  # refused while queuing: EXEC ran nothing
+            raise redis.ResponseError(f"batch refused, nothing written: {(errors or [done])[0]}")
+        if done is None:  # a watched key changed after it was read: fence again
+            continue
+        failed = [r for r in done if isinstance(r, hiredis.ReplyError)]
+        if failed:
+            raise BatchCommandError(f"{len(failed)} command(s) of the batch failed inside EXEC, the rest "
+                                    f"and the checkpoint were written: {failed[0]}")
+        return result
 
 
 class _Replies:

@@ -12,7 +12,7 @@ Per batch, in this order (crash anywhere and a restart converges to the same Red
 2. ``sink.redis``: one atomic MULTI/EXEC per poll with every sighting change and each partition's
    checkpoint (its open dedup sessions and next offset), fenced on the checkpoints' offsets (WATCH) so a
    zombie worker that lost its partitions cannot overwrite newer state (effectively-once). A worker that
-   keeps up writes each batch as short chunks (scripts) instead, all-or-nothing on restart
+   keeps up writes each batch as short chunks (a transaction each) instead, all-or-nothing on restart
    (``store.plan_batch``), so lookups do not wait behind a whole batch; one that catches up writes whole
    batches, at full throughput.
 3. Kafka offset commit (only after Redis acknowledged; Redis's checkpoint is authoritative on restart).
@@ -84,7 +84,7 @@ log = logging.getLogger("platestream.worker")
 # checkpoint (which says whether it ran) instead of waiting forever. Redis stalls shorter than this only
 # delay the batch (lag grows).
 REDIS_WRITE_TIMEOUT_S = 120.0
-# The Redis thread sends a chunked batch's scripts a few at a time (store.apply_batches) and needs the GIL
+# The Redis thread sends a chunked batch's chunks one after another (store.apply_batches) and needs the GIL
 # for a moment between two; with CPython's default 5 ms switch interval it waited that long for the batch
 # computation to let go, and Redis ran out of chunks. Only for polls written in chunks: set for good, a worker
 # writing whole batches measured 1-8% slower (benchmarks/HISTORY.md, round 22)
