@@ -592,7 +592,7 @@ def _slowest(prefix: str, times: NDArray[np.float64], cpu: list[tuple[float, flo
             f"{prefix}_slowest_blocked_share": 1 - (run + wait) / total}
 
 
-# What a batch's Redis write runs as: a script (chunks, Redis Cluster) or a transaction (whole batches)
+# What a batch's Redis write runs as: a transaction (whole batches and chunks), or a script (Redis Cluster, replays)
 BATCH_COMMANDS = ("evalsha", "exec")
 
 

@@ -6,9 +6,9 @@ The pipeline's real batches (one partition, 20,000 reads each, simulated traffic
 redis-server three ways, taking turns:
 
 - ``script``: one fenced Lua script per batch, its commands in a msgpack blob (``store.apply_scripts``: what
-  the worker does for chunked batches, and did for every batch before);
+  the worker did before round 28);
 - ``unpack``: the same blobs, only unpacked by a script (``cmsgpack.unpack``), nothing run: the script's parsing;
-- ``multi``: what the worker does for a whole batch (``store.apply_batches``): the same blob transcoded to RESP
+- ``multi``: what the worker does (``store.apply_batches``; a whole batch here): the same blob transcoded to RESP
   (``kernels.resp``, in the writer thread) and run as ``WATCH`` / ``MULTI`` / ``EXEC``, fenced by ``WATCH``
   on the checkpoint: no Lua.
 

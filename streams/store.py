@@ -16,11 +16,11 @@ and a dump without the key reveals no plate. Writes are idempotent: a replayed b
 the same members again, and the checkpoint's offset lets a restarted worker skip what Redis already has.
 
 Delivery guarantee of the Redis sink: effectively-once. Each partition's batch is one atomic write - a
-MULTI/EXEC transaction, or a server-side script when it is chunked or on Redis Cluster - holding the sighting
-changes *and* the checkpoint (sessions + next offset), so Redis data and the offset it reflects always move
-together; the write is fenced on the checkpoint still holding the offset the worker started from (WATCH, or
-the script's own check), so a zombie that lost the partition writes nothing. Kafka offsets are committed
-only after Redis acknowledged.
+MULTI/EXEC transaction (chunked: a first one, then the rest finished from a write-ahead record), or a
+server-side script on Redis Cluster - holding the sighting changes *and* the checkpoint (sessions + next
+offset), so Redis data and the offset it reflects always move together; the write is fenced on the
+checkpoint still holding the offset the worker started from (WATCH, or the script's own check), so a zombie
+that lost the partition writes nothing. Kafka offsets are committed only after Redis acknowledged.
 """
 
 from __future__ import annotations
