@@ -36,7 +36,8 @@ SHOWN = ("trail_p50_ms", "trail_p99_ms", "trail_columns_p50_ms", "trail_columns_
          "trail_columns_slowest_runqueue_share", "trail_columns_slowest_blocked_share",
          "trail_ingest_batch_script_ms_p99_at_most",
          "trail_redis_lookup_ms_avg", "trail_redis_lookup_ms_p99_at_most", "trail_redis_runqueue_wait_ms_avg",
-         "trail_ingest_stored_per_s", "trail_ingest_redis_batches_whole", "trail_ingest_redis_batches_chunked")
+         "trail_ingest_rate_achieved", "trail_ingest_stored_per_s", "trail_ingest_redis_batches_whole",
+         "trail_ingest_redis_batches_chunked")
 
 
 def main(argv: list[str] | None = None) -> int:

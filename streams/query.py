@@ -40,8 +40,8 @@ from streams.store import (
     TrailColumns,
     area_member_parts,
     area_range,
+    cell_bucket_in,
     cell_key,
-    check_cell_bucket,
     member_sources,
     read_trail_members,
     sighting_hex,
@@ -426,9 +426,10 @@ def trail_terms(settings: Settings, plate: Any, region: Any) -> dict[str, Any]:
 
 
 EARTH_M = 6_371_008.8
-# cells x time buckets one area query may read (each an empty-or-small sorted set, pipelined): 80,000
-# quarter-hour buckets cover what 20,000 hourly buckets did, e.g. a 2 km radius over 10 days (~46,000)
-MAX_AREA_KEYS = 80_000
+# cells x time one area query may cover, in cell-hours: 80,000 keys of quarter-hour buckets, 240,000 of 5-minute
+# ones (each an empty-or-small sorted set, pipelined), e.g. a 2 km radius over 10 days (~11,500), whichever
+# bucket the Redis holds
+MAX_AREA_CELL_HOURS = 20_000
 
 
 def _haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: float, lon2: float) -> np.ndarray:
@@ -461,12 +462,14 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
           terms: dict[str, Any]) -> GovernedResult:
     """Sightings indexed in ``cells`` between ``since`` and ``until``, checked against their trail entry,
     the owners' rules and the ``exact`` geometry; audited."""
-    check_cell_bucket(client.hget(META_KEY, CELL_BUCKET), settings.cell_bucket_ms)  # (else: silently nothing found)
-    buckets = range(since // settings.cell_bucket_ms, until // settings.cell_bucket_ms + 1)
-    if len(cells) * len(buckets) > MAX_AREA_KEYS:
-        raise QueryError(f"area_too_large: {len(cells)} cells x {len(buckets)} time buckets; narrow the search")
+    # the bucket the entries were written with (else: silently nothing found)
+    layout, recorded = client.hmget(META_KEY, ["layout", CELL_BUCKET])
+    size = cell_bucket_in(layout, recorded, settings.cell_bucket_ms, settings.cell_bucket_pinned)
+    buckets = range(since // size, until // size + 1)
+    if len(cells) * len(buckets) * size > MAX_AREA_CELL_HOURS * 3_600_000:
+        raise QueryError(f"area_too_large: {len(cells)} cells x {len(buckets)} time buckets of {size // 1000} s "
+                         f"(more than {MAX_AREA_CELL_HOURS:,} cell-hours); narrow the search")
     refused = refusals(client, policy, ctx)
-    size = settings.cell_bucket_ms
     with client.pipeline(transaction=False) as pipe:
         keys = [(c, b) for c in cells for b in buckets]
         for c, b in keys:  # members lead with the time into the bucket
@@ -503,7 +506,7 @@ def area_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Co
 
     Served from the area index; each hit is checked against its stored sighting (exact distance) and its
     owning agency's rules. Vehicles are named by their pseudonym: the plate is not stored, so an area
-    search cannot reveal it. Refused (``area_too_large``) when it would touch more than 20,000 index keys.
+    search cannot reveal it. Refused (``area_too_large``) past ``MAX_AREA_CELL_HOURS`` of index keys.
     """
     if not (-90 <= lat <= 90 and -180 <= lon <= 180 and 0 < radius_m <= 50_000 and since <= until):
         raise QueryError("need -90<=lat<=90, -180<=lon<=180, 0<radius<=50000 m and since<=until")

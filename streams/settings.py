@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 DEV_HASH_KEY = "platestream-dev-key-not-secret"
 DEV_AUDIT_KEY = "platestream-dev-audit-key-not-secret"
+# the area index's time bucket for a fresh Redis (README: Redis layout; a Redis records its own in ``ps:meta``)
+DEFAULT_CELL_BUCKET_S = 300
 MIN_CHUNK_ARGS = 16  # a chunk must hold a command's name, key and some of its arguments
 CHUNK_WHEN = ("caught-up", "always")
 
@@ -42,7 +44,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_BATCH_TIMEOUT_MS": ("200", "max wait for a batch to fill"),
     "PLATESTREAM_GEOHASH_PRECISION": ("9", "characters of the base32 geohash published with sightings"),
     "PLATESTREAM_CELL_PRECISION": ("6", "geohash characters of the area index cells (6 = ~1.2 km x 0.6 km)"),
-    "PLATESTREAM_CELL_BUCKET_S": ("900", "time bucket of the area index, seconds (keep it for the life of the data)"),
+    "PLATESTREAM_CELL_BUCKET_S": ("", "time bucket of the area index, seconds; empty: the one Redis records (a fresh "
+                                      "Redis gets 300, one written before the bucket was recorded holds 900); set: "
+                                      "a Redis that records another is refused"),
     "PLATESTREAM_HASH_KEY": (DEV_HASH_KEY, "secret for the keyed hash of region+plate (vehicle id)"),
     "PLATESTREAM_PREVIOUS_HASH_KEY": ("", "during key rotation: the old PLATESTREAM_HASH_KEY, still used for lookups"),
     "PLATESTREAM_WEB_PORT": ("6066", "faust web server port (metrics at /metrics)"),
@@ -102,7 +106,7 @@ class Settings:
     batch_timeout_ms: int
     geohash_precision: int
     cell_precision: int
-    cell_bucket_ms: int
+    cell_bucket_ms: int  # the area index's time bucket: a fresh Redis gets it, else Redis's recorded one (store.py)
     hash_key: bytes
     web_port: int
     max_message_bytes: int
@@ -127,6 +131,8 @@ class Settings:
     redis_cluster: bool = False
     redis_chunk_args: int = 400
     redis_chunk_when: str = "caught-up"  # one of CHUNK_WHEN
+    # PLATESTREAM_CELL_BUCKET_S was set (or the bucket was read from Redis): a Redis recording another is refused
+    cell_bucket_pinned: bool = False
     crash_after: tuple[str, int, str] | None = None  # (step, batch number, "exit" or "stop")
 
     @property
@@ -188,6 +194,7 @@ class Settings:
         topics = {n: str(raw(n)) for n in ENV_VARS if n.startswith("PLATESTREAM_TOPIC_")}
         if len(set(topics.values())) != len(topics):
             raise SettingsError(f"topic names must differ: {topics}")
+        bucket_pinned = bool(raw("PLATESTREAM_CELL_BUCKET_S"))
         settings = cls(
             kafka_bootstrap=str(bootstrap),
             redis_url=str(redis_url),
@@ -204,7 +211,9 @@ class Settings:
             batch_timeout_ms=integer("PLATESTREAM_BATCH_TIMEOUT_MS", 1, 60_000),
             geohash_precision=integer("PLATESTREAM_GEOHASH_PRECISION", 1, 12),
             cell_precision=integer("PLATESTREAM_CELL_PRECISION", 1, 10),
-            cell_bucket_ms=integer("PLATESTREAM_CELL_BUCKET_S", 60, 86400 * 7) * 1000,
+            cell_bucket_ms=(integer("PLATESTREAM_CELL_BUCKET_S", 60, 86400 * 7) if bucket_pinned
+                            else DEFAULT_CELL_BUCKET_S) * 1000,
+            cell_bucket_pinned=bucket_pinned,
             hash_key=hash_key.encode(),
             web_port=integer("PLATESTREAM_WEB_PORT", 1, 65535),
             max_message_bytes=integer("PLATESTREAM_MAX_MESSAGE_BYTES", 1024, 16 * 1024 * 1024),
@@ -251,7 +260,7 @@ class Settings:
             "PLATESTREAM_BATCH_TIMEOUT_MS": str(self.batch_timeout_ms),
             "PLATESTREAM_GEOHASH_PRECISION": str(self.geohash_precision),
             "PLATESTREAM_CELL_PRECISION": str(self.cell_precision),
-            "PLATESTREAM_CELL_BUCKET_S": str(self.cell_bucket_ms // 1000),
+            "PLATESTREAM_CELL_BUCKET_S": str(self.cell_bucket_ms // 1000) if self.cell_bucket_pinned else "",
             "PLATESTREAM_HASH_KEY": self.hash_key.decode(), "PLATESTREAM_WEB_PORT": str(self.web_port),
             "PLATESTREAM_WEB_HOST": self.web_host, "PLATESTREAM_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "PLATESTREAM_POLICY": str(self.policy_path) if self.policy_path else "",

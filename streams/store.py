@@ -113,6 +113,7 @@ LAYOUT_VERSION = 6  # bumped with any change to what is stored: trail members, a
 
 
 CELL_BUCKET = "cell_bucket_s"  # field of META_KEY: the area index's time bucket (seconds) its keys were made with
+LEGACY_CELL_BUCKET_S = 900  # the default before the bucket was recorded in META_KEY (and until round 29)
 
 
 class LayoutError(RuntimeError):
@@ -133,13 +134,32 @@ def check_cell_bucket(recorded: bytes | str | None, cell_bucket_ms: int) -> None
         raise CellBucketError(
             f"Redis holds an area index in {int(recorded)}-second time buckets, and "
             f"PLATESTREAM_CELL_BUCKET_S={cell_bucket_ms // 1000} would look for its entries in other keys (area "
-            f"searches and retention would miss them): set PLATESTREAM_CELL_BUCKET_S={int(recorded)}")
+            f"searches and retention would miss them): set PLATESTREAM_CELL_BUCKET_S={int(recorded)}, or leave "
+            f"it unset to use the recorded one")
 
 
-async def ensure_layout(client: Any, scan: bool = True, cell_bucket_ms: int | None = None) -> None:
+def cell_bucket_in(layout: bytes | str | None, recorded: bytes | str | None, cell_bucket_ms: int,
+                   pinned: bool) -> int:
+    """The area index's time bucket (ms) of a Redis whose ``META_KEY`` holds ``layout`` and ``recorded`` (its
+    ``CELL_BUCKET``), for a process configured with ``cell_bucket_ms`` (``pinned``: set explicitly).
+
+    Redis's record wins over the default, so changing the default never hides stored entries; a setting that
+    contradicts it is refused. A Redis with a layout but no record was written before the bucket was recorded,
+    when every worker's default was ``LEGACY_CELL_BUCKET_S``. One with neither holds no area entries yet."""
+    if recorded is not None:
+        if pinned:
+            check_cell_bucket(recorded, cell_bucket_ms)
+        return int(recorded) * 1000
+    if layout is not None and not pinned:
+        return LEGACY_CELL_BUCKET_S * 1000
+    return cell_bucket_ms
+
+
+async def ensure_layout(client: Any, scan: bool = True, cell_bucket_ms: int | None = None,
+                        pinned: bool = True) -> int | None:
     """Mark a fresh Redis with this layout version, or refuse one that holds another; with ``cell_bucket_ms``,
-    the same for the area index's time bucket (a Redis written before it was recorded takes the configured one,
-    as it did then).
+    the same for the area index's time bucket (``cell_bucket_in``: a fresh Redis records ``cell_bucket_ms``),
+    and return the bucket (ms) to write with.
 
     Data from before the marker existed (layouts 1 and 2) is recognised by its trail scores, capture times
     then (0 since layout 4), and named by its members' first byte, their version then (``scan``: not on
@@ -154,26 +174,31 @@ async def ensure_layout(client: Any, scan: bool = True, cell_bucket_ms: int | No
                     raise LayoutError(f"Redis holds trail members of version {first[0][0][0]} (before layout "
                                       f"{LAYOUT_VERSION}); wipe it and replay the reads topic (README: Redis layout)")
                 break
+        if cell_bucket_ms is not None:
+            # the bucket before the layout: whoever finds the layout marked finds the bucket recorded too, so a
+            # worker starting alongside cannot take this fresh Redis for one written before buckets were recorded
+            await client.hsetnx(META_KEY, CELL_BUCKET, cell_bucket_ms // 1000)
         await client.hsetnx(META_KEY, "layout", LAYOUT_VERSION)
         found = await client.hget(META_KEY, "layout")
     refusal = _layout_refusal(found, await client.hget(META_KEY, MIGRATING))
     if refusal is not None:
         raise LayoutError(refusal)
-    if cell_bucket_ms is not None:
-        await client.hsetnx(META_KEY, CELL_BUCKET, cell_bucket_ms // 1000)
-        check_cell_bucket(await client.hget(META_KEY, CELL_BUCKET), cell_bucket_ms)
+    if cell_bucket_ms is None:
+        return None
+    bucket = cell_bucket_in(found, await client.hget(META_KEY, CELL_BUCKET), cell_bucket_ms, pinned)
+    await client.hsetnx(META_KEY, CELL_BUCKET, bucket // 1000)
+    return cell_bucket_in(found, await client.hget(META_KEY, CELL_BUCKET), cell_bucket_ms, pinned)
 
 
-def require_layout(client: redis.Redis, cell_bucket_ms: int | None = None) -> None:
+def require_layout(client: redis.Redis, cell_bucket_ms: int | None = None, pinned: bool = True) -> int | None:
     """``ensure_layout``'s refusals, for a process that changes what workers wrote (the retention sweeper removes
-    trail members by their bytes in this layout, area entries by their bucket). Without the marker, each
-    member's version is checked as it is read."""
+    trail members by their bytes in this layout, area entries by their bucket); returns the bucket (ms), with
+    ``cell_bucket_ms``. Without the marker, each member's version is checked as it is read."""
     found, migrating, bucket = client.hmget(META_KEY, ["layout", MIGRATING, CELL_BUCKET])
     refusal = None if found is None else _layout_refusal(found, migrating)
     if refusal is not None:
         raise LayoutError(refusal)
-    if cell_bucket_ms is not None:
-        check_cell_bucket(bucket, cell_bucket_ms)
+    return None if cell_bucket_ms is None else cell_bucket_in(found, bucket, cell_bucket_ms, pinned)
 
 
 def _layout_refusal(found: bytes | str, migrating: bytes | str | None) -> str | None:

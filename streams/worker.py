@@ -24,6 +24,7 @@ decodes and deduplicates batch N+1; N+1's records leave the worker only after N 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import logging
@@ -195,7 +196,13 @@ class BatchRunner:
         s = self.s
         self.redis = connect.redis_async(s)
         await self.redis.ping()
-        await ensure_layout(self.redis, scan=not s.redis_cluster, cell_bucket_ms=s.cell_bucket_ms)  # before any write
+        bucket = await ensure_layout(self.redis, scan=not s.redis_cluster, cell_bucket_ms=s.cell_bucket_ms,
+                                     pinned=s.cell_bucket_pinned)  # before any write
+        assert bucket is not None
+        if bucket != s.cell_bucket_ms:
+            log.info("area index time bucket %d s, as recorded in Redis", bucket // 1000)
+        # the partitions' pipelines (made on assignment, after this) write area entries in Redis's bucket
+        self.s = s = dataclasses.replace(s, cell_bucket_ms=bucket, cell_bucket_pinned=True)
         compact = await compact_trails(self.redis)
         if compact is None:
             log.info("could not check Redis's sorted-set encoding settings (probe refused); see README: Redis settings")

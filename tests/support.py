@@ -291,19 +291,19 @@ def pack_v5(s: Sighting) -> bytes:
             + pack_string(s.read_id))
 
 
-def check_layout(redis_url: str, cell_bucket_ms: int | None = None) -> None:
-    """``store.ensure_layout`` as a worker runs it at start (raises ``LayoutError``)."""
+def check_layout(redis_url: str, cell_bucket_ms: int | None = None, pinned: bool = True) -> int | None:
+    """``store.ensure_layout`` as a worker runs it at start (raises ``LayoutError``); returns its bucket."""
     import asyncio
 
     import redis.asyncio as aioredis
 
     from streams.store import ensure_layout
 
-    async def run() -> None:
+    async def run() -> int | None:
         client = aioredis.from_url(redis_url)
         try:
-            await ensure_layout(client, cell_bucket_ms=cell_bucket_ms)
+            return await ensure_layout(client, cell_bucket_ms=cell_bucket_ms, pinned=pinned)
         finally:
             await client.aclose()
 
-    asyncio.run(run())
+    return asyncio.run(run())

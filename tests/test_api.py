@@ -32,7 +32,9 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(with_tokens(policy_doc())))
     port = free_port()
-    env = settings_env(settings, PLATESTREAM_POLICY=str(path), PLATESTREAM_AUDIT_KEY="api-test-audit-key-0123")
+    # (the bucket set explicitly: a server left at the default would take the one Redis records instead)
+    env = settings_env(settings, PLATESTREAM_POLICY=str(path), PLATESTREAM_AUDIT_KEY="api-test-audit-key-0123",
+                       PLATESTREAM_CELL_BUCKET_S=str(settings.cell_bucket_ms // 1000))
     log = open(tmp_path / "api.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--port", str(port)], env=env,
                             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])

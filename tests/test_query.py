@@ -280,6 +280,10 @@ def test_area_search_is_exact_policy_filtered_and_audited(settings: Settings) ->
     assert len(wide.rows) == 5
     with pytest.raises(QueryError, match="area_too_large"):
         area_search(client, settings, p, ctx, audit, lat0, lon0, 50_000, BASE, BASE + 365 * 86_400_000)
+    # the limit is in cell-hours, not keys: 5-minute buckets allow the range quarter-hour ones did (2 km, 10 days:
+    # ~140,000 keys here)
+    assert settings.cell_bucket_ms == 300_000
+    assert len(area_search(client, settings, p, ctx, audit, lat0, lon0, 2000, BASE, BASE + 10 * 86_400_000).rows) == 4
 
     # a polygon instead of a circle: the rectangle 200 m south to 200 m north, 1 km west to 1 km east
     # (the edge counts), and a concave L-shape that cuts out the north-east quadrant
@@ -334,7 +338,7 @@ def test_area_search_time_range_is_exact_across_bucket_borders(settings: Setting
     from streams.store import CELL_BUCKET, META_KEY, CellBucketError
 
     client.hset(META_KEY, CELL_BUCKET, size // 1000)
-    other = dataclasses.replace(settings, cell_bucket_ms=size * 2)
+    other = dataclasses.replace(settings, cell_bucket_ms=size * 2, cell_bucket_pinned=True)
     with pytest.raises(CellBucketError, match=f"set PLATESTREAM_CELL_BUCKET_S={size // 1000}"):
         area_search(client, other, p, ctx, audit, 41.7637, -72.6851, 200, times[0], times[-1])
 

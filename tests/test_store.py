@@ -273,7 +273,7 @@ def test_a_redis_of_another_layout_is_refused_and_a_fresh_one_is_marked(settings
 
 def test_the_area_index_s_time_bucket_is_recorded_once_and_another_is_refused(settings: Settings) -> None:
     """A worker records its ``PLATESTREAM_CELL_BUCKET_S`` with the layout (a Redis marked before it was recorded
-    takes the configured one); a worker, the retention sweeper or an area search configured for another bucket
+    takes the configured one); a worker, the retention sweeper or an area search set to another bucket
     is refused, saying which one the data was written with, before it writes or reads anything."""
     import redis
 
@@ -295,12 +295,65 @@ def test_the_area_index_s_time_bucket_is_recorded_once_and_another_is_refused(se
     with pytest.raises(CellBucketError):
         require_layout(sync, 300_000)
     with pytest.raises(CellBucketError):
-        sweep(sync, dataclasses.replace(settings, cell_bucket_ms=300_000), policy(), 10**13)
+        sweep(sync, dataclasses.replace(settings, cell_bucket_ms=300_000, cell_bucket_pinned=True), policy(), 10**13)
 
     sync.hdel(META_KEY, CELL_BUCKET)  # marked by a version that did not record it
     check_layout(settings.redis_url, 300_000)
     assert sync.hget(META_KEY, CELL_BUCKET) == b"300"
     check_layout(settings.redis_url)  # (tools that do not know the setting check the layout only)
+
+
+def test_left_unset_the_area_index_s_bucket_is_the_one_redis_holds(settings: Settings) -> None:
+    """``PLATESTREAM_CELL_BUCKET_S`` unset: a fresh Redis gets the default (300 s); a Redis that records another
+    bucket, or was marked before buckets were recorded (every worker wrote 900 s then), keeps its own. So the
+    default's change hides no stored entry: the area search finds them and the retention sweep removes them."""
+    import redis
+
+    from streams.audit import AuditLog
+    from streams.query import area_search
+    from streams.retention import sweep
+    from streams.store import CELL_BUCKET, LAYOUT_VERSION, META_KEY, CellBucketError, require_layout
+    from tests.governance import TOKENS, policy
+    from tests.support import check_layout, store_reads
+
+    assert (settings.cell_bucket_ms, settings.cell_bucket_pinned) == (300_000, False)  # the test fixture's: unset
+    sync = redis.Redis.from_url(settings.redis_url)
+    sync.flushdb()
+    assert check_layout(settings.redis_url, settings.cell_bucket_ms, pinned=False) == 300_000
+    assert sync.hget(META_KEY, CELL_BUCKET) == b"300"
+    sync.hset(META_KEY, CELL_BUCKET, 600)  # recorded by a worker set to 600
+    assert check_layout(settings.redis_url, settings.cell_bucket_ms, pinned=False) == 600_000
+    assert require_layout(sync, settings.cell_bucket_ms, pinned=False) == 600_000
+    assert sync.hget(META_KEY, CELL_BUCKET) == b"600"
+
+    sync.flushdb()
+    sync.hset(META_KEY, "layout", LAYOUT_VERSION)  # marked by a version that did not record the bucket
+    assert require_layout(sync, settings.cell_bucket_ms, pinned=False) == 900_000  # (reads record nothing)
+    assert sync.hget(META_KEY, CELL_BUCKET) is None
+    # that version's entries, 900-second buckets: reads 4 minutes apart, in 2 of those and 4 of 300 seconds
+    t0 = 1_764_000_000_000  # a 900-second bucket's start
+    times = [t0 + i * 240_000 for i in range(5)]
+    reads = [{"read_id": f"old-{i}", "camera_id": "cam-old", "agency": "hartford-pd", "plate": "OLD1",
+              "region": "US-CT", "ts": t, "lat": 41.7637, "lon": -72.6851, "confidence": 0.9}
+             for i, t in enumerate(times)]
+    store_reads(dataclasses.replace(settings, cell_bucket_ms=900_000, cell_bucket_pinned=True), sync, reads)
+    cells = sync.keys("ps:c:*")
+    assert len(cells) == 2 and {int(k.decode().rstrip("}").rsplit(":", 1)[1]) * 900_000 for k in cells} == {
+        t0, t0 + 900_000}
+    p = policy()
+    audit = AuditLog(sync, b"audit-test-key-0123456789")
+    ctx = p.context(TOKENS["alice"], "criminal_investigation", "HPD-OLD")
+    rows = area_search(sync, settings, p, ctx, audit, 41.7637, -72.6851, 200, times[0], times[-1]).rows
+    assert [r["read_id"] for r in rows] == [r["read_id"] for r in reads]
+    # a worker starting now records the bucket it found; then one set to 300 explicitly is refused, not answered
+    # from empty keys; the sweep removes every entry the old version wrote
+    assert check_layout(settings.redis_url, settings.cell_bucket_ms, pinned=False) == 900_000
+    assert sync.hget(META_KEY, CELL_BUCKET) == b"900"
+    with pytest.raises(CellBucketError, match="900-second"):
+        area_search(sync, dataclasses.replace(settings, cell_bucket_pinned=True), p, ctx, audit, 41.7637, -72.6851,
+                    200, times[0], times[-1])
+    assert sweep(sync, settings, p, times[-1] + 10**12).total() == len(reads)
+    assert sync.keys("ps:c:*") == [] and sync.keys("ps:t:*") == []
 
 
 @pytest.mark.integration

@@ -142,6 +142,26 @@ def test_a_worker_refuses_to_start_on_a_redis_of_another_layout(settings: Settin
     assert client.keys("ps:ck:*") == [] and client.keys("ps:t:*") == []
 
 
+def test_a_worker_left_at_the_default_bucket_keeps_the_one_an_older_version_wrote(settings: Settings,
+                                                                                   tmp_path: Path) -> None:
+    """A Redis marked by a version that did not record the area index's bucket (900 s, its default then): a
+    worker with ``PLATESTREAM_CELL_BUCKET_S`` unset (default 300 for a fresh Redis) records and writes 900, so
+    older and newer entries of a cell and time stay in one key."""
+    from streams.store import CELL_BUCKET, LAYOUT_VERSION, META_KEY
+
+    assert not settings.cell_bucket_pinned
+    client = redis.Redis.from_url(settings.redis_url)
+    client.hset(META_KEY, "layout", LAYOUT_VERSION)
+    t0 = 1_764_000_000_000  # a 900-second bucket's start; reads 4 minutes apart: 2 of those, 4 of 300 seconds
+    reads = [{"read_id": f"r{i}", "camera_id": "cam-1", "agency": "hartford-pd", "plate": "ABC123",
+              "region": "US-CT", "ts": t0 + i * 240_000, "lat": 41.7637, "lon": -72.6851, "confidence": 0.9}
+             for i in range(5)]
+    process_all(settings, tmp_path, [(None, orjson.dumps(r)) for r in reads], partitions=1)
+    assert client.hget(META_KEY, CELL_BUCKET) == b"900"
+    buckets = {int(k.decode().rstrip("}").rsplit(":", 1)[1]) for k in client.keys("ps:c:*")}
+    assert buckets == {t0 // 900_000, t0 // 900_000 + 1}
+
+
 def test_a_worker_on_a_redis_that_would_double_trail_memory_says_so(settings: Settings, tmp_path: Path) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     tuned = client.config_get("zset-max-listpack-value")["zset-max-listpack-value"]
