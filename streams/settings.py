@@ -260,7 +260,6 @@ class Settings:
             "PLATESTREAM_BATCH_TIMEOUT_MS": str(self.batch_timeout_ms),
             "PLATESTREAM_GEOHASH_PRECISION": str(self.geohash_precision),
             "PLATESTREAM_CELL_PRECISION": str(self.cell_precision),
-            "PLATESTREAM_CELL_BUCKET_S": str(self.cell_bucket_ms // 1000) if self.cell_bucket_pinned else "",
             "PLATESTREAM_HASH_KEY": self.hash_key.decode(), "PLATESTREAM_WEB_PORT": str(self.web_port),
             "PLATESTREAM_WEB_HOST": self.web_host, "PLATESTREAM_MAX_MESSAGE_BYTES": str(self.max_message_bytes),
             "PLATESTREAM_POLICY": str(self.policy_path) if self.policy_path else "",
@@ -274,6 +273,8 @@ class Settings:
             "PLATESTREAM_REDIS_CHUNK_WHEN": self.redis_chunk_when,
             "PLATESTREAM_CRASH_AFTER": ":".join(map(str, self.crash_after)) if self.crash_after else "",
         }
+        if self.cell_bucket_pinned:  # (unset: a subprocess takes Redis's; older versions, their own default)
+            env["PLATESTREAM_CELL_BUCKET_S"] = str(self.cell_bucket_ms // 1000)
         env.update(extra)
         return env
 

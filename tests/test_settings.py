@@ -73,4 +73,8 @@ def test_to_env_round_trips(tmp_path: Path) -> None:
                            "PLATESTREAM_STOP_TIMEOUT_S": "2.5"})
     assert s.stop_timeout_s == 2.5
     assert Settings.from_env(s.to_env()) == s
-    assert set(s.to_env()) == set(ENV_VARS)
+    # the area index's bucket only when set: unset, a subprocess takes the one Redis records
+    assert set(s.to_env()) == set(ENV_VARS) - {"PLATESTREAM_CELL_BUCKET_S"} and not s.cell_bucket_pinned
+    pinned = Settings.from_env({**BASE, "PLATESTREAM_CELL_BUCKET_S": "900"})
+    assert (pinned.cell_bucket_ms, pinned.cell_bucket_pinned) == (900_000, True)
+    assert Settings.from_env(pinned.to_env()) == pinned and set(pinned.to_env()) == set(ENV_VARS)
