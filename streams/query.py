@@ -506,7 +506,7 @@ def area_search(client: redis.Redis, settings: Settings, policy: Policy, ctx: Co
 
     Served from the area index; each hit is checked against its stored sighting (exact distance) and its
     owning agency's rules. Vehicles are named by their pseudonym: the plate is not stored, so an area
-    search cannot reveal it. Refused (``area_too_large``) past ``MAX_AREA_CELL_HOURS`` of index keys.
+    search cannot reveal it. Refused (``area_too_large``) past ``MAX_AREA_CELL_HOURS`` cells x hours.
     """
     if not (-90 <= lat <= 90 and -180 <= lon <= 180 and 0 < radius_m <= 50_000 and since <= until):
         raise QueryError("need -90<=lat<=90, -180<=lon<=180, 0<radius<=50000 m and since<=until")

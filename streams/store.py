@@ -185,9 +185,11 @@ async def ensure_layout(client: Any, scan: bool = True, cell_bucket_ms: int | No
         raise LayoutError(refusal)
     if cell_bucket_ms is None:
         return None
-    bucket = cell_bucket_in(found, await client.hget(META_KEY, CELL_BUCKET), cell_bucket_ms, pinned)
-    await client.hsetnx(META_KEY, CELL_BUCKET, bucket // 1000)
-    return cell_bucket_in(found, await client.hget(META_KEY, CELL_BUCKET), cell_bucket_ms, pinned)
+    recorded = await client.hget(META_KEY, CELL_BUCKET)
+    if recorded is None:  # marked before buckets were recorded: record the one it holds
+        await client.hsetnx(META_KEY, CELL_BUCKET, cell_bucket_in(found, None, cell_bucket_ms, pinned) // 1000)
+        recorded = await client.hget(META_KEY, CELL_BUCKET)
+    return cell_bucket_in(found, recorded, cell_bucket_ms, pinned)
 
 
 def require_layout(client: redis.Redis, cell_bucket_ms: int | None = None, pinned: bool = True) -> int | None:
