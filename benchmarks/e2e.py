@@ -443,10 +443,10 @@ def realtime_permitted() -> bool:
 
 def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], rate: float,
                        log_dir: Path, chunk_args: int | None = None, priority: str = "off",
-                       cell_bucket_s: int | None = None) -> dict[str, Any]:
+                       cell_bucket_s: int | None = None, chunk_when: str | None = None) -> dict[str, Any]:
     """p99 of looking up a 1,000-sighting trail while the worker ingests at ``rate`` (``chunk_args``: the
-    worker's ``PLATESTREAM_REDIS_CHUNK_ARGS``, ``cell_bucket_s`` its ``PLATESTREAM_CELL_BUCKET_S``, if not the
-    defaults).
+    worker's ``PLATESTREAM_REDIS_CHUNK_ARGS``, ``chunk_when`` its ``PLATESTREAM_REDIS_CHUNK_WHEN``,
+    ``cell_bucket_s`` its ``PLATESTREAM_CELL_BUCKET_S``, if not the defaults).
 
     ``priority``: ``on``, Redis and the lookup process run at real-time priority during the measurement (what a
     box shared by ingest and lookups needs for a short tail: under normal scheduling a lookup waits behind the
@@ -458,6 +458,8 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
     s = isolated_settings(info, db=11)
     if chunk_args is not None:
         s = dataclasses.replace(s, redis_chunk_args=chunk_args)
+    if chunk_when is not None:
+        s = dataclasses.replace(s, redis_chunk_when=chunk_when)
     if cell_bucket_s is not None:
         s = dataclasses.replace(s, cell_bucket_ms=cell_bucket_s * 1000, cell_bucket_pinned=True)
     ensure_topics(s)

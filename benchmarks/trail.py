@@ -1,14 +1,14 @@
 """Trail lookups under ingest, alone: rows and columns, with and without chunked batch writes and real-time
 priority for the lookup path.
 
-    python -m benchmarks.trail [--runs 2] [--chunk-args 0,400] [--priority off,on] [--vehicles 30000]
+    python -m benchmarks.trail [--runs 2] [--chunk-args 0,400,200:always] [--priority off,on] [--vehicles 30000]
                                [--cell-bucket-s 900,300]
 
 The same measurement as ``make bench``'s trail figures (``e2e.trail_under_ingest``: a 1,000-sighting trail
 looked up from another process while a worker ingests 50k reads/s), repeated for each
-``PLATESTREAM_REDIS_CHUNK_ARGS`` value and priority (``on``: Redis and the lookup process at SCHED_FIFO
-during the measurement, needs CAP_SYS_NICE; ``slice``: normal scheduling with the shortest EEVDF slice;
-``weight``: that slice and their sessions' autogroup nice at -10, needs CAP_SYS_NICE) and
+``PLATESTREAM_REDIS_CHUNK_ARGS[:PLATESTREAM_REDIS_CHUNK_WHEN]`` value and priority (``on``: Redis and the
+lookup process at SCHED_FIFO during the measurement, needs CAP_SYS_NICE; ``slice``: normal scheduling with the
+shortest EEVDF slice; ``weight``: that slice and their sessions' autogroup nice at -10, needs CAP_SYS_NICE) and
 ``PLATESTREAM_CELL_BUCKET_S`` (the area index's time bucket: how many entries a busy cell's sorted set holds),
 runs taking turns so each configuration sees the same machine. Writes ``benchmarks/results/trail-<date>.json``
 and ``.md``.
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.trail", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--chunk-args", default="0,400", help="comma-separated PLATESTREAM_REDIS_CHUNK_ARGS values")
+    ap.add_argument("--chunk-args", default="0,400",
+                    help="comma-separated PLATESTREAM_REDIS_CHUNK_ARGS[:PLATESTREAM_REDIS_CHUNK_WHEN] values")
     ap.add_argument("--priority", default="off,on",
                     help="comma-separated of off, on (the lookup path at real-time priority), slice (at the "
                          "shortest EEVDF slice) and weight (that slice, sessions weighted ~9x)")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     buckets = [int(b) for b in args.cell_bucket_s.split(",")] if args.cell_bucket_s else [None]
-    configs = [(int(v), p, b) for b in buckets for p in args.priority.split(",") for v in args.chunk_args.split(",")]
+    configs = [(v, p, b) for b in buckets for p in args.priority.split(",") for v in args.chunk_args.split(",")]
     if any(p not in e2e.PRIORITIES for _, p, _ in configs):
         ap.error(f"--priority: each of {', '.join(e2e.PRIORITIES)}")
     if any(p in ("on", "weight") for _, p, _ in configs) and not e2e.realtime_permitted():
@@ -63,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     info = e2e.bench_stack()
     msgs = generate(seed=42, vehicles=args.vehicles, hours=24).messages[: 50_000 * 20]
     log_dir = e2e.log_dir(info.state_dir)
-    runs: dict[tuple[int, str, int | None], list[dict[str, Any]]] = {c: [] for c in configs}
+    runs: dict[tuple[str, str, int | None], list[dict[str, Any]]] = {c: [] for c in configs}
     t0 = time.monotonic()
     for i in range(args.runs):
         for v, prio, bucket in configs:
             e2e.log(f"run {i + 1}/{args.runs}: PLATESTREAM_REDIS_CHUNK_ARGS={v}, priority {prio}"
                     + ("" if bucket is None else f", PLATESTREAM_CELL_BUCKET_S={bucket}"))
-            r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=v, priority=prio, cell_bucket_s=bucket)
+            chunk_args, _, when = v.partition(":")
+            r = e2e.trail_under_ingest(info, msgs, 50_000, log_dir, chunk_args=int(chunk_args), priority=prio,
+                                       cell_bucket_s=bucket, chunk_when=when or None)
             runs[(v, prio, bucket)].append({k: r[k] for k in SHOWN})
     profile = e2e.profile_lookup(info)
     date = datetime.date.today().isoformat()
