@@ -461,7 +461,7 @@ def trail_under_ingest(info: stack.StackInfo, messages: Sequence[tuple[bytes, by
     if chunk_when is not None:
         s = dataclasses.replace(s, redis_chunk_when=chunk_when)
     if cell_bucket_s is not None:
-        s = dataclasses.replace(s, cell_bucket_ms=cell_bucket_s * 1000, cell_bucket_pinned=True)
+        s = s.with_cell_bucket(cell_bucket_s * 1000)
     ensure_topics(s)
     client = redis.Redis.from_url(s.redis_url)
     client.flushdb()

@@ -99,7 +99,7 @@ def redis_bytes_per_sighting(vehicles: int, cell_bucket_s: int | None = None) ->
     s = e2e.prefilled(info, msgs, db=10)
     e2e.log("worker run")
     if cell_bucket_s is not None:
-        s = dataclasses.replace(s, cell_bucket_ms=cell_bucket_s * 1000, cell_bucket_pinned=True)
+        s = s.with_cell_bucket(cell_bucket_s * 1000)
     r = e2e.throughput(dataclasses.replace(s, group=f"{s.group}-{uuid.uuid4().hex[:6]}"), len(msgs),
                        e2e.log_dir(info.state_dir))
     return {k: v for k, v in r.items() if k.startswith(("redis_", "e2e_sightings", "e2e_messages"))}

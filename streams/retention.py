@@ -10,7 +10,6 @@ a declared limit keep their data; data of agencies the policy does not know is k
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -62,7 +61,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
     # (a migration rewrites members; this removes them by their bytes in this layout, area entries by their bucket)
     bucket = require_layout(client, settings.cell_bucket_ms, settings.cell_bucket_pinned)
     assert bucket is not None
-    settings = dataclasses.replace(settings, cell_bucket_ms=bucket, cell_bucket_pinned=True)
+    settings = settings.with_cell_bucket(bucket)
     limit = cutoffs(policy, now_ms)
     removed: Counter[str] = Counter()
     newest_cutoff = max(limit.values(), default=0)

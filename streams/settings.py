@@ -135,6 +135,12 @@ class Settings:
     cell_bucket_pinned: bool = False
     crash_after: tuple[str, int, str] | None = None  # (step, batch number, "exit" or "stop")
 
+    def with_cell_bucket(self, ms: int) -> Settings:
+        """These settings with the area index's bucket fixed at ``ms``: set explicitly, or read from Redis. Pinned,
+        so a Redis recording another refuses it and ``to_env`` passes it on (unpinned, a subprocess would take
+        Redis's instead)."""
+        return dataclasses.replace(self, cell_bucket_ms=ms, cell_bucket_pinned=True)
+
     @property
     def lookup_keys(self) -> tuple[bytes, ...]:
         """Keys a lookup tries: the current one, then the one being rotated out (if any)."""

@@ -24,7 +24,6 @@ decodes and deduplicates batch N+1; N+1's records leave the worker only after N 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import gc
 import logging
@@ -202,7 +201,7 @@ class BatchRunner:
         if bucket != s.cell_bucket_ms:
             log.info("area index time bucket %d s, as recorded in Redis", bucket // 1000)
         # the partitions' pipelines (made on assignment, after this) write area entries in Redis's bucket
-        self.s = s = dataclasses.replace(s, cell_bucket_ms=bucket, cell_bucket_pinned=True)
+        self.s = s = s.with_cell_bucket(bucket)
         compact = await compact_trails(self.redis)
         if compact is None:
             log.info("could not check Redis's sorted-set encoding settings (probe refused); see README: Redis settings")

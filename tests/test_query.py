@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import orjson
 import pytest
@@ -338,7 +336,7 @@ def test_area_search_time_range_is_exact_across_bucket_borders(settings: Setting
     from streams.store import CELL_BUCKET, META_KEY, CellBucketError
 
     client.hset(META_KEY, CELL_BUCKET, size // 1000)
-    other = dataclasses.replace(settings, cell_bucket_ms=size * 2, cell_bucket_pinned=True)
+    other = settings.with_cell_bucket(size * 2)
     with pytest.raises(CellBucketError, match=f"set PLATESTREAM_CELL_BUCKET_S={size // 1000}"):
         area_search(client, other, p, ctx, audit, 41.7637, -72.6851, 200, times[0], times[-1])
 

@@ -295,7 +295,7 @@ def test_the_area_index_s_time_bucket_is_recorded_once_and_another_is_refused(se
     with pytest.raises(CellBucketError):
         require_layout(sync, 300_000)
     with pytest.raises(CellBucketError):
-        sweep(sync, dataclasses.replace(settings, cell_bucket_ms=300_000, cell_bucket_pinned=True), policy(), 10**13)
+        sweep(sync, settings.with_cell_bucket(300_000), policy(), 10**13)
 
     sync.hdel(META_KEY, CELL_BUCKET)  # marked by a version that did not record it
     check_layout(settings.redis_url, 300_000)
@@ -336,7 +336,7 @@ def test_left_unset_the_area_index_s_bucket_is_the_one_redis_holds(settings: Set
     reads = [{"read_id": f"old-{i}", "camera_id": "cam-old", "agency": "hartford-pd", "plate": "OLD1",
               "region": "US-CT", "ts": t, "lat": 41.7637, "lon": -72.6851, "confidence": 0.9}
              for i, t in enumerate(times)]
-    store_reads(dataclasses.replace(settings, cell_bucket_ms=900_000, cell_bucket_pinned=True), sync, reads)
+    store_reads(settings.with_cell_bucket(900_000), sync, reads)
     cells = sync.keys("ps:c:*")
     assert len(cells) == 2 and {int(k.decode().rstrip("}").rsplit(":", 1)[1]) * 900_000 for k in cells} == {
         t0, t0 + 900_000}
@@ -350,7 +350,7 @@ def test_left_unset_the_area_index_s_bucket_is_the_one_redis_holds(settings: Set
     assert check_layout(settings.redis_url, settings.cell_bucket_ms, pinned=False) == 900_000
     assert sync.hget(META_KEY, CELL_BUCKET) == b"900"
     with pytest.raises(CellBucketError, match="900-second"):
-        area_search(sync, dataclasses.replace(settings, cell_bucket_pinned=True), p, ctx, audit, 41.7637, -72.6851,
+        area_search(sync, settings.with_cell_bucket(settings.cell_bucket_ms), p, ctx, audit, 41.7637, -72.6851,
                     200, times[0], times[-1])
     assert sweep(sync, settings, p, times[-1] + 10**12).total() == len(reads)
     assert sync.keys("ps:c:*") == [] and sync.keys("ps:t:*") == []
