@@ -325,11 +325,9 @@ def _reindex(cam, cls, alive, first_seq, n_used, nxt, tab) -> int:  # type: igno
 
 @nb.njit(inline="always", cache=True)
 def _better(conf_a: float, ts_a: int, seq_a: int, conf_b: float, ts_b: int, seq_b: int) -> bool:
-    if conf_a != conf_b:
-        return conf_a > conf_b
-    if ts_a != ts_b:
-        return ts_a < ts_b
-    return seq_a < seq_b
+    # one expression, no branches: which read is better is a coin toss to the branch predictor (a new read
+    # beats the best so far about every other time), so the caller selects with it instead of jumping
+    return (conf_a > conf_b) | ((conf_a == conf_b) & ((ts_a < ts_b) | ((ts_a == ts_b) & (seq_a < seq_b))))
 
 
 @nb.njit(cache=True)
@@ -400,10 +398,8 @@ def dedup_batch(  # type: ignore[no-untyped-def]
             k = r_cls[ui]
             t = r_ts[ui]
             q = r_seq[ui]
-            if t < watermark - lateness:
-                late[ui] = 1
-            if t > watermark:
-                watermark = t
+            late[ui] = np.uint8(t < watermark - lateness)
+            watermark = max(watermark, t)
             h = hs[ui]
             fp = _fp_of(h)
             slot = U(_slot_at(tab, cam, cls, c, k, fp, _home_of(tab, h)))
@@ -450,27 +446,37 @@ def dedup_batch(  # type: ignore[no-untyped-def]
                 last_seq[us] = q
                 nxt[us] = head
                 tab[slot] = fp | np.uint64(s)
-                # a new slot: no session of that index was touched in this batch, whatever row[s] holds
-                n_touched = _touch(s, row, touched, n_touched, t_best, t_into, start, end, count, best_conf,
-                                   best_ts, best_plate, best_geo, written, snap, snap_conf)
-                t_best[U(row[us])] = i
+                # a new slot: no session of that index was touched in this batch, whatever row[s] holds; nothing to
+                # snapshot but ``written`` (0), the only column the caller reads of an unwritten session (40.2 ->
+                # 37.7 ns per read against _touch, best of 8 alternating runs)
+                nt = U(n_touched)
+                row[us] = n_touched
+                touched[nt] = s
+                t_best[nt] = i
+                t_into[nt] = -1
+                snap[nt, 5] = 0
+                n_touched += 1
                 survivor = s
             else:
                 us = U(survivor)
-                if t < start[us]:
-                    start[us] = t
-                if t > end[us]:
-                    end[us] = t
+                start[us] = min(start[us], t)
+                end[us] = max(end[us], t)
                 count[us] += 1
-                if q > last_seq[us]:
-                    last_seq[us] = q
-                if _better(r_conf[ui], t, q, best_conf[us], best_ts[us], best_seq[us]):
-                    best_conf[us] = r_conf[ui]
-                    best_ts[us] = t
-                    best_seq[us] = q
-                    best_plate[us] = r_plate[ui]
-                    best_geo[us] = r_geo[ui]
-                    t_best[U(row[us])] = i
+                last_seq[us] = max(last_seq[us], q)
+                # stored either way (selects, not a jump the predictor misses half the time: 41.4 -> 39.3 ns per
+                # read with the min/max above, best of 8 alternating runs)
+                cf = r_conf[ui]
+                bc = best_conf[us]
+                bt = best_ts[us]
+                bq = best_seq[us]
+                b = _better(cf, t, q, bc, bt, bq)
+                best_conf[us] = cf if b else bc
+                best_ts[us] = t if b else bt
+                best_seq[us] = q if b else bq
+                best_plate[us] = r_plate[ui] if b else best_plate[us]
+                best_geo[us] = r_geo[ui] if b else best_geo[us]
+                rw = U(row[us])
+                t_best[rw] = i if b else t_best[rw]
             session_of[ui] = survivor
         lo = hi
     return n_used, n_keys, watermark, n_touched, n
@@ -518,7 +524,8 @@ class Touched(NamedTuple):
     session_of: NDArray[np.int32]
     late: NDArray[np.uint8]
     touched: NDArray[np.int32]  # the sessions, in first-touch order
-    snap: NDArray[np.int64]  # their values before the batch, columns as in SNAP_FIELDS
+    snap: NDArray[np.int64]  # their values before the batch, columns as in SNAP_FIELDS (only ``written`` of
+    # a session the batch created)
     snap_conf: NDArray[np.float32]  # their best confidence before the batch
     best_row: NDArray[np.int32]  # their best read's row in this batch, -1 if an earlier batch's
     merged_into: NDArray[np.int32]  # the session that absorbed them, -1 if none
