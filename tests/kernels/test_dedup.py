@@ -175,8 +175,13 @@ def test_compaction_moves_the_kept_slots_down_in_order(keep: list[bool], dtype: 
     mask = np.array(keep, dtype=bool)
     arr = np.arange(1, mask.shape[0] + 1).astype(dtype)
     want = arr[mask].copy()
-    src, length = _kept_runs(np.flatnonzero(mask))
+    src, length = _kept_runs(mask, mask.shape[0])
+    # the pool's alive column (uint8) marks the same runs
+    src8, length8 = _kept_runs(mask.astype(np.uint8), mask.shape[0])
+    assert src.tolist() == src8.tolist() and length.tolist() == length8.tolist()
     assert int(length.sum()) == want.shape[0] and bool((length > 0).all())
+    # maximal runs: two runs never touch
+    assert bool((src[1:] > src[:-1] + length[:-1]).all())
     _move_runs(arr, src, length)
     assert np.array_equal(arr[: want.shape[0]], want)
 
@@ -186,7 +191,7 @@ def test_compaction_of_long_runs_moved_a_short_way() -> None:
     mask = np.ones(10_000, dtype=bool)
     mask[[0, 3, 700, 701, 5_000]] = False
     arr = np.arange(10_000, dtype=np.int64)
-    src, length = _kept_runs(np.flatnonzero(mask))
+    src, length = _kept_runs(mask, mask.shape[0])
     assert src.tolist() == [1, 4, 702, 5_001] and length.tolist() == [2, 696, 4_298, 4_999]
     _move_runs(arr, src, length)
     assert np.array_equal(arr[: int(mask.sum())], np.flatnonzero(mask))
