@@ -5,9 +5,9 @@ values taking turns.
 
 Chunked writes (README: trail lookups under ingest) cap how long a lookup waits behind a batch's Redis write;
 this is their price in reads/s. A value is ``PLATESTREAM_REDIS_CHUNK_ARGS[:PLATESTREAM_REDIS_CHUNK_WHEN]``
-(``caught-up`` by default: a worker catching up, as on this pre-filled topic, writes its batches whole until it
-is one poll from the end). Runs alternate as in ``benchmarks.ab`` (whole runs swing with the machine),
-each from offset 0 of the same topic into the same emptied Redis db, each checked for the exact sighting
+(by default a worker catching up, as on this pre-filled topic, writes its batches whole until it is four polls
+from the end: ``PLATESTREAM_REDIS_CHUNK_WHEN``). Runs alternate as in ``benchmarks.ab`` (whole runs swing with the
+machine), each from offset 0 of the same topic into the same emptied Redis db, each checked for the exact sighting
 count. Writes ``benchmarks/results/chunks-<date>.json`` and ``.md``.
 """
 
@@ -67,8 +67,9 @@ def report(r: dict[str, Any]) -> list[str]:
     base = medians[next(iter(medians))]
     lines = [*report_header("Throughput with chunked Redis writes", r),
              f"One worker on a pre-filled topic of {r['messages']:,} messages, from offset 0 each run; the values take "
-             "turns. 0: one script per partition's batch; `:always`: every batch chunked, else only those of a "
-             "worker within one poll of the log's end. Partition batches: written whole / in chunks, each run.", "",
+             "turns. 0: one script per partition's batch; `:always`: every batch chunked, else as "
+             "PLATESTREAM_REDIS_CHUNK_WHEN says (by default those of a worker within four polls of the log's end). "
+             "Partition batches: written whole / in chunks, each run.", "",
              "| PLATESTREAM_REDIS_CHUNK_ARGS | reads/s (each run) | median | vs the first | partition batches |",
              "|---:|---|---:|---:|---|"]
     written = r.get("batches_whole_chunked", {})

@@ -25,7 +25,9 @@ DEV_AUDIT_KEY = "platestream-dev-audit-key-not-secret"
 # the area index's time bucket for a fresh Redis (README: Redis layout; a Redis records its own in ``ps:meta``)
 DEFAULT_CELL_BUCKET_S = 300
 MIN_CHUNK_ARGS = 16  # a chunk must hold a command's name, key and some of its arguments
-CHUNK_WHEN = ("caught-up", "always")
+CHUNK_WHEN = ("caught-up", "always")  # or a number of polls (caught-up is 1)
+DEFAULT_CHUNK_WITHIN_POLLS = 4  # README: a worker that falls a few polls behind keeps chunking (round 30)
+MAX_CHUNK_WITHIN_POLLS = 1000
 
 # name -> (default, meaning). Defaults of None mean "taken from the local stack file".
 ENV_VARS: dict[str, tuple[str | None, str]] = {
@@ -58,10 +60,11 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_REDIS_CHUNK_ARGS": ("400", "a batch's Redis write runs as scripts of at most this many command "
                                             "arguments, two at a time, so lookups wait behind at most two (0: one "
                                             "script per batch; chunks cost throughput, see README)"),
-    "PLATESTREAM_REDIS_CHUNK_WHEN": ("caught-up", "which batches PLATESTREAM_REDIS_CHUNK_ARGS chunks: caught-up = only "
-                                                  "a batch that leaves its partition at most one poll behind the "
-                                                  "log's end (catching up, batches are written whole, at full "
-                                                  "throughput); always = every batch"),
+    "PLATESTREAM_REDIS_CHUNK_WHEN": (str(DEFAULT_CHUNK_WITHIN_POLLS),
+                                     "which batches PLATESTREAM_REDIS_CHUNK_ARGS chunks: N (1-1000) = only those that "
+                                     "leave the worker at most N polls behind the log's end (further behind, "
+                                     "catching up, batches are written whole, at full throughput); caught-up = 1; "
+                                     "always = every batch"),
     "PLATESTREAM_RETENTION_INTERVAL_S": ("60", "how often the worker runs the retention sweeper"),
     "PLATESTREAM_STOP_TIMEOUT_S": ("35", "after SIGTERM/SIGINT the worker exits within this many seconds, "
                                          "graceful or not (the batch in flight gets up to 30 of them)"),
@@ -130,10 +133,17 @@ class Settings:
     redis_key_file: str = ""
     redis_cluster: bool = False
     redis_chunk_args: int = 400
-    redis_chunk_when: str = "caught-up"  # one of CHUNK_WHEN
+    redis_chunk_when: str = str(DEFAULT_CHUNK_WITHIN_POLLS)  # one of CHUNK_WHEN, or a number of polls
     # PLATESTREAM_CELL_BUCKET_S was set (or the bucket was read from Redis): a Redis recording another is refused
     cell_bucket_pinned: bool = False
     crash_after: tuple[str, int, str] | None = None  # (step, batch number, "exit" or "stop")
+
+    @property
+    def chunk_within_polls(self) -> int | None:
+        """How many polls behind the log's end a worker may be and still chunk its Redis writes
+        (``PLATESTREAM_REDIS_CHUNK_WHEN``); None: always."""
+        when = self.redis_chunk_when
+        return None if when == "always" else 1 if when == "caught-up" else int(when)
 
     def with_cell_bucket(self, ms: int) -> Settings:
         """These settings with the area index's bucket fixed at ``ms``: set explicitly, or read from Redis. Pinned,
@@ -242,9 +252,10 @@ class Settings:
         if 0 < settings.redis_chunk_args < MIN_CHUNK_ARGS:
             raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_ARGS={settings.redis_chunk_args} is below {MIN_CHUNK_ARGS} "
                                 "(0 turns chunking off)")
-        if settings.redis_chunk_when not in CHUNK_WHEN:
-            raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_WHEN={settings.redis_chunk_when!r}: one of "
-                                f"{', '.join(CHUNK_WHEN)}")
+        when = settings.redis_chunk_when
+        if when not in CHUNK_WHEN and not (when.isdigit() and 1 <= int(when) <= MAX_CHUNK_WITHIN_POLLS):
+            raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_WHEN={when!r}: one of {', '.join(CHUNK_WHEN)}, or a "
+                                f"number of polls from 1 to {MAX_CHUNK_WITHIN_POLLS}")
         if settings.hash_key == DEV_HASH_KEY.encode():
             log.warning("PLATESTREAM_HASH_KEY is the public development key; set a secret in production")
         if settings.policy_path is not None and settings.audit_key == DEV_AUDIT_KEY.encode():

@@ -361,14 +361,11 @@ class BatchRunner:
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
 
     def _chunk_args(self) -> int:
-        """``PLATESTREAM_REDIS_CHUNK_ARGS`` for the batches just processed, or 0 (one script each) if they are to
-        be written whole: by default chunks go only to a worker that keeps up (``caught_up``)."""
-        args = self.s.redis_chunk_args
-        if not args or self.s.redis_chunk_when == "always":
-            return args
-        assert self.consumer is not None
-        ends = [(self.consumer.highwater(tp), pipe.next_offset) for tp, pipe in self.pipelines.items()]
-        return args if caught_up(ends, self.s.batch_max_records) else 0
+        """``chunk_args_for`` the batches just processed."""
+        consumer = self.consumer
+        assert consumer is not None
+        ends = ((consumer.highwater(tp), pipe.next_offset) for tp, pipe in self.pipelines.items())
+        return chunk_args_for(self.s, ends)
 
     def _decode(self, batches: dict[TopicPartition, list[Any]]) -> list[tuple[TopicPartition, PartitionPipeline,
                                                                              int | None, Decoded]]:
@@ -528,9 +525,19 @@ class BatchRunner:
         return fenced
 
 
+def chunk_args_for(s: Settings, ends: Iterable[tuple[int | None, int | None]]) -> int:
+    """``PLATESTREAM_REDIS_CHUNK_ARGS`` for batches that leave a worker's partitions at these (log end, next
+    offset), or 0 (one script each) if they are to be written whole: chunks go only to a worker at most
+    ``Settings.chunk_within_polls`` polls behind (``caught_up``; ``ends`` is not read otherwise)."""
+    args, polls = s.redis_chunk_args, s.chunk_within_polls
+    if not args or polls is None:
+        return args
+    return args if caught_up(ends, s.batch_max_records * polls) else 0
+
+
 def caught_up(ends: Iterable[tuple[int | None, int | None]], max_records: int) -> bool:
     """Whether a worker whose partitions are at these (log end as of the last fetch, next offset to process)
-    is at most one poll (``max_records``) behind on all of them together; a partition not fetched or not
+    is at most ``max_records`` behind on all of them together; a partition not fetched or not
     processed yet (None) is not known to be.
 
     Chunked writes shorten how long a lookup waits behind a batch but cost the worker throughput (README); a

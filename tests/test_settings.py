@@ -16,8 +16,9 @@ def test_defaults() -> None:
     s = Settings.from_env(BASE)
     assert (s.dedup_window_ms, s.allowed_lateness_ms, s.topic_reads) == (10_000, 900_000, "plates.reads")
     assert s.redacted()["hash_key"] == "***"
-    # lookups wait behind short chunks of a batch's Redis write, but only while the worker keeps up
-    assert (s.redis_chunk_args, s.redis_chunk_when) == (400, "caught-up")
+    # lookups wait behind short chunks of a batch's Redis write, but only while the worker keeps up (at most four
+    # polls behind: further behind it catches up, at full throughput)
+    assert (s.redis_chunk_args, s.chunk_within_polls) == (400, 4)
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -40,11 +41,22 @@ def test_defaults() -> None:
     ("PLATESTREAM_STOP_TIMEOUT_S", "nan", "outside"),
     ("PLATESTREAM_REDIS_CHUNK_ARGS", "8", "below 16"),
     ("PLATESTREAM_REDIS_CHUNK_ARGS", "-1", "outside"),
-    ("PLATESTREAM_REDIS_CHUNK_WHEN", "sometimes", "one of caught-up, always"),
+    ("PLATESTREAM_REDIS_CHUNK_WHEN", "sometimes", "one of caught-up, always, or a number of polls"),
+    ("PLATESTREAM_REDIS_CHUNK_WHEN", "0", "number of polls from 1 to 1000"),
+    ("PLATESTREAM_REDIS_CHUNK_WHEN", "1001", "number of polls from 1 to 1000"),
+    ("PLATESTREAM_REDIS_CHUNK_WHEN", "-4", "number of polls"),
+    ("PLATESTREAM_REDIS_CHUNK_WHEN", "2.5", "number of polls"),
 ])
 def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({**BASE, name: value})
+
+
+@pytest.mark.parametrize(("when", "polls"), [("caught-up", 1), ("4", 4), ("1000", 1000), ("always", None)])
+def test_chunked_writes_go_to_a_worker_at_most_so_many_polls_behind(when: str, polls: int | None) -> None:
+    s = Settings.from_env({**BASE, "PLATESTREAM_REDIS_CHUNK_WHEN": when})
+    assert s.chunk_within_polls == polls
+    assert Settings.from_env(s.to_env()) == s
 
 
 def test_missing_addresses_are_an_error() -> None:

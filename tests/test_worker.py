@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from streams.worker import caught_up
+import pytest
+
+from streams.settings import Settings
+from streams.worker import caught_up, chunk_args_for
+
+BASE = {"PLATESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "PLATESTREAM_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "PLATESTREAM_STATE_DIR": "/nonexistent"}
 
 
 def test_a_worker_within_one_poll_of_the_end_of_all_its_partitions_is_caught_up() -> None:
@@ -23,3 +29,18 @@ def test_a_next_offset_past_the_last_fetched_end_counts_as_no_lag() -> None:
     # the fetch that reported the end is older than the batch (records arrived since): never negative lag
     assert not caught_up([(1_000, 1_500), (5_000, 4_700)], max_records=200)
     assert caught_up([(1_000, 1_500), (5_000, 4_800)], max_records=200)
+
+
+
+@pytest.mark.parametrize(("when", "args"), [("caught-up", (16, 0, 0)), ("3", (16, 16, 0)), ("always", (16, 16, 16))])
+def test_a_worker_chunks_its_writes_only_so_many_polls_behind(when: str, args: tuple[int, int, int]) -> None:
+    s = Settings.from_env({**BASE, "PLATESTREAM_BATCH_MAX_RECORDS": "200", "PLATESTREAM_REDIS_CHUNK_ARGS": "16",
+                           "PLATESTREAM_REDIS_CHUNK_WHEN": when})
+    # 150, 550 and 10,000 records behind the end of its two partitions together
+    behind = ([(1_000, 900), (5_000, 4_950)], [(1_000, 700), (5_000, 4_750)], [(10_000, 0), (5_000, 5_000)])
+    assert tuple(chunk_args_for(s, ends) for ends in behind) == args
+
+
+def test_chunking_turned_off_writes_whole_batches_however_far_behind() -> None:
+    s = Settings.from_env({**BASE, "PLATESTREAM_REDIS_CHUNK_ARGS": "0", "PLATESTREAM_REDIS_CHUNK_WHEN": "always"})
+    assert chunk_args_for(s, [(1_000, 1_000)]) == 0

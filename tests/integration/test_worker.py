@@ -233,7 +233,7 @@ def test_a_redis_that_lost_a_partitions_data_is_refilled_from_the_start_of_the_t
 def test_a_worker_writes_whole_batches_while_it_catches_up_and_chunks_once_it_keeps_up(settings: Settings,
                                                                                        tmp_path: Path) -> None:
     """Chunked Redis writes shorten the lookups' wait behind a batch but cost throughput, so by default
-    (PLATESTREAM_REDIS_CHUNK_WHEN=caught-up) only a worker within one poll of the log's end writes them: a backlog
+    (PLATESTREAM_REDIS_CHUNK_WHEN=4) only a worker within four polls of the log's end writes them: a backlog
     goes to Redis in whole batches, live traffic in chunks, and what is stored is exact either way."""
     s = dataclasses.replace(settings, batch_max_records=200, redis_chunk_args=16)  # every batch has > 16 arguments
     traffic = generate(seed=5, vehicles=300, hours=2)
@@ -251,8 +251,12 @@ def test_a_worker_writes_whole_batches_while_it_catches_up_and_chunks_once_it_ke
         done = worker.metrics()
     finally:
         worker.stop()
-    # a poll takes at most 200 records, and every one that left more than 200 of the backlog unread went whole
-    assert caught["redis_batches_whole"] >= (len(backlog) - 2 * 200) // 200
+    # a poll takes at most 200 records, and every one that left more than four polls of the backlog unread went
+    # whole; the ones that left fewer were chunked (at least four of them: each took at most 200 records)
+    polls = s.chunk_within_polls
+    assert polls == 4
+    assert caught["redis_batches_whole"] >= (len(backlog) - (polls + 1) * 200) // 200
+    assert caught["redis_batches_chunked"] >= polls
     assert done["redis_batches_whole"] == caught["redis_batches_whole"]
     assert done["redis_batches_chunked"] >= caught["redis_batches_chunked"] + live // 50
     acc = verify_against_truth(s, traffic)
