@@ -39,7 +39,7 @@ from streams.audit import AuditLog
 from streams.pipeline import META_OFFSET
 from streams.policy import Policy, token_hash
 from streams.query import GovernedResult, governed_trail, trail, trail_columns
-from streams.settings import Settings
+from streams.settings import ENV_VARS, Settings
 from streams.simulate import Traffic
 from streams.store import checkpoint_key, read_trail, trail_key, vehicle_id
 from streams.topics import delete_run_topics, ensure_topics
@@ -177,9 +177,12 @@ def start_worker(s: Settings, log_path: Path, root: Path = ROOT) -> RunningWorke
     """The worker of the checkout at ``root`` (``python -m`` imports ``streams`` from its working directory)."""
     port = stack.free_port()
     env = worker_env(s, port)
-    if root != ROOT:  # an older version refuses settings it does not know: it runs with its own defaults
+    if root != ROOT:
+        # an older version refuses settings it does not know, and may refuse today's default of one it knows
+        # (PLATESTREAM_REDIS_CHUNK_WHEN=4 before round 30): it runs with its own defaults
         known = (root / "streams" / "settings.py").read_text()
-        env = {k: v for k, v in env.items() if not k.startswith("PLATESTREAM_") or f'"{k}"' in known}
+        env = {k: v for k, v in env.items()
+               if not k.startswith("PLATESTREAM_") or (f'"{k}"' in known and v != ENV_VARS.get(k, (None, ""))[0])}
     with open(log_path, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
