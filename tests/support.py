@@ -42,6 +42,10 @@ from streams.store import (
 from streams.topics import end_offsets, ensure_topics
 from tests.conftest import settings_env, wait_for
 
+# the least environment Settings.from_env takes (addresses nothing listens on): for tests of settings alone
+BASE_ENV = {"PLATESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "PLATESTREAM_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "PLATESTREAM_STATE_DIR": "/nonexistent"}
+
 
 class Worker:
     """A real ``platestream worker`` subprocess with its own log file."""

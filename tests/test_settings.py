@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 
 from streams.settings import ENV_VARS, Settings, SettingsError
-
-BASE = {"PLATESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "PLATESTREAM_REDIS_URL": "redis://127.0.0.1:6379/0",
-        "PLATESTREAM_STATE_DIR": "/nonexistent"}
+from tests.support import BASE_ENV as BASE
 
 
 def test_defaults() -> None:

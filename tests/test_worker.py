@@ -6,9 +6,7 @@ import pytest
 
 from streams.settings import Settings
 from streams.worker import caught_up, chunk_args_for
-
-BASE = {"PLATESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "PLATESTREAM_REDIS_URL": "redis://127.0.0.1:6379/0",
-        "PLATESTREAM_STATE_DIR": "/nonexistent"}
+from tests.support import BASE_ENV as BASE
 
 
 def test_a_worker_within_one_poll_of_the_end_of_all_its_partitions_is_caught_up() -> None:
