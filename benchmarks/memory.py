@@ -22,7 +22,7 @@ def warm_up(s: Settings, raws: list[Raw]) -> None:
     else in the process ran them already)."""
     warm = PartitionPipeline(s, "warm-up", 0)
     warm.process_raw(raws[:2000])
-    warm.state.compact(warm.state.pool["alive"].astype(bool))
+    warm.state.compact(warm.state.pool["alive"])  # the alive column, as reserve/reclaim pass it
     del warm
     gc.collect()
 

@@ -523,5 +523,5 @@ def warm_up(s: Settings) -> None:
     for batch in ([0, 1], [2, 3]):
         pipe.process_raw([Raw("warm-up", 0, i, None, None, orjson.dumps(docs[i])) for i in batch])
     st = pipe.state
-    st.compact(st.pool["alive"][: st.n_used].astype(bool))  # as reserve/reclaim do (it re-indexes too)
+    st.compact(st.pool["alive"][: st.n_used])  # as reserve/reclaim do, the same array type (it re-indexes too)
     resp_commands(pack_commands(pipe.process_raw([]).redis))  # the Redis writer thread's transcoder

@@ -188,10 +188,13 @@ def counts():
     return out
 before = counts()
 warm_up(Settings.from_env(env={}, kafka_bootstrap="x:1", redis_url="redis://x:1/0", hash_key=b"k" * 24))
-print(json.dumps([before, counts()]))
+from streams.kernels.dedup import _kept_runs
+print(json.dumps([before, counts(), [str(sig[0].dtype) for sig in _kept_runs.signatures]]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    before, after = orjson.loads(out.splitlines()[-1])
+    before, after, kept_runs_masks = orjson.loads(out.splitlines()[-1])
+    # compaction's runs are found on the pool's alive column itself (reserve, reclaim): that signature
+    assert kept_runs_masks == ["uint8"]
     entry_points = ["scan.scan_reads", "scan.intern_spans", "dedup.dedup_batch", "dedup.expired", "dedup._reindex",
                     "dedup._kept_runs", "dedup._move_runs", "plates.pack_plates", "plates._unpack_matrix",
                     "geohash.geo52_into", "geohash.geo52_decode", "geohash.geohash_text", "resp._resp"]
