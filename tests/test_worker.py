@@ -29,7 +29,6 @@ def test_a_next_offset_past_the_last_fetched_end_counts_as_no_lag() -> None:
     assert caught_up([(1_000, 1_500), (5_000, 4_800)], max_records=200)
 
 
-
 @pytest.mark.parametrize(("when", "args"), [("caught-up", (16, 0, 0)), ("3", (16, 16, 0)), ("always", (16, 16, 16))])
 def test_a_worker_chunks_its_writes_only_so_many_polls_behind(when: str, args: tuple[int, int, int]) -> None:
     s = Settings.from_env({**BASE, "PLATESTREAM_BATCH_MAX_RECORDS": "200", "PLATESTREAM_REDIS_CHUNK_ARGS": "16",
