@@ -92,6 +92,17 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; raised at start, never mid-stream."""
 
 
+def chunk_within_polls(when: str) -> int | None:
+    """``PLATESTREAM_REDIS_CHUNK_WHEN`` as the polls behind the log's end within which a worker chunks its Redis
+    writes (None: always); raises ``SettingsError`` for anything else."""
+    if when in CHUNK_WHEN:
+        return None if when == "always" else 1
+    if when.isdigit() and 1 <= int(when) <= MAX_CHUNK_WITHIN_POLLS:
+        return int(when)
+    raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_WHEN={when!r}: one of {', '.join(CHUNK_WHEN)}, or a "
+                        f"number of polls from 1 to {MAX_CHUNK_WITHIN_POLLS}")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka_bootstrap: str
@@ -142,8 +153,7 @@ class Settings:
     def chunk_within_polls(self) -> int | None:
         """How many polls behind the log's end a worker may be and still chunk its Redis writes
         (``PLATESTREAM_REDIS_CHUNK_WHEN``); None: always."""
-        when = self.redis_chunk_when
-        return None if when == "always" else 1 if when == "caught-up" else int(when)
+        return chunk_within_polls(self.redis_chunk_when)
 
     def with_cell_bucket(self, ms: int) -> Settings:
         """These settings with the area index's bucket fixed at ``ms``: set explicitly, or read from Redis. Pinned,
@@ -252,10 +262,7 @@ class Settings:
         if 0 < settings.redis_chunk_args < MIN_CHUNK_ARGS:
             raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_ARGS={settings.redis_chunk_args} is below {MIN_CHUNK_ARGS} "
                                 "(0 turns chunking off)")
-        when = settings.redis_chunk_when
-        if when not in CHUNK_WHEN and not (when.isdigit() and 1 <= int(when) <= MAX_CHUNK_WITHIN_POLLS):
-            raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_WHEN={when!r}: one of {', '.join(CHUNK_WHEN)}, or a "
-                                f"number of polls from 1 to {MAX_CHUNK_WITHIN_POLLS}")
+        chunk_within_polls(settings.redis_chunk_when)  # refused at start, not at the first batch
         if settings.hash_key == DEV_HASH_KEY.encode():
             log.warning("PLATESTREAM_HASH_KEY is the public development key; set a secret in production")
         if settings.policy_path is not None and settings.audit_key == DEV_AUDIT_KEY.encode():
