@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 import orjson
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.directory import collect
-from streams.pipeline import PartitionPipeline
+from streams.pipeline import PartitionPipeline, reads_per_agency_day
+from streams.policy import DAY_MS
 from streams.records import Raw
 from streams.settings import Settings
 from streams.store import apply_batch_sync
@@ -339,3 +343,16 @@ def test_revisions_remove_exactly_the_entries_written_before() -> None:
     sids = [MEMBER_PREFIX.unpack_from(m)[2] for key, members in zsets.items() if key.startswith("ps:t:")
             for m in members]
     assert len(sids) == len(set(sids)) > 1000
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a-pd", "b-pd", "c-sheriff"]), st.integers(0, 3 * DAY_MS)),
+                max_size=60), st.booleans())
+def test_reads_per_agency_day_counts_every_pair_like_a_counter_of_pairs(reads: list[tuple[str, int]],
+                                                                        one_day: bool) -> None:
+    if one_day:  # the common case, counted by agency alone
+        reads = [(a, DAY_MS + t % DAY_MS) for a, t in reads]
+    agency = [a for a, _ in reads]
+    ts = np.array([t for _, t in reads], dtype=np.int64)
+    got = reads_per_agency_day(agency, ts)
+    assert got == Counter((a, t // DAY_MS) for a, t in reads)
+    assert all(type(day) is int for _, day in got)  # formatted into the key as a date
