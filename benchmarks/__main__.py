@@ -215,6 +215,7 @@ def markdown(results: dict[str, Any], command: str, png: str | None) -> str:
     lines += [f"| {k} | {v} |" for k, v in results["machine"].items()]
     if png:
         lines += ["", f"![throughput and progress]({png})"]
+    lines += cpu_anatomy(results)
     lines += sampled_profile(results.get("profile_sampled"))
     lines += memory_anatomy(results)
     lines += geohash_anatomy(results)
@@ -263,6 +264,31 @@ def dedup_kernel_anatomy(results: dict[str, Any]) -> list[str]:
             f"| compaction of evicted slots and the key table's re-index ({share}) | {compaction:.1f} |",
             f"| the figure's own run, per read | {1e9 / results['dedup_reads_per_s']:.1f} |", "",
             f"The goal needs {goal_ns:.1f} ns per read in all."]
+
+
+def cpu_anatomy(results: dict[str, Any]) -> list[str]:
+    """The throughput goal's whole-machine profile: the CPU each process of the median e2e run spent per read, and
+    the cores those costs would need at the goal's rate."""
+    names = [n for n in ("worker", "redis", "broker") if results.get(f"e2e_cpu_{n}_us_per_read") is not None]
+    if "worker" not in names or results.get("e2e_cpu_machine_us_per_read") is None:
+        return []
+    goal = GOALS["e2e_reads_per_s"][1]
+    cores = results.get("machine", {}).get("cores") or os.cpu_count()
+    rows = [f"| {n} | {results[f'e2e_cpu_{n}_cores']:.2f} | {results[f'e2e_cpu_{n}_us_per_read']:.2f} | "
+            f"{results[f'e2e_cpu_{n}_us_per_read'] * goal / 1e6:.2f} |" for n in names]
+    others = results["e2e_cpu_others_cores"]
+    per_read = results["e2e_cpu_machine_us_per_read"]
+    rate = results["e2e_reads_per_s"]
+    return ["", "## Where the machine's cores go during the e2e run (the median run, from /proc)", "",
+            "| process | cores busy | CPU µs per read | cores at the goal's rate |", "|---|---:|---:|---:|", *rows,
+            f"| the rest (the benchmark's polling, kernel work for no process named) | {others:.2f} | "
+            f"{others * 1e6 / rate:.2f} | {others * goal / rate:.2f} |",
+            f"| the machine | {results['e2e_cpu_machine_busy_cores']:.2f} | {per_read:.2f} | "
+            f"{per_read * goal / 1e6:.2f} |", "",
+            f"The worker's busiest thread (its event loop, which holds the GIL for the batch work) kept "
+            f"{results['e2e_cpu_worker_busiest_thread_cores']:.2f} of a core busy; the hypervisor took "
+            f"{results['e2e_cpu_machine_steal_cores']:.2f}. At these costs {goal:,.0f} reads/s needs "
+            f"{per_read * goal / 1e6:.2f} cores of the machine's {cores}."]
 
 
 def memory_anatomy(results: dict[str, Any]) -> list[str]:
@@ -363,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     n_runs = args.runs or (1 if args.quick else 3)
     for i in range(n_runs):
         e2e.log(f"platestream worker on the pre-filled topic (run {i + 1}/{n_runs})")
-        runs.append(e2e.throughput(dataclasses.replace(s, group=f"{s.group}-{i}"), len(msgs), log_dir))
+        runs.append(e2e.throughput(dataclasses.replace(s, group=f"{s.group}-{i}"), len(msgs), log_dir,
+                                   others={"redis": info.redis_pid, "broker": info.kafka_pid}))
         e2e.log(f"naive faust baseline on {naive_n:,} messages (run {i + 1}/{n_runs})")
         naive.append(e2e.naive_faust(info, msgs[:naive_n], log_dir)["naive_faust_reads_per_s"])
     results.update(median_run(runs))

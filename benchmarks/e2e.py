@@ -20,7 +20,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +31,7 @@ import redis
 from aiokafka import AIOKafkaProducer
 from numpy.typing import NDArray
 
+from benchmarks import cpu
 from benchmarks.memory import sorted_set_anatomy
 from streams import stack
 from streams.access import LoopAuditPublisher
@@ -215,8 +216,10 @@ def exact_run(s: Settings, traffic: Traffic, log_dir: Path, root: Path = ROOT, n
     return r
 
 
-def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspect: bool = True) -> dict[str, Any]:
-    """Worker on a pre-filled topic: reads/s from its first committed batch to its last, plus memory.
+def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspect: bool = True,
+               others: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Worker on a pre-filled topic: reads/s from its first committed batch to its last, plus memory, and the
+    CPU the worker and the ``others`` processes (name -> pid) spent over the same span (``benchmarks.cpu``).
 
     ``inspect=False`` counts sightings without decoding them and skips the memory breakdown: for comparing
     with a version whose Redis layout this code does not read (``make bench-ab``).
@@ -226,6 +229,8 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspec
     mem0 = int(client.info("memory")["used_memory"])
     worker = start_worker(s, log_dir / "bench-worker.log", root)
     first: tuple[float, int] | None = None
+    pids = {"worker": worker.proc.pid, **(others or {})}
+    cpu_from = cpu_to = None
     done = 0
     last_t = time.monotonic()
     curve: list[tuple[float, int]] = []
@@ -237,16 +242,19 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspec
             now = time.monotonic()
             if now_done and first is None:
                 first = (now, now_done)
+                cpu_from = cpu.snapshot(pids)
             if now_done != done:
                 last_t = now
                 curve.append((now, now_done))
             done = now_done
             time.sleep(0.02)
+        cpu_to = cpu.snapshot(pids)
         metrics = worker.metrics()
     finally:
         worker.stop()
-    assert first is not None
+    assert first is not None and cpu_from is not None and cpu_to is not None
     span = max(last_t - first[0], 1e-3)
+    spent = cpu.usage(cpu_from, cpu_to, total - first[1])
     used = int(client.info("memory")["used_memory"])
     ck = sum(int(client.memory_usage(checkpoint_key(s.group, s.topic_reads, p)) or 0)
              for p in range(s.partitions))
@@ -256,7 +264,8 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspec
             pipe.zcard(key)
         sightings = sum(pipe.execute())
     if not inspect:
-        return {"e2e_reads_per_s": (total - first[1]) / span, "e2e_sightings": sightings, "worker_metrics": metrics}
+        return {"e2e_reads_per_s": (total - first[1]) / span, "e2e_sightings": sightings, "worker_metrics": metrics,
+                **spent}
     reads = sum(sg.reads for key in trails for sg in read_trail(client, key))
     keys = {"trails": trails, **{kind: list(client.scan_iter(match=pattern, count=10_000))
                                  for kind, pattern in (("area_index", "ps:c:*"), ("plate_directory", "ps:pd:*"))}}
@@ -273,6 +282,7 @@ def throughput(s: Settings, total: int, log_dir: Path, root: Path = ROOT, inspec
         **anatomy,
         "redis_vehicles": len(trails),
         "worker_metrics": metrics,
+        **spent,
         "progress_curve": [(round(t - first[0], 3), n) for t, n in curve],
     }
 
