@@ -274,7 +274,8 @@ def cpu_anatomy(results: dict[str, Any]) -> list[str]:
         return []
     goal = GOALS["e2e_reads_per_s"][1]
     cores = results.get("machine", {}).get("cores") or os.cpu_count()
-    rows = [f"| {n} | {results[f'e2e_cpu_{n}_cores']:.2f} | {results[f'e2e_cpu_{n}_us_per_read']:.2f} | "
+    label = {"worker": "worker (all threads)", "redis": "Redis (and its AOF rewrites)", "broker": "Kafka broker"}
+    rows = [f"| {label[n]} | {results[f'e2e_cpu_{n}_cores']:.2f} | {results[f'e2e_cpu_{n}_us_per_read']:.2f} | "
             f"{results[f'e2e_cpu_{n}_us_per_read'] * goal / 1e6:.2f} |" for n in names]
     others = results["e2e_cpu_others_cores"]
     per_read = results["e2e_cpu_machine_us_per_read"]

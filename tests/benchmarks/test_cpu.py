@@ -67,8 +67,44 @@ def test_the_cpu_section_turns_costs_per_read_into_cores_at_the_goal() -> None:
                "e2e_cpu_others_cores": 0.1, "e2e_cpu_machine_busy_cores": 1.7, "e2e_cpu_machine_us_per_read": 17.0,
                "e2e_cpu_worker_busiest_thread_cores": 0.8, "e2e_cpu_machine_steal_cores": 0.0}
     text = "\n".join(cpu_anatomy(results))
-    assert "| worker | 0.90 | 9.00 | 1.35 |" in text
-    assert "| redis | 0.50 | 5.00 | 0.75 |" in text
+    assert "| worker (all threads) | 0.90 | 9.00 | 1.35 |" in text
+    assert "| Redis (and its AOF rewrites) | 0.50 | 5.00 | 0.75 |" in text
     assert "| the machine | 1.70 | 17.00 | 2.55 |" in text
     assert "150,000 reads/s needs 2.55 cores of the machine's 2" in text
     assert cpu_anatomy({"e2e_reads_per_s": 1.0}) == []  # a report from before the meter: no section
+
+
+def test_a_process_counts_the_cpu_of_the_children_it_waited_for() -> None:
+    # Redis's AOF rewrite is a forked child: its CPU belongs to Redis, not to "the rest"
+    parent = subprocess.Popen([sys.executable, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdin is not None
+        assert parent.stdout.readline() == "ready\n"
+        before = snapshot({"worker": parent.pid})
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == "reaped\n"
+        after = snapshot({"worker": parent.pid})
+    finally:
+        parent.kill()
+        parent.wait()
+    got = usage(before, after, reads=1)
+    spent = got["e2e_cpu_worker_cores"] * got["e2e_cpu_seconds"]
+    assert spent >= 0.3 - 2 / TICK  # the child's spin
+    assert got["e2e_cpu_worker_busiest_thread_cores"] * got["e2e_cpu_seconds"] < 0.1  # the parent only waited
+
+
+FORKER = """
+import os, sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+pid = os.fork()
+if pid == 0:
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.3:
+        pass
+    os._exit(0)
+os.waitpid(pid, 0)
+print("reaped", flush=True)
+sys.stdin.readline()
+"""
