@@ -415,10 +415,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         results["notes"].append(f"Quix Streams baseline not run: {e}")
 
-    e2e.log("latency at 20k reads/s")
+    # latency: three runs too, the median by p99 (one run's p99 went from 97 to 238 ms on identical behaviour:
+    # HISTORY, round 30)
     lat_msgs = msgs[: 20_000 * (8 if args.quick else 20)]
-    results.update(e2e.latency_at_rate(info, lat_msgs, 20_000, log_dir))
-    results["latency_p99_ms"] = results.get("latency_p99_ms")
+    latencies: list[dict[str, Any]] = []
+    for i in range(n_runs):
+        e2e.log(f"latency at 20k reads/s (run {i + 1}/{n_runs})")
+        latencies.append(e2e.latency_at_rate(info, lat_msgs, 20_000, log_dir))
+    results.update(median_run(latencies, "latency_p99_ms", higher_is_better=False))
+    results["latency_p99_ms_runs"] = [r["latency_p99_ms"] for r in latencies]
 
     # Trail lookups by default (400-argument chunks while the worker keeps up, as it does at 50k reads/s), and with
     # the lookup path put first as the README sets it up (Redis and the lookup process at real-time priority,
