@@ -98,6 +98,20 @@ def test_the_median_run_is_the_conservative_middle() -> None:
     assert median_run([{"e2e_reads_per_s": 5.0, "run": "e"}])["run"] == "e"
 
 
+def test_each_trail_form_is_the_median_of_its_own_runs() -> None:
+    from benchmarks.__main__ import median_forms
+
+    runs = [{"t_p99_ms": 4.07, "t_columns_p99_ms": 3.33, "t_api_p99_ms": 13.7, "run": "a"},
+            {"t_p99_ms": 3.40, "t_columns_p99_ms": 1.42, "t_api_p99_ms": 14.4, "run": "b"},
+            {"t_p99_ms": 4.35, "t_columns_p99_ms": 1.68, "t_api_p99_ms": 18.2, "run": "c"}]
+    got = median_forms(runs, "t")
+    assert (got["t_p99_ms"], got["t_columns_p99_ms"], got["t_api_p99_ms"]) == (4.07, 1.68, 14.4)
+    assert got["run"] == "a"  # the other figures: the median run by rows
+    assert got["t_columns_p99_ms_runs"] == [3.33, 1.42, 1.68]
+    got = median_forms(runs[:2], "t")  # an even number: the higher time
+    assert (got["t_p99_ms"], got["t_columns_p99_ms"], got["t_api_p99_ms"]) == (4.07, 3.33, 14.4)
+
+
 def test_a_goal_row_judges_each_form_it_was_measured_in() -> None:
     from benchmarks.__main__ import goal_row
 
