@@ -24,10 +24,10 @@ def _stat_seconds(path: Path, children: bool = False) -> float:
     return sum(int(f) for f in fields[11 : 15 if children else 13]) / TICK
 
 
-def process_seconds(pid: int) -> float:
-    """CPU seconds a process has spent, all its threads (those that ended included), and the children it has
-    waited for: Redis's AOF rewrites run in a forked child, a cost of Redis's durability."""
-    return _stat_seconds(Path(f"/proc/{pid}/stat"), children=True)
+def process_seconds(pid: int, children: bool = True) -> float:
+    """CPU seconds a process has spent, all its threads (those that ended included), and with ``children`` the
+    children it has waited for: Redis's AOF rewrites run in a forked child, a cost of Redis's durability."""
+    return _stat_seconds(Path(f"/proc/{pid}/stat"), children)
 
 
 def thread_seconds(pid: int) -> dict[int, float]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import shutil
 import statistics
 import sys
@@ -35,6 +34,7 @@ from typing import Any, cast
 import redis
 
 from benchmarks.__main__ import machine, report_header, write_report
+from benchmarks.cpu import process_seconds
 from streams import stack
 from streams.kernels.resp import resp_commands
 from streams.pipeline import Command, PartitionPipeline
@@ -62,12 +62,6 @@ def batches(messages: int, batch: int = 20_000, vehicles: int = 20_000) -> tuple
     return pipe.ck_key, out
 
 
-def server_cpu_s(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float], bytes]:
     """Apply ``work`` to a fresh redis-server the ``mode`` way; (figures, ``DEBUG DIGEST`` of what it stored)."""
     state = Path(tempfile.mkdtemp(prefix=f"writes-{mode}-"))
@@ -76,7 +70,7 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
     client = redis.Redis(port=port)
     packing = transcoding = 0.0
     try:
-        cpu0, t0 = server_cpu_s(pid), time.perf_counter()
+        cpu0, t0 = process_seconds(pid, children=False), time.perf_counter()
         expected: int | None = None
         if mode == "unpack":
             script = client.register_script(UNPACK_ONLY)
@@ -98,7 +92,7 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
                 if apply(client, [write]) != [True]:
                     raise RuntimeError(f"the batch was fenced ({mode})")
                 expected = nxt
-        wall, cpu = time.perf_counter() - t0, server_cpu_s(pid) - cpu0
+        wall, cpu = time.perf_counter() - t0, process_seconds(pid, children=False) - cpu0
         stats = client.info("commandstats")
         batch_cmd = stats.get("cmdstat_exec" if mode == "multi" else "cmdstat_evalsha", {})
         figures = {"server_cpu_s": cpu, "batch_command_s": int(batch_cmd.get("usec", 0)) / 1e6,
