@@ -3,20 +3,23 @@
     python -m benchmarks.writes [--messages 600000] [--rounds 2]
 
 The pipeline's real batches (one partition, 20,000 reads each, simulated traffic) are applied to a fresh
-redis-server three ways, taking turns:
+redis-server four ways, taking turns:
 
 - ``script``: one fenced Lua script per batch, its commands in a msgpack blob (``store.apply_scripts``: what
   the worker did before round 28);
 - ``unpack``: the same blobs, only unpacked by a script (``cmsgpack.unpack``), nothing run: the script's parsing;
 - ``multi``: what the worker does (``store.apply_batches``; a whole batch here): the same blob transcoded to RESP
   (``kernels.resp``, in the writer thread) and run as ``WATCH`` / ``MULTI`` / ``EXEC``, fenced by ``WATCH``
-  on the checkpoint: no Lua.
+  on the checkpoint: no Lua;
+- ``multi-no-aof``: the same on a Redis without its append-only file (every other mode has the local stack's
+  ``appendonly yes``, ``appendfsync everysec``): what durability costs Redis.
 
-Per mode: redis-server's CPU time (``/proc``), Redis's own time in the batch command (``commandstats`` of
-``EVALSHA`` or ``EXEC``: what a lookup waits behind; a transaction's queued commands are parsed before ``EXEC``,
-between other clients' commands), the client's packing time (the worker's event-loop thread) and, for
-``multi``, the transcoding (the writer thread, GIL released). ``script`` and ``multi`` must leave the same
-data (``DEBUG DIGEST``). Writes ``benchmarks/results/writes-<date>.json`` and ``.md``.
+Per mode: redis-server's CPU time (``/proc``; its AOF rewrites, forked children, apart), Redis's own time in
+the batch command (``commandstats`` of ``EVALSHA`` or ``EXEC``: what a lookup waits behind; a transaction's
+queued commands are parsed before ``EXEC``, between other clients' commands), the client's packing time (the
+worker's event-loop thread) and, for the transactions, the transcoding (the writer thread, GIL released). Every
+mode but ``unpack`` must leave the same data (``DEBUG DIGEST``). Writes ``benchmarks/results/writes-<date>.json``
+and ``.md``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from streams.settings import Settings
 from streams.simulate import generate
 from streams.store import apply_batches, apply_scripts, pack_commands, plan_batch
 
-MODES = ("script", "unpack", "multi")
+MODES = ("script", "unpack", "multi", "multi-no-aof")
 Batch = tuple[list[Command], int]  # a batch's commands and the offset after it
 UNPACK_ONLY = "local a = cmsgpack.unpack(ARGV[1]) return #a"
 
@@ -66,11 +69,13 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
     """Apply ``work`` to a fresh redis-server the ``mode`` way; (figures, ``DEBUG DIGEST`` of what it stored)."""
     state = Path(tempfile.mkdtemp(prefix=f"writes-{mode}-"))
     port = stack.free_port()
-    pid = stack.start_redis(state, port, extra=["--enable-debug-command", "local"])
+    no_aof = ["--appendonly", "no"] if mode == "multi-no-aof" else []
+    pid = stack.start_redis(state, port, extra=["--enable-debug-command", "local", *no_aof])
     client = redis.Redis(port=port)
     packing = transcoding = 0.0
     try:
         cpu0, t0 = process_seconds(pid, children=False), time.perf_counter()
+        all0 = process_seconds(pid)
         expected: int | None = None
         if mode == "unpack":
             script = client.register_script(UNPACK_ONLY)
@@ -85,7 +90,7 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
                 t = time.perf_counter()
                 write = plan_batch(ck_key, expected, nxt, commands)
                 packing += time.perf_counter() - t
-                if mode == "multi":  # what the writer thread adds (GIL released), timed apart from the write
+                if mode != "script":  # what the writer thread adds (GIL released), timed apart from the write
                     t = time.perf_counter()
                     resp_commands(write.first)
                     transcoding += time.perf_counter() - t
@@ -93,9 +98,14 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
                     raise RuntimeError(f"the batch was fenced ({mode})")
                 expected = nxt
         wall, cpu = time.perf_counter() - t0, process_seconds(pid, children=False) - cpu0
+        while client.info("persistence").get("aof_rewrite_in_progress"):  # its child's CPU counts once reaped
+            time.sleep(0.05)
+        time.sleep(0.2)  # Redis reaps a finished child in its cron, 10 times a second
+        children = process_seconds(pid) - all0 - (process_seconds(pid, children=False) - cpu0)
         stats = client.info("commandstats")
-        batch_cmd = stats.get("cmdstat_exec" if mode == "multi" else "cmdstat_evalsha", {})
-        figures = {"server_cpu_s": cpu, "batch_command_s": int(batch_cmd.get("usec", 0)) / 1e6,
+        batch_cmd = stats.get("cmdstat_exec" if mode.startswith("multi") else "cmdstat_evalsha", {})
+        figures = {"server_cpu_s": cpu, "server_children_cpu_s": children,
+                   "batch_command_s": int(batch_cmd.get("usec", 0)) / 1e6,
                    "batch_command_ms_avg": float(batch_cmd.get("usec_per_call", 0.0)) / 1000,
                    "client_packing_s": packing, "writer_transcoding_s": transcoding, "wall_s": wall}
         return figures, cast(bytes, client.execute_command("DEBUG", "DIGEST"))
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[writes] round {i + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
             figures, stored[mode] = run_mode(mode, ck_key, work)
             runs[mode].append(figures)
-        if stored["script"] != stored["multi"]:
+        if not stored["script"] == stored["multi"] == stored["multi-no-aof"]:
             raise RuntimeError("the transactions stored other data than the scripts")
     date = datetime.date.today().isoformat()
     results = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
@@ -143,14 +153,17 @@ def report(r: dict[str, Any]) -> list[str]:
              f"commands, {r['arguments']:,} arguments), applied to a fresh redis-server each run; the modes take "
              "turns. Medians of the runs, in µs per message; `vs script` is the ratio to the script's median. "
              "batch command: Redis's own time in the batch's `EVALSHA` (script, unpack) or `EXEC` (multi), which "
-             "a lookup waits behind.", "",
-             "| mode | server CPU | vs script | batch command | vs script | client packing | writer transcoding | "
-             "runs (server CPU) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "a lookup waits behind. AOF rewrites: the CPU of the children Redis forked to rewrite its append-only "
+             "file, apart from server CPU.", "",
+             "| mode | server CPU | vs script | AOF rewrites | batch command | vs script | client packing | "
+             "writer transcoding | runs (server CPU) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for mode in r["runs"]:
         cpu, cmd = med(mode, "server_cpu_s"), med(mode, "batch_command_s")
+        children = statistics.median(run.get("server_children_cpu_s", 0.0) for run in r["runs"][mode])
         lines.append(f"| {mode} | {cpu * per_read:.2f} | {cpu / med('script', 'server_cpu_s'):.2f} | "
-                     f"{cmd * per_read:.2f} | {cmd / med('script', 'batch_command_s'):.2f} | "
+                     f"{children * per_read:.2f} | {cmd * per_read:.2f} | "
+                     f"{cmd / med('script', 'batch_command_s'):.2f} | "
                      f"{med(mode, 'client_packing_s') * per_read:.2f} | "
                      f"{med(mode, 'writer_transcoding_s') * per_read:.2f} | "
                      + " / ".join(f"{run['server_cpu_s'] * per_read:.2f}" for run in r["runs"][mode]) + " |")
