@@ -17,17 +17,21 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat_seconds(path: Path, children: bool = False) -> float:
-    """utime + stime of a ``/proc/.../stat`` file (fields 14 and 15; the name before them may hold spaces), and
-    with ``children`` the cutime + cstime of the children it has waited for (16 and 17)."""
-    fields = path.read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11 : 15 if children else 13]) / TICK
+def _stat_ticks(path: Path) -> list[int]:
+    """utime, stime, cutime and cstime of a ``/proc/.../stat`` file (fields 14 to 17; the name before them may
+    hold spaces): a process's own CPU, then that of the children it has waited for."""
+    return [int(f) for f in path.read_text().rsplit(")", 1)[1].split()[11:15]]
 
 
 def process_seconds(pid: int, children: bool = True) -> float:
     """CPU seconds a process has spent, all its threads (those that ended included), and with ``children`` the
     children it has waited for: Redis's AOF rewrites run in a forked child, a cost of Redis's durability."""
-    return _stat_seconds(Path(f"/proc/{pid}/stat"), children)
+    return sum(_stat_ticks(Path(f"/proc/{pid}/stat"))[: 4 if children else 2]) / TICK
+
+
+def children_seconds(pid: int) -> float:
+    """CPU seconds of the children a process has waited for (those still running are not counted yet)."""
+    return sum(_stat_ticks(Path(f"/proc/{pid}/stat"))[2:]) / TICK
 
 
 def thread_seconds(pid: int) -> dict[int, float]:
@@ -35,7 +39,7 @@ def thread_seconds(pid: int) -> dict[int, float]:
     out: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            out[int(task.name)] = _stat_seconds(task / "stat")
+            out[int(task.name)] = sum(_stat_ticks(task / "stat")[:2]) / TICK
         except (FileNotFoundError, ProcessLookupError):  # ended between the listing and the read
             continue
     return out

@@ -37,7 +37,7 @@ from typing import Any, cast
 import redis
 
 from benchmarks.__main__ import machine, report_header, write_report
-from benchmarks.cpu import process_seconds
+from benchmarks.cpu import children_seconds, process_seconds
 from streams import stack
 from streams.kernels.resp import resp_commands
 from streams.pipeline import Command, PartitionPipeline
@@ -74,8 +74,7 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
     client = redis.Redis(port=port)
     packing = transcoding = 0.0
     try:
-        cpu0, t0 = process_seconds(pid, children=False), time.perf_counter()
-        all0 = process_seconds(pid)
+        cpu0, children0, t0 = process_seconds(pid, children=False), children_seconds(pid), time.perf_counter()
         expected: int | None = None
         if mode == "unpack":
             script = client.register_script(UNPACK_ONLY)
@@ -104,7 +103,7 @@ def run_mode(mode: str, ck_key: str, work: list[Batch]) -> tuple[dict[str, float
         while any(client.info("persistence").get(k) for k in ("aof_rewrite_in_progress", "aof_rewrite_scheduled")):
             time.sleep(0.05)
         time.sleep(0.3)
-        children = process_seconds(pid) - all0 - (process_seconds(pid, children=False) - cpu0)
+        children = children_seconds(pid) - children0
         stats = client.info("commandstats")
         batch_cmd = stats.get("cmdstat_exec" if mode.startswith("multi") else "cmdstat_evalsha", {})
         figures = {"server_cpu_s": cpu, "server_children_cpu_s": children,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from benchmarks.__main__ import cpu_anatomy
-from benchmarks.cpu import TICK, machine_seconds, snapshot, usage
+from benchmarks.cpu import TICK, children_seconds, machine_seconds, snapshot, usage
 
 # a process with two threads: one spins for 0.5 s of CPU when told to, one sleeps; then it waits
 SPINNER = """
@@ -80,17 +80,18 @@ def test_a_process_counts_the_cpu_of_the_children_it_waited_for() -> None:
     try:
         assert parent.stdout is not None and parent.stdin is not None
         assert parent.stdout.readline() == "ready\n"
-        before = snapshot({"worker": parent.pid})
+        before, reaped_before = snapshot({"worker": parent.pid}), children_seconds(parent.pid)
         parent.stdin.write("go\n")
         parent.stdin.flush()
         assert parent.stdout.readline() == "reaped\n"
-        after = snapshot({"worker": parent.pid})
+        after, reaped_after = snapshot({"worker": parent.pid}), children_seconds(parent.pid)
     finally:
         parent.kill()
         parent.wait()
     got = usage(before, after, reads=1)
     spent = got["e2e_cpu_worker_cores"] * got["e2e_cpu_seconds"]
     assert spent >= 0.3 - 2 / TICK  # the child's spin
+    assert 0.3 - 2 / TICK <= reaped_after - reaped_before <= spent  # all of it the child's
     assert got["e2e_cpu_worker_busiest_thread_cores"] * got["e2e_cpu_seconds"] < 0.1  # the parent only waited
 
 
