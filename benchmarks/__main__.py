@@ -289,7 +289,22 @@ def cpu_anatomy(results: dict[str, Any]) -> list[str]:
             f"The worker's busiest thread (its event loop, which holds the GIL for the batch work) kept "
             f"{results['e2e_cpu_worker_busiest_thread_cores']:.2f} of a core busy; the hypervisor took "
             f"{results['e2e_cpu_machine_steal_cores']:.2f}. At these costs {goal:,.0f} reads/s needs "
-            f"{per_read * goal / 1e6:.2f} cores of the machine's {cores}."]
+            f"{per_read * goal / 1e6:.2f} cores of the machine's {cores}.", *redis_commands(results)]
+
+
+def redis_commands(results: dict[str, Any]) -> list[str]:
+    """Redis's own command time per read over the median e2e run, against its CPU per read."""
+    prefix = "e2e_redis_us_per_read_"
+    times = {k.removeprefix(prefix): v for k, v in results.items() if k.startswith(prefix)}
+    if "exec" not in times or results.get("e2e_cpu_redis_us_per_read") is None:
+        return []
+    inner = sorted(((n, v) for n, v in times.items() if n not in ("exec", "multi", "watch") and v >= 0.01),
+                   key=lambda nv: -nv[1])
+    return ["", f"Redis's own accounting over the same span (`INFO commandstats`): the batch transactions (`EXEC`) "
+            f"took {times['exec']:.2f} µs per read of its {results['e2e_cpu_redis_us_per_read']:.2f}, of it "
+            + ", ".join(f"`{n.upper()}` {v:.2f}" for n, v in inner)
+            + "; the rest of Redis's CPU is reading and parsing the commands, replying, the append-only file and "
+            "its rewrites."]
 
 
 def memory_anatomy(results: dict[str, Any]) -> list[str]:
