@@ -271,11 +271,12 @@ def test_redis_command_time_per_read_names_each_command_and_the_report_sets_it_a
 
     stats = {"cmdstat_exec": {"calls": 10, "usec": 3_000_000}, "cmdstat_zadd": {"calls": 900, "usec": 2_000_000},
              "cmdstat_hset": {"calls": 90, "usec": 500_000}, "cmdstat_hget": {"calls": 5, "usec": 100},
-             "cmdstat_multi": {"calls": 10, "usec": 10}, "errorstat_ERR": {"count": 1}}
+             "cmdstat_multi": {"calls": 10, "usec": 10}, "errorstat_ERR": {"count": 1},
+             "cmdstat_config|resetstat": {"calls": 1, "usec": 20}, "cmdstat_client|setname": {"calls": 1, "usec": 3}}
     got = command_time(stats, reads=1_000_000)
     assert got == {"e2e_redis_us_per_read_exec": 3.0, "e2e_redis_us_per_read_zadd": 2.0,
                    "e2e_redis_us_per_read_hset": 0.5, "e2e_redis_us_per_read_hget": 0.0001,
-                   "e2e_redis_us_per_read_multi": 0.00001}
+                   "e2e_redis_us_per_read_multi": 0.00001, "e2e_redis_us_per_read_client_setname": 0.000003}
     assert list(got)[:3] == ["e2e_redis_us_per_read_exec", "e2e_redis_us_per_read_zadd", "e2e_redis_us_per_read_hset"]
     text = "\n".join(redis_commands({**got, "e2e_cpu_redis_us_per_read": 5.0}))
     assert "(`EXEC`) took 3.00 µs per read of its 5.00, of it `ZADD` 2.00, `HSET` 0.50;" in text
