@@ -15,13 +15,18 @@ from streams.records import Raw
 from streams.settings import Settings
 from streams.simulate import generate
 
+BATCH = 20_000  # reads per batch of the measured pipeline
 
-def warm_up(s: Settings, raws: list[Raw]) -> None:
+
+def warm_up(s: Settings, raws: list[Raw], batches: int = 3) -> None:
     """Load the Numba kernels of the batch path and of the compaction (one per pool dtype), and fill one-time
     caches, so that memory traced afterwards is dedup state, not code (and does not depend on whether something
-    else in the process ran them already)."""
+    else in the process ran them already, or on Numba's on-disk cache: a kernel compiled inside the measurement
+    counted ~17 bytes per key). A few whole batches of the same traffic, so that the paths of later batches
+    (sessions revised across batches, whose old trail members are rebuilt) are compiled too."""
     warm = PartitionPipeline(s, "warm-up", 0)
-    warm.process_raw(raws[:2000])
+    for lo in range(0, min(len(raws), batches * BATCH), BATCH):
+        warm.process_raw(raws[lo : lo + BATCH])
     warm.state.compact(warm.state.pool["alive"])  # the alive column, as reserve/reclaim pass it
     del warm
     gc.collect()
@@ -41,8 +46,8 @@ def dedup_state_bytes_per_key(vehicles: int = 20_000) -> dict[str, Any]:
     pipe = PartitionPipeline(s, "t", 0)
     sealer = shared_sealer(s.hash_key)
     peak: dict[str, Any] = {"keys": 0}  # the state where it held the most active keys
-    for lo in range(0, len(raws), 20_000):
-        result = pipe.process_raw(raws[lo : lo + 20_000])
+    for lo in range(0, len(raws), BATCH):
+        result = pipe.process_raw(raws[lo : lo + BATCH])
         del result
         gc.collect()
         sealed = sealer.nbytes()
