@@ -486,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
     (out / f"{stem}.md").write_text(markdown(results, command, png.name if has_png else None))
     e2e.log(f"report: {out / (stem + '.md')}")
+    if not args.quick:
+        from benchmarks import index
+
+        e2e.log(f"index of the reports: {index.write(out)}")
     for name in GOALS:
         print(f"{name:28s} {fmt(results.get(name)):>14s}  {verdict(name, results.get(name))}")
     return 0
