@@ -16,7 +16,7 @@ import csv
 import hashlib
 import io
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,7 +127,7 @@ class Matcher:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def match(self, cls: NDArray[np.uint64], plates: list[bytes], regions: list[str],
+    def match(self, cls: NDArray[np.uint64], plates: list[bytes], regions: Sequence[str],
               allowed: Callable[[Entry, int], bool]) -> list[tuple[int, Entry]]:
         """(row, entry) for every read that hits an entry and that ``allowed(entry, row)`` permits."""
         out: list[tuple[int, Entry]] = []

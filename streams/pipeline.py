@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from streams import names
 from streams.arena import LENGTH, OFFSET, StringArena
-from streams.directory import Sealer, directory_key, shared_sealer
+from streams.directory import Sealer, shared_sealer
 from streams.hotlist import Entry, Matcher
 from streams.kernels.dedup import POOL_FIELDS, SNAP_FIELDS, DedupArrays, expired, run_batch
 from streams.kernels.geohash import geo52, geo52_decode, geohash_strings
@@ -30,7 +30,7 @@ from streams.kernels.plates import pack_plates, plates_matrix, unpack_plates
 from streams.kernels.resp import resp_commands
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
-from streams.records import DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
+from streams.records import Coded, DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
 from streams.sharing import grant_purposes
 from streams.store import (
@@ -51,7 +51,6 @@ from streams.store import (
     trail_key,
     trail_key_hex,
     unpack_strings,
-    vehicle_ids,
 )
 
 Command = tuple[Any, ...]
@@ -106,14 +105,18 @@ def _date(day: int) -> str:
     return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
-def reads_per_agency_day(agency: Sequence[str], ts: NDArray[np.int64]) -> Counter[tuple[str, int]]:
-    """Reads per (agency, UTC day number). A batch almost always falls within one day: then the agencies alone
-    are counted (their strings, not pairs with a day each: 1.6 -> 0.4 ms for 8,500 reads)."""
+def reads_per_agency_day(agency: Coded, ts: NDArray[np.int64]) -> Counter[tuple[str, int]]:
+    """Reads per (agency, UTC day number). A batch almost always falls within one day: then the agencies' codes
+    alone are counted (not pairs with a day each: 1.6 -> 0.4 ms for 8,500 reads; codes, not strings, 0.15)."""
     days = ts // DAY_MS
     if days.shape[0] and days.min() == days.max():
         day = int(days[0])
-        return Counter({(a, day): n for a, n in Counter(agency).items()})
-    return Counter(zip(agency, days.tolist(), strict=True))
+        out: Counter[tuple[str, int]] = Counter()
+        for a, n in zip(agency.values, np.bincount(agency.codes, minlength=len(agency.values)).tolist(), strict=True):
+            if n:
+                out[(a, day)] += n
+        return out
+    return Counter(zip(agency.tolist(), days.tolist(), strict=True))
 
 
 NO_HOTLIST = HotContext(Matcher([], 0), lambda hot_agency, owner: False)
@@ -182,8 +185,8 @@ class PartitionPipeline:
             self._set_best(np.arange(len(rows)), *zip(*bests, strict=True))
         st.rebuild_table()
 
-    def _cams(self, cameras: list[str]) -> np.ndarray:
-        return _indexes(self.cam_index, self.cam_names, cameras)
+    def _cams(self, cameras: Coded) -> np.ndarray:
+        return _indexes(self.cam_index, self.cam_names, cameras.values)[cameras.codes]
 
     def _set_best(self, sessions: np.ndarray, read_ids: Sequence[str], regions: Sequence[str],
                   agencies: Sequence[str]) -> None:
@@ -325,7 +328,6 @@ class PartitionPipeline:
             out.redis.extend(removals)
             out.redis.extend(("ZREM", *entry) for entry in area_removals)
             return
-        read_ids, regions, agencies = batch.read_id, batch.region, batch.agency
         best_seqs = p["best_seq"][live].tolist()
         best_row = done.best_row[alive]  # the best read's row in this batch, -1 if an earlier batch's
         best_rows = best_row.tolist()
@@ -333,7 +335,7 @@ class PartitionPipeline:
         # (read_id, region, agency): from this batch's reads where the best is one of them, else as recorded
         fresh = best_row >= 0
         rows = best_row[fresh].tolist()
-        fresh_bests = ([read_ids[r] for r in rows], [regions[r] for r in rows], [agencies[r] for r in rows])
+        fresh_bests = (batch.read_id.take(rows), batch.region.take(rows), batch.agency.take(rows))
         self._set_best(live[fresh], *fresh_bests)
         if len(rows) == live.shape[0]:
             bests = list(zip(*fresh_bests, strict=True))
@@ -370,7 +372,8 @@ class PartitionPipeline:
         lats, lons = rounded(lat, 7), rounded(lon, 7)
         b_reads, b_regions, b_agencies = map(list, zip(*bests, strict=True))
         cameras = list(map(self.cam_names.__getitem__, cam_ids))
-        vids = vehicle_ids(s.hash_key, b_regions, plate_texts)
+        vehicles = self._seal.vehicles(b_regions, plate_texts)
+        vids = [v[0] for v in vehicles]
         vhexes = [v.hex() for v in vids]
         trail_keys = list(map(trail_key_hex, vhexes))
         pk_reads = pack_string_many(b_reads)
@@ -417,9 +420,8 @@ class PartitionPipeline:
             by_cell.setdefault(key, []).extend((0, member))  # time leads the member
         # the directory: each vehicle once (its id is the keyed hash of region and plate: one value per id)
         directory: dict[str, list[bytes]] = {}
-        for vid, (region, plate_text) in dict(zip(pick(vids), zip(pick(b_regions), pick(plate_texts), strict=True),
-                                                  strict=True)).items():
-            directory.setdefault(directory_key(vid), []).extend((vid, self._seal(vid, region, plate_text)))
+        for vid, key, sealed in dict(zip(pick(vids), pick(vehicles), strict=True)).values():
+            directory.setdefault(key, []).extend((vid, sealed))
         hex_sids = pick(sighting_hex(p["sid"][live]))
         # the sighting messages, serialized column by column (``SIGHTING_COLUMNS``: no dict per sighting)
         msgs = self._messages.dumps(
@@ -482,7 +484,7 @@ class PartitionPipeline:
         v = {name: np.ascontiguousarray(snap[:, j]) for j, name in enumerate(SNAP_FIELDS)}
         plate, geo = v["best_plate"].view(np.uint64), v["best_geo"].view(np.uint64)  # uint64 values as int64 bits
         read_ids, regions, agencies = map(list, zip(*self.best_reads(sessions), strict=True))
-        vids = vehicle_ids(s.hash_key, regions, unpack_plates(plate))
+        vids = [v[0] for v in self._seal.vehicles(regions, unpack_plates(plate))]
         lat, lon = geo52_decode(geo)
         cameras = [self.cam_names[c] for c in p["cam"][sessions].tolist()]
         codes = np.frombuffer(b"".join(map(source_code, cameras, agencies)), dtype="V8")

@@ -20,29 +20,36 @@ from tests.support import store_reads
 KEY, OLD = b"directory-test-key-0123", b"directory-old-key-0123"
 
 
-def test_sealer_returns_seal_and_remembers_at_most_two_generations(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sealer_gives_vehicle_id_key_and_seal_and_remembers_at_most_two_generations(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
 
     def counted(hash_key: bytes, vehicle: bytes, region: str, plate: str) -> bytes:
         calls.append(vehicle)
         return seal(hash_key, vehicle, region, plate)
 
+    def expected(region: str, plate: str) -> tuple[bytes, str, bytes]:  # computed apart, without the cache
+        vid = vehicle_id(KEY, region, plate)
+        return vid, directory_key(vid), seal(KEY, vid, region, plate)
+
     monkeypatch.setattr(streams.directory, "seal", counted)
     plates = [f"7AB{i:04d}" for i in range(5)]
     vids = [vehicle_id(KEY, "US-CT", p) for p in plates]
     sealer = Sealer(KEY, capacity=2)
-    assert [sealer(v, "US-CT", p) for v, p in zip(vids, plates, strict=True)] == [
-        seal(KEY, v, "US-CT", p) for v, p in zip(vids, plates, strict=True)]
-    assert (sealer.hits, sealer.misses, len(calls)) == (0, 5, 5)
-    assert len(sealer) <= 4  # generations of at most 2: {v2, v3} then {v4}
-    assert sealer(vids[3], "US-CT", plates[3]) == seal(KEY, vids[3], "US-CT", plates[3])  # the older generation
-    assert sealer(vids[4], "US-CT", plates[4]) == seal(KEY, vids[4], "US-CT", plates[4])  # the newer one
-    assert (sealer.hits, len(calls)) == (2, 5)
-    sealer(vids[0], "US-CT", plates[0])  # dropped with its generation: sealed again
-    assert (sealer.misses, calls[-1]) == (6, vids[0])
-    for i in range(100):
-        sealer(vehicle_id(KEY, "US-CT", f"9ZZ{i:04d}"), "US-CT", f"9ZZ{i:04d}")
+    # one call, a pair twice in it (computed once), and a region that makes another vehicle of the same plate
+    got = sealer.vehicles(["US-CT"] * 5 + ["US-CT", "US-MA"], [*plates, plates[4], plates[4]])
+    assert got == [expected("US-CT", p) for p in plates] + [expected("US-CT", plates[4]), expected("US-MA", plates[4])]
+    assert got[6][0] != vids[4]
+    assert (sealer.hits, sealer.misses, len(calls)) == (1, 6, 6)
+    assert len(sealer) <= 4  # generations of at most 2
+    assert sealer.vehicles(["US-CT", "US-MA"], [plates[4], plates[4]]) == [expected("US-CT", plates[4]),
+                                                                           expected("US-MA", plates[4])]
+    assert (sealer.hits, len(calls)) == (3, 6)  # both remembered: the older generation and the newer one
+    assert sealer.vehicles(["US-CT"], [plates[0]]) == [expected("US-CT", plates[0])]  # dropped: sealed again
+    assert (sealer.misses, calls[-1]) == (7, vids[0])
+    sealer.vehicles(["US-CT"] * 100, [f"9ZZ{i:04d}" for i in range(100)])
     assert len(sealer) <= 4
+    assert sealer.nbytes() > 0
     with pytest.raises(ValueError):
         Sealer(KEY, capacity=0)
 

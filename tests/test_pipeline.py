@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from streams.directory import collect
 from streams.pipeline import PartitionPipeline, reads_per_agency_day
 from streams.policy import DAY_MS
-from streams.records import Raw
+from streams.records import Coded, Raw
 from streams.settings import Settings
 from streams.store import apply_batch_sync
 from tests.support import area_clash, dump_redis, pipeline_raws
@@ -353,6 +353,6 @@ def test_reads_per_agency_day_counts_every_pair_like_a_counter_of_pairs(reads: l
         reads = [(a, DAY_MS + t % DAY_MS) for a, t in reads]
     agency = [a for a, _ in reads]
     ts = np.array([t for _, t in reads], dtype=np.int64)
-    got = reads_per_agency_day(agency, ts)
+    got = reads_per_agency_day(Coded.of(agency), ts)
     assert got == Counter((a, t // DAY_MS) for a, t in reads)
     assert all(type(day) is int for _, day in got)  # formatted into the key as a date

@@ -13,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.records import (
+    Coded,
     Invalid,
     Polled,
     Raw,
     ReadBatch,
+    Spans,
     _decode_reference,
     decode_batch,
     extras,
@@ -90,7 +92,7 @@ def assert_columns_match_docs(batch: ReadBatch) -> None:
     assert batch.lon.tolist() == [float(d["lon"]) for d in docs]
     assert batch.conf.tolist() == np.array([d["confidence"] for d in docs], dtype=np.float32).tolist()
     assert batch.plates == [normalize_plate(d["plate"]).encode() for d in docs]
-    assert (batch.camera, batch.read_id, batch.region, batch.agency) == tuple(
+    assert tuple(map(list, (batch.camera, batch.read_id, batch.region, batch.agency))) == tuple(
         [d[k] for d in docs] for k in ("camera_id", "read_id", "region", "agency"))
 
 
@@ -152,7 +154,7 @@ def assert_same_batch(got: ReadBatch, ref: ReadBatch) -> None:
         assert a.dtype == b.dtype and a.tolist() == b.tolist(), name
         assert np.signbit(a).tolist() == np.signbit(b).tolist(), name  # -0.0 stays -0.0, 0 stays 0.0
     for name in ("plates", "camera", "read_id", "region", "agency"):
-        assert getattr(got, name) == getattr(ref, name), name
+        assert list(getattr(got, name)) == list(getattr(ref, name)), name
     assert list(got.docs) == list(ref.docs)
     assert got.docs.extras_of([*range(len(got)), -1]) == [*(extras(d) for d in ref.docs), None]
     assert [(d.raw.offset, d.reason, d.step, d.field, d.detail) for d in got.dead] == [
@@ -206,3 +208,15 @@ def test_columnar_decode_of_simulated_traffic_gives_the_reference_batch() -> Non
     for lo in range(0, len(records), 1500):
         part = records[lo : lo + 1500]
         assert_same_batch(decode_batch(part, 65536), _decode_reference(part, 65536)[0])
+
+
+@given(st.lists(st.sampled_from(["cam-1", "cam-2", "", "caméra-3"]), max_size=30), st.data())
+def test_coded_and_spans_columns_read_like_the_list_they_stand_for(items: list[str], data: st.DataObject) -> None:
+    rows = data.draw(st.lists(st.integers(0, max(len(items) - 1, 0)), max_size=10)) if items else []
+    for column in (Coded.of(items), Spans.of(items)):
+        assert len(column) == len(items) and list(column) == column.tolist() == items
+        assert [column[i] for i in range(len(items))] == items and column[1:4] == items[1:4]
+        assert column.take(rows) == [items[r] for r in rows]
+        assert column.take(np.array(rows, dtype=np.intp)) == [items[r] for r in rows]
+    coded = Coded.of(items)
+    assert sorted(coded.values) == sorted(set(items)) and len(coded.values) == len(set(items))
