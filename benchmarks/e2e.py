@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -206,10 +207,16 @@ def processed(s: Settings, client: redis.Redis) -> int:
     return sum(int(o) for o in offs if o is not None)
 
 
+def run_group(name: str) -> str:
+    """A fresh consumer group (and faust app id) for a run called ``name``: the app names Kafka topics after it,
+    so whatever is not a topic-name character (a ref such as ``HEAD~1``) becomes ``-``."""
+    return f"{BENCH}-{re.sub(r'[^A-Za-z0-9._-]', '-', name)}-{uuid.uuid4().hex[:6]}"
+
+
 def exact_run(s: Settings, traffic: Traffic, log_dir: Path, root: Path = ROOT, name: str = "run") -> dict[str, Any]:
     """``throughput`` of one run on the pre-filled topic from offset 0 (a fresh consumer group), refused unless it
     stored exactly the simulator's passes: for runs that take turns (``make bench-ab``, ``benchmarks.chunks``)."""
-    run = dataclasses.replace(s, group=f"{BENCH}-{name.replace(' ', '-')}-{uuid.uuid4().hex[:6]}")
+    run = dataclasses.replace(s, group=run_group(name))
     r = throughput(run, len(traffic.messages), log_dir, root, inspect=False)
     if r["e2e_sightings"] != len(traffic.truth):
         raise RuntimeError(f"{name}: {r['e2e_sightings']} sightings, truth has {len(traffic.truth)}")

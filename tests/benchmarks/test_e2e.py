@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from benchmarks.__main__ import sampled_profile
-from benchmarks.e2e import ROOT, summarize_samples
+from benchmarks.e2e import ROOT, run_group, summarize_samples
 
 RAW = f"""\
 main (<frozen runpy>:198);run ({ROOT}/streams/worker.py:217);_dedup ({ROOT}/streams/pipeline.py:345) 6
@@ -281,3 +281,11 @@ def test_redis_command_time_per_read_names_each_command_and_the_report_sets_it_a
     text = "\n".join(redis_commands({**got, "e2e_cpu_redis_us_per_read": 5.0}))
     assert "(`EXEC`) took 3.00 µs per read of its 5.00, of it `ZADD` 2.00, `HSET` 0.50;" in text
     assert redis_commands({"e2e_cpu_redis_us_per_read": 5.0}) == []  # a report from before: no paragraph
+
+
+def test_a_run_group_is_a_valid_topic_name_and_fresh_each_time() -> None:
+    a, b = run_group("ab HEAD~1"), run_group("ab HEAD~1")
+    assert a != b  # a fresh group: no committed offsets of an earlier run
+    assert a.startswith("bench-ab-HEAD-1-")
+    for name in (a, run_group("ab working tree"), run_group("ab origin/main^2")):
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name  # what Kafka accepts in a topic name
