@@ -323,7 +323,7 @@ def memory_anatomy(results: dict[str, Any]) -> list[str]:
                 "| part | bytes per key |", "|---|---:|"]
         out += [f"| {name} | {fmt(v)} |" for name, v in parts]
         if results.get("directory_seal_cache_bytes_at_peak") is not None:
-            out += ["", "Not counted: the plate directory's values of recent vehicles, remembered by vehicle id "
+            out += ["", "Not counted: the vehicle ids and directory values of recent vehicles, remembered by plate "
                     f"(a bound of {2 * SEALER_GENERATION:,} vehicles, not per key): "
                     f"{fmt(results['directory_seal_cache_bytes_at_peak'])} bytes at the peak."]
     rows = []
