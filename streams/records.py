@@ -332,22 +332,32 @@ class Documents(Sequence[dict[str, Any]]):
         return cast(dict[str, Any], doc)
 
     def extras_of(self, rows: list[int]) -> list[dict[str, Any] | None]:
-        """Optional and unknown fields of each of ``rows`` (None for a row of -1, i.e. not in this batch)."""
+        """Optional and unknown fields of each of ``rows`` (None for a row of -1, i.e. not in this batch).
+
+        The rows whose optional fields are adjacent in their message are parsed together, one JSON array of all
+        their fields (a parse per row was ~0.7 us a row, about 0.25 us of the worker's time per read)."""
         loaded, optional = self._loaded, self._optional
-        if not loaded and optional is None:
-            return [None if r < 0 else {} for r in rows]
-        # a row of -1 takes the last span, unread (it is None); with no rows at all, every one asked for is -1
-        spans = (optional[np.asarray(rows, dtype=np.intp)].tolist() if optional is not None and len(optional)
-                 else [(-1, -1)] * len(rows))
-        out: list[dict[str, Any] | None] = []
-        for r, (a, b) in zip(rows, spans, strict=True):
-            if r < 0:
-                out.append(None)
-            elif a >= 0:
-                out.append(orjson.loads(b"{" + self._raw[a:b] + b"}") if a < b else extras(self[r]))
-            else:
-                doc = loaded.get(r)
-                out.append(extras(doc) if doc is not None and len(doc) > len(REQUIRED) else {})
+        out: list[dict[str, Any] | None] = [None if r < 0 else {} for r in rows]
+        if not rows or (not loaded and (optional is None or not len(optional))):
+            return out
+        if optional is not None and len(optional):
+            idx = np.asarray(rows, dtype=np.intp)
+            spans = optional[idx]  # a row of -1 takes the last row's span: skipped as a row of -1 below
+            have = (idx >= 0) & (spans[:, 0] >= 0)
+            adjacent = np.flatnonzero(have & (spans[:, 0] < spans[:, 1]))
+            if adjacent.shape[0]:
+                raw = self._raw
+                pieces = [raw[a:b] for a, b in spans[adjacent].tolist()]
+                for k, fields in zip(adjacent.tolist(), orjson.loads(b"[{" + b"},{".join(pieces) + b"}]"),
+                                     strict=True):
+                    out[k] = fields
+            for k in np.flatnonzero(have & (spans[:, 0] == spans[:, 1])).tolist():  # not adjacent: the document
+                out[k] = extras(self[rows[k]])
+        if loaded:
+            for k, r in enumerate(rows):
+                doc = loaded.get(r) if r >= 0 else None
+                if doc is not None and len(doc) > len(REQUIRED):
+                    out[k] = extras(doc)
         return out
 
 
