@@ -206,7 +206,38 @@ class DeadLetter:
         return rec
 
 
-class Coded(Sequence[str]):
+class _Column(Sequence[str]):
+    """A batch's column of strings kept in a compact form; rows become strings when asked for (``take``)."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _one(self, row: int) -> str:
+        raise NotImplementedError
+
+    def take(self, rows: Sequence[int] | NDArray[np.intp]) -> list[str]:
+        """The values of ``rows``."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, row: int) -> str: ...
+    @overload
+    def __getitem__(self, row: slice) -> list[str]: ...
+    def __getitem__(self, row: int | slice) -> str | list[str]:
+        if isinstance(row, slice):
+            return self.take(range(*row.indices(len(self))))
+        return self._one(row)
+
+    def tolist(self) -> list[str]:
+        return self.take(np.arange(len(self)))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tolist())
+
+
+class Coded(_Column):
     """A column of strings that repeat (cameras, agencies, regions): each row's code into its distinct values.
 
     The columnar decode makes one string per distinct value; a list with a reference per row cost ~20 ns a row
@@ -228,27 +259,14 @@ class Coded(Sequence[str]):
     def __len__(self) -> int:
         return int(self.codes.shape[0])
 
-    @overload
-    def __getitem__(self, row: int) -> str: ...
-    @overload
-    def __getitem__(self, row: slice) -> list[str]: ...
-    def __getitem__(self, row: int | slice) -> str | list[str]:
-        if isinstance(row, slice):
-            return self.take(range(*row.indices(len(self))))
+    def _one(self, row: int) -> str:
         return self.values[self.codes[row]]
 
     def take(self, rows: Sequence[int] | NDArray[np.intp]) -> list[str]:
-        """The values of ``rows``."""
         return list(map(self.values.__getitem__, self.codes[np.asarray(rows, dtype=np.intp)].tolist()))
 
-    def tolist(self) -> list[str]:
-        return list(map(self.values.__getitem__, self.codes.tolist()))
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.tolist())
-
-
-class Spans(Sequence[str]):
+class Spans(_Column):
     """A column of strings that do not repeat (read ids), left in the batch's text until asked for: only the
     best read of each sighting is ever needed, and a string per row cost ~95 ns a row."""
 
@@ -266,26 +284,13 @@ class Spans(Sequence[str]):
     def __len__(self) -> int:
         return int(self.starts.shape[0])
 
-    @overload
-    def __getitem__(self, row: int) -> str: ...
-    @overload
-    def __getitem__(self, row: slice) -> list[str]: ...
-    def __getitem__(self, row: int | slice) -> str | list[str]:
-        if isinstance(row, slice):
-            return self.take(range(*row.indices(len(self))))
+    def _one(self, row: int) -> str:
         return self.text[self.starts[row] : self.stops[row]]
 
     def take(self, rows: Sequence[int] | NDArray[np.intp]) -> list[str]:
-        """The values of ``rows``."""
         idx = np.asarray(rows, dtype=np.intp)
         t = self.text
         return [t[i:j] for i, j in zip(self.starts[idx].tolist(), self.stops[idx].tolist(), strict=True)]
-
-    def tolist(self) -> list[str]:
-        return self.take(np.arange(len(self)))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.tolist())
 
 
 class Documents(Sequence[dict[str, Any]]):
