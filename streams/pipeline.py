@@ -111,11 +111,8 @@ def reads_per_agency_day(agency: Coded, ts: NDArray[np.int64]) -> Counter[tuple[
     days = ts // DAY_MS
     if days.shape[0] and days.min() == days.max():
         day = int(days[0])
-        out: Counter[tuple[str, int]] = Counter()
-        for a, n in zip(agency.values, np.bincount(agency.codes, minlength=len(agency.values)).tolist(), strict=True):
-            if n:
-                out[(a, day)] += n
-        return out
+        counts = np.bincount(agency.codes, minlength=len(agency.values)).tolist()
+        return Counter({(a, day): n for a, n in zip(agency.values, counts, strict=True) if n})  # values: distinct
     return Counter(zip(agency.tolist(), days.tolist(), strict=True))
 
 

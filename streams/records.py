@@ -343,9 +343,7 @@ class Documents(Sequence[dict[str, Any]]):
         their fields (a parse per row was ~0.7 us a row, about 0.25 us of the worker's time per read)."""
         loaded, optional = self._loaded, self._optional
         out: list[dict[str, Any] | None] = [None if r < 0 else {} for r in rows]
-        if not rows or (not loaded and (optional is None or not len(optional))):
-            return out
-        if optional is not None and len(optional):
+        if rows and optional is not None and len(optional):
             idx = np.asarray(rows, dtype=np.intp)
             spans = optional[idx]  # a row of -1 takes the last row's span: skipped as a row of -1 below
             have = (idx >= 0) & (spans[:, 0] >= 0)

@@ -86,19 +86,11 @@ VEHICLE_BYTES = 12
 
 
 def vehicle_id(hash_key: bytes, region: str, plate: str) -> bytes:
-    """Keyed hash of region + normalized plate (12 bytes): the only vehicle identity Redis sees."""
-    return vehicle_ids(hash_key, [region], [plate])[0]
-
-
-def vehicle_ids(hash_key: bytes, regions: Sequence[str], plates: Sequence[str]) -> list[bytes]:
-    """``vehicle_id`` of many (region, plate) pairs."""
-    keyed = _keyed(hash_key)  # the key block is hashed once per key, not once per call
-    out = []
-    for region, plate in zip(regions, plates, strict=True):
-        h = keyed.copy()
-        h.update(f"{region}|{plate}".encode())
-        out.append(h.digest())
-    return out
+    """Keyed hash of region + normalized plate (12 bytes): the only vehicle identity Redis sees. (The worker
+    asks ``directory.Sealer``, which remembers recent vehicles' ids.)"""
+    h = _keyed(hash_key).copy()  # the key block is hashed once per key, not once per call
+    h.update(f"{region}|{plate}".encode())
+    return h.digest()
 
 
 @functools.lru_cache(maxsize=8)
