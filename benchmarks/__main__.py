@@ -287,7 +287,9 @@ def cpu_anatomy(results: dict[str, Any]) -> list[str]:
             f"| the machine | {results['e2e_cpu_machine_busy_cores']:.2f} | {per_read:.2f} | "
             f"{per_read * goal / 1e6:.2f} |", "",
             f"The worker's busiest thread (its event loop, which holds the GIL for the batch work) kept "
-            f"{results['e2e_cpu_worker_busiest_thread_cores']:.2f} of a core busy; the hypervisor took "
+            f"{results['e2e_cpu_worker_busiest_thread_cores']:.2f} of a core busy and waited "
+            f"{results.get('e2e_cpu_worker_busiest_thread_runqueue_share', float('nan')):.2f} of the time for a core "
+            f"(runnable, in a run queue); the hypervisor took "
             f"{results['e2e_cpu_machine_steal_cores']:.2f}. At these costs {goal:,.0f} reads/s needs "
             f"{per_read * goal / 1e6:.2f} cores of the machine's {cores}.", *redis_commands(results)]
 

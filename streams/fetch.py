@@ -1,34 +1,39 @@
-"""Polling the reads topic a record batch at a time, without one ``ConsumerRecord`` per message.
+"""Polling the reads topic a record batch at a time, as columns: no record object and no ``bytes`` per message.
 
 aiokafka turns every fetched record into a ``ConsumerRecord`` dataclass (eleven fields, a headers tuple, two
 size computations) and hands records over one at a time: a generator resumed per record, a method call and
-an offset update per record in ``PartitionRecords``, a loop per record in ``FetchResult.getall``. Measured
-on a pre-filled topic (``benchmarks.fetch``) that Python is most of the consumer's time per message, for
-fields the batch path never reads.
+an offset update per record in ``PartitionRecords``, a loop per record in ``FetchResult.getall``. Even its
+compiled record objects cost ~0.5-0.7 us a record to make and free, and the columnar decode then joined their
+values back into one buffer.
 
-A consumer created with ``value_deserializer=raw_records`` gets aiokafka's own decoded record objects
-instead (they carry ``offset``, ``timestamp``, ``key`` and ``value``), taken a record batch at a time:
-``list(batch)`` iterates the batch in aiokafka's compiled code, and ``getall`` returns slices of those
-lists. Batch-level rules stay aiokafka's: CRC check, aborted transactions and control batches skipped,
-records before the fetch position (a fetch that starts inside a batch) dropped, the position after the
-last record taken. The worker wraps each partition's poll in one ``records.Polled`` (columns, with the
-topic and partition the dead-letter path needs).
+A consumer created with ``value_deserializer=raw_records`` gets each partition's poll as one ``records.Polled``
+instead: the fetch response's bytes and, per record, its offset, timestamp and where its key and value lie in
+those bytes. An uncompressed v2 record batch is parsed in place by a compiled kernel
+(``kernels.recordbatch``, checked against aiokafka's own parse); a compressed or pre-v2 one goes through
+aiokafka's records. Batch-level rules stay aiokafka's: CRC check, aborted transactions and control batches
+skipped, records before the fetch position (a fetch that starts inside a batch) dropped, the position after
+the last record taken.
 
-This reaches into two classes of aiokafka's fetcher (``PartitionRecords`` and ``FetchResult.getall``,
-unchanged from 0.8 to 0.14); the integration test compares both paths record for record, in small and
-large polls, across an aborted transaction and from a position inside a batch. Only consumers that
-asked for it differ: if aiokafka ever stops using these classes, ``raw_records`` is still a correct
-(identity) deserializer and ``Polled.of`` reads the same four attributes of ``ConsumerRecord``s - slower,
-not wrong.
+This reaches into three names of aiokafka's fetcher (``MemoryRecords``, which is wrapped to keep the bytes,
+``PartitionRecords`` and ``FetchResult.getall``, unchanged from 0.8 to 0.14); the integration test compares
+both paths record for record, in small and large polls, across an aborted transaction and from a position
+inside a batch. Only consumers that asked for it differ: if aiokafka ever stops using these names,
+``raw_records`` is still a correct (identity) deserializer and ``Polled.of`` makes columns of
+``ConsumerRecord``s - slower, not wrong.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from aiokafka import errors
 from aiokafka.consumer import fetcher
+
+from streams.kernels.recordbatch import PROBLEMS, parse_records
+from streams.records import Polled
 
 
 def raw_records(value: bytes | None) -> bytes | None:
@@ -36,12 +41,35 @@ def raw_records(value: bytes | None) -> bytes | None:
     return value
 
 
+_aiokafka_memory_records = fetcher.MemoryRecords
+_HEADER = struct.Struct(">qiibIhiqqqhii")  # a v2 record batch's header (as aiokafka's DefaultRecordBatch reads it)
+_LENGTH = struct.Struct(">qi")  # any batch's base offset and length (v0-v2)
+_LOG_APPEND_TIME = 0x08  # attributes bit: the broker's log-append time is every record's timestamp
+_EMPTY = np.empty(0, dtype=np.int64)
+_NO_SPANS = np.empty((0, 2), dtype=np.int64)
+
+
+class _Buffered:
+    """aiokafka's ``MemoryRecords`` of a fetch response, keeping its bytes (which the C type does not expose):
+    the worker reads uncompressed batches' records where they lie."""
+
+    __slots__ = ("data", "has_next", "next_batch", "records", "size_in_bytes")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.records = _aiokafka_memory_records(data)
+        self.has_next, self.next_batch = self.records.has_next, self.records.next_batch
+        self.size_in_bytes = self.records.size_in_bytes
+
+
 class _PartitionRecords(fetcher.PartitionRecords):
     def __init__(self, tp: Any, records: Any, aborted_transactions: Any, fetch_offset: int, key_deserializer: Any,
                  value_deserializer: Any, *args: Any) -> None:
         # every other consumer keeps aiokafka's behaviour (set before the parent makes its record generator)
         self.raw = value_deserializer is raw_records
-        self._batch: list[Any] = []  # the current record batch's records (at or past the fetch position)
+        self._data = records.data if isinstance(records, _Buffered) and isinstance(records.data, bytes) else None
+        self._pos = 0  # where the next record batch starts in ``_data``
+        self._batch: Polled | None = None  # the current record batch's records (at or past the fetch position)
         self._at = 0  # how many of them were taken
         self._batch_end = fetch_offset  # the offset after the current batch
         super().__init__(tp, records, aborted_transactions, fetch_offset, key_deserializer, value_deserializer,
@@ -52,6 +80,9 @@ class _PartitionRecords(fetcher.PartitionRecords):
         records = self._records
         while records.has_next():
             batch = records.next_batch()
+            at = self._pos
+            if self._data is not None:
+                self._pos += _LENGTH.size + _LENGTH.unpack_from(self._data, at)[1]
             if self._check_crcs and not batch.validate_crc():
                 raise errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
             if self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None:
@@ -64,37 +95,62 @@ class _PartitionRecords(fetcher.PartitionRecords):
             if batch.is_control_batch:
                 self.next_fetch_offset = batch.next_offset
                 continue
-            got = list(batch)
-            if got and got[0].offset < self.next_fetch_offset:  # the fetch started inside this batch
-                got = [r for r in got if r.offset >= self.next_fetch_offset]
-            if not got:  # compacted away, or all before the position
+            got = self._columns(batch, at)
+            if len(got) and got.offsets[0] < self.next_fetch_offset:  # the fetch started inside this batch
+                got = got[int(np.searchsorted(got.offsets, self.next_fetch_offset)):]
+            if not len(got):  # compacted away, or all before the position
                 self.next_fetch_offset = max(self.next_fetch_offset, batch.next_offset)
                 continue
             self._batch, self._at, self._batch_end = got, 0, batch.next_offset
             return True
         return False
 
-    def take(self, limit: int | None) -> tuple[list[Any], bool]:
+    def _columns(self, batch: Any, at: int) -> Polled:
+        """The records of ``batch`` (at byte ``at`` of the fetched bytes) as columns: an uncompressed v2 batch
+        parsed in place (``kernels.recordbatch``), any other (compressed, or v0/v1) through aiokafka's records."""
+        tp, data = self._tp, self._data
+        if data is not None and batch.magic == 2 and batch.compression_type == 0:
+            (base_offset, length, _, _, _, attributes, _, base_ts, max_ts, _, _, _,
+             count) = _HEADER.unpack_from(data, at)
+            if base_offset != batch.base_offset:  # out of step with aiokafka's batches: never expected
+                raise errors.CorruptRecordException(f"record batch at {at} is not offset {batch.base_offset} - {tp}")
+            if count <= 0:
+                return Polled(tp.topic, tp.partition, data, _EMPTY, _EMPTY, _NO_SPANS, _NO_SPANS)
+            offsets, timestamps = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
+            keys, values = np.empty((count, 2), dtype=np.int64), np.empty((count, 2), dtype=np.int64)
+            got = parse_records(np.frombuffer(data, dtype=np.uint8), at + _HEADER.size, at + _LENGTH.size + length,
+                                count, base_offset, base_ts, max_ts if attributes & _LOG_APPEND_TIME else -1,
+                                offsets, timestamps, keys, values)
+            if got != count:
+                raise errors.CorruptRecordException(f"{PROBLEMS[got]} (batch at offset {base_offset}) - {tp}")
+            return Polled(tp.topic, tp.partition, data, offsets, timestamps, keys, values)
+        return Polled.of(tp.topic, tp.partition, list(batch))
+
+    def take(self, limit: int | None) -> tuple[Polled, bool]:
         """Up to ``limit`` records (all if None), and whether none is left after them."""
-        out: list[Any] = []
-        while limit is None or len(out) < limit:
-            if not self._batch and not self._next_batch():
-                return out, True
-            n = len(self._batch) - self._at
+        parts: list[Polled] = []
+        taken = 0
+        done = False
+        while limit is None or taken < limit:
+            if self._batch is None and not self._next_batch():
+                done = True
+                break
+            batch = self._batch
+            assert batch is not None
+            n = len(batch) - self._at
             if limit is not None:
-                n = min(n, limit - len(out))
-            piece = self._batch if n == len(self._batch) else self._batch[self._at : self._at + n]
-            if out:
-                out.extend(piece)
-            else:
-                out = piece  # (a whole batch's own list: it is let go of below)
+                n = min(n, limit - taken)
+            parts.append(batch if n == len(batch) else batch[self._at : self._at + n])
+            taken += n
             self._at += n
-            self.next_fetch_offset = piece[-1].offset + 1
-            if self._at == len(self._batch):
+            self.next_fetch_offset = int(batch.offsets[self._at - 1]) + 1
+            if self._at == len(batch):
                 # past its last record: the batch's end (v2 batches keep it even if compaction dropped records)
                 self.next_fetch_offset = self._batch_end
-                self._batch, self._at = [], 0
-        return out, False
+                self._batch, self._at = None, 0
+        if not parts:
+            return Polled(self._tp.topic, self._tp.partition, b"", _EMPTY, _EMPTY, _NO_SPANS, _NO_SPANS), done
+        return Polled.concat(parts), done
 
     def _unpack_records(self) -> Iterator[Any]:
         # the record-at-a-time path (``getone``) on the same position as ``take``
@@ -111,7 +167,7 @@ class _PartitionRecords(fetcher.PartitionRecords):
 _aiokafka_getall = fetcher.FetchResult.getall
 
 
-def _getall(self: Any, max_records: int | None = None) -> list[Any]:
+def _getall(self: Any, max_records: int | None = None) -> Sequence[Any]:
     records = self._partition_records
     if not (isinstance(records, _PartitionRecords) and records.raw):
         return _aiokafka_getall(self, max_records)
@@ -124,9 +180,11 @@ def _getall(self: Any, max_records: int | None = None) -> list[Any]:
     return out
 
 
+
 def install() -> None:
     """Make aiokafka's fetcher build ``_PartitionRecords`` and take raw records a batch at a time
     (idempotent; the worker calls it at start)."""
     if not issubclass(fetcher.PartitionRecords, _PartitionRecords):
         fetcher.PartitionRecords = _PartitionRecords
+    fetcher.MemoryRecords = _Buffered
     fetcher.FetchResult.getall = _getall

@@ -12,7 +12,7 @@ import itertools
 import math
 import operator
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast, overload
 
@@ -141,34 +141,88 @@ class Raw:
     value: bytes | None
 
 
+NO_TIMESTAMP = -1  # Kafka's "no timestamp" (a ``Raw``'s None)
+
+
 class Polled(Sequence[Raw]):
-    """One partition's poll as columns (``streams.fetch``): the batch path reads ``values`` and ``offsets``
-    directly; a record's key and timestamp are read only by the rare record-at-a-time paths (dead letters),
-    which index it to get a ``Raw``."""
+    """One partition's poll as columns: the fetched bytes, and per record its offset, timestamp and where its key
+    and value lie in those bytes ((start, stop) rows; -1, -1 for a null).
 
-    __slots__ = ("offsets", "partition", "records", "topic", "values")
+    ``streams.fetch`` makes these straight from a fetch response's record batches, without a record object or a
+    ``bytes`` per record, and the columnar decode scans the values where they are. A record is materialized as a
+    ``Raw`` only when it is indexed (dead letters, the record-at-a-time paths)."""
 
-    def __init__(self, topic: str, partition: int, records: Sequence[Any], offsets: list[int],
-                 values: list[bytes | None]) -> None:
-        self.topic, self.partition, self.records = topic, partition, records
-        self.offsets, self.values = offsets, values
+    __slots__ = ("data", "key_spans", "offsets", "partition", "timestamps", "topic", "value_spans")
+
+    def __init__(self, topic: str, partition: int, data: bytes, offsets: NDArray[np.int64],
+                 timestamps: NDArray[np.int64], key_spans: NDArray[np.int64], value_spans: NDArray[np.int64]) -> None:
+        self.topic, self.partition, self.data = topic, partition, data
+        self.offsets, self.timestamps, self.key_spans, self.value_spans = offsets, timestamps, key_spans, value_spans
 
     @classmethod
     def of(cls, topic: str, partition: int, records: Sequence[Any]) -> Polled:
-        """Columns of records with ``offset``, ``timestamp``, ``key`` and ``value`` (aiokafka's raw records
-        or ``ConsumerRecord``s)."""
-        return cls(topic, partition, records, [r.offset for r in records], [r.value for r in records])
+        """Columns of records with ``offset``, ``timestamp``, ``key`` and ``value`` (``Raw``s, aiokafka's
+        ``ConsumerRecord``s), their keys and values copied into one buffer (a ``Polled`` is returned as is)."""
+        if isinstance(records, Polled):
+            return records
+        n = len(records)
+        # each record's key then its value, as in a record batch: a slice of records is a slice of the bytes
+        data, spans = _packed([v for r in records for v in (r.key, r.value)])
+        ts = np.fromiter((NO_TIMESTAMP if r.timestamp is None else r.timestamp for r in records), dtype=np.int64,
+                         count=n)
+        return cls(topic, partition, data, np.fromiter((r.offset for r in records), dtype=np.int64, count=n), ts,
+                   spans[0::2], spans[1::2])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Polled]) -> Polled:
+        """One poll of several (same topic and partition, in order): the arrays joined, and the bytes too
+        unless every part already lies in the same buffer (the usual case: one fetch response)."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        data = first.data
+        key_spans, value_spans = [p.key_spans for p in parts], [p.value_spans for p in parts]
+        if any(p.data is not data for p in parts):
+            pieces: list[bytes | memoryview] = []
+            base = 0
+            key_spans, value_spans = [], []
+            for p in parts:
+                lo, hi = p.window()
+                pieces.append(memoryview(p.data)[lo:hi])
+                for spans, into in ((p.key_spans, key_spans), (p.value_spans, value_spans)):
+                    moved = spans.copy()
+                    moved[spans >= 0] += base - lo
+                    into.append(moved)
+                base += hi - lo
+            data = b"".join(pieces)
+        return cls(first.topic, first.partition, data, np.concatenate([p.offsets for p in parts]),
+                   np.concatenate([p.timestamps for p in parts]), np.concatenate(key_spans),
+                   np.concatenate(value_spans))
+
+    def window(self) -> tuple[int, int]:
+        """The bytes of ``data`` that hold this poll's keys and values (start, stop)."""
+        spans = np.concatenate([self.key_spans, self.value_spans]).ravel()
+        present = spans[spans >= 0]
+        return (int(present.min()), int(present.max())) if present.shape[0] else (0, 0)
+
+    def value(self, i: int) -> bytes | None:
+        start, stop = self.value_spans[i].tolist()
+        return None if start < 0 else self.data[start:stop]
+
+    def key(self, i: int) -> bytes | None:
+        start, stop = self.key_spans[i].tolist()
+        return None if start < 0 else self.data[start:stop]
+
+    @property
+    def values(self) -> list[bytes | None]:
+        return list(map(self.value, range(len(self))))
 
     @property
     def keys(self) -> list[bytes | None]:
-        return [r.key for r in self.records]
-
-    @property
-    def timestamps(self) -> list[int | None]:
-        return [r.timestamp for r in self.records]
+        return list(map(self.key, range(len(self))))
 
     def __len__(self) -> int:
-        return len(self.offsets)
+        return int(self.offsets.shape[0])
 
     @overload
     def __getitem__(self, i: int) -> Raw: ...
@@ -176,9 +230,23 @@ class Polled(Sequence[Raw]):
     def __getitem__(self, i: slice) -> Polled: ...
     def __getitem__(self, i: int | slice) -> Raw | Polled:
         if isinstance(i, slice):
-            return Polled(self.topic, self.partition, self.records[i], self.offsets[i], self.values[i])
-        r = self.records[i]
-        return Raw(self.topic, self.partition, self.offsets[i], r.timestamp, r.key, self.values[i])
+            return Polled(self.topic, self.partition, self.data, self.offsets[i], self.timestamps[i],
+                          self.key_spans[i], self.value_spans[i])
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        ts = int(self.timestamps[i])
+        return Raw(self.topic, self.partition, int(self.offsets[i]), None if ts == NO_TIMESTAMP else ts, self.key(i),
+                   self.value(i))
+
+
+def _packed(items: list[bytes | None]) -> tuple[bytes, NDArray[np.int64]]:
+    """``items`` back to back, and each one's (start, stop) in them (-1, -1 for a None)."""
+    present = [b"" if v is None else v for v in items]
+    lens = np.fromiter(map(len, present), dtype=np.int64, count=len(items))
+    ends = np.cumsum(lens)
+    spans = np.stack([ends - lens, ends], axis=1)
+    spans[np.fromiter((v is None for v in items), dtype=np.bool_, count=len(items))] = -1
+    return b"".join(present), spans
 
 
 @dataclass(slots=True)
@@ -302,11 +370,11 @@ class Documents(Sequence[dict[str, Any]]):
     array (a dict of them cost ~45 ns a row, and only the best reads' are read).
     """
 
-    __slots__ = ("_loaded", "_optional", "_pos", "_raw", "_values")
+    __slots__ = ("_loaded", "_optional", "_pos", "_raw", "_value_of")
 
-    def __init__(self, values: Sequence[bytes | None], pos: list[int], loaded: dict[int, dict[str, Any]],
-                 optional: NDArray[np.int64] | None = None, raw: bytes = b"") -> None:
-        self._values = values
+    def __init__(self, value_of: Callable[[int], bytes | None], pos: list[int], loaded: dict[int, dict[str, Any]],
+                 optional: NDArray[np.int64] | None = None, raw: bytes | memoryview = b"") -> None:
+        self._value_of = value_of  # a message's value by its index in the poll
         self._pos = pos
         self._loaded = loaded
         # per row, the span of its optional fields in ``raw`` (empty: not adjacent; -1: the row has none)
@@ -315,7 +383,7 @@ class Documents(Sequence[dict[str, Any]]):
 
     @classmethod
     def of(cls, docs: list[dict[str, Any]]) -> Documents:
-        return cls((), list(range(len(docs))), dict(enumerate(docs)))
+        return cls(().__getitem__, list(range(len(docs))), dict(enumerate(docs)))
 
     def __len__(self) -> int:
         return len(self._pos)
@@ -333,7 +401,7 @@ class Documents(Sequence[dict[str, Any]]):
             raise IndexError(row)
         doc = self._loaded.get(row)
         if doc is None:
-            doc = orjson.loads(self._values[self._pos[row]])  # type: ignore[arg-type]
+            doc = orjson.loads(self._value_of(self._pos[row]))  # type: ignore[arg-type]
         return cast(dict[str, Any], doc)
 
     def extras_of(self, rows: list[int]) -> list[dict[str, Any] | None]:
@@ -547,17 +615,19 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
     n = len(records)
     if n == 0:
         return _decode_reference(records, max_bytes)[0]
-    values: list[Any] = records.values if isinstance(records, Polled) else [r.value for r in records]
-    try:
-        lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
-        raw = b"".join(values)
-    except TypeError:  # a null value (a tombstone): scanned as empty, so the reference path takes it
-        present = [b"" if v is None else v for v in values]
-        lens = np.fromiter(map(len, present), dtype=np.int64, count=n)
-        raw = b"".join(present)
-    ends = np.cumsum(lens)
+    polled = Polled.of("", -1, records)  # (a list's records keep their own topic: the slow rows index ``records``)
+    # the values are scanned where they lie in the poll's bytes: a null as an empty value, which the scan leaves
+    # to the reference path
+    lo, hi = polled.window()
+    value_spans = polled.value_spans
+    null = value_spans[:, 0] < 0
+    starts = np.where(null, 0, value_spans[:, 0] - lo)
+    ends = np.where(null, 0, value_spans[:, 1] - lo)
+    lens = ends - starts
+    raw = memoryview(polled.data)[lo:hi]
     buf = np.frombuffer(raw, dtype=np.uint8)
-    status, spans, ts, nums, plate_matrix = scan_reads(buf, ends - lens, ends)
+    value_of = polled.value
+    status, spans, ts, nums, plate_matrix = scan_reads(buf, starts, ends)
     lat, lon, conf = nums[:, 0], nums[:, 1], nums[:, 2]
     ok = ((status != SLOW) & (lens <= max_bytes) & (ts >= 0) & (ts <= TS_MAX) & (lat >= -90.0) & (lat <= 90.0)
           & (lon >= -180.0) & (lon <= 180.0) & (conf >= 0.0) & (conf <= 1.0))
@@ -566,7 +636,7 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
         # unknown fields: orjson parses the whole message (and judges the skipped values; the scan checked
         # the optional fields already)
         try:
-            doc = orjson.loads(values[i])
+            doc = orjson.loads(value_of(i))  # type: ignore[arg-type]
         except orjson.JSONDecodeError:
             doc = None
         if type(doc) is dict and _optional_ok(doc):
@@ -575,7 +645,7 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
             ok[i] = False
     rows = np.flatnonzero(ok)
     pos = rows.tolist()
-    text = raw.decode("latin-1")  # one character per byte: spans index it directly (scanned strings are ASCII)
+    text = str(raw, "latin-1")  # one character per byte: spans index it directly (scanned strings are ASCII)
     columns: list[Coded] = []
     for k in (1, 2, 4):  # camera, agency, region: one string object per distinct value
         codes, first = intern_spans(buf, spans[rows, 2 * k], spans[rows, 2 * k + 1])
@@ -587,12 +657,11 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
     loaded = {j: parsed[i] for j, i in enumerate(pos) if i in parsed} if parsed else {}
     optional = spans[rows, 2 * N_STRINGS : 2 * N_STRINGS + 2]
     optional[status[rows] != OPTIONAL] = -1
-    offsets = (np.array(records.offsets, dtype=np.int64)[rows] if isinstance(records, Polled)
-               else np.array([records[i].offset for i in pos], dtype=np.int64))
+    offsets = polled.offsets[rows]
     fast = ReadBatch(offset=offsets, ts=ts[rows], lat=lat[rows],
                      lon=lon[rows], conf=conf[rows].astype(np.float32),
                      plates=plate_matrix.view(f"S{MAX_PLATE}").ravel().tolist(), camera=camera,
-                     docs=Documents(values, pos, loaded, optional, raw), read_id=read_id, region=region,
+                     docs=Documents(value_of, pos, loaded, optional, raw), read_id=read_id, region=region,
                      agency=agency, plate_matrix=plate_matrix)
     if rows.shape[0] == n:
         return fast
@@ -601,11 +670,11 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int) -> ReadBatch:
     if not len(slow):  # the usual case: the rest is dead letters
         fast.dead = slow.dead
         return fast
-    return _merge(fast, rows, slow, slow_rows[slow_kept], values)
+    return _merge(fast, rows, slow, slow_rows[slow_kept], value_of)
 
 
 def _merge(a: ReadBatch, a_pos: NDArray[np.intp], b: ReadBatch, b_pos: NDArray[np.intp],
-           values: list[bytes | None]) -> ReadBatch:
+           value_of: Callable[[int], bytes | None]) -> ReadBatch:
     """Two batches of one poll's reads as one, rows in input order (``*_pos``: each row's input index)."""
     pos = np.concatenate([a_pos, b_pos])
     order = np.argsort(pos, kind="stable")
@@ -629,7 +698,7 @@ def _merge(a: ReadBatch, a_pos: NDArray[np.intp], b: ReadBatch, b_pos: NDArray[n
     return ReadBatch(
         offset=arr(a.offset, b.offset), ts=arr(a.ts, b.ts), lat=arr(a.lat, b.lat), lon=arr(a.lon, b.lon),
         conf=arr(a.conf, b.conf), plates=cat(a.plates, b.plates), camera=Coded.of(cat(a.camera, b.camera)),
-        docs=Documents(values, pos[order].tolist(), loaded, optional, a.docs._raw), dead=b.dead,
+        docs=Documents(value_of, pos[order].tolist(), loaded, optional, a.docs._raw), dead=b.dead,
         read_id=Spans.of(cat(a.read_id, b.read_id)), region=Coded.of(cat(a.region, b.region)),
         agency=Coded.of(cat(a.agency, b.agency)))
 

@@ -264,9 +264,11 @@ class BatchRunner:
         assert self.consumer is not None
         while not should_stop():
             # with a batch in flight, take only what is already fetched: its Redis write must not wait
-            batches = await self.consumer.getmany(
+            polled = await self.consumer.getmany(
                 timeout_ms=0 if self._flight is not None else self.s.batch_timeout_ms,
                 max_records=self.s.batch_max_records)
+            # (columns already, from ``streams.fetch``; ``ConsumerRecord``s only if aiokafka changed under it)
+            batches = {tp: Polled.of(tp.topic, tp.partition, msgs) for tp, msgs in polled.items()}
             if not batches and self._flight is None:
                 continue
             try:
@@ -303,7 +305,7 @@ class BatchRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
+    async def handle(self, batches: dict[TopicPartition, Polled]) -> None:
         """One step of the two-stage pipeline: once the broker has acked batch N (in flight: produced,
         acks pending), N's Redis script goes out, and *while Redis runs it* N+1 is decoded and processed;
         then N commits and N+1's records are produced and become the batch in flight. (Decoding N+1 before
@@ -334,8 +336,7 @@ class BatchRunner:
                 work = [w for w in work if self.pipelines.get(w[0]) is w[1]]  # fenced or revoked: dropped
             t3 = time.perf_counter()
             if work:
-                produced_ms = {tp: np.fromiter((m.timestamp for m in batches[tp]), dtype=np.float64,
-                                               count=len(batches[tp])) for tp, _, _, _ in work}
+                produced_ms = {tp: batches[tp].timestamps.astype(np.float64) for tp, _, _, _ in work}
                 acks = await self._produce([(tp.partition, r) for tp, _, _, r in work])
                 for _, _, _, r in work:  # copied into record batches: free them while they are in flight
                     r.deduped, r.dlq = [], []
@@ -367,8 +368,8 @@ class BatchRunner:
         ends = ((consumer.highwater(tp), pipe.next_offset) for tp, pipe in self.pipelines.items())
         return chunk_args_for(self.s, ends)
 
-    def _decode(self, batches: dict[TopicPartition, list[Any]]) -> list[tuple[TopicPartition, PartitionPipeline,
-                                                                             int | None, Decoded]]:
+    def _decode(self, batches: dict[TopicPartition, Polled]) -> list[tuple[TopicPartition, PartitionPipeline,
+                                                                         int | None, Decoded]]:
         """Each partition's new records, decoded (``PartitionPipeline.decode``; no state changes yet)."""
         out: list[tuple[TopicPartition, PartitionPipeline, int | None, Decoded]] = []
         for tp, msgs in batches.items():
@@ -376,19 +377,20 @@ class BatchRunner:
             if pipe is None:
                 continue  # revoked while this poll was in flight
             expected = pipe.next_offset
-            if expected is not None and msgs[0].offset > expected:
+            first = int(msgs.offsets[0])
+            if expected is not None and first > expected:
                 # Offsets the log does not hold (a transaction's commit marker: one; an aborted transaction:
                 # more) are skipped legitimately; anything else here would be reads never processed. Counted,
                 # and logged past one offset, so a chaos run that loses data says where.
                 self.metrics["offset_gaps"] += 1
-                if msgs[0].offset > expected + 1:
-                    log.warning("poll of %s starts at offset %d, its checkpoint at %d", tp, msgs[0].offset, expected)
-            raws = msgs if expected is None or msgs[0].offset >= expected else [
-                m for m in msgs if m.offset >= expected]
+                if first > expected + 1:
+                    log.warning("poll of %s starts at offset %d, its checkpoint at %d", tp, first, expected)
+            raws = msgs if expected is None or first >= expected else msgs[
+                int(np.searchsorted(msgs.offsets, expected)):]  # offsets ascend within a partition
             self.metrics["skipped_already_stored"] += len(msgs) - len(raws)
-            if not raws:
+            if not len(raws):
                 continue
-            out.append((tp, pipe, expected, pipe.decode(Polled.of(tp.topic, tp.partition, raws))))
+            out.append((tp, pipe, expected, pipe.decode(raws)))
         return out
 
     async def _land(self) -> None:

@@ -187,13 +187,28 @@ def test_columnar_decode_gives_the_reference_batch(values: list[bytes | None]) -
 
 def test_polled_columns_index_and_slice_as_records() -> None:
     records = [Raw("plates.reads", 3, 40 + i, 1000 + i, b"k%d" % i if i % 2 else None, b"v%d" % i) for i in range(5)]
+    records[2] = Raw("plates.reads", 3, 42, None, b"", None)  # an empty key, a null value, no timestamp
     polled = Polled.of("plates.reads", 3, records)
     assert len(polled) == 5 and list(polled) == records
-    assert polled.offsets == [40, 41, 42, 43, 44] and polled.timestamps == [1000, 1001, 1002, 1003, 1004]
-    assert polled.keys == [None, b"k1", None, b"k3", None] and polled.values == [b"v%d" % i for i in range(5)]
-    assert polled[-1] == records[-1] and polled[0] == records[0]
+    assert polled.offsets.tolist() == [40, 41, 42, 43, 44]
+    assert polled.timestamps.tolist() == [1000, 1001, -1, 1003, 1004]
+    assert polled.keys == [None, b"k1", b"", b"k3", None] and polled.values == [b"v0", b"v1", None, b"v3", b"v4"]
+    assert polled[-1] == records[-1] and polled[0] == records[0] and Polled.of("x", 0, polled) is polled
     part = polled[1:4]
-    assert isinstance(part, Polled) and list(part) == records[1:4] and part.values == [b"v1", b"v2", b"v3"]
+    assert isinstance(part, Polled) and list(part) == records[1:4] and part.values == [b"v1", None, b"v3"]
+    # polls joined: in place when they share one buffer, copied when they do not
+    again = Polled.concat([polled[:2], polled[2:]])
+    assert again.data is polled.data and list(again) == records
+    other = Polled.of("plates.reads", 3, [Raw("plates.reads", 3, 45, 9, b"k5", b"v5")])
+    both = Polled.concat([polled[3:], other])
+    assert list(both) == [*records[3:], other[0]] and both.values == [b"v3", b"v4", b"v5"]
+    assert len(both.data) == len(b"k3v3v4k5v5")  # only the parts' keys and values were copied
+    try:
+        polled[5]
+    except IndexError:
+        pass
+    else:
+        raise AssertionError("index past the end")
 
 
 def test_columnar_decode_of_each_boundary_document_gives_the_reference_batch() -> None:

@@ -57,6 +57,9 @@ async def _poll_all(s: Settings, **kw: Any) -> list[Any]:
         out: list[Any] = []
         for _ in range(50):
             got = await consumer.getmany(timeout_ms=200)
+            if tp in got:
+                raw = kw.get("value_deserializer") is fetch.raw_records
+                assert isinstance(got[tp], Polled) is raw  # a poll of columns, for the consumer that asked
             out.extend(got.get(tp, []))
             if any(r.value == b"committed" for r in out):
                 break
@@ -76,12 +79,13 @@ def test_raw_records_are_the_records_aiokafka_would_return(settings: Settings) -
     assert raw and not any(isinstance(r, ConsumerRecord) for r in raw)
     assert all(isinstance(r, ConsumerRecord) for r in plain)  # a consumer that did not ask: unchanged
     a, b = Polled.of(settings.topic_reads, 0, raw), Polled.of(settings.topic_reads, 0, plain)
-    assert (a.offsets, a.timestamps, a.keys, a.values) == (b.offsets, b.timestamps, b.keys, b.values)
+    assert (a.offsets.tolist(), a.timestamps.tolist(), a.keys, a.values) == (
+        b.offsets.tolist(), b.timestamps.tolist(), b.keys, b.values)
     # the aborted transaction's records are skipped on both paths (and its markers are not records)
     assert a.values == [b"a", b"b", None, b"d", b"committed"]
     assert a.keys == [b"k0", None, b"k2", b"k3", None]
-    assert a.timestamps[:4] == [1_700_000_000_000 + i for i in range(4)]
-    assert a.offsets[:4] == [0, 1, 2, 3] and a.offsets[4] > 6
+    assert a.timestamps[:4].tolist() == [1_700_000_000_000 + i for i in range(4)]
+    assert a.offsets[:4].tolist() == [0, 1, 2, 3] and a.offsets[4] > 6
     assert a[2] == b[2] and a[2].value is None and a[2].topic == settings.topic_reads
 
 
@@ -157,3 +161,45 @@ def test_raw_records_in_polls_of_any_size_and_from_inside_a_batch(settings: Sett
             assert raw[1] == plain[1], (start, max_records)
         one = asyncio.run(_poll_in_steps(settings, start, None, one_by_one=True, value_deserializer=fetch.raw_records))
         assert one[0] == want
+
+
+async def _produce_mixed(s: Settings) -> None:
+    """A plain batch, a gzip-compressed one, then a plain one again (partition 0)."""
+    for values, compression in (([b"p0", b"p1"], None), ([b"z0", b"z1", b"z2"], "gzip"), ([b"q0"], None)):
+        producer = AIOKafkaProducer(**connect.kafka(s), acks="all", compression_type=compression)
+        await producer.start()
+        try:
+            b = producer.create_batch()
+            for v in values:
+                assert b.append(key=None if v == b"z1" else v[:1], value=v, timestamp=None) is not None
+            await (await producer.send_batch(b, s.topic_reads, partition=0))
+        finally:
+            await producer.stop()
+
+
+def test_compressed_batches_among_plain_ones_give_the_same_records(settings: Settings) -> None:
+    """A compressed batch goes through aiokafka's records, the plain ones are parsed in place: one poll of both
+    holds every record, in order, as aiokafka's own path gives them."""
+    ensure_topics(settings)
+    asyncio.run(_produce_mixed(settings))
+    fetch.install()
+
+    async def poll(**kw: Any) -> Any:
+        tp = TopicPartition(settings.topic_reads, 0)
+        consumer = AIOKafkaConsumer(**connect.kafka(settings), enable_auto_commit=False, **kw)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, 0)
+            out: list[Any] = []
+            while len(out) < 6:
+                out.extend((await consumer.getmany(tp, timeout_ms=500)).get(tp, []))
+            return out
+        finally:
+            await consumer.stop()
+
+    raw = asyncio.run(poll(value_deserializer=fetch.raw_records))
+    plain = asyncio.run(poll())
+    assert [(r.offset, r.timestamp, r.key, r.value) for r in raw] == [
+        (r.offset, r.timestamp, r.key, r.value) for r in plain]
+    assert [r.value for r in raw] == [b"p0", b"p1", b"z0", b"z1", b"z2", b"q0"] and raw[3].key is None
