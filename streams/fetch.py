@@ -28,6 +28,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import google_crc32c
 import numpy as np
 from aiokafka import errors
 from aiokafka.consumer import fetcher
@@ -44,6 +45,8 @@ def raw_records(value: bytes | None) -> bytes | None:
 _aiokafka_memory_records = fetcher.MemoryRecords
 _HEADER = struct.Struct(">qiibIhiqqqhii")  # a v2 record batch's header (as aiokafka's DefaultRecordBatch reads it)
 _LENGTH = struct.Struct(">qi")  # any batch's base offset and length (v0-v2)
+_CRC, _CRC_AT, _CRC_FROM = struct.Struct(">I"), 17, 21  # a v2 batch's CRC-32C, and where the bytes it covers start
+_FAST_CRC = google_crc32c.implementation == "c"  # (its pure-Python fallback is far slower than aiokafka's)
 _LOG_APPEND_TIME = 0x08  # attributes bit: the broker's log-append time is every record's timestamp
 _EMPTY = np.empty(0, dtype=np.int64)
 _NO_SPANS = np.empty((0, 2), dtype=np.int64)
@@ -83,7 +86,7 @@ class _PartitionRecords(fetcher.PartitionRecords):
             at = self._pos
             if self._data is not None:
                 self._pos += _LENGTH.size + _LENGTH.unpack_from(self._data, at)[1]
-            if self._check_crcs and not batch.validate_crc():
+            if self._check_crcs and not self._crc_ok(batch, at):
                 raise errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
             if self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None:
                 self._consume_aborted_up_to(batch.base_offset)
@@ -104,6 +107,16 @@ class _PartitionRecords(fetcher.PartitionRecords):
             self._batch, self._at, self._batch_end = got, 0, batch.next_offset
             return True
         return False
+
+    def _crc_ok(self, batch: Any, at: int) -> bool:
+        """The batch's CRC-32C checks out. A v2 batch's is computed here with google-crc32c (the CPU's CRC
+        instruction: ~14 GB/s with the copy, against ~2 GB/s for aiokafka's table, ~0.1 us a read); others by
+        aiokafka."""
+        data = self._data
+        if data is None or batch.magic != 2 or not _FAST_CRC:
+            return bool(batch.validate_crc())
+        stop = self._pos  # (this batch's end: ``_next_batch`` moved past it)
+        return bool(google_crc32c.value(data[at + _CRC_FROM : stop]) == _CRC.unpack_from(data, at + _CRC_AT)[0])
 
     def _columns(self, batch: Any, at: int) -> Polled:
         """The records of ``batch`` (at byte ``at`` of the fetched bytes) as columns: an uncompressed v2 batch
