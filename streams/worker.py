@@ -64,6 +64,7 @@ from streams.pipeline import (
     warm_up,
 )
 from streams.policy import PolicyStore
+from streams.produce import records_batches
 from streams.records import Polled
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
@@ -91,6 +92,7 @@ REDIS_WRITE_TIMEOUT_S = 120.0
 SWITCH_INTERVAL_S = 0.0002
 DEFAULT_SWITCH_INTERVAL_S = sys.getswitchinterval()
 GC_YOUNG_THRESHOLD = 50_000
+PRODUCE_BATCH_BYTES = 1 << 20  # the producer's record batches, ours (``streams.produce``) and aiokafka's
 SENDER_TURNS = 4  # event-loop iterations from send_batch to the produce request on the wire (see handle)
 # How the worker's consumer fetches (also ``benchmarks.fetch``'s): large fetches, committed reads only
 FETCH_SETTINGS: dict[str, Any] = {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 64 << 20,
@@ -217,7 +219,7 @@ class BatchRunner:
         # complete batch linger, which each batch's ack wait (before its Redis write) paid in full
         self.producer = AIOKafkaProducer(
             **connect.kafka(s), acks="all", enable_idempotence=True, linger_ms=0,
-            max_batch_size=1 << 20, max_request_size=8 << 20,
+            max_batch_size=PRODUCE_BATCH_BYTES, max_request_size=8 << 20,
         )
         await self.producer.start()
         fetch.install()
@@ -463,22 +465,24 @@ class BatchRunner:
         assert self.producer is not None
         producer = self.producer
         pending = []
-        for topic, pick in ((self.s.topic_dlq, lambda r: r.dlq),
-                            (self.s.topic_deduped, lambda r: [(k, v, None) for k, v in r.deduped]),
-                            (self.s.topic_alerts, lambda r: [(k, v, None) for k, v in r.alerts])):
+        for topic, pick in ((self.s.topic_deduped, lambda r: r.deduped), (self.s.topic_alerts, lambda r: r.alerts)):
             n_out = await self._partition_count(topic)
-            for partition, r in work:
-                items = pick(r)
-                if not items:
-                    continue
-                batch = producer.create_batch()
-                for key, value, headers in items:
+            for partition, r in work:  # built whole (``streams.produce``): no builder call per message
+                for batch in records_batches(pick(r), PRODUCE_BATCH_BYTES):
+                    pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
+        topic = self.s.topic_dlq
+        n_out = await self._partition_count(topic)
+        for partition, r in work:  # dead letters carry headers: aiokafka's builder
+            if not r.dlq:
+                continue
+            batch = producer.create_batch()
+            for key, value, headers in r.dlq:
+                if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                    pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
+                    batch = producer.create_batch()
                     if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
-                        pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
-                        batch = producer.create_batch()
-                        if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
-                            raise ValueError(f"a {len(value)}-byte message does not fit in a record batch")
-                pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
+                        raise ValueError(f"a {len(value)}-byte message does not fit in a record batch")
+            pending.append(await producer.send_batch(batch, topic, partition=partition % n_out))
         return asyncio.gather(*pending)
 
     async def hot_context(self) -> HotContext:

@@ -26,39 +26,61 @@ OPEN_ARRAY, CLOSE_ARRAY, OPEN_OBJECT, CLOSE_OBJECT = 0x5B, 0x5D, 0x7B, 0x7D
 @nb.njit(cache=True)
 def split_array(buf: NDArray[np.uint8], n: int, starts: NDArray[np.int64], ends: NDArray[np.int64]) -> int:
     """Bounds of the ``n`` elements of the JSON array ``buf`` (as ``orjson`` writes it: no whitespace) into
-    ``starts``/``ends``; returns how many it found (``n`` unless ``buf`` is not an array of ``n``)."""
+    ``starts``/``ends``; returns how many it found (``n`` unless ``buf`` is not an array of ``n``).
+
+    Element by element: a string to its closing quote, a number or literal to the next comma, and only a nested
+    array or object byte by byte with its depth (a depth-tracking pass over every byte was 1.7x slower)."""
     size = buf.shape[0]
     if size < 2 or buf[0] != OPEN_ARRAY or buf[size - 1] != CLOSE_ARRAY:
         return -1
     if n == 0:
         return 0 if size == 2 else -1
-    depth = 0
-    in_string = False
-    k = 0
-    starts[0] = 1
+    last = size - 1
     i = 1
-    while i < size - 1:
+    for k in range(n):
+        if i >= last:
+            return -1
+        starts[k] = i
         c = buf[i]
-        if in_string:
-            if c == BACKSLASH:
-                i += 1
-            elif c == QUOTE:
-                in_string = False
-        elif c == QUOTE:
-            in_string = True
+        if c == QUOTE:
+            i += 1
+            while True:
+                if i >= last:
+                    return -1
+                c = buf[i]
+                if c == QUOTE:
+                    break
+                i += 2 if c == BACKSLASH else 1
+            i += 1
         elif c in (OPEN_ARRAY, OPEN_OBJECT):
-            depth += 1
-        elif c in (CLOSE_ARRAY, CLOSE_OBJECT):
-            depth -= 1
-        elif c == COMMA and depth == 0:
-            if k + 1 >= n:
+            depth = 0
+            in_string = False
+            while i < last:
+                c = buf[i]
+                if in_string:
+                    if c == BACKSLASH:
+                        i += 1
+                    elif c == QUOTE:
+                        in_string = False
+                elif c == QUOTE:
+                    in_string = True
+                elif c in (OPEN_ARRAY, OPEN_OBJECT):
+                    depth += 1
+                elif c in (CLOSE_ARRAY, CLOSE_OBJECT):
+                    depth -= 1
+                    if depth == 0:
+                        break
+                i += 1
+            i += 1
+        else:
+            while i < last and buf[i] != COMMA:
+                i += 1
+        ends[k] = i
+        if k + 1 < n:
+            if i >= last or buf[i] != COMMA:
                 return -1
-            ends[k] = i
-            k += 1
-            starts[k] = i + 1
-        i += 1
-    ends[k] = size - 1
-    return k + 1
+            i += 1
+    return n if i == last else -1
 
 
 @nb.njit(cache=True)

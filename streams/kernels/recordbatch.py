@@ -8,7 +8,8 @@ Batch-level rules (CRC, transactions, control batches, compression) stay with th
 Record layout (KIP-98; aiokafka's ``DefaultRecordBatch`` reads the same): length (varint), attributes (int8),
 timestamp delta (varlong), offset delta (varint), key length (varint, negative: null) and key, value length and
 value, header count and headers (key length, key, value length, value). Varints are zigzag-encoded.
-Pure functions, no I/O.
+``build_records`` writes the other way: the records of a batch the worker produces (sightings), from its keys
+and values back to back, instead of one builder call per message. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 from numpy.typing import NDArray
+
+from streams.kernels.bytecopy import copy_bytes
 
 # what went wrong, for the caller's error (a negative return of ``parse_records``)
 TRUNCATED = -1  # a varint or a field runs past the batch's end
@@ -108,3 +111,62 @@ def parse_records(buf: NDArray[np.uint8], start: int, end: int, count: int, base
     if pos != end:
         return TRAILING
     return count
+
+
+@nb.njit(cache=True, inline="always")
+def _varint_size(v: int) -> int:
+    z = np.uint64((v << 1) ^ (v >> 63))
+    n = 1
+    while z >= 0x80:
+        z >>= np.uint64(7)
+        n += 1
+    return n
+
+
+@nb.njit(cache=True, inline="always")
+def _put_varint(out: NDArray[np.uint8], pos: int, v: int) -> int:
+    z = np.uint64((v << 1) ^ (v >> 63))
+    while z >= 0x80:
+        out[pos] = np.uint8((z & _LOW7) | np.uint64(0x80))
+        z >>= np.uint64(7)
+        pos += 1
+    out[pos] = np.uint8(z)
+    return pos + 1
+
+
+@nb.njit(cache=True)
+def build_records(keys: NDArray[np.uint8], key_ends: NDArray[np.int64], values: NDArray[np.uint8],
+                  value_ends: NDArray[np.int64], header: int) -> NDArray[np.uint8]:
+    """``header`` bytes left for the batch's header, then the records of a v2 batch: record ``i`` has offset
+    delta ``i``, timestamp delta 0, no headers, key ``keys[key_ends[i-1]:key_ends[i]]`` and that value
+    (``*_ends``: running ends; no key or value is null)."""
+    n = key_ends.shape[0]
+    if value_ends.shape[0] != n or (n and (key_ends[n - 1] > keys.shape[0] or value_ends[n - 1] > values.shape[0])):
+        raise ValueError("a key and a value per record, within the bytes given")
+    total = 0
+    for i in range(n):
+        klen = key_ends[i] - (key_ends[i - 1] if i else 0)
+        vlen = value_ends[i] - (value_ends[i - 1] if i else 0)
+        if klen < 0 or vlen < 0:
+            raise ValueError("running ends go down")
+        body = 1 + 1 + _varint_size(i) + _varint_size(klen) + klen + _varint_size(vlen) + vlen + 1
+        total += _varint_size(body) + body
+    out = np.empty(header + total, dtype=np.uint8)
+    pos = header
+    for i in range(n):
+        k0 = key_ends[i - 1] if i else 0
+        v0 = value_ends[i - 1] if i else 0
+        klen, vlen = key_ends[i] - k0, value_ends[i] - v0
+        body = 1 + 1 + _varint_size(i) + _varint_size(klen) + klen + _varint_size(vlen) + vlen + 1
+        pos = _put_varint(out, pos, body)
+        out[pos] = 0  # attributes
+        out[pos + 1] = 0  # timestamp delta 0 (zigzag)
+        pos = _put_varint(out, pos + 2, i)
+        pos = _put_varint(out, pos, klen)
+        copy_bytes(out, pos, keys, k0, klen)
+        pos = _put_varint(out, pos + klen, vlen)
+        copy_bytes(out, pos, values, v0, vlen)
+        pos += vlen
+        out[pos] = 0  # no headers
+        pos += 1
+    return out

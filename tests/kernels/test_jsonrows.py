@@ -52,6 +52,10 @@ def test_split_finds_each_element_of_an_array(values: list[Any]) -> None:
     starts, ends = np.empty(len(values), np.int64), np.empty(len(values), np.int64)
     assert split_array(np.frombuffer(raw, np.uint8), len(values), starts, ends) == len(values)
     assert [raw[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)] == [orjson.dumps(v) for v in values]
+    more, fewer = np.empty(len(values) + 1, np.int64), np.empty(len(values) + 1, np.int64)
+    assert split_array(np.frombuffer(raw, np.uint8), len(values) + 1, more, fewer) == -1  # one more: not there
+    if values:
+        assert split_array(np.frombuffer(raw, np.uint8), len(values) - 1, more, fewer) == -1  # one left over
 
 
 def test_a_column_of_another_length_or_shape_is_refused() -> None:
