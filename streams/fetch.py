@@ -24,7 +24,6 @@ inside a batch. Only consumers that asked for it differ: if aiokafka ever stops 
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,7 +32,16 @@ import numpy as np
 from aiokafka import errors
 from aiokafka.consumer import fetcher
 
-from streams.kernels.recordbatch import PROBLEMS, parse_records
+from streams.kernels.recordbatch import (
+    BATCH_HEADER,
+    BATCH_LENGTH,
+    CRC,
+    CRC_AT,
+    CRC_FROM,
+    LOG_APPEND_TIME,
+    PROBLEMS,
+    parse_records,
+)
 from streams.records import Polled
 
 
@@ -43,11 +51,7 @@ def raw_records(value: bytes | None) -> bytes | None:
 
 
 _aiokafka_memory_records = fetcher.MemoryRecords
-_HEADER = struct.Struct(">qiibIhiqqqhii")  # a v2 record batch's header (as aiokafka's DefaultRecordBatch reads it)
-_LENGTH = struct.Struct(">qi")  # any batch's base offset and length (v0-v2)
-_CRC, _CRC_AT, _CRC_FROM = struct.Struct(">I"), 17, 21  # a v2 batch's CRC-32C, and where the bytes it covers start
 _FAST_CRC = google_crc32c.implementation == "c"  # (its pure-Python fallback is far slower than aiokafka's)
-_LOG_APPEND_TIME = 0x08  # attributes bit: the broker's log-append time is every record's timestamp
 _EMPTY = np.empty(0, dtype=np.int64)
 _NO_SPANS = np.empty((0, 2), dtype=np.int64)
 
@@ -86,7 +90,7 @@ class _PartitionRecords(fetcher.PartitionRecords):
             batch = records.next_batch()
             at = self._pos
             if self._data is not None:
-                self._pos += _LENGTH.size + _LENGTH.unpack_from(self._data, at)[1]
+                self._pos += BATCH_LENGTH.size + BATCH_LENGTH.unpack_from(self._data, at)[1]
             if self._check_crcs and not self._crc_ok(batch, at):
                 raise errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
             if self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None:
@@ -117,7 +121,7 @@ class _PartitionRecords(fetcher.PartitionRecords):
         if data is None or batch.magic != 2 or not _FAST_CRC:
             return bool(batch.validate_crc())
         stop = self._pos  # (this batch's end: ``_next_batch`` moved past it)
-        return bool(google_crc32c.value(self._array[at + _CRC_FROM : stop]) == _CRC.unpack_from(data, at + _CRC_AT)[0])
+        return bool(google_crc32c.value(self._array[at + CRC_FROM : stop]) == CRC.unpack_from(data, at + CRC_AT)[0])
 
     def _columns(self, batch: Any, at: int) -> Polled:
         """The records of ``batch`` (at byte ``at`` of the fetched bytes) as columns: an uncompressed v2 batch
@@ -125,15 +129,15 @@ class _PartitionRecords(fetcher.PartitionRecords):
         tp, data = self._tp, self._data
         if data is not None and batch.magic == 2 and batch.compression_type == 0:
             (base_offset, length, _, _, _, attributes, _, base_ts, max_ts, _, _, _,
-             count) = _HEADER.unpack_from(data, at)
+             count) = BATCH_HEADER.unpack_from(data, at)
             if base_offset != batch.base_offset:  # out of step with aiokafka's batches: never expected
                 raise errors.CorruptRecordException(f"record batch at {at} is not offset {batch.base_offset} - {tp}")
             if count <= 0:
                 return Polled(tp.topic, tp.partition, data, _EMPTY, _EMPTY, _NO_SPANS, _NO_SPANS)
             offsets, timestamps = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
             keys, values = np.empty((count, 2), dtype=np.int64), np.empty((count, 2), dtype=np.int64)
-            got = parse_records(self._array, at + _HEADER.size, at + _LENGTH.size + length,
-                                count, base_offset, base_ts, max_ts if attributes & _LOG_APPEND_TIME else -1,
+            got = parse_records(self._array, at + BATCH_HEADER.size, at + BATCH_LENGTH.size + length,
+                                count, base_offset, base_ts, max_ts if attributes & LOG_APPEND_TIME else -1,
                                 offsets, timestamps, keys, values)
             if got != count:
                 raise errors.CorruptRecordException(f"{PROBLEMS[got]} (batch at offset {base_offset}) - {tp}")

@@ -10,7 +10,6 @@ resends the same bytes. Messages without headers only (dead letters, which carry
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Sequence
 
@@ -18,11 +17,7 @@ import google_crc32c
 import numpy as np
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from streams.kernels.recordbatch import build_records
-
-_HEADER = struct.Struct(">qiibIhiqqqhii")  # a v2 record batch's header (aiokafka's DefaultRecordBatch reads it)
-_CRC, _CRC_AT, _CRC_FROM = struct.Struct(">I"), 17, 21  # the CRC-32C; the bytes it covers start at 21
-_TRANSACTIONAL = 0x10
+from streams.kernels.recordbatch import BATCH_HEADER, CRC, CRC_AT, CRC_FROM, TRANSACTIONAL, build_records
 
 
 class RecordsBatch(BatchBuilder):
@@ -35,9 +30,9 @@ class RecordsBatch(BatchBuilder):
         value_ends = np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=self._count))
         # the header's bytes first, written when the producer drains the batch (``_build``)
         self._batch = build_records(np.frombuffer(b"".join(keys), dtype=np.uint8), key_ends,
-                                    np.frombuffer(b"".join(values), dtype=np.uint8), value_ends, _HEADER.size)
+                                    np.frombuffer(b"".join(values), dtype=np.uint8), value_ends, BATCH_HEADER.size)
         self._timestamp = int(time.time() * 1000)
-        self._attributes = _TRANSACTIONAL if is_transactional else 0
+        self._attributes = TRANSACTIONAL if is_transactional else 0
         self._producer = (-1, -1, 0)  # id, epoch, base sequence: as aiokafka's builder starts
         self._built = False
         self._closed = True  # nothing is appended to it
@@ -52,9 +47,9 @@ class RecordsBatch(BatchBuilder):
     def _build(self) -> memoryview:
         if not self._built:  # (once: a retry resends the same bytes)
             batch = self._batch
-            _HEADER.pack_into(batch.data, 0, 0, batch.shape[0] - 12, 0, 2, 0, self._attributes, self._count - 1,
+            BATCH_HEADER.pack_into(batch.data, 0, 0, batch.shape[0] - 12, 0, 2, 0, self._attributes, self._count - 1,
                               self._timestamp, self._timestamp, *self._producer, self._count)
-            _CRC.pack_into(batch.data, _CRC_AT, google_crc32c.value(batch[_CRC_FROM:]))
+            CRC.pack_into(batch.data, CRC_AT, google_crc32c.value(batch[CRC_FROM:]))
             self._built = True
         return self._batch.data  # (bytes-like: the request concatenates it; an ndarray would add elementwise)
 
@@ -77,13 +72,13 @@ def records_batches(items: Sequence[tuple[bytes, bytes]], max_bytes: int) -> lis
     sizes = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
     sizes += np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     sizes += RECORD_OVERHEAD
-    if int(sizes.max()) + _HEADER.size > max_bytes:
+    if int(sizes.max()) + BATCH_HEADER.size > max_bytes:
         raise ValueError(f"a {int(sizes.max())}-byte message does not fit in a {max_bytes}-byte record batch")
     ends = np.cumsum(sizes)
     lo = 0
     while lo < len(items):
         base = int(ends[lo - 1]) if lo else 0
-        hi = int(np.searchsorted(ends, base + max_bytes - _HEADER.size, side="right"))
+        hi = int(np.searchsorted(ends, base + max_bytes - BATCH_HEADER.size, side="right"))
         out.append(RecordsBatch(keys[lo:hi], values[lo:hi]))
         lo = hi
     return out

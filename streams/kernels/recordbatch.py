@@ -14,6 +14,8 @@ and values back to back, instead of one builder call per message. Pure functions
 
 from __future__ import annotations
 
+import struct
+
 import numba as nb
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +30,15 @@ TRAILING = -4  # bytes left in the batch after its last record
 PROBLEMS = {TRUNCATED: "a record runs past the end of its batch", BAD_HEADERS: "a negative header count or key size",
             BAD_LENGTH: "a record's fields do not add up to its length",
             TRAILING: "bytes left after the batch's last record"}
+
+# The v2 batch layout both directions use (KIP-98; aiokafka's DefaultRecordBatch reads the same): the header,
+# any batch's base offset and length (v0-v2 alike), the CRC-32C and where the bytes it covers start (the
+# attributes), and the attribute bits read or written here.
+BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
+BATCH_LENGTH = struct.Struct(">qi")
+CRC = struct.Struct(">I")
+CRC_AT, CRC_FROM = 17, 21
+LOG_APPEND_TIME, TRANSACTIONAL = 0x08, 0x10
 
 _LOW7 = np.uint64(0x7F)
 _ONE = np.uint64(1)
