@@ -100,7 +100,8 @@ def report(r: dict[str, Any]) -> list[str]:
              f"A fresh consumer reads a pre-filled topic of {total:,} messages (4 partitions) from offset 0 with "
              "`getmany(max_records=20000)` and wraps each partition's poll in `records.Polled`, as the worker "
              "does; the paths take turns. aiokafka: its own `ConsumerRecord`s, one at a time; platestream: "
-             "`streams.fetch` (aiokafka's decoded records, a record batch at a time).", "",
+             "`streams.fetch` (the poll as columns over the fetched bytes, an uncompressed record batch parsed in "
+             "place).", "",
              "| path | CPU µs per message (each run) | median | wall µs per message (median) |",
              "|---|---|---:|---:|"]
     for p, rs in runs.items():
