@@ -198,7 +198,6 @@ def _getall(self: Any, max_records: int | None = None) -> Sequence[Any]:
     return out
 
 
-
 def install() -> None:
     """Make aiokafka's fetcher build ``_PartitionRecords`` and take raw records a batch at a time
     (idempotent; the worker calls it at start)."""

@@ -17,13 +17,14 @@ import google_crc32c
 import numpy as np
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from streams.kernels.recordbatch import BATCH_HEADER, CRC, CRC_AT, CRC_FROM, TRANSACTIONAL, build_records
+from streams.kernels.recordbatch import BATCH_HEADER, CRC, CRC_AT, CRC_FROM, build_records
 
 
 class RecordsBatch(BatchBuilder):
-    """One record batch of ``keys[i]``/``values[i]`` (v2, uncompressed, create-time timestamps: now)."""
+    """One record batch of ``keys[i]``/``values[i]`` (v2, uncompressed, create-time timestamps: now; attributes 0,
+    so not for a transactional producer, which the worker's is not)."""
 
-    def __init__(self, keys: Sequence[bytes], values: Sequence[bytes], is_transactional: bool = False) -> None:
+    def __init__(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         # (no BatchBuilder.__init__: its record builder is what this replaces)
         self._count = len(values)
         key_ends = np.cumsum(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)))
@@ -32,7 +33,6 @@ class RecordsBatch(BatchBuilder):
         self._batch = build_records(np.frombuffer(b"".join(keys), dtype=np.uint8), key_ends,
                                     np.frombuffer(b"".join(values), dtype=np.uint8), value_ends, BATCH_HEADER.size)
         self._timestamp = int(time.time() * 1000)
-        self._attributes = TRANSACTIONAL if is_transactional else 0
         self._producer = (-1, -1, 0)  # id, epoch, base sequence: as aiokafka's builder starts
         self._built = False
         self._closed = True  # nothing is appended to it
@@ -47,8 +47,8 @@ class RecordsBatch(BatchBuilder):
     def _build(self) -> memoryview:
         if not self._built:  # (once: a retry resends the same bytes)
             batch = self._batch
-            BATCH_HEADER.pack_into(batch.data, 0, 0, batch.shape[0] - 12, 0, 2, 0, self._attributes, self._count - 1,
-                              self._timestamp, self._timestamp, *self._producer, self._count)
+            BATCH_HEADER.pack_into(batch.data, 0, 0, batch.shape[0] - 12, 0, 2, 0, 0, self._count - 1,
+                                   self._timestamp, self._timestamp, *self._producer, self._count)
             CRC.pack_into(batch.data, CRC_AT, google_crc32c.value(batch[CRC_FROM:]))
             self._built = True
         return self._batch.data  # (bytes-like: the request concatenates it; an ndarray would add elementwise)

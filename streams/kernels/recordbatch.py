@@ -33,12 +33,12 @@ PROBLEMS = {TRUNCATED: "a record runs past the end of its batch", BAD_HEADERS: "
 
 # The v2 batch layout both directions use (KIP-98; aiokafka's DefaultRecordBatch reads the same): the header,
 # any batch's base offset and length (v0-v2 alike), the CRC-32C and where the bytes it covers start (the
-# attributes), and the attribute bits read or written here.
+# attributes), and the attribute bit the fetch reads.
 BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
 BATCH_LENGTH = struct.Struct(">qi")
 CRC = struct.Struct(">I")
 CRC_AT, CRC_FROM = 17, 21
-LOG_APPEND_TIME, TRANSACTIONAL = 0x08, 0x10
+LOG_APPEND_TIME = 0x08
 
 _LOW7 = np.uint64(0x7F)
 _ONE = np.uint64(1)
