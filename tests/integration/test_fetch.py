@@ -60,6 +60,9 @@ async def _poll_all(s: Settings, **kw: Any) -> list[Any]:
             if tp in got:
                 raw = kw.get("value_deserializer") is fetch.raw_records
                 assert isinstance(got[tp], Polled) is raw  # a poll of columns, for the consumer that asked
+                if raw:  # over the fetch response's bytes (record headers and all), not its records copied out
+                    copied = sum(len(r.key or b"") + len(r.value or b"") for r in got[tp])
+                    assert len(got[tp].data) > copied + 61
             out.extend(got.get(tp, []))
             if any(r.value == b"committed" for r in out):
                 break
