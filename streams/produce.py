@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import google_crc32c
 import numpy as np
 from aiokafka.producer.message_accumulator import BatchBuilder
+from numpy.typing import NDArray
 
 from streams.kernels.recordbatch import BATCH_HEADER, CRC, CRC_AT, CRC_FROM, build_records
 
@@ -24,14 +25,15 @@ class RecordsBatch(BatchBuilder):
     """One record batch of ``keys[i]``/``values[i]`` (v2, uncompressed, create-time timestamps: now; attributes 0,
     so not for a transactional producer, which the worker's is not)."""
 
-    def __init__(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+    def __init__(self, keys: Sequence[bytes], values: Sequence[bytes], key_lens: NDArray[np.int64],
+                 value_lens: NDArray[np.int64]) -> None:
+        """``*_lens``: each key's and value's length (``records_batches`` has them already)."""
         # (no BatchBuilder.__init__: its record builder is what this replaces)
         self._count = len(values)
-        key_ends = np.cumsum(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)))
-        value_ends = np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=self._count))
         # the header's bytes first, written when the producer drains the batch (``_build``)
-        self._batch = build_records(np.frombuffer(b"".join(keys), dtype=np.uint8), key_ends,
-                                    np.frombuffer(b"".join(values), dtype=np.uint8), value_ends, BATCH_HEADER.size)
+        self._batch = build_records(np.frombuffer(b"".join(keys), dtype=np.uint8), np.cumsum(key_lens),
+                                    np.frombuffer(b"".join(values), dtype=np.uint8), np.cumsum(value_lens),
+                                    BATCH_HEADER.size)
         self._timestamp = int(time.time() * 1000)
         self._producer = (-1, -1, 0)  # id, epoch, base sequence: as aiokafka's builder starts
         self._built = False
@@ -69,9 +71,9 @@ def records_batches(items: Sequence[tuple[bytes, bytes]], max_bytes: int) -> lis
     if not items:
         return out
     keys, values = map(list, zip(*items, strict=True))
-    sizes = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
-    sizes += np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    sizes += RECORD_OVERHEAD
+    key_lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    value_lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    sizes = key_lens + value_lens + RECORD_OVERHEAD
     if int(sizes.max()) + BATCH_HEADER.size > max_bytes:
         raise ValueError(f"a {int(sizes.max())}-byte message does not fit in a {max_bytes}-byte record batch")
     ends = np.cumsum(sizes)
@@ -79,6 +81,6 @@ def records_batches(items: Sequence[tuple[bytes, bytes]], max_bytes: int) -> lis
     while lo < len(items):
         base = int(ends[lo - 1]) if lo else 0
         hi = int(np.searchsorted(ends, base + max_bytes - BATCH_HEADER.size, side="right"))
-        out.append(RecordsBatch(keys[lo:hi], values[lo:hi]))
+        out.append(RecordsBatch(keys[lo:hi], values[lo:hi], key_lens[lo:hi], value_lens[lo:hi]))
         lo = hi
     return out

@@ -206,11 +206,13 @@ class Polled(Sequence[Raw]):
         return (int(present.min()), int(present.max())) if present.shape[0] else (0, 0)
 
     def value(self, i: int) -> bytes | None:
-        start, stop = self.value_spans[i].tolist()
-        return None if start < 0 else self.data[start:stop]
+        return self._piece(self.value_spans, i)
 
     def key(self, i: int) -> bytes | None:
-        start, stop = self.key_spans[i].tolist()
+        return self._piece(self.key_spans, i)
+
+    def _piece(self, spans: NDArray[np.int64], i: int) -> bytes | None:
+        start, stop = spans[i].tolist()
         return None if start < 0 else self.data[start:stop]
 
     @property

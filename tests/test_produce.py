@@ -20,7 +20,7 @@ def read(batch: RecordsBatch) -> DefaultRecordBatch:
        st.integers(0, 2**40), st.integers(0, 30_000), st.integers(0, 2**31 - 1))
 def test_a_batch_reads_back_as_its_records_with_the_producers_state(items: list[tuple[bytes, bytes]], pid: int,
                                                                      epoch: int, seq: int) -> None:
-    batch = RecordsBatch([k for k, _ in items], [v for _, v in items])
+    [batch] = records_batches(items, 1 << 24)
     assert batch.record_count() == len(items) and batch.append(timestamp=None, key=b"k", value=b"v") is None
     batch._set_producer_state(pid, epoch, seq)  # the idempotent producer, when it drains the batch
     got = read(batch)

@@ -154,22 +154,22 @@ def build_records(keys: NDArray[np.uint8], key_ends: NDArray[np.int64], values: 
     n = key_ends.shape[0]
     if value_ends.shape[0] != n or (n and (key_ends[n - 1] > keys.shape[0] or value_ends[n - 1] > values.shape[0])):
         raise ValueError("a key and a value per record, within the bytes given")
+    bodies = np.empty(n, dtype=np.int64)  # each record's length after its length varint (sized once, written once)
     total = 0
     for i in range(n):
         klen = key_ends[i] - (key_ends[i - 1] if i else 0)
         vlen = value_ends[i] - (value_ends[i - 1] if i else 0)
         if klen < 0 or vlen < 0:
             raise ValueError("running ends go down")
-        body = 1 + 1 + _varint_size(i) + _varint_size(klen) + klen + _varint_size(vlen) + vlen + 1
-        total += _varint_size(body) + body
+        bodies[i] = 1 + 1 + _varint_size(i) + _varint_size(klen) + klen + _varint_size(vlen) + vlen + 1
+        total += _varint_size(bodies[i]) + bodies[i]
     out = np.empty(header + total, dtype=np.uint8)
     pos = header
     for i in range(n):
         k0 = key_ends[i - 1] if i else 0
         v0 = value_ends[i - 1] if i else 0
         klen, vlen = key_ends[i] - k0, value_ends[i] - v0
-        body = 1 + 1 + _varint_size(i) + _varint_size(klen) + klen + _varint_size(vlen) + vlen + 1
-        pos = _put_varint(out, pos, body)
+        pos = _put_varint(out, pos, bodies[i])
         out[pos] = 0  # attributes
         out[pos + 1] = 0  # timestamp delta 0 (zigzag)
         pos = _put_varint(out, pos + 2, i)
