@@ -27,10 +27,11 @@ from streams.kernels.dedup import POOL_FIELDS, SNAP_FIELDS, DedupArrays, expired
 from streams.kernels.geohash import geo52, geo52_decode, geohash_strings
 from streams.kernels.jsonrows import Template
 from streams.kernels.plates import pack_plates, plates_matrix, unpack_plates
+from streams.kernels.recordbatch import BATCH_HEADER, build_records, parse_records
 from streams.kernels.resp import resp_commands
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
-from streams.records import Coded, DeadLetter, Raw, ReadBatch, RecordLike, decode_batch
+from streams.records import NO_MESSAGES, Coded, DeadLetter, Messages, Raw, ReadBatch, RecordLike, decode_batch
 from streams.settings import Settings
 from streams.sharing import grant_purposes
 from streams.store import (
@@ -73,7 +74,7 @@ class BatchResult:
     """What one batch of one partition produced; the sinks apply it in order dlq/deduped, redis, commit."""
 
     redis: list[Command] = field(default_factory=list)
-    deduped: list[tuple[bytes, bytes]] = field(default_factory=list)
+    deduped: Messages = field(default_factory=lambda: NO_MESSAGES)  # retractions, then upserts
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     dlq: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
     next_offset: int = 0
@@ -295,6 +296,7 @@ class PartitionPipeline:
         # the batch's ZADDs (they commute: every entry names its sighting), so a lookup between the chunks of
         # a chunked write (store.plan_batch) sees a revised sighting's old entry or both, never neither
         removals: list[tuple[Any, ...]] = []
+        retractions: list[tuple[bytes, bytes]] = []
         area_removals: list[tuple[str, bytes]] = []
         rewritten = np.flatnonzero(was_written)
         olds = self._entries_from_snapshots(touched[rewritten], snap[rewritten], snap_conf[rewritten],
@@ -312,7 +314,7 @@ class PartitionPipeline:
             # the read that merged it away is the survivor's latest: its offset versions the retraction
             retraction = {"schema": names.SCHEMA_SIGHTING, "op": "delete", "sighting_id": f"{sid:016x}",
                           "revision": int(p["last_seq"][survivor]), "merged_into": f"{int(p['sid'][survivor]):016x}"}
-            out.deduped.append((f"{sid:016x}".encode(), orjson.dumps(retraction)))
+            retractions.append((f"{sid:016x}".encode(), orjson.dumps(retraction)))
         # a survivor whose best read now is an absorbed sighting's (from an earlier batch) takes its strings
         for i in touched[~alive].tolist():
             s_ = self.state.survivor(i)
@@ -322,6 +324,7 @@ class PartitionPipeline:
 
         live = touched[alive]
         if not live.shape[0]:
+            out.deduped = Messages.of(retractions)
             out.redis.extend(removals)
             out.redis.extend(("ZREM", *entry) for entry in area_removals)
             return
@@ -421,11 +424,13 @@ class PartitionPipeline:
             directory.setdefault(key, []).extend((vid, sealed))
         hex_sids = pick(sighting_hex(p["sid"][live]))
         # the sighting messages, serialized column by column (``SIGHTING_COLUMNS``: no dict per sighting)
-        msgs = self._messages.dumps(
+        values, value_ends = self._messages.dumps_joined(
             [hex_sids, pick(last_seqs), pick(vhexes), pick(plate_texts), pick(b_regions), pick(cameras),
              pick(b_agencies), pick(starts), pick(ends), pick(best_tss), pick(lats), pick(lons), pick(hash_texts),
              pick(geos), pick(confs), pick(counts), pick(b_reads), pick(hits), pick(best_seqs)], pick(extra))
-        out.deduped.extend(zip(map(str.encode, hex_sids), msgs, strict=True))
+        keys = np.frombuffer("".join(hex_sids).encode(), dtype=np.uint8)  # each 16 hex digits
+        out.deduped = Messages.concat([Messages.of(retractions), Messages(
+            keys, np.arange(16, 16 * len(hex_sids) + 1, 16, dtype=np.int64), values, value_ends)])
         out.redis.extend(("ZADD", key, *entries) for key, entries in by_cell.items())
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
@@ -529,8 +534,15 @@ def warm_up(s: Settings) -> None:
             {**read, "ts": ts + 2, "speed": 1}, {**read, "ts": 5.0}]
     pipe = PartitionPipeline(s, "warm-up", 0)
     pipe._seal = Sealer(s.hash_key)  # its made-up vehicle stays out of the worker's cache and counts
-    for batch in ([0, 1], [2, 3]):
-        pipe.process_raw([Raw("warm-up", 0, i, None, None, orjson.dumps(docs[i])) for i in batch])
+    first, _ = (pipe.process_raw([Raw("warm-up", 0, i, None, None, orjson.dumps(docs[i])) for i in batch])
+                for batch in ([0, 1], [2, 3]))
     st = pipe.state
     st.compact(st.pool["alive"][: st.n_used])  # as reserve/reclaim do, the same array type (it re-indexes too)
     resp_commands(pack_commands(pipe.process_raw([]).redis))  # the Redis writer thread's transcoder
+    # the worker's Kafka ends: its sightings' record batch (``streams.produce``), a poll read in place (``fetch``)
+    m = first.deduped
+    built = build_records(m.keys, m.key_ends, m.values, m.value_ends, BATCH_HEADER.size)
+    polled = np.frombuffer(built.tobytes(), dtype=np.uint8)
+    n = len(m)
+    parse_records(polled, BATCH_HEADER.size, polled.shape[0], n, 0, ts, -1, np.empty(n, np.int64),
+                  np.empty(n, np.int64), np.empty((n, 2), np.int64), np.empty((n, 2), np.int64))

@@ -1,9 +1,10 @@
 """Record batches the worker produces, built whole from their keys and values (``kernels.recordbatch``).
 
 aiokafka's ``BatchBuilder.append`` is a Python call, a compiled call and a size check per message (~0.4-0.5 us
-each here, for every sighting the worker publishes), after the sightings' JSON was cut into one ``bytes`` per
-message for it. ``RecordsBatch`` is a ``BatchBuilder`` for ``AIOKafkaProducer.send_batch`` whose records are
-written in one compiled pass; the producer then treats it as any other batch: the idempotent producer's
+each here, for every sighting the worker publishes), and it needs the sightings' JSON cut into one ``bytes`` per
+message. ``RecordsBatch`` is a ``BatchBuilder`` for ``AIOKafkaProducer.send_batch`` whose records are written in
+one compiled pass from ``records.Messages`` (the keys and values as two byte columns, where the pipeline
+assembled them); the producer then treats it as any other batch: the idempotent producer's
 id, epoch and sequence are set when it is drained (the header and its CRC-32C are written then), and a retry
 resends the same bytes. Messages without headers only (dead letters, which carry headers, use aiokafka's).
 """
@@ -16,23 +17,20 @@ from collections.abc import Sequence
 import google_crc32c
 import numpy as np
 from aiokafka.producer.message_accumulator import BatchBuilder
-from numpy.typing import NDArray
 
 from streams.kernels.recordbatch import BATCH_HEADER, CRC, CRC_AT, CRC_FROM, build_records
+from streams.records import Messages
 
 
 class RecordsBatch(BatchBuilder):
-    """One record batch of ``keys[i]``/``values[i]`` (v2, uncompressed, create-time timestamps: now; attributes 0,
+    """One record batch of ``messages`` (v2, uncompressed, create-time timestamps: now; attributes 0,
     so not for a transactional producer, which the worker's is not)."""
 
-    def __init__(self, keys: Sequence[bytes], values: Sequence[bytes], key_lens: NDArray[np.int64],
-                 value_lens: NDArray[np.int64]) -> None:
-        """``*_lens``: each key's and value's length (``records_batches`` has them already)."""
+    def __init__(self, messages: Messages) -> None:
         # (no BatchBuilder.__init__: its record builder is what this replaces)
-        self._count = len(values)
+        self._count = len(messages)
         # the header's bytes first, written when the producer drains the batch (``_build``)
-        self._batch = build_records(np.frombuffer(b"".join(keys), dtype=np.uint8), np.cumsum(key_lens),
-                                    np.frombuffer(b"".join(values), dtype=np.uint8), np.cumsum(value_lens),
+        self._batch = build_records(messages.keys, messages.key_ends, messages.values, messages.value_ends,
                                     BATCH_HEADER.size)
         self._timestamp = int(time.time() * 1000)
         self._producer = (-1, -1, 0)  # id, epoch, base sequence: as aiokafka's builder starts
@@ -66,21 +64,20 @@ RECORD_OVERHEAD = 32  # bytes a record may add to its key and value (varints, at
 
 
 def records_batches(items: Sequence[tuple[bytes, bytes]], max_bytes: int) -> list[RecordsBatch]:
-    """``items`` (key, value) in order, in batches of at most ``max_bytes`` each (the producer's batch size)."""
+    """``items`` (key, value) in order (best as ``Messages``: no copy), in batches of at most ``max_bytes`` each
+    (the producer's batch size)."""
     out: list[RecordsBatch] = []
     if not items:
         return out
-    keys, values = map(list, zip(*items, strict=True))
-    key_lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
-    value_lens = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    sizes = key_lens + value_lens + RECORD_OVERHEAD
+    messages = Messages.of(items)
+    sizes = messages.sizes() + RECORD_OVERHEAD
     if int(sizes.max()) + BATCH_HEADER.size > max_bytes:
         raise ValueError(f"a {int(sizes.max())}-byte message does not fit in a {max_bytes}-byte record batch")
     ends = np.cumsum(sizes)
     lo = 0
-    while lo < len(items):
+    while lo < len(messages):
         base = int(ends[lo - 1]) if lo else 0
         hi = int(np.searchsorted(ends, base + max_bytes - BATCH_HEADER.size, side="right"))
-        out.append(RecordsBatch(keys[lo:hi], values[lo:hi], key_lens[lo:hi], value_lens[lo:hi]))
+        out.append(RecordsBatch(messages[lo:hi]))
         lo = hi
     return out

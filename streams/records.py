@@ -241,6 +241,101 @@ class Polled(Sequence[Raw]):
                    self.value(i))
 
 
+class Messages(Sequence[tuple[bytes, bytes]]):
+    """Outgoing (key, value) messages as two byte columns: the keys back to back, the values back to back, and the
+    running end of each (no null key or value).
+
+    The worker's sighting messages are assembled in one buffer (``Template.assemble``) and copied into record
+    batches from there (``streams.produce``): no ``bytes`` per message to cut out, measure and join again
+    (~0.4-0.6 us a sighting). Indexing gives a ``(key, value)`` pair, so tests read them as a list of pairs."""
+
+    __slots__ = ("key_ends", "keys", "value_ends", "values")
+
+    def __init__(self, keys: NDArray[np.uint8], key_ends: NDArray[np.int64], values: NDArray[np.uint8],
+                 value_ends: NDArray[np.int64]) -> None:
+        if key_ends.shape != value_ends.shape:
+            raise ValueError("a key and a value per message")
+        for data in (keys, values):
+            data.flags.writeable = False  # nothing writes them, and the kernels reading them see one array type
+        self.keys, self.key_ends, self.values, self.value_ends = keys, key_ends, values, value_ends
+
+    @classmethod
+    def of(cls, items: Sequence[tuple[bytes, bytes]]) -> Messages:
+        """Messages of (key, value) pairs (a ``Messages`` is returned as is)."""
+        if isinstance(items, Messages):
+            return items
+        keys = [k for k, _ in items]
+        values = [v for _, v in items]
+        return cls(_bytes_array(keys), _running_ends(keys), _bytes_array(values), _running_ends(values))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Messages]) -> Messages:
+        """``parts`` one after another."""
+        parts = [p for p in parts if len(p)]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return NO_MESSAGES
+
+        def joined(ends: list[NDArray[np.int64]]) -> NDArray[np.int64]:
+            shift = np.cumsum([0] + [int(e[-1]) for e in ends[:-1]])
+            return np.concatenate([e + s for e, s in zip(ends, shift.tolist(), strict=True)])
+
+        return cls(np.concatenate([p.keys[: p.key_ends[-1]] for p in parts]), joined([p.key_ends for p in parts]),
+                   np.concatenate([p.values[: p.value_ends[-1]] for p in parts]),
+                   joined([p.value_ends for p in parts]))
+
+    def sizes(self) -> NDArray[np.int64]:
+        """Each message's key and value bytes together."""
+        return np.diff(self.key_ends, prepend=0) + np.diff(self.value_ends, prepend=0)
+
+    def __len__(self) -> int:
+        return int(self.key_ends.shape[0])
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[bytes, bytes]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Messages: ...
+    def __getitem__(self, i: int | slice) -> tuple[bytes, bytes] | Messages:
+        if isinstance(i, slice):
+            lo, hi, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("messages are sliced in order")
+            if hi <= lo:
+                return NO_MESSAGES
+            k0 = int(self.key_ends[lo - 1]) if lo else 0
+            v0 = int(self.value_ends[lo - 1]) if lo else 0
+            return Messages(self.keys[k0 : self.key_ends[hi - 1]], self.key_ends[lo:hi] - k0,
+                            self.values[v0 : self.value_ends[hi - 1]], self.value_ends[lo:hi] - v0)
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        k0 = int(self.key_ends[i - 1]) if i else 0
+        v0 = int(self.value_ends[i - 1]) if i else 0
+        return self.keys[k0 : self.key_ends[i]].tobytes(), self.values[v0 : self.value_ends[i]].tobytes()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # (mutable arrays)
+
+    def __repr__(self) -> str:
+        return f"Messages({list(self)!r})"
+
+
+def _bytes_array(items: list[bytes]) -> NDArray[np.uint8]:
+    return np.frombuffer(b"".join(items), dtype=np.uint8)
+
+
+def _running_ends(items: list[bytes]) -> NDArray[np.int64]:
+    return np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)))
+
+
+NO_MESSAGES = Messages(np.empty(0, np.uint8), np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.int64))
+
+
 def _packed(items: list[bytes | None]) -> tuple[bytes, NDArray[np.int64]]:
     """``items`` back to back, and each one's (start, stop) in them (-1, -1 for a None)."""
     present = [b"" if v is None else v for v in items]

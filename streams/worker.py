@@ -65,7 +65,7 @@ from streams.pipeline import (
 )
 from streams.policy import PolicyStore
 from streams.produce import records_batches
-from streams.records import Polled
+from streams.records import NO_MESSAGES, Polled
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
 from streams.store import (
@@ -341,7 +341,7 @@ class BatchRunner:
                 produced_ms = {tp: batches[tp].timestamps.astype(np.float64) for tp, _, _, _ in work}
                 acks = await self._produce([(tp.partition, r) for tp, _, _, r in work])
                 for _, _, _, r in work:  # copied into record batches: free them while they are in flight
-                    r.deduped, r.dlq = [], []
+                    r.deduped, r.dlq = NO_MESSAGES, []
                 self._flight = _Flight(work, acks, produced_ms)
                 # a few turns of the event loop: aiokafka's sender wakes, drains the batches and writes the
                 # request, so the broker works on it while the next batch is decoded

@@ -185,7 +185,7 @@ from streams.settings import Settings
 before = {}
 def counts():
     out = {}
-    for m in ("scan", "dedup", "plates", "geohash", "resp"):
+    for m in ("scan", "dedup", "plates", "geohash", "resp", "jsonrows", "recordbatch"):
         for name, obj in vars(importlib.import_module("streams.kernels." + m)).items():
             if isinstance(obj, CPUDispatcher):
                 out[m + "." + name] = len(obj.signatures)
@@ -201,7 +201,9 @@ print(json.dumps([before, counts(), [str(sig[0].dtype) for sig in _kept_runs.sig
     assert kept_runs_masks == ["uint8"]
     entry_points = ["scan.scan_reads", "scan.intern_spans", "dedup.dedup_batch", "dedup.expired", "dedup._reindex",
                     "dedup._kept_runs", "dedup._move_runs", "plates.pack_plates", "plates._unpack_matrix",
-                    "geohash.geo52_into", "geohash.geo52_decode", "geohash.geohash_text", "resp._resp"]
+                    "geohash.geo52_into", "geohash.geo52_decode", "geohash.geohash_text", "resp._resp",
+                    "jsonrows.split_array", "jsonrows.assemble", "recordbatch.build_records",
+                    "recordbatch.parse_records"]
     assert all(before[k] == 0 for k in entry_points)
     assert {k: after[k] > 0 for k in entry_points} == dict.fromkeys(entry_points, True)
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.produce import RecordsBatch, records_batches
+from streams.records import Messages
 
 
 def read(batch: RecordsBatch) -> DefaultRecordBatch:
@@ -38,6 +39,9 @@ def test_batches_keep_the_order_and_the_size_limit() -> None:
     batches = records_batches(items, 64 << 10)
     assert len(batches) > 10 and all(b.size() <= 64 << 10 for b in batches)
     assert [(r.key, r.value) for b in batches for r in read(b)] == items
+    # from a slice of joined messages (the worker's sightings follow its retractions): each batch its own part
+    tail = records_batches(Messages.of(items)[1_000:], 64 << 10)
+    assert [(r.key, r.value) for b in tail for r in read(b)] == items[1_000:]
     assert records_batches([], 1 << 20) == []
     with pytest.raises(ValueError, match="does not fit"):
         records_batches([(b"k", b"x" * 70_000)], 64 << 10)

@@ -9,12 +9,14 @@ from typing import Any
 import jsonschema
 import numpy as np
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.records import (
     Coded,
     Invalid,
+    Messages,
     Polled,
     Raw,
     ReadBatch,
@@ -209,6 +211,25 @@ def test_polled_columns_index_and_slice_as_records() -> None:
         pass
     else:
         raise AssertionError("index past the end")
+
+
+def test_messages_index_slice_and_join_as_their_pairs() -> None:
+    pairs = [(b"k%d" % i, b"v" * i) for i in range(6)]
+    pairs[3] = (b"", b"")  # an empty key and value
+    m = Messages.of(pairs)
+    assert len(m) == 6 and list(m) == pairs and m == pairs and m[-1] == pairs[-1] and Messages.of(m) is m
+    assert m.sizes().tolist() == [len(k) + len(v) for k, v in pairs]
+    for lo, hi in ((0, 6), (1, 4), (2, 3), (3, 4), (5, 6), (4, 2)):
+        part = m[lo:hi]
+        assert isinstance(part, Messages) and list(part) == pairs[lo:hi]
+        assert part.sizes().tolist() == [len(k) + len(v) for k, v in pairs[lo:hi]]
+    assert Messages.concat([m[:2], Messages.of([]), m[2:5], m[5:]]) == pairs
+    assert Messages.concat([]) == [] and Messages.concat([m[1:3]]) == pairs[1:3]
+    assert m != pairs[:5] and m != [*pairs[:5], (b"k5", b"v")]
+    with pytest.raises(IndexError):
+        m[6]
+    with pytest.raises(ValueError, match="a key and a value"):
+        Messages(m.keys, m.key_ends, m.values, m.value_ends[:3])
 
 
 def test_columnar_decode_of_each_boundary_document_gives_the_reference_batch() -> None:

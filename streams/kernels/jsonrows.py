@@ -166,9 +166,14 @@ class Template:
     def dumps(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None = None) -> list[bytes]:
         """``orjson.dumps`` of each row's object: one sequence per column, in the order of ``self.columns``
         (and the optional column's values, ``None`` where absent)."""
-        out, row_ends = self._assemble(columns, optional, self._lits, self._bounds)
+        out, row_ends = self.dumps_joined(columns, optional)
         data, cuts = out.tobytes(), row_ends.tolist()
         return [data[i:j] for i, j in zip([0, *cuts][:-1], cuts, strict=True)]
+
+    def dumps_joined(self, columns: Sequence[Sequence[Any]],
+                     optional: Sequence[Any] | None = None) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+        """``dumps``'s objects back to back, and the running end of each (for ``records.Messages``)."""
+        return self._assemble(columns, optional, self._lits, self._bounds)
 
     def dumps_array(self, columns: Sequence[Sequence[Any]], optional: Sequence[Any] | None = None) -> bytes:
         """``orjson.dumps`` of the list of the rows' objects (a query's answer, without a dict per row)."""

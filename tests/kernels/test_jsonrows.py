@@ -43,6 +43,9 @@ def test_sighting_messages_are_the_bytes_of_their_dicts(topic: str, partition: i
     dicts = [_message(topic, partition, values, offset, more) for values, offset, more in rows]
     assert template.dumps([*columns, [o for _, o, _ in rows]], optional) == list(map(orjson.dumps, dicts))
     assert template.dumps_array([*columns, [o for _, o, _ in rows]], optional) == orjson.dumps(dicts)
+    joined, ends = template.dumps_joined([*columns, [o for _, o, _ in rows]], optional)
+    assert joined.tobytes() == b"".join(map(orjson.dumps, dicts))
+    assert ends.tolist() == np.cumsum([len(orjson.dumps(d)) for d in dicts], dtype=np.int64).tolist()
 
 
 @settings(max_examples=200, deadline=None)
