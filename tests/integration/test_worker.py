@@ -61,6 +61,44 @@ def test_day_of_traffic_exactly_one_trail_entry_per_true_sighting(settings: Sett
     assert not (root / f"{settings.group}-app-data").exists()
 
 
+def test_camera_traffic_in_every_kafka_codec_is_stored_exactly(settings: Settings, tmp_path: Path) -> None:
+    """Producers compress as their client is configured (lz4 and snappy are common defaults): batches of
+    each codec, mixed with plain ones, in every partition, end as exactly the true sightings."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from streams import connect
+
+    traffic = generate(seed=23, vehicles=400, hours=6, malformed=0.01)
+    codecs = (None, "gzip", "snappy", "lz4", "zstd")
+
+    async def produce() -> None:  # in order, each run of 300 reads through the next codec's producer
+        producers = [AIOKafkaProducer(**connect.kafka(settings), acks="all", compression_type=c, linger_ms=5)
+                     for c in codecs]
+        for producer in producers:
+            await producer.start()
+        try:
+            for k, lo in enumerate(range(0, len(traffic.messages), 300)):
+                producer = producers[k % len(codecs)]
+                await asyncio.gather(*[await producer.send(settings.topic_reads, value=v, key=key)
+                                       for key, v in traffic.messages[lo : lo + 300]])
+        finally:
+            for producer in producers:
+                await producer.stop()
+
+    ensure_topics(settings)
+    asyncio.run(produce())
+    worker = Worker(settings, tmp_path)
+    try:
+        wait_caught_up(settings, worker)
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    acc = verify_against_truth(settings, traffic)
+    assert acc.wrong == [] and (acc.lost, acc.duplicated) == (0, 0)
+    assert acc.stored == len(traffic.truth) and acc.dead_lettered == traffic.malformed > 0
+
+
 def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, tmp_path: Path) -> None:
     traffic = generate(seed=12, vehicles=1500, hours=12, malformed=0.01, late=0.03)
     ensure_topics(settings)
