@@ -91,12 +91,13 @@ def isolated_settings(info: stack.StackInfo, db: int, partitions: int = 4) -> Se
 
 
 async def _produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, bytes]], rate: float = 0.0,
-                   partitions: int = 4) -> None:
-    """Fast pre-fill (or paced load) with aiokafka record batches; key -> partition like the default."""
+                   partitions: int = 4, compression: str | None = None) -> None:
+    """Fast pre-fill (or paced load) with aiokafka record batches (compressed with ``compression``, a Kafka codec,
+    if given); key -> partition like the default."""
     from kafka.partitioner.default import murmur2
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=1 << 20,
-                                max_request_size=8 << 20)
+                                max_request_size=8 << 20, compression_type=compression)
     await producer.start()
     try:
         chunk = 2000 if rate else 50_000
@@ -128,18 +129,20 @@ async def _produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes, b
         await producer.stop()
 
 
-def prefilled(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], db: int) -> Settings:
+def prefilled(info: stack.StackInfo, messages: Sequence[tuple[bytes, bytes]], db: int,
+              compression: str | None = None) -> Settings:
     """Settings of their own (``isolated_settings``) whose reads topic holds ``messages``: the benchmarks'
     pre-filled topic, produced as fast as the broker takes it."""
     s = isolated_settings(info, db=db)
-    log(f"pre-filling {len(messages):,} messages")
-    produce(s, messages)
+    log(f"pre-filling {len(messages):,} messages" + (f" ({compression})" if compression else ""))
+    produce(s, messages, compression=compression)
     return s
 
 
-def produce(s: Settings, messages: Sequence[tuple[bytes, bytes]], rate: float = 0.0) -> None:
+def produce(s: Settings, messages: Sequence[tuple[bytes, bytes]], rate: float = 0.0,
+            compression: str | None = None) -> None:
     ensure_topics(s)
-    asyncio.run(_produce(s.kafka_bootstrap, s.topic_reads, messages, rate, s.partitions))
+    asyncio.run(_produce(s.kafka_bootstrap, s.topic_reads, messages, rate, s.partitions, compression))
 
 
 def worker_env(s: Settings, port: int) -> dict[str, str]:

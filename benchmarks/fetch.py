@@ -1,12 +1,13 @@
 """What polling costs per message: aiokafka's own records against ``streams.fetch``'s, on one pre-filled topic.
 
-    python -m benchmarks.fetch [--rounds 5] [--vehicles 30000]
+    python -m benchmarks.fetch [--rounds 5] [--vehicles 30000] [--compression lz4]
 
 Each run is a fresh consumer (the worker's fetch settings, ``read_committed``) reading the whole topic from
 offset 0 with ``getmany(max_records=20000)`` and wrapping each partition's poll in ``records.Polled``, as the
 worker does, and nothing else: the worker's fetch path alone. The two paths take turns (whole runs swing with
 the machine), the garbage collector set as in the worker. Each run must return exactly the topic's messages.
-Writes ``benchmarks/results/fetch-<date>.json`` and ``.md``.
+With ``--compression`` the topic is produced in batches of that codec (as producers that compress write it).
+Writes ``benchmarks/results/fetch-<date>.json`` and ``.md`` (``fetch-<codec>-<date>.*`` with a codec).
 """
 
 from __future__ import annotations
@@ -66,13 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--vehicles", type=int, default=30_000, help="simulated vehicles (~34 messages each)")
+    ap.add_argument("--compression", choices=("gzip", "snappy", "lz4", "zstd"), default=None,
+                    help="produce the topic in batches of this codec (default: uncompressed)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     command = " ".join(["python -m benchmarks.fetch", *(argv if argv is not None else sys.argv[1:])])
     info = e2e.bench_stack()
     traffic = generate(seed=42, vehicles=args.vehicles, hours=24)
     total = len(traffic.messages)
-    s = e2e.prefilled(info, traffic.messages, db=12)
+    s = e2e.prefilled(info, traffic.messages, db=12, compression=args.compression)
     del traffic
     fetch.install()
     settle_gc()
@@ -85,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             e2e.log(f"round {i + 1}/{args.rounds} {path}: {cpu / total * 1e6:.3f} us CPU per message")
     date = datetime.date.today().isoformat()
     results = {"date": date, "command": command, "machine": machine(), "seconds": time.monotonic() - t0,
-               "messages": total, "runs_wall_cpu_s": runs,
+               "messages": total, "compression": args.compression or "none", "runs_wall_cpu_s": runs,
                "cpu_us_per_message": {p: statistics.median(c for _, c in rs) / total * 1e6 for p, rs in runs.items()}}
-    md = write_report(args.out, f"fetch-{date}", results, report(results))
+    name = f"fetch-{args.compression}-{date}" if args.compression else f"fetch-{date}"
+    md = write_report(args.out, name, results, report(results))
     print(md.read_text())
     return 0
 
@@ -97,11 +101,12 @@ def report(r: dict[str, Any]) -> list[str]:
     med = r["cpu_us_per_message"]
     runs = r["runs_wall_cpu_s"]
     lines = [*report_header("What polling costs per message", r),
-             f"A fresh consumer reads a pre-filled topic of {total:,} messages (4 partitions) from offset 0 with "
+             f"A fresh consumer reads a pre-filled topic of {total:,} messages (4 partitions; record batches "
+             f"compressed with: {r.get('compression', 'none')}) from offset 0 with "
              "`getmany(max_records=20000)` and wraps each partition's poll in `records.Polled`, as the worker "
              "does; the paths take turns. aiokafka: its own `ConsumerRecord`s, one at a time; platestream: "
-             "`streams.fetch` (the poll as columns over the fetched bytes, an uncompressed record batch parsed in "
-             "place).", "",
+             "`streams.fetch` (the poll as columns over the fetched bytes, a record batch parsed in place or, "
+             "compressed, in its decompressed bytes).", "",
              "| path | CPU µs per message (each run) | median | wall µs per message (median) |",
              "|---|---|---:|---:|"]
     for p, rs in runs.items():

@@ -45,12 +45,16 @@ def aiokafkas(data: bytes, fetch_offset: int = 0) -> list[tuple[Any, ...]]:
     return out
 
 
+# plain, gzip, plain, then snappy, lz4 and zstd (Kafka's codecs 1-4)
 DATA = (batch(0, [b"v%d" % i for i in range(5)]) + batch(5, [b"z%d" % i for i in range(4)], compression=1)
-        + batch(9, [b"a", None, b"c" * 500]))
+        + batch(9, [b"a", None, b"c" * 500]) + batch(12, [b"s0", b"s1" * 300], compression=2)
+        + batch(14, [None, b"l1", b"l2" * 400], compression=3) + batch(17, [b"d0", b"d1"], compression=4))
+VALUES = [*(b"v%d" % i for i in range(5)), *(b"z%d" % i for i in range(4)), b"a", None, b"c" * 500, b"s0",
+          b"s1" * 300, None, b"l1", b"l2" * 400, b"d0", b"d1"]
 
 
 @pytest.mark.parametrize("limit", [1, 2, 4, 5, 7, None])
-@pytest.mark.parametrize("start", [0, 3, 6, 10])
+@pytest.mark.parametrize("start", [0, 3, 6, 10, 13, 15, 18])
 def test_polls_hold_aiokafkas_records_and_move_the_position(limit: int | None, start: int) -> None:
     fetch.install()
     parts = records_of(DATA, fetch_offset=start)
@@ -63,14 +67,26 @@ def test_polls_hold_aiokafkas_records_and_move_the_position(limit: int | None, s
         if len(poll):
             assert parts.next_fetch_offset == int(poll.offsets[-1]) + 1
     assert got == aiokafkas(DATA, start)
-    assert parts.next_fetch_offset == 12
+    assert parts.next_fetch_offset == len(VALUES)
 
 
 def test_a_poll_across_plain_and_compressed_batches_is_one_poll_in_order() -> None:
     poll, done = records_of(DATA).take(None)
-    assert done and [r.value for r in poll] == [*(b"v%d" % i for i in range(5)), *(b"z%d" % i for i in range(4)),
-                                                b"a", None, b"c" * 500]
+    assert done and [r.value for r in poll] == VALUES
     assert poll.topic == TP.topic and poll.partition == TP.partition
+
+
+def test_compressed_batches_are_parsed_by_the_kernel_in_their_decompressed_bytes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No batch of DATA goes through aiokafka's record objects (``Polled.of`` of them)."""
+
+    def refused(*args: Any) -> Polled:
+        raise AssertionError("a batch went through aiokafka's records")
+
+    monkeypatch.setattr(Polled, "of", refused)
+    poll, done = records_of(DATA).take(None)
+    assert done and [r.value for r in poll] == VALUES
+    assert [(r.offset, r.timestamp, r.key, r.value) for r in poll] == aiokafkas(DATA)
 
 
 def test_a_batch_whose_bytes_changed_is_refused() -> None:
