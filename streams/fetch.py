@@ -11,7 +11,7 @@ instead: the fetch response's bytes and, per record, its offset, timestamp and w
 those bytes. An uncompressed v2 record batch is parsed in place by a compiled kernel
 (``kernels.recordbatch``, checked against aiokafka's own parse); a compressed one is decompressed with aiokafka's
 codec functions and its records parsed by the same kernel where they lie in the decompressed bytes (producers
-that compress are common: ``benchmarks.fetch --compression lz4`` 0.17 us of CPU per message, against 0.79 through
+that compress are common: ``benchmarks.fetch --compression lz4`` 0.15-0.17 us of CPU per message, against 0.79 through
 aiokafka's record objects and 0.34 for uncompressed batches, which carry more bytes); a pre-v2 one goes through
 aiokafka's records. Batch-level rules stay aiokafka's: CRC check, aborted transactions and control batches
 skipped, records before the fetch position (a fetch that starts inside a batch) dropped, the position after
