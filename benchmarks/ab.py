@@ -1,6 +1,7 @@
 """A/B of two versions of the worker on one pre-filled topic, alternating: did a change make it faster?
 
-    python -m benchmarks.ab <git-ref> [--rounds 3] [--vehicles 50000]      (or: make bench-ab REF=<git-ref>)
+    python -m benchmarks.ab <git-ref> [--rounds 3] [--vehicles 50000] [--compression lz4]
+                                                                            (or: make bench-ab REF=<git-ref>)
 
 Whole runs on this 2-core machine swing by ~10% together (the untouched kernels included), so two
 ``make bench`` reports made at different times cannot show a 5% change. Here ``<git-ref>`` (checked out in
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("ref", help="git ref of the version to compare the working tree with (e.g. HEAD~3)")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each version, alternating")
     ap.add_argument("--vehicles", type=int, default=50_000, help="simulated vehicles (~34 messages each)")
+    ap.add_argument("--compression", choices=("gzip", "snappy", "lz4", "zstd"), default=None,
+                    help="produce the topic in batches of this codec (default: uncompressed)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="platestream-ab-") as tmp:
         ref_root = Path(tmp) / "ref"
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 def _rounds(args: argparse.Namespace, ref_root: Path) -> dict[str, list[tuple[float, float]]]:
     info = e2e.bench_stack()
     traffic = generate(seed=42, vehicles=args.vehicles, hours=24)
-    s = e2e.prefilled(info, traffic.messages, db=11)
+    s = e2e.prefilled(info, traffic.messages, db=11, compression=args.compression)
     log_dir = e2e.log_dir(info.state_dir)
     # Numba caches compiled kernels per source path, so the ref's fresh worktree would compile them in its
     # first timed run: one short untimed run of each version first
