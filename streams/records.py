@@ -245,7 +245,7 @@ class Messages(Sequence[tuple[bytes, bytes]]):
     """Outgoing (key, value) messages as two byte columns: the keys back to back, the values back to back, and the
     running end of each (no null key or value).
 
-    The worker's sighting messages are assembled in one buffer (``Template.assemble``) and copied into record
+    The worker's sighting messages are assembled in one buffer (``Template.dumps_joined``) and copied into record
     batches from there (``streams.produce``): no ``bytes`` per message to cut out, measure and join again
     (~0.4-0.6 us a sighting). Indexing gives a ``(key, value)`` pair, so tests read them as a list of pairs."""
 
