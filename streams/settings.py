@@ -39,6 +39,10 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_TOPIC_DLQ": ("plates.dlq", "output: dead-letter v1 records"),
     "PLATESTREAM_TOPIC_ALERTS": ("plates.alerts", "output: hotlist alerts"),
     "PLATESTREAM_PARTITIONS": ("4", "partitions used when platestream creates its topics"),
+    "PLATESTREAM_REPLICATION_FACTOR": ("-1", "replicas of each topic platestream creates; -1: the brokers' "
+                                       "default.replication.factor (on a production cluster set 3, or make that "
+                                       "the brokers' default: the audit topic is the audit log's independent copy "
+                                       "and the changelog is what consumers rebuild from)"),
     "PLATESTREAM_GROUP": ("platestream", "consumer group of the workers (and faust app id)"),
     "PLATESTREAM_DEDUP_WINDOW_S": ("10", "W: reads of one camera and plate class within W seconds merge"),
     "PLATESTREAM_ALLOWED_LATENESS_S": ("900", "how late (event time) a read may arrive and still merge"),
@@ -125,6 +129,7 @@ class Settings:
     web_port: int
     max_message_bytes: int
     topic_audit: str = "plates.audit"
+    replication_factor: int = -1  # of the topics platestream creates; -1: the brokers' default
     policy_path: Path | None = None
     audit_key: bytes = DEV_AUDIT_KEY.encode()
     retention_interval_s: int = 60
@@ -244,6 +249,7 @@ class Settings:
             web_port=integer("PLATESTREAM_WEB_PORT", 1, 65535),
             max_message_bytes=integer("PLATESTREAM_MAX_MESSAGE_BYTES", 1024, 16 * 1024 * 1024),
             topic_audit=topics["PLATESTREAM_TOPIC_AUDIT"],
+            replication_factor=integer("PLATESTREAM_REPLICATION_FACTOR", -1, 32767),
             policy_path=Path(policy) if policy else None,
             audit_key=audit_key.encode(),
             retention_interval_s=integer("PLATESTREAM_RETENTION_INTERVAL_S", 1, 86400),
@@ -263,6 +269,8 @@ class Settings:
             raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_ARGS={settings.redis_chunk_args} is below {MIN_CHUNK_ARGS} "
                                 "(0 turns chunking off)")
         chunk_within_polls(settings.redis_chunk_when)  # refused at start, not at the first batch
+        if settings.replication_factor == 0:
+            raise SettingsError("PLATESTREAM_REPLICATION_FACTOR=0: -1 (the brokers' default) or at least 1")
         if settings.hash_key == DEV_HASH_KEY.encode():
             log.warning("PLATESTREAM_HASH_KEY is the public development key; set a secret in production")
         if settings.policy_path is not None and settings.audit_key == DEV_AUDIT_KEY.encode():
@@ -278,6 +286,7 @@ class Settings:
             "PLATESTREAM_TOPIC_DEDUPED": self.topic_deduped, "PLATESTREAM_TOPIC_DLQ": self.topic_dlq,
             "PLATESTREAM_TOPIC_ALERTS": self.topic_alerts, "PLATESTREAM_TOPIC_AUDIT": self.topic_audit,
             "PLATESTREAM_PARTITIONS": str(self.partitions), "PLATESTREAM_GROUP": self.group,
+            "PLATESTREAM_REPLICATION_FACTOR": str(self.replication_factor),
             "PLATESTREAM_DEDUP_WINDOW_S": str(self.dedup_window_ms // 1000),
             "PLATESTREAM_ALLOWED_LATENESS_S": str(self.allowed_lateness_ms // 1000),
             "PLATESTREAM_BATCH_MAX_RECORDS": str(self.batch_max_records),

@@ -21,12 +21,14 @@ def topic_names(s: Settings) -> list[str]:
 
 
 def ensure_topics(s: Settings, partitions: int | None = None) -> None:
-    """Create missing topics with ``partitions`` (default: the setting); existing ones are left alone."""
+    """Create missing topics with ``partitions`` (default: the setting) and ``s.replication_factor`` replicas (-1:
+    the brokers' default); existing ones are left alone."""
     admin = KafkaAdminClient(**connect.kafka(s), client_id="platestream-admin")
     try:
         existing = set(admin.list_topics())
         n = partitions or s.partitions
-        new = [NewTopic(name=t, num_partitions=n, replication_factor=1) for t in topic_names(s) if t not in existing]
+        new = [NewTopic(name=t, num_partitions=n, replication_factor=s.replication_factor)
+               for t in topic_names(s) if t not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
                 admin.create_topics(new)

@@ -44,6 +44,9 @@ def test_defaults() -> None:
     ("PLATESTREAM_REDIS_CHUNK_WHEN", "1001", "number of polls from 1 to 1000"),
     ("PLATESTREAM_REDIS_CHUNK_WHEN", "-4", "number of polls"),
     ("PLATESTREAM_REDIS_CHUNK_WHEN", "2.5", "number of polls"),
+    ("PLATESTREAM_REPLICATION_FACTOR", "0", "the brokers' default"),
+    ("PLATESTREAM_REPLICATION_FACTOR", "-2", "outside"),
+    ("PLATESTREAM_REPLICATION_FACTOR", "three", "not an integer"),
 ])
 def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):

@@ -33,3 +33,26 @@ def test_delete_run_topics_removes_an_earlier_runs_topics_and_keeps_the_rest(set
         assert delete_run_topics(settings.kafka_bootstrap, prefix) == []
     finally:
         admin.close()
+
+
+@pytest.mark.integration
+def test_topics_are_created_with_the_configured_replicas(settings: Settings) -> None:
+    """-1 (the default) takes the brokers' default.replication.factor (1 on the one-broker local stack); a
+    number is asked of the broker as it is, so 2 on one broker is refused by it, naming the reason."""
+    import dataclasses
+
+    from kafka.errors import InvalidReplicationFactorError
+
+    assert settings.replication_factor == -1
+    ensure_topics(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        described = admin.describe_topics(topic_names(settings))
+        assert {t["name"]: {len(p["replica_nodes"]) for p in t["partitions"]} for t in described} == {
+            t: {1} for t in topic_names(settings)}
+    finally:
+        admin.close()
+    two = dataclasses.replace(settings, topic_reads=settings.topic_reads + ".rf2", topic_deduped="rf2.d",
+                              topic_dlq="rf2.q", topic_alerts="rf2.a", topic_audit="rf2.u", replication_factor=2)
+    with pytest.raises(InvalidReplicationFactorError):
+        ensure_topics(two)
