@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
+from typing import Any, cast
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 from streams import connect
+from streams.policy import Policy
 from streams.settings import Settings
 
 log = logging.getLogger("platestream.topics")
@@ -35,6 +38,70 @@ def ensure_topics(s: Settings, partitions: int | None = None) -> None:
             log.info("created topics %s with %d partitions", [t.name for t in new], n)
     finally:
         admin.close()
+
+
+# Kafka deletes a topic's records a segment at a time, once the segment's newest record is past ``retention.ms``, so
+# a record can live ``retention.ms + segment.ms``; segments are made short enough that a record outlives the policy's
+# limit by at most a tenth of it, or a minute (plus the brokers' retention check, every 5 minutes by default)
+SEGMENT_SHARE = 10
+MIN_SEGMENT_MS = 60_000
+
+
+def retention_limits(s: Settings, policy: Policy) -> dict[str, int]:
+    """The longest each data topic may keep a record under ``policy`` (ms): the shortest retention of any agency,
+    since one topic holds every agency's data — reads, sightings and dead letters their non-hits too, alerts only
+    hits. A topic no agency limits is absent; the audit topic is never limited here (it is the audit log's copy)."""
+    agencies = policy.agencies.values()
+    every = [ms for a in agencies for ms in (a.retention_ms(False), a.retention_ms(True)) if ms is not None]
+    hits = [ms for a in agencies if (ms := a.retention_ms(True)) is not None]
+    limits = dict.fromkeys((s.topic_reads, s.topic_deduped, s.topic_dlq), min(every)) if every else {}
+    if hits:
+        limits[s.topic_alerts] = min(hits)
+    return limits
+
+
+def apply_retention(s: Settings, policy: Policy) -> dict[str, dict[str, int]]:
+    """Lower each data topic's ``retention.ms`` to ``retention_limits`` where Kafka would keep records longer, and
+    its ``segment.ms`` to a tenth of what it keeps where records could otherwise outlive the limit by more than
+    ``SEGMENT_SHARE`` allows; never raises either (an operator's shorter setting stays). The retention enforced
+    in Redis is then also what Kafka's copies get. Returns the changed configs by topic."""
+    limits = retention_limits(s, policy)
+    if not limits:
+        return {}
+    admin = KafkaAdminClient(**connect.kafka(s), client_id="platestream-admin")
+    try:
+        found = retention_configs(admin, list(limits))
+        changes: dict[str, dict[str, int]] = {}
+        for topic, limit in limits.items():
+            kept, segment = (int(found[topic][k]["value"]) for k in ("retention.ms", "segment.ms"))
+            want: dict[str, int] = {}
+            if kept < 0 or kept > limit:  # (-1: forever)
+                want["retention.ms"] = kept = limit
+            if kept + segment > limit + max(limit // SEGMENT_SHARE, MIN_SEGMENT_MS):
+                want["segment.ms"] = max(kept // SEGMENT_SHARE, MIN_SEGMENT_MS)
+            if want:
+                changes[topic] = want
+        if changes:
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, {k: str(v) for k, v in c.items()})
+                                 for t, c in changes.items()])
+            log.info("Kafka retention lowered to the policy's: %s", changes)
+        return changes
+    finally:
+        admin.close()
+
+
+def retention_configs(admin: KafkaAdminClient, topics: list[str], wait_s: float = 30.0) -> dict[str, Any]:
+    """``retention.ms`` and ``segment.ms`` of ``topics``; a topic created a moment ago is waited for (the brokers
+    describe it once its metadata has reached them)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t, ["retention.ms", "segment.ms"])
+                                        for t in topics], config_filter="all")["topic"]
+        if all(len(found.get(t, ())) == 2 for t in topics):
+            return cast(dict[str, Any], found)
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(f"no retention settings for {sorted(set(topics) - set(found))} in {wait_s} s")
+        time.sleep(0.2)
 
 
 def run_topics(names: Iterable[str], prefix: str) -> list[str]:

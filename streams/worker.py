@@ -48,6 +48,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
+from kafka.errors import KafkaError as AdminError  # kafka-python's (topic administration)
 from numpy.typing import NDArray
 from redis.exceptions import RedisError
 
@@ -78,7 +79,7 @@ from streams.store import (
     plan_batch,
     replay_pending,
 )
-from streams.topics import ensure_topics
+from streams.topics import apply_retention, ensure_topics
 
 log = logging.getLogger("platestream.worker")
 # A batch script that has not answered after this long counts as failed: the worker rewinds to the Redis
@@ -620,6 +621,7 @@ def make_app(settings: Settings) -> faust.App:
         broker_session_timeout=10.0, broker_heartbeat_interval=3.0,
     )
     runner = BatchRunner(settings)
+    kafka_retention_applied: list[Any] = []  # the policy whose limits the topics last got (apply_retention)
 
     @app.service
     class ReadsService(mode.Service):
@@ -628,6 +630,9 @@ def make_app(settings: Settings) -> faust.App:
 
         async def on_start(self) -> None:
             ensure_topics(settings)
+            if runner.policies is not None:  # Kafka's copies kept no longer than the policy allows (and each reload)
+                kafka_retention_applied[:] = [runner.policies.get()]
+                apply_retention(settings, kafka_retention_applied[0])
             await runner.start()
             log.info("worker started: %s", settings.redacted())
 
@@ -661,11 +666,19 @@ def make_app(settings: Settings) -> faust.App:
             """Enforce each owning agency's retention (a blocking SCAN pass, so off the event loop)."""
 
             def run() -> int:
+                policy = policies.get()
                 client = connect.redis_client(settings)
                 try:
-                    return sum(sweep(client, settings, policies.get(), int(time.time() * 1000)).values())
+                    removed = sum(sweep(client, settings, policy, int(time.time() * 1000)).values())
                 finally:
                     client.close()
+                if kafka_retention_applied[:1] != [policy]:  # a reloaded policy: the topics follow it
+                    try:
+                        apply_retention(settings, policy)
+                        kafka_retention_applied[:] = [policy]
+                    except (AdminError, OSError) as e:
+                        log.warning("Kafka retention not updated (%s); trying again at the next sweep", e)
+                return removed
 
             removed = await asyncio.get_running_loop().run_in_executor(None, run)
             runner.metrics["retention_removed"] += removed

@@ -7,8 +7,18 @@ import uuid
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from streams.policy import Policy
 from streams.settings import Settings
-from streams.topics import delete_run_topics, ensure_topics, run_topics, topic_names
+from streams.topics import (
+    MIN_SEGMENT_MS,
+    apply_retention,
+    delete_run_topics,
+    ensure_topics,
+    retention_configs,
+    retention_limits,
+    run_topics,
+    topic_names,
+)
 from tests.conftest import wait_for
 
 
@@ -56,3 +66,54 @@ def test_topics_are_created_with_the_configured_replicas(settings: Settings) -> 
                               topic_dlq="rf2.q", topic_alerts="rf2.a", topic_audit="rf2.u", replication_factor=2)
     with pytest.raises(InvalidReplicationFactorError):
         ensure_topics(two)
+
+
+DAY = 86_400_000
+
+
+def _policy(retentions: list[dict[str, float]]) -> Policy:
+    """Agencies with these retention blocks (and nothing else that matters here)."""
+    return Policy.from_dict({"version": 1, "agencies": [
+        {"id": f"a{i}", "name": f"A{i}", "state": "CT", "kind": "local", "retention": r}
+        for i, r in enumerate(retentions)]})
+
+
+def test_kafka_keeps_no_record_longer_than_the_strictest_agency_allows(settings: Settings) -> None:
+    """One topic holds every agency's reads: its limit is the shortest retention of any; alerts are hits only."""
+    limits = retention_limits(settings, _policy([{"non_hit_days": 14, "hit_days": 365}, {"non_hit_days": 0.5},
+                                                 {"hit_days": 90}, {}]))
+    data = dict.fromkeys([settings.topic_reads, settings.topic_deduped, settings.topic_dlq], DAY // 2)
+    assert limits == {**data, settings.topic_alerts: 90 * DAY}
+    assert retention_limits(settings, _policy([{}, {}])) == {}  # nobody limits: Kafka's own settings stand
+    assert settings.topic_audit not in retention_limits(settings, _policy([{"non_hit_days": 1, "hit_days": 1}]))
+
+
+@pytest.mark.integration
+def test_topic_retention_is_lowered_to_the_policys_and_never_raised(settings: Settings) -> None:
+    ensure_topics(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+
+    def configs() -> dict[str, tuple[int, int]]:
+        found = retention_configs(admin, topic_names(settings))
+        return {t: (int(c["retention.ms"]["value"]), int(c["segment.ms"]["value"])) for t, c in found.items()}
+
+    try:
+        before = configs()
+        # 2 hours for non-hits of one agency, a year for hits: the data topics come down, alerts keep the broker's
+        strict = _policy([{"non_hit_days": 1 / 12, "hit_days": 365}, {"non_hit_days": 30}])
+        changed = apply_retention(settings, strict)
+        data = [settings.topic_reads, settings.topic_deduped, settings.topic_dlq]
+        assert changed == {t: {"retention.ms": DAY // 12, "segment.ms": DAY // 120} for t in data}
+        wait_for(lambda: {t: configs()[t] for t in data} == dict.fromkeys(data, (DAY // 12, DAY // 120)), 30,
+                 "the brokers to apply the new settings")
+        after = configs()
+        assert {t: after[t] for t in (settings.topic_alerts, settings.topic_audit)} == {
+            t: before[t] for t in (settings.topic_alerts, settings.topic_audit)}
+        # a longer policy raises nothing; applying the same one again changes nothing
+        assert apply_retention(settings, _policy([{"non_hit_days": 30}])) == {}
+        assert apply_retention(settings, strict) == {}
+        # a limit shorter than ten minimum segments: segments roll at the minimum
+        assert apply_retention(settings, _policy([{"non_hit_days": 1 / 2880}]))[settings.topic_reads] == {
+            "retention.ms": DAY // 2880, "segment.ms": MIN_SEGMENT_MS}
+    finally:
+        admin.close()

@@ -153,6 +153,37 @@ def test_hotlist_alerts_through_the_worker(settings: Settings, tmp_path: Path) -
     assert {a["hotlist_agency"] for a in alerts} == {"hartford-pd"}
 
 
+def test_a_worker_keeps_kafkas_copies_within_the_policys_retention(settings: Settings, tmp_path: Path) -> None:
+    """At start, and after the policy file changes, the data topics keep records no longer than the strictest
+    agency's retention (``topics.apply_retention``): the reads topic holds plates in clear."""
+    import yaml
+    from kafka.admin import KafkaAdminClient
+
+    from streams.topics import retention_configs
+
+    def write_policy(non_hit_days: float) -> None:
+        policy.write_text(yaml.safe_dump({"version": 1, "agencies": [
+            {"id": "a", "name": "A", "state": "CT", "kind": "local",
+             "retention": {"non_hit_days": non_hit_days, "hit_days": 30}}]}))
+
+    def kept() -> dict[str, int]:
+        topics = [settings.topic_reads, settings.topic_deduped, settings.topic_dlq]
+        return {t: int(c["retention.ms"]["value"]) for t, c in retention_configs(admin, topics).items()}
+
+    policy = tmp_path / "policy.yaml"
+    write_policy(0.5)
+    worker = Worker(settings, tmp_path, PLATESTREAM_POLICY=str(policy), PLATESTREAM_RETENTION_INTERVAL_S="1")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        wait_for(lambda: "worker started" in worker.log(), 120, "the worker to start")
+        wait_for(lambda: set(kept().values()) == {43_200_000}, 30, "12 hours on the data topics")
+        write_policy(0.25)  # the file changes: the next sweep brings the topics down with it
+        wait_for(lambda: set(kept().values()) == {21_600_000}, 60, "6 hours after the policy changed")
+    finally:
+        admin.close()
+        assert worker.stop() == 0, worker.log()[-3000:]
+
+
 def test_a_stop_that_overruns_its_deadline_still_exits(settings: Settings, tmp_path: Path) -> None:
     """PLATESTREAM_STOP_TIMEOUT_S bounds a stop even if a shutdown step hangs: here the deadline is shorter
     than any real shutdown (faust alone takes over a second), so it is the deadline that ends the process."""
