@@ -631,8 +631,12 @@ def make_app(settings: Settings) -> faust.App:
         async def on_start(self) -> None:
             ensure_topics(settings)
             if runner.policies is not None:  # Kafka's copies kept no longer than the policy allows (and each reload)
-                kafka_retention_applied[:] = [runner.policies.get()]
-                apply_retention(settings, kafka_retention_applied[0])
+                policy = runner.policies.get()
+                try:
+                    apply_retention(settings, policy)
+                    kafka_retention_applied[:] = [policy]
+                except (AdminError, OSError) as e:  # (e.g. no ALTER_CONFIGS right): said loudly, retried each sweep
+                    log.error("Kafka topics' retention not set to the policy's (%s); retrying at each sweep", e)
             await runner.start()
             log.info("worker started: %s", settings.redacted())
 
