@@ -45,19 +45,23 @@ def ensure_topics(s: Settings, partitions: int | None = None) -> None:
 # limit by at most a tenth of it, or a minute (plus the brokers' retention check, every 5 minutes by default)
 SEGMENT_SHARE = 10
 MIN_SEGMENT_MS = 60_000
+# a policy may keep non-hits for minutes, but a worker behind by more than a topic's retention would never see the
+# reads Kafka deleted meanwhile: every data topic keeps at least this long, whatever the policy
+MIN_RETENTION_MS = 3_600_000
 
 
 def retention_limits(s: Settings, policy: Policy) -> dict[str, int]:
     """The longest each data topic may keep a record under ``policy`` (ms): the shortest retention of any agency,
     since one topic holds every agency's data — reads, sightings and dead letters their non-hits too, alerts only
-    hits. A topic no agency limits is absent; the audit topic is never limited here (it is the audit log's copy)."""
+    hits. Never below ``MIN_RETENTION_MS``. A topic no agency limits is absent; the audit topic is never limited
+    here (it is the audit log's copy)."""
     agencies = policy.agencies.values()
     every = [ms for a in agencies for ms in (a.retention_ms(False), a.retention_ms(True)) if ms is not None]
     hits = [ms for a in agencies if (ms := a.retention_ms(True)) is not None]
     limits = dict.fromkeys((s.topic_reads, s.topic_deduped, s.topic_dlq), min(every)) if every else {}
     if hits:
         limits[s.topic_alerts] = min(hits)
-    return limits
+    return {topic: max(ms, MIN_RETENTION_MS) for topic, ms in limits.items()}
 
 
 def apply_retention(s: Settings, policy: Policy) -> dict[str, dict[str, int]]:

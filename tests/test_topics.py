@@ -10,7 +10,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from streams.policy import Policy
 from streams.settings import Settings
 from streams.topics import (
-    MIN_SEGMENT_MS,
+    MIN_RETENTION_MS,
     apply_retention,
     delete_run_topics,
     ensure_topics,
@@ -85,6 +85,7 @@ def test_kafka_keeps_no_record_longer_than_the_strictest_agency_allows(settings:
     data = dict.fromkeys([settings.topic_reads, settings.topic_deduped, settings.topic_dlq], DAY // 2)
     assert limits == {**data, settings.topic_alerts: 90 * DAY}
     assert retention_limits(settings, _policy([{}, {}])) == {}  # nobody limits: Kafka's own settings stand
+    assert set(retention_limits(settings, _policy([{"non_hit_days": 0.001}])).values()) == {MIN_RETENTION_MS}
     assert settings.topic_audit not in retention_limits(settings, _policy([{"non_hit_days": 1, "hit_days": 1}]))
 
 
@@ -112,8 +113,8 @@ def test_topic_retention_is_lowered_to_the_policys_and_never_raised(settings: Se
         # a longer policy raises nothing; applying the same one again changes nothing
         assert apply_retention(settings, _policy([{"non_hit_days": 30}])) == {}
         assert apply_retention(settings, strict) == {}
-        # a limit shorter than ten minimum segments: segments roll at the minimum
+        # a policy's minutes still leave the reads an hour (a worker that far behind loses none), segments a tenth
         assert apply_retention(settings, _policy([{"non_hit_days": 1 / 2880}]))[settings.topic_reads] == {
-            "retention.ms": DAY // 2880, "segment.ms": MIN_SEGMENT_MS}
+            "retention.ms": MIN_RETENTION_MS, "segment.ms": MIN_RETENTION_MS // 10}
     finally:
         admin.close()
