@@ -623,6 +623,17 @@ def make_app(settings: Settings) -> faust.App:
     runner = BatchRunner(settings)
     kafka_retention_applied: list[Any] = []  # the policy whose limits the topics last got (apply_retention)
 
+    def follow_retention(policy: Any) -> None:
+        """Kafka's copies kept no longer than ``policy`` allows (``apply_retention``), once per policy; a failure
+        (no ALTER_CONFIGS right, say) is said loudly and retried at the next sweep."""
+        if kafka_retention_applied[:1] == [policy]:
+            return
+        try:
+            apply_retention(settings, policy)
+            kafka_retention_applied[:] = [policy]
+        except (AdminError, OSError) as e:
+            log.error("Kafka topics' retention not set to the policy's (%s); retrying at the next sweep", e)
+
     @app.service
     class ReadsService(mode.Service):
         _stopping = False
@@ -630,13 +641,8 @@ def make_app(settings: Settings) -> faust.App:
 
         async def on_start(self) -> None:
             ensure_topics(settings)
-            if runner.policies is not None:  # Kafka's copies kept no longer than the policy allows (and each reload)
-                policy = runner.policies.get()
-                try:
-                    apply_retention(settings, policy)
-                    kafka_retention_applied[:] = [policy]
-                except (AdminError, OSError) as e:  # (e.g. no ALTER_CONFIGS right): said loudly, retried each sweep
-                    log.error("Kafka topics' retention not set to the policy's (%s); retrying at each sweep", e)
+            if runner.policies is not None:  # (and after each reload: the retention sweep)
+                follow_retention(runner.policies.get())
             await runner.start()
             log.info("worker started: %s", settings.redacted())
 
@@ -676,12 +682,7 @@ def make_app(settings: Settings) -> faust.App:
                     removed = sum(sweep(client, settings, policy, int(time.time() * 1000)).values())
                 finally:
                     client.close()
-                if kafka_retention_applied[:1] != [policy]:  # a reloaded policy: the topics follow it
-                    try:
-                        apply_retention(settings, policy)
-                        kafka_retention_applied[:] = [policy]
-                    except (AdminError, OSError) as e:
-                        log.warning("Kafka retention not updated (%s); trying again at the next sweep", e)
+                follow_retention(policy)  # a reloaded policy: the topics follow it
                 return removed
 
             removed = await asyncio.get_running_loop().run_in_executor(None, run)
