@@ -71,9 +71,15 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from kafka.errors import KafkaError
+
     from streams.worker import Worker, make_app
 
-    app = make_app(settings)
+    try:
+        app = make_app(settings)
+    except KafkaError as e:  # the topics could not be created as the settings ask (replicas, rights)
+        print(f"error: the worker's topics: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     worker = Worker(app, settings, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()
     return 0
@@ -325,17 +331,29 @@ def cmd_transparency(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
+    from kafka.errors import KafkaError
+
     from streams.access import access
     from streams.policy import PolicyError
     from streams.retention import sweep
     from streams.store import LayoutError
+    from streams.topics import apply_retention
 
     try:
         with access(settings, publish=False) as acc:
-            removed = sweep(acc.client, settings, acc.policy(), int(time.time() * 1000))
+            policy = acc.policy()
+            removed = sweep(acc.client, settings, policy, int(time.time() * 1000))
     except (PolicyError, LayoutError) as e:
         return _error(e)
     print(f"removed {sum(removed.values())} sightings past their agency's retention: {dict(removed)}")
+    # and Kafka's copies, as a worker does at start and when the policy changes
+    try:
+        lowered = apply_retention(settings, policy, existing_only=True)
+    except KafkaError as e:  # no ALTER_CONFIGS right, say: Redis is swept, Kafka keeps longer than it should
+        print(f"error: Kafka topics' retention not set to the policy's: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"Kafka topics' retention lowered to the policy's: {lowered}" if lowered
+          else "Kafka topics' retention already within the policy's")
     return 0
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
 from typing import Any, cast
 
+import kafka.errors
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
@@ -23,19 +23,36 @@ def topic_names(s: Settings) -> list[str]:
     return [s.topic_reads, s.topic_deduped, s.topic_dlq, s.topic_alerts, s.topic_audit]
 
 
-def ensure_topics(s: Settings, partitions: int | None = None) -> None:
+def app_id(s: Settings) -> str:
+    """The faust application's id: its consumer group and the prefix of the topics faust makes for it."""
+    return f"{s.group}-app"
+
+
+def leader_topic(s: Settings) -> str:
+    """The one-partition topic faust's partition assignor uses to elect a leader among a group's workers."""
+    return f"{app_id(s)}-__assignor-__leader"
+
+
+def ensure_topics(s: Settings, partitions: int | None = None, app: bool = False) -> None:
     """Create missing topics with ``partitions`` (default: the setting) and ``s.replication_factor`` replicas (-1:
-    the brokers' default); existing ones are left alone."""
+    the brokers' default); existing ones are left alone. ``app``: faust's leader topic too (``leader_topic``),
+    which faust would otherwise create with one replica whatever the brokers' default — created here first, faust
+    finds it and leaves it be."""
     admin = KafkaAdminClient(**connect.kafka(s), client_id="platestream-admin")
     try:
         existing = set(admin.list_topics())
         n = partitions or s.partitions
-        new = [NewTopic(name=t, num_partitions=n, replication_factor=s.replication_factor)
-               for t in topic_names(s) if t not in existing]
+        wanted = [(t, n) for t in topic_names(s)] + ([(leader_topic(s), 1)] if app else [])
+        new = [NewTopic(name=t, num_partitions=parts, replication_factor=s.replication_factor)
+               for t, parts in wanted if t not in existing]
         if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
-                admin.create_topics(new)
-            log.info("created topics %s with %d partitions", [t.name for t in new], n)
+            # each topic's own error: one another worker created meanwhile is fine, and must not hide the others'
+            # (a list taken a moment after a creation may still miss it)
+            for found in admin.create_topics(new, raise_errors=False)["topics"]:
+                error = kafka.errors.for_code(found["error_code"])
+                if error not in (kafka.errors.NoError, TopicAlreadyExistsError):
+                    raise error(f"{found['name']}: {found['error_message']}")
+            log.info("created topics %s", {t.name: t.num_partitions for t in new})
     finally:
         admin.close()
 
@@ -64,16 +81,24 @@ def retention_limits(s: Settings, policy: Policy) -> dict[str, int]:
     return {topic: max(ms, MIN_RETENTION_MS) for topic, ms in limits.items()}
 
 
-def apply_retention(s: Settings, policy: Policy) -> dict[str, dict[str, int]]:
+def apply_retention(s: Settings, policy: Policy, existing_only: bool = False) -> dict[str, dict[str, int]]:
     """Lower each data topic's ``retention.ms`` to ``retention_limits`` where Kafka would keep records longer, and
     its ``segment.ms`` to a tenth of what it keeps where records could otherwise outlive the limit by more than
     ``SEGMENT_SHARE`` allows; never raises either (an operator's shorter setting stays). The retention enforced
-    in Redis is then also what Kafka's copies get. Returns the changed configs by topic."""
+    in Redis is then also what Kafka's copies get. Returns the changed configs by topic.
+
+    ``existing_only``: topics the brokers do not list are left out (a command run before any worker made them)
+    instead of waited for (a worker's, created a moment ago)."""
     limits = retention_limits(s, policy)
     if not limits:
         return {}
     admin = KafkaAdminClient(**connect.kafka(s), client_id="platestream-admin")
     try:
+        if existing_only:
+            listed = set(admin.list_topics())
+            limits = {t: ms for t, ms in limits.items() if t in listed}
+            if not limits:
+                return {}
         found = retention_configs(admin, list(limits))
         changes: dict[str, dict[str, int]] = {}
         for topic, limit in limits.items():

@@ -79,7 +79,7 @@ from streams.store import (
     plan_batch,
     replay_pending,
 )
-from streams.topics import apply_retention, ensure_topics
+from streams.topics import app_id, apply_retention, ensure_topics
 
 log = logging.getLogger("platestream.worker")
 # A batch script that has not answered after this long counts as failed: the worker rewinds to the Redis
@@ -609,10 +609,12 @@ def make_app(settings: Settings) -> faust.App:
     # Kernels compiled before the web server and the consumer exist: on a fresh install that takes
     # seconds, during which an event loop that already answered /metrics or heartbeats would go silent.
     warm_up(settings)
-    datadir = settings.state_dir / "faust" / f"{settings.group}-app"  # not litter in the working directory
+    # before faust starts, so its leader topic gets the replicas the setting asks for (ensure_topics)
+    ensure_topics(settings, app=True)
+    datadir = settings.state_dir / "faust" / app_id(settings)  # not litter in the working directory
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"{settings.group}-app", broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
+        app_id(settings), broker=f"kafka://{settings.kafka_bootstrap.split(',')[0]}",
         web_port=settings.web_port, web_host=settings.web_host, topic_partitions=settings.partitions,
         store="memory://", autodiscover=False, producer_acks=-1,
         datadir=str(datadir),
@@ -640,7 +642,6 @@ def make_app(settings: Settings) -> faust.App:
         _loop_task: asyncio.Task[None] | None = None
 
         async def on_start(self) -> None:
-            ensure_topics(settings)
             if runner.policies is not None:  # (and after each reload: the retention sweep)
                 follow_retention(runner.policies.get())
             await runner.start()

@@ -69,3 +69,32 @@ def test_trail_exports_and_refusals(settings: Settings, tmp_path: Path) -> None:
     assert orjson.loads(report.stdout)["by_user"] == {"alice": 5}  # fred's query is ICE's, not Hartford's
     denied = run(settings, tmp_path, "audit", "report", "--agency", "westport-pd", token=TOKENS["audrey"])
     assert denied.returncode == 2 and "forbidden_role" in denied.stderr
+
+
+def test_retention_sweep_also_lowers_kafkas_retention(settings: Settings, tmp_path: Path) -> None:
+    """The command does what a worker's sweep does: Redis, then the data topics' retention.ms (the strictest
+    agency's, here one day); topics no worker has made yet are neither waited for nor created."""
+    from kafka.admin import KafkaAdminClient
+
+    from streams.topics import ensure_topics, retention_configs, topic_names
+
+    doc = with_tokens(policy_doc())
+    doc["agencies"][0]["retention"] = {"non_hit_days": 1, "hit_days": 365}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(doc))
+    data = [settings.topic_reads, settings.topic_deduped, settings.topic_dlq]
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        before = run(settings, tmp_path, "retention", "sweep")
+        assert before.returncode == 0, before.stderr
+        assert "retention already within the policy's" in before.stdout
+        assert not set(topic_names(settings)) & set(admin.list_topics())
+
+        ensure_topics(settings)
+        retention_configs(admin, data)  # (the brokers describe them)
+        swept = run(settings, tmp_path, "retention", "sweep")
+        assert swept.returncode == 0, swept.stderr
+        assert "removed 0 sightings" in swept.stdout and "lowered to the policy's" in swept.stdout
+        assert {t: c["retention.ms"]["value"] for t, c in retention_configs(admin, data).items()} == dict.fromkeys(
+            data, "86400000")
+    finally:
+        admin.close()

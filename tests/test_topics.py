@@ -14,6 +14,7 @@ from streams.topics import (
     apply_retention,
     delete_run_topics,
     ensure_topics,
+    leader_topic,
     retention_configs,
     retention_limits,
     run_topics,
@@ -66,6 +67,30 @@ def test_topics_are_created_with_the_configured_replicas(settings: Settings) -> 
                               topic_dlq="rf2.q", topic_alerts="rf2.a", topic_audit="rf2.u", replication_factor=2)
     with pytest.raises(InvalidReplicationFactorError):
         ensure_topics(two)
+
+
+@pytest.mark.integration
+def test_faust_leader_topic_is_created_with_the_configured_replicas(settings: Settings) -> None:
+    """faust would create its assignor's leader topic with one replica whatever the brokers' default; a worker
+    creates it first (one partition, the setting's replicas), and a count the brokers cannot give is refused
+    even when every data topic already exists."""
+    import dataclasses
+
+    from kafka.errors import InvalidReplicationFactorError
+
+    ensure_topics(settings)
+    assert leader_topic(settings) == f"{settings.group}-app-__assignor-__leader"
+    with pytest.raises(InvalidReplicationFactorError):
+        ensure_topics(dataclasses.replace(settings, replication_factor=2), app=True)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        assert leader_topic(settings) not in admin.list_topics()
+        ensure_topics(settings, app=True)
+        wait_for(lambda: leader_topic(settings) in admin.list_topics(), 30, "the leader topic to be listed")
+        [described] = admin.describe_topics([leader_topic(settings)])
+        assert [len(p["replica_nodes"]) for p in described["partitions"]] == [1]
+    finally:
+        admin.close()
 
 
 DAY = 86_400_000

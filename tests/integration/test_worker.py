@@ -184,6 +184,29 @@ def test_a_worker_keeps_kafkas_copies_within_the_policys_retention(settings: Set
         assert worker.stop() == 0, worker.log()[-3000:]
 
 
+def test_a_worker_refuses_replicas_the_brokers_cannot_give_before_faust_makes_a_topic(settings: Settings,
+                                                                                        tmp_path: Path) -> None:
+    """``PLATESTREAM_REPLICATION_FACTOR=2`` on one broker, the data topics already there: the worker exits with
+    the broker's reason instead of running with faust's leader topic at one replica."""
+    from kafka.admin import KafkaAdminClient
+
+    from streams.topics import leader_topic
+
+    ensure_topics(settings)
+    worker = Worker(settings, tmp_path, name="rf2", PLATESTREAM_REPLICATION_FACTOR="2")
+    try:
+        code = worker.proc.wait(120)
+    finally:
+        worker.kill()
+    assert code == 1, worker.log()[-3000:]
+    assert "error: the worker's topics: InvalidReplicationFactorError" in worker.log()
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        assert leader_topic(settings) not in admin.list_topics()
+    finally:
+        admin.close()
+
+
 def test_a_stop_that_overruns_its_deadline_still_exits(settings: Settings, tmp_path: Path) -> None:
     """PLATESTREAM_STOP_TIMEOUT_S bounds a stop even if a shutdown step hangs: here the deadline is shorter
     than any real shutdown (faust alone takes over a second), so it is the deadline that ends the process."""
