@@ -360,6 +360,8 @@ class SecureStack:
     env: dict[str, str]
     kafka_pid: int
     redis_pid: int
+    # kafka-python client options of the brokers' super user, who may change ACLs (the ``env`` user may not)
+    kafka_admin: dict[str, Any]
 
 
 def up_secure(state_dir: Path, partitions: int = 4) -> SecureStack:
@@ -384,6 +386,10 @@ def up_secure(state_dir: Path, partitions: int = 4) -> SecureStack:
         "listener.name.sasl_ssl.plain.sasl.jaas.config": jaas,
         "ssl.keystore.type": "PEM", "ssl.keystore.location": str(tls["bundle"]),
         "ssl.truststore.type": "PEM", "ssl.truststore.location": str(tls["ca"]),
+        # ACLs are enforced where there are any (a deployment's would name every right); resources no ACL names
+        # stay open, so a test can take one right away from the client user with a DENY
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": "User:admin", "allow.everyone.if.no.acl.found": "true",
     }
     import ssl
 
@@ -407,7 +413,8 @@ def up_secure(state_dir: Path, partitions: int = 4) -> SecureStack:
            "PLATESTREAM_KAFKA_SSL_CAFILE": str(tls["ca"]),
            "PLATESTREAM_REDIS_URL": f"rediss://platestream:{redis_pw}@127.0.0.1:{rport}/0",
            "PLATESTREAM_REDIS_CA_FILE": str(tls["ca"])}
-    return SecureStack(env, kpid, rpid)
+    admin = {**kafka_client, "sasl_plain_username": "admin", "sasl_plain_password": admin_pw}
+    return SecureStack(env, kpid, rpid, admin)
 
 
 # -- a local Redis Cluster ---------------------------------------------------------------------------

@@ -111,8 +111,12 @@ def apply_retention(s: Settings, policy: Policy, existing_only: bool = False) ->
             if want:
                 changes[topic] = want
         if changes:
-            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, {k: str(v) for k, v in c.items()})
-                                 for t, c in changes.items()])
+            done = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, {k: str(v) for k, v in c.items()})
+                                        for t, c in changes.items()]).get("topic", {})
+            # kafka-python reports a refusal (no ALTER_CONFIGS right, say) per topic, as text, without raising
+            refused = {t: done.get(t, "no answer") for t in changes if done.get(t) != "OK"}
+            if refused:
+                raise kafka.errors.KafkaError(f"the brokers did not change the topics' configs: {refused}")
             log.info("Kafka retention lowered to the policy's: %s", changes)
         return changes
     finally:

@@ -83,3 +83,70 @@ def test_end_to_end_over_sasl_ssl_and_redis_tls_acl(secure: stack.SecureStack, t
     mixed = {t.plate for t in traffic.truth if not t.plate.isdigit() and not t.plate.isalpha()}
     assert len(mixed) > 0.8 * len({t.plate for t in traffic.truth})
     assert not mixed & set(re.findall(r"[A-Za-z0-9]+", messages))
+
+
+def test_a_worker_without_the_right_to_alter_topic_configs_runs_says_so_and_retries(secure: stack.SecureStack,
+                                                                                    tmp_path: Path) -> None:
+    """An ACL takes ALTER_CONFIGS on its topics from the worker's user: the worker still starts and processes, logs
+    at ERROR that Kafka keeps reads longer than the policy allows, and sets the limit at the first sweep after the
+    right is given back (``follow_retention``)."""
+    from kafka.admin import (
+        ACL,
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        KafkaAdminClient,
+        ResourcePattern,
+        ResourceType,
+    )
+
+    from streams.producer import send_all
+    from streams.topics import ensure_topics, retention_configs
+    from tests.conftest import wait_for
+    from tests.support import Worker, wait_caught_up
+
+    tag = uuid.uuid4().hex[:8]
+    doc = with_tokens(policy_doc())
+    doc["agencies"][0]["retention"] = {"non_hit_days": 0.5, "hit_days": 365}
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_bytes(orjson.dumps(doc))
+    s = Settings.from_env({
+        **secure.env, "PLATESTREAM_STATE_DIR": str(tmp_path), "PLATESTREAM_TOPIC_READS": f"a{tag}.reads",
+        "PLATESTREAM_TOPIC_DEDUPED": f"a{tag}.deduped", "PLATESTREAM_TOPIC_DLQ": f"a{tag}.dlq",
+        "PLATESTREAM_TOPIC_ALERTS": f"a{tag}.alerts", "PLATESTREAM_TOPIC_AUDIT": f"a{tag}.audit",
+        "PLATESTREAM_GROUP": f"a{tag}", "PLATESTREAM_HASH_KEY": f"secure-test-key-{tag}",
+        "PLATESTREAM_AUDIT_KEY": f"secure-audit-key-{tag}", "PLATESTREAM_POLICY": str(policy_file),
+        "PLATESTREAM_RETENTION_INTERVAL_S": "1"})
+    data = [s.topic_reads, s.topic_deduped, s.topic_dlq]
+    topics = ResourcePattern(ResourceType.TOPIC, f"a{tag}.", ACLResourcePatternType.PREFIXED)
+    user = f"User:{s.kafka_sasl_username}"
+    deny = ACL(user, "*", ACLOperation.ALTER_CONFIGS, ACLPermissionType.DENY, topics)
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, **secure.kafka_admin)
+    try:
+        # (an ACL on a resource ends its "no ACL found" openness: every other right is given explicitly)
+        admin.create_acls([ACL(user, "*", ACLOperation.ALL, ACLPermissionType.ALLOW, topics), deny])
+        wait_for(lambda: len(admin.describe_acls(ACLFilter(user, "*", ACLOperation.ANY, ACLPermissionType.ANY,
+                                                           topics))[0]) == 2, 30, "the ACLs to be listed")
+        ensure_topics(s)
+
+        def kept() -> dict[str, int]:
+            return {t: int(c["retention.ms"]["value"]) for t, c in retention_configs(admin, data).items()}
+
+        before = kept()  # the brokers' default (a day on the local stacks)
+        assert min(before.values()) > 43_200_000
+        traffic = generate(seed=22, vehicles=50, hours=1)
+        assert send_all(s, s.topic_reads, traffic.messages) == len(traffic.messages)
+        worker = Worker(s, tmp_path, name="no-alter-configs")
+        try:
+            wait_caught_up(s, worker, 120)  # it runs: every read stored
+            wait_for(lambda: "Kafka topics' retention not set to the policy's" in worker.log(), 30, "the error")
+            assert "ERROR" in next(line for line in worker.log().splitlines() if "not set to the policy's" in line)
+            assert kept() == before
+
+            admin.delete_acls([deny])
+            wait_for(lambda: kept() == dict.fromkeys(data, 43_200_000), 60, "12 hours once the right is back")
+        finally:
+            assert worker.stop() == 0, worker.log()[-3000:]
+    finally:
+        admin.close()
