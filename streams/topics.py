@@ -133,7 +133,8 @@ def retention_configs(admin: KafkaAdminClient, topics: list[str], wait_s: float 
         if all(len(found.get(t, ())) == 2 for t in topics):
             return cast(dict[str, Any], found)
         if time.monotonic() > deadline:
-            raise KafkaTimeoutError(f"no retention settings for {sorted(set(topics) - set(found))} in {wait_s} s")
+            raise KafkaTimeoutError(f"no retention settings for {sorted(set(topics) - set(found))} in {wait_s} s "
+                                    "(the topics are not there, or no DESCRIBE_CONFIGS right on them)")
         time.sleep(0.2)
 
 

@@ -643,7 +643,8 @@ def make_app(settings: Settings) -> faust.App:
 
         async def on_start(self) -> None:
             if runner.policies is not None:  # (and after each reload: the retention sweep)
-                follow_retention(runner.policies.get())
+                # off the event loop: a broker that does not answer for its configs takes up to 30 s to give up
+                await asyncio.get_running_loop().run_in_executor(None, follow_retention, runner.policies.get())
             await runner.start()
             log.info("worker started: %s", settings.redacted())
 
