@@ -86,7 +86,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.producer import send_all
+    from streams.producer import SendError, send_all
     from streams.simulate import generate
     from streams.topics import ensure_topics
 
@@ -102,13 +102,17 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                 f.write(value.replace(b"\n", b" ") + b"\n")
         return 0
     ensure_topics(settings)
-    send_all(settings, settings.topic_reads, traffic.messages, rate=args.rate,
-             duration=args.duration, progress=True, total=len(traffic.messages))
+    try:
+        send_all(settings, settings.topic_reads, traffic.messages, rate=args.rate,
+                 duration=args.duration, progress=True, total=len(traffic.messages))
+    except SendError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.producer import send_all
+    from streams.producer import SendError, send_all
     from streams.topics import ensure_topics
 
     src = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
@@ -128,8 +132,12 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
             yield key, line
 
     ensure_topics(settings)
-    n = send_all(settings, args.topic or settings.topic_reads, messages(),  # type: ignore[arg-type]
-                 rate=args.rate, progress=True)
+    try:
+        n = send_all(settings, args.topic or settings.topic_reads, messages(),  # type: ignore[arg-type]
+                     rate=args.rate, progress=True)
+    except SendError as e:  # the rest were acknowledged: the worker stores them
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"produced {n} messages", file=sys.stderr)
     return 0
 
