@@ -90,7 +90,7 @@ def dlq_message(d: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, byt
     headers = [(names.H_REASON, d.reason.encode()), (names.H_STEP, d.step.encode()),
                (names.H_TOPIC, d.raw.topic.encode()), (names.H_PARTITION, str(d.raw.partition).encode()),
                (names.H_OFFSET, str(d.raw.offset).encode())]
-    return d.raw.key, orjson.dumps(d.to_record()), headers
+    return d.raw.key, d.dumps(), headers
 
 
 @dataclass(frozen=True)

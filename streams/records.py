@@ -8,6 +8,7 @@ each field with plain comparisons, then ``decode_batch`` turns the valid reads i
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import math
 import operator
@@ -346,6 +347,13 @@ def _packed(items: list[bytes | None]) -> tuple[bytes, NDArray[np.int64]]:
     return b"".join(present), spans
 
 
+# A dead letter's record stays under Kafka's default max.message.bytes (1,048,588) with its headers and batch: a
+# bigger one could never be written, and the partition would stop at it. Past that it keeps the message's first
+# bytes (as JSON text at most 6 bytes each), its size and digest; the reads topic holds the whole message
+DLQ_RECORD_MAX_BYTES = 1_000_000
+DLQ_VALUE_PREFIX_BYTES = 131_072
+
+
 @dataclass(slots=True)
 class DeadLetter:
     raw: RecordLike
@@ -354,21 +362,42 @@ class DeadLetter:
     field: str | None
     detail: str
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self, cut: bool = False) -> dict[str, Any]:
+        """The dead letter's record (schema ``dlq.v1``); ``cut``: with the first ``DLQ_VALUE_PREFIX_BYTES`` of
+        the message only, plus its size and SHA-256 (``dlq_value``)."""
         value = self.raw.value or b""
-        try:
-            text, enc = value.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, enc = base64.b64encode(value).decode("ascii"), "base64"
         key = self.raw.key.decode("utf-8", "replace") if self.raw.key is not None else None
         rec: dict[str, Any] = {
             "schema": SCHEMA_DLQ, "reason": self.reason, "detail": self.detail, "step": self.step,
             "topic": self.raw.topic, "partition": self.raw.partition, "offset": self.raw.offset,
-            "timestamp": self.raw.timestamp, "key": key, "value": text, "value_encoding": enc,
+            "timestamp": self.raw.timestamp, "key": key, **dlq_value(value, cut),
         }
         if self.field is not None:
             rec["field"] = self.field
         return rec
+
+    def dumps(self) -> bytes:
+        """``to_record`` as JSON, cut when whole it would pass ``DLQ_RECORD_MAX_BYTES``."""
+        whole = orjson.dumps(self.to_record())
+        return whole if len(whole) <= DLQ_RECORD_MAX_BYTES else orjson.dumps(self.to_record(cut=True))
+
+
+def dlq_value(value: bytes, cut: bool) -> dict[str, Any]:
+    """A dead letter's ``value`` fields: the message as text if it is UTF-8, else base64; ``cut``, its first
+    ``DLQ_VALUE_PREFIX_BYTES`` only (a character split by the cut left out), with ``value_truncated``,
+    ``value_bytes`` and ``value_sha256`` of the whole."""
+    part = value[:DLQ_VALUE_PREFIX_BYTES] if cut else value
+    try:
+        text, enc = part.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as e:
+        if cut and e.start >= len(part) - 3 and e.reason == "unexpected end of data":  # (only the cut character)
+            text, enc = part[: e.start].decode("utf-8"), "utf-8"
+        else:
+            text, enc = base64.b64encode(part).decode("ascii"), "base64"
+    if not cut:
+        return {"value": text, "value_encoding": enc}
+    return {"value": text, "value_encoding": enc, "value_truncated": True, "value_bytes": len(value),
+            "value_sha256": hashlib.sha256(value).hexdigest()}
 
 
 class _Column(Sequence[str]):

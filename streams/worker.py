@@ -24,6 +24,7 @@ decodes and deduplicates batch N+1; N+1's records leave the worker only after N 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -216,12 +217,7 @@ class BatchRunner:
                             "zset-max-listpack-entries 512 (README: Redis settings)", *COMPACT_PROBE)
         if not s.redis_cluster:  # the batch writes (see _write_redis); bounded, so a hung Redis cannot hang exit
             self.redis_sync = connect.redis_client(s, socket_timeout=REDIS_WRITE_TIMEOUT_S)
-        # linger 0: the worker hands over whole record batches (``_produce``), and aiokafka lets even a
-        # complete batch linger, which each batch's ack wait (before its Redis write) paid in full
-        self.producer = AIOKafkaProducer(
-            **connect.kafka(s), acks="all", enable_idempotence=True, linger_ms=0,
-            max_batch_size=PRODUCE_BATCH_BYTES, max_request_size=8 << 20,
-        )
+        self.producer = self._new_producer()
         await self.producer.start()
         fetch.install()
         self.consumer = AIOKafkaConsumer(
@@ -233,6 +229,37 @@ class BatchRunner:
         await self.consumer.start()
         settle_gc()
         self.consumer.subscribe([s.topic_reads], listener=_Rebalance(self))
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        # linger 0: the worker hands over whole record batches (``_produce``), and aiokafka lets even a
+        # complete batch linger, which each batch's ack wait (before its Redis write) paid in full
+        return AIOKafkaProducer(**connect.kafka(self.s), acks="all", enable_idempotence=True, linger_ms=0,
+                                max_batch_size=PRODUCE_BATCH_BYTES, max_request_size=8 << 20)
+
+    async def _renew_producer(self, should_stop: Any) -> None:
+        """A producer whose batch the brokers refused is replaced: its idempotent sequence has a gap the brokers
+        never fill, so every later batch of it fails (OutOfOrderSequenceNumber) and the worker would rewind
+        forever. The new one has a producer id of its own; the old one's unsent batches are dropped (the rewind
+        produces them again)."""
+        old, self.producer = self.producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):  # (its pending batches fail: nothing waits for them now)
+                await asyncio.wait_for(old.stop(), timeout=10)
+        delay = 0.2
+        while not should_stop():
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as e:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("kafka producer not started (%s); retrying in %.1fs", type(e).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.producer = producer
+            self.metrics["producer_renewed"] += 1
+            return
 
     async def stop(self) -> None:
         await self._committed()
@@ -290,6 +317,8 @@ class BatchRunner:
         log.error("batch failed in a sink (%s: %s); rewinding to the checkpoints", type(e).__name__, e)
         self.metrics["sink_errors"] += 1
         self._flight = None
+        if isinstance(e, KafkaError):
+            await self._renew_producer(should_stop)
         await self._rewind(should_stop)
 
     async def _rewind(self, should_stop: Any) -> None:

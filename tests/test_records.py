@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,35 @@ def test_decode_batch_routes_every_bad_message_with_a_reason() -> None:
     dlq_schema = json.loads((SCHEMAS / "dlq.v1.json").read_text())
     for d in batch.dead:
         jsonschema.validate(d.to_record(), dlq_schema)
+
+
+def test_a_dead_letter_too_big_for_a_kafka_record_keeps_the_first_bytes_size_and_digest() -> None:
+    """Whole when it fits ``DLQ_RECORD_MAX_BYTES`` as JSON; else the first ``DLQ_VALUE_PREFIX_BYTES`` (a UTF-8
+    character the cut splits left out; base64 if the rest is not UTF-8), which fit at any escaping."""
+    import hashlib
+
+    from streams.records import DLQ_RECORD_MAX_BYTES, DLQ_VALUE_PREFIX_BYTES, DeadLetter
+
+    dlq_schema = json.loads((SCHEMAS / "dlq.v1.json").read_text())
+    n = DLQ_VALUE_PREFIX_BYTES
+    fits = b"\x01" * (DLQ_RECORD_MAX_BYTES // 6 - 1000)  # 6 bytes each as JSON text ("\u0001")
+    letters = {name: DeadLetter(Raw("plates.reads", 1, 7, None, b"cam", v), "too_large", "decode", None, "big")
+               for name, v in {"fits": fits, "escaped": b"\x01" * (DLQ_RECORD_MAX_BYTES // 6 + 1000),
+                               "split": b"a" * (n - 1) + "é".encode() + b"x" * DLQ_RECORD_MAX_BYTES,
+                               "binary": b"\xff" * (DLQ_RECORD_MAX_BYTES + 1)}.items()}
+    recs = {name: orjson.loads(d.dumps()) for name, d in letters.items()}
+    assert recs["fits"]["value"].encode() == fits and "value_truncated" not in recs["fits"]
+    for name in ("escaped", "split", "binary"):
+        whole = letters[name].raw.value
+        assert whole is not None
+        rec = recs[name]
+        assert (rec["value_truncated"], rec["value_bytes"], rec["value_sha256"]) == (
+            True, len(whole), hashlib.sha256(whole).hexdigest()), name
+        assert (rec["offset"], rec["key"]) == (7, "cam") and len(letters[name].dumps()) <= DLQ_RECORD_MAX_BYTES
+        jsonschema.validate(rec, dlq_schema)
+    assert recs["escaped"]["value"] == "\x01" * n and recs["split"]["value"] == "a" * (n - 1)
+    assert recs["binary"]["value_encoding"] == "base64" and base64.b64decode(recs["binary"]["value"]) == b"\xff" * n
+    jsonschema.validate(recs["fits"], dlq_schema)
 
 
 def test_undecodable_messages_anywhere_in_a_batch_keep_offset_order() -> None:

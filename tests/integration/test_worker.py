@@ -99,6 +99,93 @@ def test_camera_traffic_in_every_kafka_codec_is_stored_exactly(settings: Setting
     assert acc.stored == len(traffic.truth) and acc.dead_lettered == traffic.malformed > 0
 
 
+def test_a_dead_letter_too_big_for_the_dlq_topic_is_cut_to_fit_and_processing_goes_on(settings: Settings,
+                                                                                     tmp_path: Path) -> None:
+    """A 2 MB message of control characters is 12 MB as a dead letter's JSON text: more than a record batch and
+    than the DLQ topic takes (Kafka's default 1 MB). It is dead-lettered with its first bytes, its size and its
+    digest (the whole message stays in the reads topic at the offset the letter names); everything else is
+    stored exactly."""
+    import hashlib
+
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from streams.records import DLQ_RECORD_MAX_BYTES, DLQ_VALUE_PREFIX_BYTES
+
+    traffic = generate(seed=24, vehicles=200, hours=3, malformed=0.01)
+    ensure_topics(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:  # the local stack's brokers take 16 MB; a production DLQ topic takes Kafka's default
+        assert admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_dlq,
+                                                   {"max.message.bytes": "1048588"})]) == {
+            "topic": {settings.topic_dlq: "OK"}}
+    finally:
+        admin.close()
+    poison = bytes(range(1, 32)) * (2_000_000 // 31)
+    half = len(traffic.messages) // 2
+    send_all(settings, settings.topic_reads, [*traffic.messages[:half], (b"cam-x", poison),
+                                              *traffic.messages[half:]])
+    worker = Worker(settings, tmp_path)
+    try:
+        wait_caught_up(settings, worker)
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    acc = verify_against_truth(settings, traffic)
+    assert acc.wrong == [] and (acc.lost, acc.duplicated) == (0, 0) and acc.stored == len(traffic.truth)
+    letters = [orjson.loads(r.value) for r in read_topic(settings, settings.topic_dlq)]
+    [cut] = [d for d in letters if d.get("value_truncated")]
+    assert len(letters) == traffic.malformed + 1
+    assert (cut["reason"], cut["value_bytes"], cut["value_sha256"]) == (
+        "too_large", len(poison), hashlib.sha256(poison).hexdigest())
+    assert cut["value"].encode() == poison[:DLQ_VALUE_PREFIX_BYTES] and cut["value_encoding"] == "utf-8"
+    assert max(len(r.value) for r in read_topic(settings, settings.topic_dlq)) <= DLQ_RECORD_MAX_BYTES
+
+
+def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_exactly_after(settings: Settings,
+                                                                                           tmp_path: Path) -> None:
+    """Half the traffic in, the DLQ topic takes no record (max.message.bytes 200) for a while and then does
+    again: the worker rewinds meanwhile, then replaces its producer (the refused batches left gaps in its
+    idempotent sequence to partitions it had written, which the brokers refuse every later batch for) and
+    stores every read exactly, each malformed message dead-lettered once."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    def dlq_takes(limit: int) -> None:
+        assert admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_dlq,
+                                                   {"max.message.bytes": str(limit)})]) == {
+            "topic": {settings.topic_dlq: "OK"}}
+
+    traffic = generate(seed=25, vehicles=300, hours=3, malformed=0.01)
+    ensure_topics(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    half = len(traffic.messages) // 2
+    try:
+        send_all(settings, settings.topic_reads, traffic.messages[:half])
+        worker = Worker(settings, tmp_path)
+        try:
+            wait_caught_up(settings, worker)
+            written = len(read_topic(settings, settings.topic_dlq))
+            assert written > 0
+            dlq_takes(200)
+            send_all(settings, settings.topic_reads, traffic.messages[half:])
+            def sink_errors() -> int:
+                try:
+                    return int(worker.metrics().get("sink_errors", 0))
+                except OSError:  # (its web server not up yet)
+                    return 0
+
+            wait_for(lambda: sink_errors() >= 3, 60, "the refused dead letters")
+            assert len(read_topic(settings, settings.topic_dlq)) == written
+            dlq_takes(1_048_588)
+            wait_caught_up(settings, worker)
+            assert worker.metrics()["producer_renewed"] >= 3
+        finally:
+            assert worker.stop() == 0, worker.log()[-3000:]
+    finally:
+        admin.close()
+    acc = verify_against_truth(settings, traffic)
+    assert acc.wrong == [] and (acc.lost, acc.duplicated) == (0, 0) and acc.stored == len(traffic.truth)
+    assert acc.dead_lettered == traffic.malformed > 0
+
+
 def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, tmp_path: Path) -> None:
     traffic = generate(seed=12, vehicles=1500, hours=12, malformed=0.01, late=0.03)
     ensure_topics(settings)
