@@ -72,6 +72,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_RETENTION_INTERVAL_S": ("60", "how often the worker runs the retention sweeper"),
     "PLATESTREAM_STOP_TIMEOUT_S": ("35", "after SIGTERM/SIGINT the worker exits within this many seconds, "
                                          "graceful or not (the batch in flight gets up to 30 of them)"),
+    "PLATESTREAM_HEALTH_STALL_S": ("60", "a worker whose batches have failed in a sink (Kafka or Redis) for this "
+                                         "long, none landing since, answers /health with 503"),
     "PLATESTREAM_TOKEN": ("", "the CLI user's API token (clients only; never logged)"),
     "PLATESTREAM_KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     "PLATESTREAM_KAFKA_SASL_MECHANISM": ("PLAIN", "with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
@@ -134,6 +136,7 @@ class Settings:
     audit_key: bytes = DEV_AUDIT_KEY.encode()
     retention_interval_s: int = 60
     stop_timeout_s: float = 35.0
+    health_stall_s: float = 60.0
     token: str = ""
     web_host: str = "127.0.0.1"
     previous_hash_key: bytes = b""
@@ -254,6 +257,7 @@ class Settings:
             audit_key=audit_key.encode(),
             retention_interval_s=integer("PLATESTREAM_RETENTION_INTERVAL_S", 1, 86400),
             stop_timeout_s=number("PLATESTREAM_STOP_TIMEOUT_S", 0.1, 3600.0),
+            health_stall_s=number("PLATESTREAM_HEALTH_STALL_S", 1.0, 86400.0),
             token=str(raw("PLATESTREAM_TOKEN") or ""),
             web_host=str(raw("PLATESTREAM_WEB_HOST")),
             previous_hash_key=previous.encode(),
@@ -299,6 +303,7 @@ class Settings:
             "PLATESTREAM_AUDIT_KEY": self.audit_key.decode(),
             "PLATESTREAM_RETENTION_INTERVAL_S": str(self.retention_interval_s), "PLATESTREAM_TOKEN": self.token,
             "PLATESTREAM_STOP_TIMEOUT_S": repr(self.stop_timeout_s),
+            "PLATESTREAM_HEALTH_STALL_S": repr(self.health_stall_s),
             "PLATESTREAM_PREVIOUS_HASH_KEY": self.previous_hash_key.decode(),
             **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},
             "PLATESTREAM_REDIS_CLUSTER": "1" if self.redis_cluster else "0",

@@ -35,7 +35,7 @@ import threading
 import time
 import typing
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -192,6 +192,9 @@ class BatchRunner:
         self._hot_at = 0.0
         self._flight: _Flight | None = None
         self._committing: asyncio.Future[None] | None = None  # the Kafka offset commit in flight
+        # a run of sink errors (``health``): its first error's time (monotonic) and text, and its last one's time
+        self.failing: tuple[float, str] | None = None
+        self.failed_last = 0.0
         self.redis_sync: redis.Redis | None = None
         self._redis_thread = ThreadPoolExecutor(1, thread_name_prefix="sink.redis")
 
@@ -229,6 +232,19 @@ class BatchRunner:
         await self.consumer.start()
         settle_gc()
         self.consumer.subscribe([s.topic_reads], listener=_Rebalance(self))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether batches land: not when sink errors (Redis or the brokers down, or refusing a batch) have
+        kept coming for ``health_stall_s`` — a run of them ends once none came for that long, or every
+        partition's reads have landed. Lag grows meanwhile and nothing is lost, but an operator should know;
+        the body says for how long and the run's first error."""
+        now = time.monotonic()
+        if self.failing is None or now - self.failed_last >= self.s.health_stall_s:
+            return True, {"ok": True}
+        since, error = self.failing
+        failing_s = round(now - since, 1)
+        ok = failing_s < self.s.health_stall_s
+        return ok, {"ok": ok, "sinks_failing_for_s": failing_s, "first_error": error}
 
     def _new_producer(self) -> AIOKafkaProducer:
         # linger 0: the worker hands over whole record batches (``_produce``), and aiokafka lets even a
@@ -300,6 +316,8 @@ class BatchRunner:
             # (columns already, from ``streams.fetch``; ``ConsumerRecord``s only if aiokafka changed under it)
             batches = {tp: Polled.of(tp.topic, tp.partition, msgs) for tp, msgs in polled.items()}
             if not batches and self._flight is None:
+                if self.failing is not None and self._all_landed():
+                    self.failing = None  # every partition's reads have landed since: the run of errors is over
                 continue
             try:
                 await self.handle(batches)
@@ -316,6 +334,10 @@ class BatchRunner:
         # sinks answer again, and go on: lag grows, nothing is lost.
         log.error("batch failed in a sink (%s: %s); rewinding to the checkpoints", type(e).__name__, e)
         self.metrics["sink_errors"] += 1
+        now = time.monotonic()
+        if self.failing is None or now - self.failed_last >= self.s.health_stall_s:
+            self.failing = (now, f"{type(e).__name__}: {e}"[:500])
+        self.failed_last = now
         self._flight = None
         if isinstance(e, KafkaError):
             await self._renew_producer(should_stop)
@@ -393,12 +415,19 @@ class BatchRunner:
         self.metrics["batches"] += 1
         self.metrics["batch_seconds_total_us"] += int((time.perf_counter() - t0) * 1e6)
 
-    def _chunk_args(self) -> int:
-        """``chunk_args_for`` the batches just processed."""
+    def _ends(self) -> Iterator[tuple[int | None, int | None]]:
+        """(log end as last fetched, next offset to process) of every partition this worker processes."""
         consumer = self.consumer
         assert consumer is not None
-        ends = ((consumer.highwater(tp), pipe.next_offset) for tp, pipe in self.pipelines.items())
-        return chunk_args_for(self.s, ends)
+        return ((consumer.highwater(tp), pipe.next_offset) for tp, pipe in self.pipelines.items())
+
+    def _chunk_args(self) -> int:
+        """``chunk_args_for`` the batches just processed."""
+        return chunk_args_for(self.s, self._ends())
+
+    def _all_landed(self) -> bool:
+        """Whether every read fetched so far has landed (its batch processed, written and committed)."""
+        return bool(self.pipelines) and caught_up(self._ends(), 0)
 
     def _decode(self, batches: dict[TopicPartition, Polled]) -> list[tuple[TopicPartition, PartitionPipeline,
                                                                          int | None, Decoded]]:
@@ -741,7 +770,8 @@ def make_app(settings: Settings) -> faust.App:
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        return web.json({"ok": True, "step_names": list(typing.get_args(names.Step))})
+        ok, body = runner.health()
+        return web.json({**body, "step_names": list(typing.get_args(names.Step))}, status=200 if ok else 503)
 
     app.platestream_runner = runner  # type: ignore[attr-defined]
     return app

@@ -146,7 +146,14 @@ def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_e
     again: the worker rewinds meanwhile, then replaces its producer (the refused batches left gaps in its
     idempotent sequence to partitions it had written, which the brokers refuse every later batch for) and
     stores every read exactly, each malformed message dead-lettered once."""
+    import typing
+    import urllib.error
+    import urllib.request
+    from typing import Any
+
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from streams.names import Step
 
     def dlq_takes(limit: int) -> None:
         assert admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_dlq,
@@ -159,13 +166,20 @@ def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_e
     half = len(traffic.messages) // 2
     try:
         send_all(settings, settings.topic_reads, traffic.messages[:half])
-        worker = Worker(settings, tmp_path)
+        worker = Worker(settings, tmp_path, PLATESTREAM_HEALTH_STALL_S="2")
         try:
             wait_caught_up(settings, worker)
             written = len(read_topic(settings, settings.topic_dlq))
             assert written > 0
             dlq_takes(200)
             send_all(settings, settings.topic_reads, traffic.messages[half:])
+            def health() -> tuple[int, dict[str, Any]]:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/health", timeout=5) as r:
+                        return r.status, orjson.loads(r.read())
+                except urllib.error.HTTPError as e:
+                    return e.code, orjson.loads(e.read())
+
             def sink_errors() -> int:
                 try:
                     return int(worker.metrics().get("sink_errors", 0))
@@ -174,9 +188,16 @@ def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_e
 
             wait_for(lambda: sink_errors() >= 3, 60, "the refused dead letters")
             assert len(read_topic(settings, settings.topic_dlq)) == written
+            wait_for(lambda: health()[0] == 503, 30, "/health to say the sinks have failed for 2 s")
+            code, body = health()
+            assert code == 503
+            assert body["sinks_failing_for_s"] >= 2 and "MessageSizeTooLarge" in body["first_error"]
             dlq_takes(1_048_588)
             wait_caught_up(settings, worker)
             assert worker.metrics()["producer_renewed"] >= 3
+            # (at its next empty poll: every partition's reads have landed)
+            wait_for(lambda: health() == (200, {"ok": True, "step_names": list(typing.get_args(Step))}), 1.5,
+                     "/health to be 200 again, before the stall time would have ended the run of errors anyway")
         finally:
             assert worker.stop() == 0, worker.log()[-3000:]
     finally:
