@@ -56,6 +56,7 @@ from redis.exceptions import RedisError
 from streams import connect, fetch, names
 from streams.directory import shared_sealer
 from streams.hotlist import HOTLIST_KEY, Entry
+from streams.metrics import CONTENT_TYPE, exposition, wants_prometheus
 from streams.pipeline import (
     NO_HOTLIST,
     BatchResult,
@@ -764,8 +765,12 @@ def make_app(settings: Settings) -> faust.App:
         m["directory_seal_cache_hits"], m["directory_seal_cache_misses"] = sealer.hits, sealer.misses
         m["rss_bytes"] = _rss_bytes()
         m.update(runner.latency.percentiles())
+        healthy, state = runner.health()
+        m["healthy"], m["sinks_failing_for_s"] = int(healthy), state.get("sinks_failing_for_s", 0.0)
         if request.query.get("reset_latency"):
             runner.latency.reset()
+        if wants_prometheus(request.headers.get("Accept", ""), request.query.get("format")):
+            return web.bytes(exposition(m), headers={"Content-Type": CONTENT_TYPE})
         return web.json(m)
 
     @app.page("/health")

@@ -145,13 +145,16 @@ def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_e
     """Half the traffic in, the DLQ topic takes no record (max.message.bytes 200) for a while and then does
     again: the worker rewinds meanwhile, then replaces its producer (the refused batches left gaps in its
     idempotent sequence to partitions it had written, which the brokers refuse every later batch for) and
-    stores every read exactly, each malformed message dead-lettered once."""
+    stores every read exactly, each malformed message dead-lettered once. ``/health`` answers 503 once the
+    errors have kept coming for ``PLATESTREAM_HEALTH_STALL_S``, 200 after; ``/metrics`` counts them, as JSON and
+    for Prometheus."""
     import typing
     import urllib.error
     import urllib.request
     from typing import Any
 
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    from prometheus_client.parser import text_string_to_metric_families
 
     from streams.names import Step
 
@@ -198,6 +201,17 @@ def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_e
             # (at its next empty poll: every partition's reads have landed)
             wait_for(lambda: health() == (200, {"ok": True, "step_names": list(typing.get_args(Step))}), 1.5,
                      "/health to be 200 again, before the stall time would have ended the run of errors anyway")
+            # the same counts in Prometheus's text format, as its scraper asks for them
+            scrape = urllib.request.Request(f"http://127.0.0.1:{worker.port}/metrics", headers={
+                "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
+            with urllib.request.urlopen(scrape, timeout=5) as r:
+                assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                text = r.read().decode()
+            prom = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+            json_form = worker.metrics()
+            assert prom["platestream_consumed_total"] == json_form["consumed"] == len(traffic.messages)
+            assert prom["platestream_sink_errors_total"] == json_form["sink_errors"] >= 3
+            assert prom["platestream_healthy"] == 1 and prom["process_resident_memory_bytes"] > 0
         finally:
             assert worker.stop() == 0, worker.log()[-3000:]
     finally:
