@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
-from streams import sharing
+from streams import connect, sharing
 from streams.access import Access, LoopAuditPublisher
 from streams.audit import AuditError
 from streams.export import FORMATS, render
@@ -38,6 +39,9 @@ from streams.store import CellBucketError
 
 STATUS = {"unauthenticated": 401, "forbidden_role": 403, "sharing_rule": 403, "no_policy": 503,
           "audit_unavailable": 503, "cell_bucket_mismatch": 503}
+
+
+HEALTH_TIMEOUT_S = 1.0  # Kubernetes's probes give up after 1 s by default
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -148,7 +152,9 @@ def openapi() -> dict[str, Any]:
                                          "parameters": [{"name": "agency", "in": "query", "required": True,
                                                          "schema": {"type": "string"}}],
                                          "responses": {"200": {"description": "report"}, "401": err, "403": err}}},
-            "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
+            "/health": {"get": {"summary": "Readiness: Redis answers and a policy is loaded", "security": [],
+                                "responses": {"200": {"description": "ok"},
+                                              "503": {"description": "not ready; the body names what is wrong"}}}},
         },
     }
 
@@ -273,8 +279,19 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         agency = request.query.get("agency", "")
         return json_response(await blocking(lambda: acc.audit_report(_token(request), agency)))
 
+    probe = connect.redis_client(settings, socket_timeout=HEALTH_TIMEOUT_S, socket_connect_timeout=HEALTH_TIMEOUT_S)
+
     async def health(request: web.Request) -> web.Response:
-        return json_response({"ok": True})
+        """Ready when a query could be answered: Redis answers and a policy is loaded (without one every query
+        is refused). The audit copy's Kafka connection is made at start: no server runs without it."""
+        problems = {}
+        try:
+            await blocking(probe.ping)
+        except (RedisError, OSError) as e:
+            problems["redis"] = f"{type(e).__name__}: {e}"[:300]
+        if acc.store is None:
+            problems["policy"] = "no policy file is configured (PLATESTREAM_POLICY): every query is refused"
+        return json_response({"ok": not problems, **problems}, status=503 if problems else 200)
 
     async def spec(request: web.Request) -> web.Response:
         return json_response(openapi())
@@ -289,6 +306,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", spec)
     app.on_cleanup.append(lambda _: asyncio.get_running_loop().run_in_executor(None, acc.close))
+    app.on_cleanup.append(lambda _: asyncio.get_running_loop().run_in_executor(None, probe.close))
     return app
 
 

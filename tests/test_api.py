@@ -187,3 +187,49 @@ def test_json_replies_are_orjson_bytes_with_the_json_content_type() -> None:
     assert reply.status == 403
     assert reply.headers["Content-Type"] == "application/json; charset=utf-8"
     assert reply.body == '{"sightings":[{"plate":"ÅB1","lat":41.712345,"ts":1764000000000}],"by_hour":{"7":2}}'.encode()
+
+
+def first_health(settings: Settings, tmp_path: Path, name: str, **extra: str) -> tuple[int, dict[str, Any]]:
+    """The first answer of ``/health`` from a ``platestream serve`` with these settings and ``extra`` variables."""
+    port = free_port()
+    with open(tmp_path / f"{name}.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "serve", "--port", str(port)],
+                                env=settings_env(settings, **extra), stdout=log, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parents[1])
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        def answered() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    answers.append((r.status, json.loads(r.read())))
+            except urllib.error.HTTPError as e:
+                answers.append((e.code, json.loads(e.read())))
+            except OSError:
+                assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
+                return False
+            return True
+
+        try:
+            wait_for(answered, 60, f"the {name} server to answer")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return answers[-1]
+
+
+def test_health_says_what_keeps_the_server_from_answering(settings: Settings, tmp_path: Path) -> None:
+    """Ready (200) only when Redis answers and a policy is loaded: a server whose Redis is gone, or that has no
+    policy, is taken out of rotation (503) with the reason, instead of refusing every query it receives."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        gone = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(with_tokens(policy_doc())))
+    status, got = first_health(settings, tmp_path, "no-redis", PLATESTREAM_REDIS_URL=gone,
+                               PLATESTREAM_POLICY=str(path))
+    assert (status, set(got), got["ok"]) == (503, {"ok", "redis"}, False) and "ConnectionError" in got["redis"]
+    status, got = first_health(settings, tmp_path, "no-policy", PLATESTREAM_POLICY="")
+    assert (status, set(got), got["ok"]) == (503, {"ok", "policy"}, False) and "PLATESTREAM_POLICY" in got["policy"]
+    assert first_health(settings, tmp_path, "ready", PLATESTREAM_POLICY=str(path)) == (200, {"ok": True})
