@@ -365,6 +365,50 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from kafka.errors import KafkaError
+
+    from streams.dlq import Letter, letters, replay, summarize
+    from streams.producer import SendError
+
+    topic = args.topic or settings.topic_dlq
+    if args.dlq_command == "summary":
+        found = summarize(letters(settings, topic))
+        if args.format == "json":
+            print(orjson.dumps(found.to_dict()).decode())
+            return 0
+        if not found.letters:
+            print(f"{topic}: no dead letters")
+            return 0
+        first, last = (datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+                       for ms in (found.first_ms or 0, found.last_ms or 0))
+        print(f"{topic}: {found.letters:,} dead letters, written {first} .. {last}")
+        for title, counts in (("reason", found.reasons), ("reason:field", found.fields), ("from topic", found.sources)):
+            for name, n in counts.most_common():
+                print(f"  {title:<13} {name:<40} {n:>10,}")
+        if found.truncated:
+            print(f"  {len(found.truncated):,} letters hold only the start of their message; whole at: "
+                  + ", ".join(found.truncated[:10]) + (" ..." if len(found.truncated) > 10 else ""))
+        return 0
+
+    reasons = set(args.reason or [])
+
+    def chosen(letter: Letter) -> bool:
+        return (not reasons or letter.reason in reasons) and (args.since is None or letter.timestamp >= args.since)
+
+    try:
+        done = replay(settings, letters(settings, topic), chosen, to=args.to, dry_run=args.dry_run)
+    except (KafkaError, SendError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    verb = "would send" if args.dry_run else "sent"
+    print(f"{verb} {sum(done.sent.values()):,} messages back: {dict(done.sent)}")
+    if done.not_whole:
+        print(f"{len(done.not_whole):,} chosen letters hold only the start of their message (whole at: "
+              + ", ".join(done.not_whole[:10]) + (" ..." if len(done.not_whole) > 10 else "") + ")", file=sys.stderr)
+    return 0
+
+
 def cmd_store(args: argparse.Namespace, settings: Settings) -> int:
     from streams.connect import redis_client
     from streams.migrate import MigrationError, migrate
@@ -512,6 +556,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--by", choices=["day", "month"], default="month")
     tr.add_argument("--format", choices=["md", "json"], default="md")
 
+    dl = sub.add_parser("dlq", help="count the dead letters by reason, or send rejected messages back")
+    dls = dl.add_subparsers(dest="dlq_command", required=True)
+    dsum = dls.add_parser("summary", help="dead letters by reason, field and source topic (no payloads)")
+    dsum.add_argument("--topic", help="the dead-letter topic (default: PLATESTREAM_TOPIC_DLQ)")
+    dsum.add_argument("--format", choices=("table", "json"), default="table")
+    drep = dls.add_parser("replay", help="send dead-lettered messages back to the topic they came from, once "
+                                         "what rejected them is fixed (they are dead-lettered again if not)")
+    drep.add_argument("--topic", help="the dead-letter topic (default: PLATESTREAM_TOPIC_DLQ)")
+    drep.add_argument("--reason", action="append", help="only letters with this reason (repeatable)")
+    drep.add_argument("--since", type=_time, help="only letters written at or after this time (ISO 8601 or epoch ms)")
+    drep.add_argument("--to", help="send to this topic instead of each message's own")
+    drep.add_argument("--dry-run", action="store_true", help="count what would be sent, send nothing")
     rt = sub.add_parser("retention", help="run the retention sweeper once")
     rt.add_argument("action", choices=["sweep"])
 
@@ -549,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handler = {"worker": cmd_worker, "simulate": cmd_simulate, "produce": cmd_produce, "trail": cmd_trail,
                "search": cmd_search, "audit": cmd_audit, "share": cmd_share, "retention": cmd_retention,
-               "store": cmd_store, "hotlist": cmd_hotlist, "serve": cmd_serve, "area": cmd_area,
+               "store": cmd_store, "dlq": cmd_dlq, "hotlist": cmd_hotlist, "serve": cmd_serve, "area": cmd_area,
                "transparency": cmd_transparency}
     return handler[args.command](args, settings)
 

@@ -1,0 +1,143 @@
+"""The dead-letter topic for operators: what was rejected and why (``platestream dlq summary``), and sending
+rejected messages back to their topic once what rejected them is fixed (``platestream dlq replay``).
+
+A summary shows counts, never payloads: the payloads are raw camera reads, plates in clear. A replay sends each
+chosen letter's original key and payload to the topic it came from, where the worker takes it like any other
+message: stored, merged, or dead-lettered again (with a new letter) if it is still rejected. Letters cut to fit
+Kafka (``value_truncated``) cannot be replayed from the letter; the summary and the replay name where the whole
+message is. Replaying the same letters twice sends them twice: ``--since`` picks letters by when they were
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+
+from streams import connect
+from streams.producer import send_all
+from streams.settings import Settings
+from streams.topics import end_offsets
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One dead letter: where it is in the DLQ topic, when it was written there, and its record (``dlq.v1``)."""
+
+    partition: int
+    offset: int
+    timestamp: int
+    record: dict[str, Any]
+
+    @property
+    def reason(self) -> str:
+        return str(self.record.get("reason"))
+
+    @property
+    def source(self) -> str:
+        """topic/partition@offset of the rejected message."""
+        r = self.record
+        return f"{r.get('topic')}/{r.get('partition')}@{r.get('offset')}"
+
+    def original(self) -> tuple[bytes | None, bytes] | None:
+        """The rejected message's key and payload, or None if the letter holds only part of it."""
+        r = self.record
+        if r.get("value_truncated"):
+            return None
+        value = str(r.get("value", ""))
+        payload = base64.b64decode(value) if r.get("value_encoding") == "base64" else value.encode()
+        key = r.get("key")
+        return (None if key is None else str(key).encode()), payload
+
+
+def letters(s: Settings, topic: str | None = None, timeout_ms: int = 10_000) -> Iterator[Letter]:
+    """Every letter in the DLQ topic (``topic``: another one) as of now, partition by partition, oldest first."""
+    topic = topic or s.topic_dlq
+    ends = {p: end for p, end in end_offsets(s, topic).items() if end > 0}
+    if not ends:
+        return
+    consumer = KafkaConsumer(**connect.kafka(s), enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in sorted(ends)])
+        consumer.seek_to_beginning()
+        left = set(ends)
+        for rec in consumer:
+            if rec.offset < ends[rec.partition]:  # (letters written since are left for the next run)
+                yield Letter(rec.partition, rec.offset, rec.timestamp, orjson.loads(rec.value))
+            if rec.offset >= ends[rec.partition] - 1:
+                left.discard(rec.partition)
+            if not left:
+                return
+        raise TimeoutError(f"{topic}: no record for {timeout_ms} ms before the end of partitions {sorted(left)}")
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Summary:
+    """Counts of dead letters by reason, by reason and field, and by source topic; the letters cut to fit."""
+
+    letters: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    fields: Counter[str] = field(default_factory=Counter)  # "reason:field"
+    sources: Counter[str] = field(default_factory=Counter)
+    truncated: list[str] = field(default_factory=list)  # where each whole message is (``Letter.source``)
+    first_ms: int | None = None
+    last_ms: int | None = None
+
+    def add(self, letter: Letter) -> None:
+        self.letters += 1
+        self.reasons[letter.reason] += 1
+        if letter.record.get("field") is not None:
+            self.fields[f"{letter.reason}:{letter.record['field']}"] += 1
+        self.sources[str(letter.record.get("topic"))] += 1
+        if letter.record.get("value_truncated"):
+            self.truncated.append(letter.source)
+        self.first_ms = letter.timestamp if self.first_ms is None else min(self.first_ms, letter.timestamp)
+        self.last_ms = letter.timestamp if self.last_ms is None else max(self.last_ms, letter.timestamp)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"letters": self.letters, "reasons": dict(self.reasons.most_common()),
+                "fields": dict(self.fields.most_common()), "sources": dict(self.sources.most_common()),
+                "truncated": self.truncated, "first_ms": self.first_ms, "last_ms": self.last_ms}
+
+
+def summarize(found: Iterator[Letter]) -> Summary:
+    out = Summary()
+    for letter in found:
+        out.add(letter)
+    return out
+
+
+@dataclass
+class Replay:
+    """What a replay sent (by topic), and the chosen letters it could not send (cut to fit: their sources)."""
+
+    sent: Counter[str] = field(default_factory=Counter)
+    not_whole: list[str] = field(default_factory=list)
+
+
+def replay(s: Settings, found: Iterator[Letter], chosen: Callable[[Letter], bool], to: str | None = None,
+           dry_run: bool = False) -> Replay:
+    """Send each ``chosen`` letter's original message back to the topic it came from (``to``: that topic
+    instead), in the order the letters are found; ``dry_run``: count only. Every message sent is acknowledged
+    (``send_all``), or this raises."""
+    out = Replay()
+    by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
+    for letter in found:
+        if not chosen(letter):
+            continue
+        message = letter.original()
+        if message is None:
+            out.not_whole.append(letter.source)
+            continue
+        by_topic.setdefault(to or str(letter.record.get("topic")), []).append(message)
+    for topic, messages in by_topic.items():
+        out.sent[topic] = len(messages) if dry_run else send_all(s, topic, messages)
+    return out
