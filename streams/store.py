@@ -230,6 +230,36 @@ async def compact_trails(client: Any) -> bool | None:
     return encoding in ("listpack", "ziplist")
 
 
+class EvictionError(RuntimeError):
+    """Redis may evict keys when full: sightings, checkpoints, write-ahead records and audit records would vanish
+    without anyone deleting them."""
+
+    code = "redis_evicts"
+
+
+async def check_eviction(client: Any) -> str | None:
+    """Refuse (``EvictionError``) a Redis whose ``maxmemory-policy`` is not ``noeviction``; returns the policy,
+    or None where it cannot be read (``INFO`` is a @dangerous command: an ACL like the README's refuses it).
+
+    With ``noeviction`` a full Redis refuses writes: the worker's batches fail, it rewinds and lag grows, nothing
+    is lost. Any other policy drops keys instead - ``volatile-*`` ones the write-ahead records of chunked batches
+    first, since they are the keys with a TTL."""
+    try:
+        info = await client.info("memory")
+    except redis.ResponseError:
+        return None
+    # one node's INFO, or (Redis Cluster) each node's by its address
+    nodes = [info] if "maxmemory_policy" in info else [v for v in info.values() if isinstance(v, dict)]
+    policies = sorted({str(n.get("maxmemory_policy")) for n in nodes})
+    evicting = [policy for policy in policies if policy != "noeviction"]
+    if evicting:
+        raise EvictionError(
+            f"Redis's maxmemory-policy is {', '.join(evicting)}: a full Redis would evict sightings, checkpoints, "
+            "write-ahead records and audit records. Set maxmemory-policy noeviction (a full Redis then refuses "
+            "writes: the worker waits and lag grows, nothing is lost; README: Redis settings)")
+    return policies[0] if policies else None
+
+
 def source_code(camera: str, agency: str) -> bytes:
     """8-byte code of a (camera, agency) pair in trail members (BLAKE2b-64 of both, length-prefixed).
 

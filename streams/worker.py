@@ -76,6 +76,7 @@ from streams.store import (
     BatchWrite,
     apply_batches,
     apply_batches_cluster,
+    check_eviction,
     compact_trails,
     ensure_layout,
     plan_batch,
@@ -203,6 +204,9 @@ class BatchRunner:
         s = self.s
         self.redis = connect.redis_async(s)
         await self.redis.ping()
+        if await check_eviction(self.redis) is None:  # (refuses an evicting Redis before anything is written)
+            log.info("could not read Redis's maxmemory-policy (INFO refused); it must be noeviction (README: Redis "
+                     "settings)")
         bucket = await ensure_layout(self.redis, scan=not s.redis_cluster, cell_bucket_ms=s.cell_bucket_ms,
                                      pinned=s.cell_bucket_pinned)  # before any write
         assert bucket is not None

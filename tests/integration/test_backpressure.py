@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from benchmarks import soak
 from streams import stack
+from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 RATE = 5000.0
@@ -49,3 +52,75 @@ def test_redis_stall_grows_lag_not_memory(local_stack: stack.StackInfo) -> None:
     assert max(x["rss_mb"] for x in after) - max(x["rss_mb"] for x in before) < 150
     # (a stall longer than the Redis socket timeout is a sink error: the worker rewinds to its checkpoints
     # and retries with backoff - exactness through that path is tested in test_chaos.py)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A Redis of this test's own (its limits are changed), at the local stack's settings: URL and pid."""
+    port = stack.free_port()
+    pid = stack.start_redis(tmp_path / "own-redis", port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0", pid
+    finally:
+        stack.stop_pid(pid)
+
+
+def test_a_full_redis_holds_the_worker_back_and_loses_nothing(settings: Settings, tmp_path: Path,
+                                                             own_redis: tuple[str, int]) -> None:
+    """maxmemory 3 MB with noeviction: Redis refuses the batches' writes once full, the worker rewinds (lag
+    grows, /health 503 after PLATESTREAM_HEALTH_STALL_S) and, once Redis has room again, stores every pass
+    exactly."""
+    import dataclasses
+
+    from streams.producer import send_all
+    from streams.simulate import generate
+    from streams.topics import ensure_topics
+    from tests.conftest import wait_for
+    from tests.support import Worker, verify_against_truth, wait_caught_up
+
+    s = dataclasses.replace(settings, redis_url=own_redis[0])
+    client = redis.Redis.from_url(s.redis_url)
+    client.config_set("maxmemory", 3 << 20)
+    traffic = generate(seed=26, vehicles=2000, hours=6, malformed=0.005)
+    ensure_topics(s)
+    send_all(s, s.topic_reads, traffic.messages)
+    worker = Worker(s, tmp_path, PLATESTREAM_HEALTH_STALL_S="2")
+
+    def metrics() -> dict[str, float]:
+        try:
+            return worker.metrics()
+        except OSError:  # (its web server not up yet)
+            return {}
+
+    try:
+        wait_for(lambda: metrics().get("sink_errors", 0) >= 3 and metrics().get("healthy") == 0, 90,
+                 "Redis to refuse writes (OOM) for 2 s")
+        assert "OOM" in worker.log() and client.info("memory")["maxmemory_policy"] == "noeviction"
+        client.config_set("maxmemory", 0)
+        wait_caught_up(s, worker)
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
+    acc = verify_against_truth(s, traffic)
+    assert acc.wrong == [] and (acc.lost, acc.duplicated) == (0, 0) and acc.stored == len(traffic.truth)
+    assert acc.dead_lettered == traffic.malformed
+
+
+def test_a_worker_refuses_a_redis_that_evicts_keys(settings: Settings, tmp_path: Path,
+                                                  own_redis: tuple[str, int]) -> None:
+    """Any maxmemory-policy but noeviction would let a full Redis drop sightings, checkpoints and audit records
+    with nobody deleting them: the worker exits before writing anything, saying what to set."""
+    import dataclasses
+
+    from tests.support import Worker
+
+    s = dataclasses.replace(settings, redis_url=own_redis[0])
+    client = redis.Redis.from_url(s.redis_url)
+    client.config_set("maxmemory-policy", "volatile-lru")
+    worker = Worker(s, tmp_path, name="evicting")
+    try:
+        code = worker.proc.wait(120)
+    finally:
+        worker.kill()
+    assert code != 0
+    assert "maxmemory-policy is volatile-lru" in worker.log() and "noeviction" in worker.log()
+    assert client.dbsize() == 0

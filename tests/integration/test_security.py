@@ -74,6 +74,7 @@ def test_end_to_end_over_sasl_ssl_and_redis_tls_acl(secure: stack.SecureStack, t
     # no plate, token or password in the worker's log (INFO level)
     log = worker.log()
     assert "INFO" in log
+    assert "could not read Redis's maxmemory-policy (INFO refused)" in log  # (-@dangerous: the README's ACL)
     secrets = [s.kafka_sasl_password, s.redis_url.split(":")[2].split("@")[0], *TOKENS.values()]
     assert not [x for x in secrets if x in log]
     # plates as whole tokens of the log messages (timestamp and pid prefixes stripped); a plate of digits
