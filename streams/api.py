@@ -35,13 +35,23 @@ from streams.query import (
     trail_terms,
 )
 from streams.settings import Settings
-from streams.store import CellBucketError
+from streams.store import CellBucketError, eviction_policy
 
 STATUS = {"unauthenticated": 401, "forbidden_role": 403, "sharing_rule": 403, "no_policy": 503,
           "audit_unavailable": 503, "cell_bucket_mismatch": 503}
 
 
 HEALTH_TIMEOUT_S = 1.0  # Kubernetes's probes give up after 1 s by default
+
+
+def refuse_evicting(acc: Access) -> None:
+    """The server appends an audit record to Redis for every query: it does not start on a Redis that could
+    evict them (``store.eviction_policy``; not checked where an ACL refuses INFO, nor while Redis is down)."""
+    try:
+        info = acc.client.info("memory")
+    except (RedisError, OSError):
+        return
+    eviction_policy(info)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -167,6 +177,7 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         publisher = LoopAuditPublisher(settings)
         acc = Access(settings, publisher=publisher)
         app.on_startup.append(lambda _: publisher.start())
+        app.on_startup.append(lambda _: asyncio.get_running_loop().run_in_executor(None, refuse_evicting, acc))
     else:
         acc = access
 

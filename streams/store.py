@@ -237,18 +237,13 @@ class EvictionError(RuntimeError):
     code = "redis_evicts"
 
 
-async def check_eviction(client: Any) -> str | None:
-    """Refuse (``EvictionError``) a Redis whose ``maxmemory-policy`` is not ``noeviction``; returns the policy,
-    or None where it cannot be read (``INFO`` is a @dangerous command: an ACL like the README's refuses it).
+def eviction_policy(info: Any) -> str:
+    """The ``maxmemory-policy`` in ``INFO memory``'s answer (one node's, or Redis Cluster's by node), refused
+    (``EvictionError``) if it is not ``noeviction``.
 
     With ``noeviction`` a full Redis refuses writes: the worker's batches fail, it rewinds and lag grows, nothing
     is lost. Any other policy drops keys instead - ``volatile-*`` ones the write-ahead records of chunked batches
     first, since they are the keys with a TTL."""
-    try:
-        info = await client.info("memory")
-    except redis.ResponseError:
-        return None
-    # one node's INFO, or (Redis Cluster) each node's by its address
     nodes = [info] if "maxmemory_policy" in info else [v for v in info.values() if isinstance(v, dict)]
     policies = sorted({str(n.get("maxmemory_policy")) for n in nodes})
     evicting = [policy for policy in policies if policy != "noeviction"]
@@ -257,7 +252,17 @@ async def check_eviction(client: Any) -> str | None:
             f"Redis's maxmemory-policy is {', '.join(evicting)}: a full Redis would evict sightings, checkpoints, "
             "write-ahead records and audit records. Set maxmemory-policy noeviction (a full Redis then refuses "
             "writes: the worker waits and lag grows, nothing is lost; README: Redis settings)")
-    return policies[0] if policies else None
+    return "noeviction"
+
+
+async def check_eviction(client: Any) -> str | None:
+    """``eviction_policy`` of the Redis ``client`` reaches, or None where it cannot be read (``INFO`` is a
+    @dangerous command: an ACL like the README's refuses it)."""
+    try:
+        info = await client.info("memory")
+    except redis.ResponseError:
+        return None
+    return eviction_policy(info)
 
 
 def source_code(camera: str, agency: str) -> bytes:

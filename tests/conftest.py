@@ -67,6 +67,17 @@ def settings(local_stack: stack.StackInfo, tmp_path: Path) -> Iterator[Settings]
     yield s
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A Redis of one test's own (its limits are changed), at the local stack's settings: URL and pid."""
+    port = stack.free_port()
+    pid = stack.start_redis(tmp_path / "own-redis", port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0", pid
+    finally:
+        stack.stop_pid(pid)
+
+
 def settings_env(s: Settings, **extra: str) -> dict[str, str]:
     """Environment for a ``platestream`` subprocess using these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLATESTREAM_")}

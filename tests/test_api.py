@@ -233,3 +233,15 @@ def test_health_says_what_keeps_the_server_from_answering(settings: Settings, tm
     status, got = first_health(settings, tmp_path, "no-policy", PLATESTREAM_POLICY="")
     assert (status, set(got), got["ok"]) == (503, {"ok", "policy"}, False) and "PLATESTREAM_POLICY" in got["policy"]
     assert first_health(settings, tmp_path, "ready", PLATESTREAM_POLICY=str(path)) == (200, {"ok": True})
+
+
+def test_the_api_does_not_start_on_a_redis_that_could_evict_its_audit_records(settings: Settings, tmp_path: Path,
+                                                                              own_redis: tuple[str, int]) -> None:
+    redis.Redis.from_url(own_redis[0]).config_set("maxmemory-policy", "allkeys-lru")
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(with_tokens(policy_doc())))
+    run = subprocess.run([sys.executable, "-m", "streams.cli", "serve", "--port", str(free_port())],
+                         env=settings_env(settings, PLATESTREAM_REDIS_URL=own_redis[0], PLATESTREAM_POLICY=str(path)),
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode != 0
+    assert "maxmemory-policy is allkeys-lru" in run.stdout + run.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,17 +51,6 @@ def test_redis_stall_grows_lag_not_memory(local_stack: stack.StackInfo) -> None:
     assert max(x["rss_mb"] for x in after) - max(x["rss_mb"] for x in before) < 150
     # (a stall longer than the Redis socket timeout is a sink error: the worker rewinds to its checkpoints
     # and retries with backoff - exactness through that path is tested in test_chaos.py)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A Redis of this test's own (its limits are changed), at the local stack's settings: URL and pid."""
-    port = stack.free_port()
-    pid = stack.start_redis(tmp_path / "own-redis", port)
-    try:
-        yield f"redis://127.0.0.1:{port}/0", pid
-    finally:
-        stack.stop_pid(pid)
 
 
 def test_a_full_redis_holds_the_worker_back_and_loses_nothing(settings: Settings, tmp_path: Path,
