@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from streams import logs
 from streams.export import write_rows
 from streams.settings import ENV_VARS, Settings, SettingsError
 
@@ -80,7 +82,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     except KafkaError as e:  # the topics could not be created as the settings ask (replicas, rights)
         print(f"error: the worker's topics: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    worker = Worker(app, settings, loglevel=args.loglevel, quiet=True)
+    # faust's own line format unless asked for JSON lines (which faust, setting up logging, would replace)
+    json_lines = ({"logging_config": logs.config("json", args.loglevel.upper(), sys.stdout)}
+                  if settings.log_format == "json" else {})
+    worker = Worker(app, settings, loglevel=args.loglevel, quiet=True, **json_lines)
     worker.execute_from_commandline()
     return 0
 
@@ -588,8 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # (before the settings are read, which may fail: an unknown format is reported by them, logged as text)
+    fmt = os.environ.get("PLATESTREAM_LOG_FORMAT", "text")
+    logs.setup(fmt if fmt in logs.FORMATS else "text", logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("kafka", "aiokafka"):  # client libraries log every connection at INFO
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     if args.command == "stack":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streams import names
+from streams.logs import FORMATS as LOG_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
                                          "graceful or not (the batch in flight gets up to 30 of them)"),
     "PLATESTREAM_HEALTH_STALL_S": ("60", "a worker whose batches have failed in a sink (Kafka or Redis) for this "
                                          "long, none landing since, answers /health with 503"),
+    "PLATESTREAM_LOG_FORMAT": ("text", "text, or json: one JSON object per log line (time, level, logger, pid, "
+                                       "message, exception) for a log pipeline"),
     "PLATESTREAM_TOKEN": ("", "the CLI user's API token (clients only; never logged)"),
     "PLATESTREAM_KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     "PLATESTREAM_KAFKA_SASL_MECHANISM": ("PLAIN", "with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
@@ -137,6 +140,7 @@ class Settings:
     retention_interval_s: int = 60
     stop_timeout_s: float = 35.0
     health_stall_s: float = 60.0
+    log_format: str = "text"
     token: str = ""
     web_host: str = "127.0.0.1"
     previous_hash_key: bytes = b""
@@ -258,6 +262,7 @@ class Settings:
             retention_interval_s=integer("PLATESTREAM_RETENTION_INTERVAL_S", 1, 86400),
             stop_timeout_s=number("PLATESTREAM_STOP_TIMEOUT_S", 0.1, 3600.0),
             health_stall_s=number("PLATESTREAM_HEALTH_STALL_S", 1.0, 86400.0),
+            log_format=str(raw("PLATESTREAM_LOG_FORMAT")),
             token=str(raw("PLATESTREAM_TOKEN") or ""),
             web_host=str(raw("PLATESTREAM_WEB_HOST")),
             previous_hash_key=previous.encode(),
@@ -273,6 +278,8 @@ class Settings:
             raise SettingsError(f"PLATESTREAM_REDIS_CHUNK_ARGS={settings.redis_chunk_args} is below {MIN_CHUNK_ARGS} "
                                 "(0 turns chunking off)")
         chunk_within_polls(settings.redis_chunk_when)  # refused at start, not at the first batch
+        if settings.log_format not in LOG_FORMATS:
+            raise SettingsError(f"PLATESTREAM_LOG_FORMAT={settings.log_format!r}: one of {', '.join(LOG_FORMATS)}")
         if settings.replication_factor == 0:
             raise SettingsError("PLATESTREAM_REPLICATION_FACTOR=0: -1 (the brokers' default) or at least 1")
         if settings.hash_key == DEV_HASH_KEY.encode():
@@ -304,6 +311,7 @@ class Settings:
             "PLATESTREAM_RETENTION_INTERVAL_S": str(self.retention_interval_s), "PLATESTREAM_TOKEN": self.token,
             "PLATESTREAM_STOP_TIMEOUT_S": repr(self.stop_timeout_s),
             "PLATESTREAM_HEALTH_STALL_S": repr(self.health_stall_s),
+            "PLATESTREAM_LOG_FORMAT": self.log_format,
             "PLATESTREAM_PREVIOUS_HASH_KEY": self.previous_hash_key.decode(),
             **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},
             "PLATESTREAM_REDIS_CLUSTER": "1" if self.redis_cluster else "0",

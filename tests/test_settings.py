@@ -47,6 +47,8 @@ def test_defaults() -> None:
     ("PLATESTREAM_REPLICATION_FACTOR", "0", "the brokers' default"),
     ("PLATESTREAM_REPLICATION_FACTOR", "-2", "outside"),
     ("PLATESTREAM_REPLICATION_FACTOR", "three", "not an integer"),
+    ("PLATESTREAM_LOG_FORMAT", "xml", "one of text, json"),
+    ("PLATESTREAM_HEALTH_STALL_S", "0", "outside"),
 ])
 def test_invalid_settings_fail_at_start(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):

@@ -221,6 +221,19 @@ def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_e
     assert acc.dead_lettered == traffic.malformed > 0
 
 
+def test_a_worker_asked_for_json_logs_writes_only_json_lines(settings: Settings, tmp_path: Path) -> None:
+    """``PLATESTREAM_LOG_FORMAT=json``: every line the worker writes, faust's included, is one JSON object; the
+    start, the dead letters' count and the stop are there, and no plate is."""
+    traffic = generate(seed=27, vehicles=100, hours=2, malformed=0.02)
+    worker = process_all(settings, tmp_path, traffic.messages, PLATESTREAM_LOG_FORMAT="json")
+    lines = [orjson.loads(line) for line in worker.log().splitlines() if line.strip()]
+    assert lines and all({"time", "level", "logger", "pid", "message"} <= set(line) for line in lines)
+    messages = [line["message"] for line in lines]
+    assert any(m.startswith("worker started") for m in messages)
+    assert {line["logger"] for line in lines} >= {"platestream.worker"}
+    assert not {t.plate for t in traffic.truth} & {w for m in messages for w in m.split()}
+
+
 def test_sigkill_mid_stream_then_restart_trails_still_exact(settings: Settings, tmp_path: Path) -> None:
     traffic = generate(seed=12, vehicles=1500, hours=12, malformed=0.01, late=0.03)
     ensure_topics(settings)
