@@ -64,9 +64,14 @@ def letters(s: Settings, topic: str | None = None, timeout_ms: int = 10_000) -> 
         return
     consumer = KafkaConsumer(**connect.kafka(s), enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
     try:
-        consumer.assign([TopicPartition(topic, p) for p in sorted(ends)])
+        tps = [TopicPartition(topic, p) for p in sorted(ends)]
+        # partitions holding letters: retention (which follows the policy) may have deleted all of one's
+        starts = {tp.partition: start for tp, start in consumer.beginning_offsets(tps).items()}
+        left = {p for p in ends if starts[p] < ends[p]}
+        if not left:
+            return
+        consumer.assign([TopicPartition(topic, p) for p in sorted(left)])
         consumer.seek_to_beginning()
-        left = set(ends)
         for rec in consumer:
             if rec.offset < ends[rec.partition]:  # (letters written since are left for the next run)
                 yield Letter(rec.partition, rec.offset, rec.timestamp, orjson.loads(rec.value))

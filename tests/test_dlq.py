@@ -10,6 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient
 
 from streams.query import trail
 from streams.settings import Settings
@@ -66,3 +68,15 @@ def test_messages_rejected_by_a_too_small_limit_are_counted_then_replayed_and_st
     assert len(read_topic(settings, settings.topic_dlq)) == 28  # none rejected again
     later = dlq(settings, "replay", "--since", str(int(time.time() * 1000)))
     assert "sent 0 messages back" in later.stdout
+
+    # retention (here: records deleted up to the end) leaves a partition with an end offset and no letter
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        admin.delete_records({TopicPartition(settings.topic_dlq, p): end
+                              for p, end in end_offsets(settings, settings.topic_dlq).items() if end})
+    finally:
+        admin.close()
+    began = time.monotonic()
+    empty = dlq(settings, "summary")
+    assert empty.returncode == 0 and f"{settings.topic_dlq}: no dead letters" in empty.stdout, empty.stderr
+    assert time.monotonic() - began < 8  # (not after waiting out the reader's 10-second timeout)
