@@ -74,6 +74,13 @@ class Worker:
         finally:
             self._log.close()
 
+    def exit_code(self, timeout: float = 120) -> int:
+        """The exit code of a worker expected to end by itself (refusing to start, say); killed if it does not."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -263,6 +270,19 @@ def record_run(scenario: str, row: dict[str, int], **extra: object) -> None:
     if path:
         with open(path, "a") as f:
             f.write(line + "\n")
+
+
+def set_topic_config(s: Settings, topic: str, **configs: str) -> None:
+    """Change a topic's configs (``max_message_bytes="4096"`` for ``max.message.bytes``), checked as applied."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        done = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                   {k.replace("_", "."): v for k, v in configs.items()})])
+        assert done == {"topic": {topic: "OK"}}, done
+    finally:
+        admin.close()
 
 
 def process_all(s: Settings, log_dir: Path, messages: list[tuple[bytes | None, bytes]], partitions: int | None = None,

@@ -13,7 +13,7 @@ from streams.producer import SendError, send_all
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.conftest import settings_env
-from tests.support import read_topic
+from tests.support import read_topic, set_topic_config
 
 pytestmark = pytest.mark.integration
 TOO_LARGE = b"x" * 8192
@@ -21,16 +21,8 @@ TOO_LARGE = b"x" * 8192
 
 def small_messages_only(s: Settings) -> None:
     """The reads topic refuses a batch over 4 KiB (the local stack's brokers take 16 MiB)."""
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
-
     ensure_topics(s)
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    try:
-        done = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.topic_reads,
-                                                   {"max.message.bytes": "4096"})])
-        assert done == {"topic": {s.topic_reads: "OK"}}
-    finally:
-        admin.close()
+    set_topic_config(s, s.topic_reads, max_message_bytes="4096")
 
 
 def test_a_refused_message_raises_after_the_others_are_acknowledged(settings: Settings) -> None:

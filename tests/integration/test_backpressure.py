@@ -105,10 +105,7 @@ def test_a_worker_refuses_a_redis_that_evicts_keys(settings: Settings, tmp_path:
     client = redis.Redis.from_url(s.redis_url)
     client.config_set("maxmemory-policy", "volatile-lru")
     worker = Worker(s, tmp_path, name="evicting")
-    try:
-        code = worker.proc.wait(120)
-    finally:
-        worker.kill()
+    code = worker.exit_code()
     assert code != 0
     assert "maxmemory-policy is volatile-lru" in worker.log() and "noeviction" in worker.log()
     assert client.dbsize() == 0

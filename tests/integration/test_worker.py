@@ -24,6 +24,7 @@ from tests.support import (
     process_all,
     read_topic,
     record_run,
+    set_topic_config,
     verify_against_truth,
     wait_caught_up,
 )
@@ -107,19 +108,12 @@ def test_a_dead_letter_too_big_for_the_dlq_topic_is_cut_to_fit_and_processing_go
     stored exactly."""
     import hashlib
 
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
-
     from streams.records import DLQ_RECORD_MAX_BYTES, DLQ_VALUE_PREFIX_BYTES
 
     traffic = generate(seed=24, vehicles=200, hours=3, malformed=0.01)
     ensure_topics(settings)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:  # the local stack's brokers take 16 MB; a production DLQ topic takes Kafka's default
-        assert admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_dlq,
-                                                   {"max.message.bytes": "1048588"})]) == {
-            "topic": {settings.topic_dlq: "OK"}}
-    finally:
-        admin.close()
+    # the local stack's brokers take 16 MB; a production DLQ topic takes Kafka's default
+    set_topic_config(settings, settings.topic_dlq, max_message_bytes="1048588")
     poison = bytes(range(1, 32)) * (2_000_000 // 31)
     half = len(traffic.messages) // 2
     send_all(settings, settings.topic_reads, [*traffic.messages[:half], (b"cam-x", poison),
@@ -153,69 +147,60 @@ def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_e
     import urllib.request
     from typing import Any
 
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
     from prometheus_client.parser import text_string_to_metric_families
 
     from streams.names import Step
 
-    def dlq_takes(limit: int) -> None:
-        assert admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_dlq,
-                                                   {"max.message.bytes": str(limit)})]) == {
-            "topic": {settings.topic_dlq: "OK"}}
-
     traffic = generate(seed=25, vehicles=300, hours=3, malformed=0.01)
     ensure_topics(settings)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     half = len(traffic.messages) // 2
+    send_all(settings, settings.topic_reads, traffic.messages[:half])
+    worker = Worker(settings, tmp_path, PLATESTREAM_HEALTH_STALL_S="2")
     try:
-        send_all(settings, settings.topic_reads, traffic.messages[:half])
-        worker = Worker(settings, tmp_path, PLATESTREAM_HEALTH_STALL_S="2")
-        try:
-            wait_caught_up(settings, worker)
-            written = len(read_topic(settings, settings.topic_dlq))
-            assert written > 0
-            dlq_takes(200)
-            send_all(settings, settings.topic_reads, traffic.messages[half:])
-            def health() -> tuple[int, dict[str, Any]]:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/health", timeout=5) as r:
-                        return r.status, orjson.loads(r.read())
-                except urllib.error.HTTPError as e:
-                    return e.code, orjson.loads(e.read())
+        wait_caught_up(settings, worker)
+        written = len(read_topic(settings, settings.topic_dlq))
+        assert written > 0
+        set_topic_config(settings, settings.topic_dlq, max_message_bytes="200")
+        send_all(settings, settings.topic_reads, traffic.messages[half:])
 
-            def sink_errors() -> int:
-                try:
-                    return int(worker.metrics().get("sink_errors", 0))
-                except OSError:  # (its web server not up yet)
-                    return 0
+        def health() -> tuple[int, dict[str, Any]]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/health", timeout=5) as r:
+                    return r.status, orjson.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, orjson.loads(e.read())
 
-            wait_for(lambda: sink_errors() >= 3, 60, "the refused dead letters")
-            assert len(read_topic(settings, settings.topic_dlq)) == written
-            wait_for(lambda: health()[0] == 503, 30, "/health to say the sinks have failed for 2 s")
-            code, body = health()
-            assert code == 503
-            assert body["sinks_failing_for_s"] >= 2 and "MessageSizeTooLarge" in body["first_error"]
-            dlq_takes(1_048_588)
-            wait_caught_up(settings, worker)
-            assert worker.metrics()["producer_renewed"] >= 3
-            # (at its next empty poll: every partition's reads have landed)
-            wait_for(lambda: health() == (200, {"ok": True, "step_names": list(typing.get_args(Step))}), 1.5,
-                     "/health to be 200 again, before the stall time would have ended the run of errors anyway")
-            # the same counts in Prometheus's text format, as its scraper asks for them
-            scrape = urllib.request.Request(f"http://127.0.0.1:{worker.port}/metrics", headers={
-                "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
-            with urllib.request.urlopen(scrape, timeout=5) as r:
-                assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-                text = r.read().decode()
-            prom = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-            json_form = worker.metrics()
-            assert prom["platestream_consumed_total"] == json_form["consumed"] == len(traffic.messages)
-            assert prom["platestream_sink_errors_total"] == json_form["sink_errors"] >= 3
-            assert prom["platestream_healthy"] == 1 and prom["process_resident_memory_bytes"] > 0
-        finally:
-            assert worker.stop() == 0, worker.log()[-3000:]
+        def sink_errors() -> int:
+            try:
+                return int(worker.metrics().get("sink_errors", 0))
+            except OSError:  # (its web server not up yet)
+                return 0
+
+        wait_for(lambda: sink_errors() >= 3, 60, "the refused dead letters")
+        assert len(read_topic(settings, settings.topic_dlq)) == written
+        wait_for(lambda: health()[0] == 503, 30, "/health to say the sinks have failed for 2 s")
+        code, body = health()
+        assert code == 503
+        assert body["sinks_failing_for_s"] >= 2 and "MessageSizeTooLarge" in body["first_error"]
+        set_topic_config(settings, settings.topic_dlq, max_message_bytes="1048588")
+        wait_caught_up(settings, worker)
+        assert worker.metrics()["producer_renewed"] >= 3
+        # (at its next empty poll: every partition's reads have landed)
+        wait_for(lambda: health() == (200, {"ok": True, "step_names": list(typing.get_args(Step))}), 1.5,
+                 "/health to be 200 again, before the stall time would have ended the run of errors anyway")
+        # the same counts in Prometheus's text format, as its scraper asks for them
+        scrape = urllib.request.Request(f"http://127.0.0.1:{worker.port}/metrics", headers={
+            "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
+        with urllib.request.urlopen(scrape, timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = r.read().decode()
+        prom = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        json_form = worker.metrics()
+        assert prom["platestream_consumed_total"] == json_form["consumed"] == len(traffic.messages)
+        assert prom["platestream_sink_errors_total"] == json_form["sink_errors"] >= 3
+        assert prom["platestream_healthy"] == 1 and prom["process_resident_memory_bytes"] > 0
     finally:
-        admin.close()
+        assert worker.stop() == 0, worker.log()[-3000:]
     acc = verify_against_truth(settings, traffic)
     assert acc.wrong == [] and (acc.lost, acc.duplicated) == (0, 0) and acc.stored == len(traffic.truth)
     assert acc.dead_lettered == traffic.malformed > 0
@@ -329,10 +314,7 @@ def test_a_worker_refuses_replicas_the_brokers_cannot_give_before_faust_makes_a_
 
     ensure_topics(settings)
     worker = Worker(settings, tmp_path, name="rf2", PLATESTREAM_REPLICATION_FACTOR="2")
-    try:
-        code = worker.proc.wait(120)
-    finally:
-        worker.kill()
+    code = worker.exit_code()
     assert code == 1, worker.log()[-3000:]
     assert "error: the worker's topics: InvalidReplicationFactorError" in worker.log()
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
@@ -360,10 +342,7 @@ def test_a_worker_refuses_to_start_on_a_redis_of_another_layout(settings: Settin
     client = redis.Redis.from_url(settings.redis_url)
     client.hset(META_KEY, "layout", LAYOUT_VERSION - 1)
     worker = Worker(settings, tmp_path, name="old-layout")
-    try:
-        code = worker.proc.wait(120)
-    finally:
-        worker.kill()
+    code = worker.exit_code()
     assert code != 0
     assert f"layout {LAYOUT_VERSION - 1}, this version writes {LAYOUT_VERSION}" in worker.log()
     assert client.keys("ps:ck:*") == [] and client.keys("ps:t:*") == []
