@@ -116,13 +116,7 @@ def test_a_dead_letter_too_big_for_the_dlq_topic_is_cut_to_fit_and_processing_go
     set_topic_config(settings, settings.topic_dlq, max_message_bytes="1048588")
     poison = bytes(range(1, 32)) * (2_000_000 // 31)
     half = len(traffic.messages) // 2
-    send_all(settings, settings.topic_reads, [*traffic.messages[:half], (b"cam-x", poison),
-                                              *traffic.messages[half:]])
-    worker = Worker(settings, tmp_path)
-    try:
-        wait_caught_up(settings, worker)
-    finally:
-        assert worker.stop() == 0, worker.log()[-3000:]
+    process_all(settings, tmp_path, [*traffic.messages[:half], (b"cam-x", poison), *traffic.messages[half:]])
     acc = verify_against_truth(settings, traffic)
     assert acc.wrong == [] and (acc.lost, acc.duplicated) == (0, 0) and acc.stored == len(traffic.truth)
     letters = [orjson.loads(r.value) for r in read_topic(settings, settings.topic_dlq)]
