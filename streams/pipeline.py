@@ -247,7 +247,7 @@ class PartitionPipeline:
     def decode(self, records: Sequence[RecordLike]) -> Decoded:
         """(batch, next offset, records consumed): the first step, apart so the worker can run it while it
         waits for the broker; the dedup state is untouched."""
-        batch = decode_batch(records, self.s.max_message_bytes)
+        batch = decode_batch(records, self.s.max_message_bytes, self.s.max_clock_ahead_ms)
         return batch, records[-1].offset + 1 if records else (self.next_offset or 0), len(records)
 
     def process(self, batch: ReadBatch, next_offset: int, consumed: int | None = None,

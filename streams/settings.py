@@ -47,6 +47,10 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "PLATESTREAM_GROUP": ("platestream", "consumer group of the workers (and faust app id)"),
     "PLATESTREAM_DEDUP_WINDOW_S": ("10", "W: reads of one camera and plate class within W seconds merge"),
     "PLATESTREAM_ALLOWED_LATENESS_S": ("900", "how late (event time) a read may arrive and still merge"),
+    "PLATESTREAM_MAX_CLOCK_AHEAD_S": ("300", "a read whose capture time is more than this after its message's Kafka "
+                                            "timestamp is dead-lettered (invalid_field ts): a camera clock ahead "
+                                            "would hold the dedup watermark in the future and the sighting past "
+                                            "retention"),
     "PLATESTREAM_BATCH_MAX_RECORDS": ("20000", "max records fetched per poll"),
     "PLATESTREAM_BATCH_TIMEOUT_MS": ("200", "max wait for a batch to fill"),
     "PLATESTREAM_GEOHASH_PRECISION": ("9", "characters of the base32 geohash published with sightings"),
@@ -140,6 +144,7 @@ class Settings:
     retention_interval_s: int = 60
     stop_timeout_s: float = 35.0
     health_stall_s: float = 60.0
+    max_clock_ahead_ms: int = 300_000
     log_format: str = "text"
     token: str = ""
     web_host: str = "127.0.0.1"
@@ -262,6 +267,7 @@ class Settings:
             retention_interval_s=integer("PLATESTREAM_RETENTION_INTERVAL_S", 1, 86400),
             stop_timeout_s=number("PLATESTREAM_STOP_TIMEOUT_S", 0.1, 3600.0),
             health_stall_s=number("PLATESTREAM_HEALTH_STALL_S", 1.0, 86400.0),
+            max_clock_ahead_ms=integer("PLATESTREAM_MAX_CLOCK_AHEAD_S", 1, 366 * 86400) * 1000,
             log_format=str(raw("PLATESTREAM_LOG_FORMAT")),
             token=str(raw("PLATESTREAM_TOKEN") or ""),
             web_host=str(raw("PLATESTREAM_WEB_HOST")),
@@ -311,6 +317,7 @@ class Settings:
             "PLATESTREAM_RETENTION_INTERVAL_S": str(self.retention_interval_s), "PLATESTREAM_TOKEN": self.token,
             "PLATESTREAM_STOP_TIMEOUT_S": repr(self.stop_timeout_s),
             "PLATESTREAM_HEALTH_STALL_S": repr(self.health_stall_s),
+            "PLATESTREAM_MAX_CLOCK_AHEAD_S": str(self.max_clock_ahead_ms // 1000),
             "PLATESTREAM_LOG_FORMAT": self.log_format,
             "PLATESTREAM_PREVIOUS_HASH_KEY": self.previous_hash_key.decode(),
             **{f"PLATESTREAM_{name.upper()}": getattr(self, name) for name in SECURITY_FIELDS},

@@ -358,3 +358,38 @@ def test_reads_per_agency_day_counts_every_pair_like_a_counter_of_pairs(reads: l
     got = reads_per_agency_day(Coded.of(agency), ts)
     assert got == Counter((a, t // DAY_MS) for a, t in reads)
     assert all(type(day) is int for _, day in got)  # formatted into the key as a date
+
+
+def test_a_read_from_a_clock_far_ahead_is_dead_lettered_and_leaves_dedup_alone(settings: Settings) -> None:
+    """A capture time years after the message reached Kafka (a camera whose clock is wrong) is refused with the
+    reason: stored, it would hold the partition's watermark there - every later read counted late and a pass
+    read across two batches split in two - and keep its sighting past any retention."""
+    from streams.store import read_trail, trail_key, vehicle_id
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    t0 = 1_700_000_000_000
+    w = settings.dedup_window_ms
+
+    def raw(offset: int, plate: str, ts: int, kafka_ts: int | None) -> Raw:
+        doc = {"read_id": f"r{offset}", "camera_id": "cam-1", "agency": "a-pd", "plate": plate, "region": "US-CT",
+               "ts": ts, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+        return Raw(settings.topic_reads, 0, offset, kafka_ts, None, orjson.dumps(doc))
+
+    ahead = settings.max_clock_ahead_ms
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    results = []
+    for batch in ([raw(0, "7ABC123", t0, t0 + 50), raw(1, "FUTURE1", 4_000_000_000_000, t0 + 60),
+                   raw(2, "EDGE1", t0 + ahead + 70, t0 + 70)],  # as far ahead as allowed: kept
+                  [raw(3, "7ABC123", t0 + w // 2, t0 + w // 2 + 40)],  # the same pass, next batch
+                  [raw(4, "NOTIME1", 4_000_000_000_000, None)]):  # no Kafka timestamp: nothing to judge by
+        expected = pipe.next_offset
+        results.append(pipe.process_raw(batch))
+        _apply(client, pipe, expected, results[-1].redis)
+    letters = [orjson.loads(value) for r in results for _, value, _ in r.dlq]
+    assert [(d["offset"], d["reason"], d["field"]) for d in letters] == [(1, "invalid_field", "ts")]
+    assert "ahead of the message's Kafka timestamp" in letters[0]["detail"]
+    assert sum(r.late for r in results[:2]) == 0
+    [sighting] = read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "7ABC123")))
+    assert sighting.reads == 2  # one pass, one sighting
+    assert len(read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "EDGE1")))) == 1

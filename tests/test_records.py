@@ -217,6 +217,27 @@ def test_columnar_decode_gives_the_reference_batch(values: list[bytes | None]) -
     assert [d.raw for d in polled.dead] == [d.raw for d in ref.dead]
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.one_of(documents(), st.just(orjson.dumps(valid_read())), st.sampled_from(BOUNDARY)),
+                          st.sampled_from([None, 0, valid_read()["ts"] - 1000, valid_read()["ts"] - 1001,
+                                           1_700_000_000_000, 4_102_444_800_000])), max_size=12))
+def test_columnar_decode_judges_capture_times_ahead_of_kafka_like_the_reference(
+        items: list[tuple[bytes, int | None]]) -> None:
+    """``max_ahead_ms``: both paths refuse the same reads (field ts), by each message's Kafka timestamp."""
+    records = [Raw("t", 1, 100 + i, stamp, None, v) for i, (v, stamp) in enumerate(items)]
+    ref = _decode_reference(records, 2500, 1000)[0]
+    assert_same_batch(decode_batch(records, 2500, 1000), ref)
+    assert_same_batch(decode_batch(Polled.of("t", 1, records), 2500, 1000), ref)
+    by_offset = {r.offset: r for r in records}
+    for d in ref.dead:  # refused for the clock: ahead by more than the limit, by the record's own timestamp
+        if "Kafka timestamp" in d.detail:
+            stamp = by_offset[d.raw.offset].timestamp
+            assert d.field == "ts" and stamp is not None and orjson.loads(d.raw.value or b"")["ts"] > stamp + 1000
+    for offset, ts in zip(ref.offset.tolist(), ref.ts.tolist(), strict=True):  # kept: not ahead, or no timestamp
+        stamp = by_offset[offset].timestamp
+        assert stamp is None or ts <= stamp + 1000
+
+
 def test_polled_columns_index_and_slice_as_records() -> None:
     records = [Raw("plates.reads", 3, 40 + i, 1000 + i, b"k%d" % i if i % 2 else None, b"v%d" % i) for i in range(5)]
     records[2] = Raw("plates.reads", 3, 42, None, b"", None)  # an empty key, a null value, no timestamp
