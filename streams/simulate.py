@@ -124,6 +124,19 @@ def malformed_message(rng: random.Random, good: dict[str, Any]) -> bytes:
     return orjson.dumps(bad)
 
 
+def _earlier(reads: list[tuple[int, int, bytes, bytes, bytes | None]], truth: list[TrueSighting],
+             ms: int) -> tuple[list[tuple[int, int, bytes, bytes, bytes | None]], list[TrueSighting]]:
+    """The same traffic ``ms`` earlier: every read's capture and arrival time, and the true sightings' times
+    (a malformed message stays as it is: it is dead-lettered whatever its time)."""
+    loads, dumps = orjson.loads, orjson.dumps
+    moved = []
+    for arrive, n, key, value, bad in reads:
+        doc = loads(value)
+        doc["ts"] -= ms
+        moved.append((arrive - ms, n, key, memoryview(dumps(doc)).tobytes(), bad))
+    return moved, [dataclasses.replace(s, ts=s.ts - ms, ts_last=s.ts_last - ms) for s in truth]
+
+
 def _generate(
     seed: int = 7, vehicles: int = 2000, sites: int = 60, hours: float = 24.0, trips_per_vehicle: float = 2.0,
     malformed: float = 0.01, late: float = 0.02, max_delay_s: int = 300, start_ts: int | None = None,
@@ -140,8 +153,11 @@ def _generate(
             classes.add(cls)
             fleet.append((p, rng.choice(REGIONS)))
     span_ms = int(hours * 3_600_000)
-    if start_ts is None:  # the traffic ends about now (to the hour), so retention limits apply realistically
-        start_ts = int(time.time() // 3600 * 3600 * 1000) - span_ms
+    # unless given a start, the traffic ends by the hour before now (shifted there below: trips run past the
+    # span), so retention limits apply realistically and no capture time is ahead of the moment it is sent
+    end_by = None if start_ts is not None else int(time.time() // 3600 * 3600 * 1000)
+    if start_ts is None:
+        start_ts = (end_by or 0) - span_ms
     # (arrival time, sequence, key, message, malformed message sent just before it or None); documents
     # are serialized at once so millions of reads fit in memory
     reads: list[tuple[int, int, bytes, bytes, bytes | None]] = []
@@ -184,6 +200,8 @@ def _generate(
                                           ids[best_i]))
                 t = last + rng.randint(30_000, 600_000)  # drive to the next site
             t += rng.randrange(600_000, max(600_001, span_ms // trips))  # parked until the next trip
+    if end_by is not None and reads and (over := max(r[0] for r in reads) - end_by) > 0:
+        reads, truth = _earlier(reads, truth, over)
     # send in arrival order: a share of reads arrives late (event time stays, arrival is delayed)
     reads.sort(key=lambda r: (r[0], r[1]))
     messages: list[tuple[bytes, bytes]] = []

@@ -34,3 +34,22 @@ def test_truth_accounts_for_every_message() -> None:
     assert sum(s.reads for s in t.truth) == t.valid_reads
     # some reads really arrive out of event-time order
     assert any(b < a for a, b in itertools.pairwise(ts))
+
+
+def test_traffic_without_a_start_ends_by_the_hour_before_now() -> None:
+    """Trips run past the span; the traffic is moved back whole so no capture time is ahead of when it is sent
+    (the worker refuses reads ahead of their message's Kafka timestamp), and it is still the seed's traffic."""
+    import time
+
+    import orjson
+
+    hour = int(time.time() // 3600 * 3600 * 1000)
+    now = generate(seed=8, vehicles=300, hours=2, malformed=0.0)
+    ts = [orjson.loads(v)["ts"] for _, v in now.messages]
+    assert max(ts) <= hour and max(s.ts_last for s in now.truth) <= hour
+    fixed = generate(seed=8, vehicles=300, hours=2, malformed=0.0, start_ts=0)
+    shift = min(ts) - min(orjson.loads(v)["ts"] for _, v in fixed.messages)
+    assert [(k, {**orjson.loads(v), "ts": orjson.loads(v)["ts"] + shift}) for k, v in fixed.messages] == [
+        (k, orjson.loads(v)) for k, v in now.messages]
+    assert [(s.ts + shift, s.ts_last + shift, s.best_read_id) for s in fixed.truth] == [
+        (s.ts, s.ts_last, s.best_read_id) for s in now.truth]
