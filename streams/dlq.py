@@ -23,7 +23,6 @@ from kafka import KafkaConsumer, TopicPartition
 from streams import connect
 from streams.producer import send_all
 from streams.settings import Settings
-from streams.topics import end_offsets
 
 
 @dataclass(frozen=True)
@@ -59,12 +58,10 @@ class Letter:
 def letters(s: Settings, topic: str | None = None, timeout_ms: int = 10_000) -> Iterator[Letter]:
     """Every letter in the DLQ topic (``topic``: another one) as of now, partition by partition, oldest first."""
     topic = topic or s.topic_dlq
-    ends = {p: end for p, end in end_offsets(s, topic).items() if end > 0}
-    if not ends:
-        return
     consumer = KafkaConsumer(**connect.kafka(s), enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(ends)]
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = {tp.partition: end for tp, end in consumer.end_offsets(tps).items()}
         # partitions holding letters: retention (which follows the policy) may have deleted all of one's
         starts = {tp.partition: start for tp, start in consumer.beginning_offsets(tps).items()}
         left = {p for p in ends if starts[p] < ends[p]}

@@ -33,9 +33,8 @@ GAUGES: dict[str, tuple[str, str]] = {
     "sinks_failing_for_s": ("sinks_failing_seconds", "how long the current run of sink errors has lasted (0: none)"),
 }
 LATENCY = {"latency_ms_p50": "0.5", "latency_ms_p99": "0.99", "latency_ms_p999": "0.999"}
-# counters of microseconds, exposed in seconds, one family per prefix with the rest of the key as a label
-LABELLED_US = {"stage_us.": ("stage_seconds", "stage")}
-LABELLED = {"fault_point.": ("fault_points", "step")}
+# one counter family per key prefix, the rest of the key as a label: (name, label, divisor: microseconds to seconds)
+LABELLED = {"stage_us.": ("stage_seconds", "stage", 1e6), "fault_point.": ("fault_points", "step", 1.0)}
 SECONDS_US = {"batch_seconds_total_us": "batch_seconds"}
 
 
@@ -62,7 +61,7 @@ class _Values(Collector):
         self.values = values
 
     def collect(self) -> Iterator[Metric]:
-        labelled: dict[str, tuple[CounterMetricFamily, float]] = {}
+        labelled: dict[str, CounterMetricFamily] = {}
         latency = GaugeMetricFamily(PREFIX + "latency_seconds", "capture time to sighting in Redis, quantiles "
                                     "over the recent window", labels=["quantile"])
         for key, value in sorted(self.values.items()):
@@ -76,17 +75,14 @@ class _Values(Collector):
                 yield GaugeMetricFamily(PREFIX + name, doc, value=float(value))
             elif key in SECONDS_US:
                 yield CounterMetricFamily(PREFIX + SECONDS_US[key], f"{key} / 1e6", value=float(value) / 1e6)
-            elif prefix := next((p for p in (*LABELLED_US, *LABELLED) if key.startswith(p)), None):
-                name, label = {**LABELLED_US, **LABELLED}[prefix]
-                scale = 1e6 if prefix in LABELLED_US else 1.0
+            elif prefix := next((p for p in LABELLED if key.startswith(p)), None):
+                name, label, scale = LABELLED[prefix]
                 if name not in labelled:
-                    labelled[name] = (CounterMetricFamily(PREFIX + name, f"{prefix}* by {label}", labels=[label]),
-                                      scale)
-                family, scale = labelled[name]
-                family.add_metric([key[len(prefix):]], float(value) / scale)
+                    labelled[name] = CounterMetricFamily(PREFIX + name, f"{prefix}* by {label}", labels=[label])
+                labelled[name].add_metric([key[len(prefix):]], float(value) / scale)
             elif isinstance(value, (int, float)):
                 yield CounterMetricFamily(PREFIX + _name(key), key, value=float(value))
-        yield from (family for family, _ in labelled.values())
+        yield from labelled.values()
         if latency.samples:
             yield latency
 
