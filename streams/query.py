@@ -29,6 +29,7 @@ from streams.kernels.rounding import rounded_array
 from streams.migrate import current_members
 from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
+from streams.retention import cutoffs
 from streams.settings import Settings
 from streams.sharing import granted_purposes_of
 from streams.store import (
@@ -68,6 +69,7 @@ def _check_plate(plate: str, region: str) -> str:
 
 
 T = TypeVar("T")
+NO_CUTOFF = np.iinfo(np.int64).min  # an agency without a limit keeps its sightings
 
 
 def _latest(found: Iterable[T], sighting: Callable[[T], Sighting]) -> list[T]:
@@ -105,11 +107,20 @@ class Trail:
         """Each sighting's geohash (``Settings.geohash_precision`` characters)."""
         return split_geohashes(self.geohash_text)
 
-    def kept(self, agencies: Container[str]) -> NDArray[np.int64]:
-        """Indexes of the sightings of ``agencies``."""
+    def kept(self, agencies: Container[str], oldest: Mapping[tuple[str, bool], int] | None = None
+             ) -> NDArray[np.int64]:
+        """Indexes of the sightings of ``agencies``; with ``oldest`` (``retention.cutoffs``), of those their owner
+        may still keep: a governed query answers as if the retention sweep had just run, so a sweep that lags, or
+        a worker that is not running one, shows nobody what retention has already taken."""
         c = self.cols
-        allowed = np.array([agency in agencies for _, agency in c.sources], dtype=np.bool_)
-        return np.flatnonzero(allowed[c.source]) if len(c) else np.empty(0, np.int64)
+        if not len(c):
+            return np.empty(0, np.int64)
+        ok = np.array([agency in agencies for _, agency in c.sources], dtype=np.bool_)[c.source]
+        if oldest:
+            cut = np.array([[oldest.get((agency, hit), NO_CUTOFF) for hit in (False, True)] for _, agency in c.sources],
+                           dtype=np.int64)
+            ok &= c.ts >= cut[c.source, c.hit.astype(np.intp)]
+        return np.flatnonzero(ok)
 
     def columns(self, keep: NDArray[np.int64] | None = None) -> list[list[Any]]:
         """The rows' values column by column, in ``ROW_KEYS`` order; with ``keep``, of those sightings only (a
@@ -273,9 +284,11 @@ def _governed(client: redis.Redis, settings: Settings, policy: Policy, ctx: Cont
               action: str, vehicles: list[tuple[str, str]], since: int | None, until: int | None,
               limit: int | None, terms: dict[str, Any]) -> GovernedResult:
     """Trails of (region, plate) ``vehicles``, cut to what ``ctx`` may see, audited before returning."""
-    refused = refusals(client, policy, ctx)
+    now = audit.clock()  # the time the audit record gives the query
+    refused = refusals(client, policy, ctx, now)
     allowed = set(policy.agencies).difference(refused)
-    picks = [(t, t.kept(allowed)) for t in trails(client, settings, vehicles, since, until)]
+    oldest = cutoffs(policy, now)
+    picks = [(t, t.kept(allowed, oldest)) for t in trails(client, settings, vehicles, since, until)]
     parts = [t.columns(keep) for t, keep in picks]
     columns = (parts[0] if len(parts) == 1
                else [list(itertools.chain.from_iterable(p[j] for p in parts)) for j in range(len(ROW_KEYS))])
@@ -469,7 +482,9 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
     if len(cells) * len(buckets) * size > MAX_AREA_CELL_HOURS * 3_600_000:
         raise QueryError(f"area_too_large: {len(cells)} cells x {len(buckets)} time buckets of {size // 1000} s "
                          f"(more than {MAX_AREA_CELL_HOURS:,} cell-hours); narrow the search")
-    refused = refusals(client, policy, ctx)
+    now = audit.clock()  # the time the audit record gives the query
+    refused = refusals(client, policy, ctx, now)
+    oldest = cutoffs(policy, now)
     with client.pipeline(transaction=False) as pipe:
         keys = [(c, b) for c in cells for b in buckets]
         for c, b in keys:  # members lead with the time into the bucket
@@ -487,7 +502,7 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
         for m in candidates:
             sight = _unpack_one(m, names)
             if (sight.sighting_id & 0xFF == tag and sight.agency in policy.agencies
-                    and sight.agency not in refused):
+                    and sight.agency not in refused and sight.ts >= oldest.get((sight.agency, sight.hit), NO_CUTOFF)):
                 hits.append((vid, sight))
     # during a key rotation one sighting can sit under both pseudonyms: keep its latest revision
     rows = [{**sight.as_dict(), "vehicle": vid.hex()} for vid, sight in _latest(hits, lambda h: h[1])]

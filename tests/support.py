@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,13 @@ def final_sightings(s: Settings, replays: list[int] | None = None) -> dict[str, 
                     k: v for k, v in cur.items() if k != "extra"}, "same revision, different content"
             latest[msg["sighting_id"]] = msg
     return {k: v for k, v in latest.items() if v["op"] == "upsert"}
+
+
+def recent_ms(days_ago: int = 2) -> int:
+    """Midnight UTC ``days_ago`` days before now. Governed queries hide what is past its owner's retention (the
+    governance policy's Hartford keeps 7 days), so reads they must find are recent; midnight keeps the hour and
+    area-bucket borders a fixed time had."""
+    return (time.time_ns() // 1_000_000 // 86_400_000 - days_ago) * 86_400_000
 
 
 def store_reads(s: Settings, client: redis.Redis, reads: list[dict[str, Any]]) -> None:

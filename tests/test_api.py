@@ -22,9 +22,10 @@ from streams.settings import Settings
 from streams.stack import free_port
 from tests.conftest import settings_env, wait_for
 from tests.governance import TOKENS, policy_doc, with_tokens
-from tests.support import read_topic, store_reads
+from tests.support import read_topic, recent_ms, store_reads
 
 pytestmark = pytest.mark.integration
+BASE = recent_ms()
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def call(url: str, path: str, body: dict[str, Any] | None = None, token: str | N
 def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     reads = [{"read_id": f"{a}-{i}", "camera_id": f"cam-{a}", "agency": a, "plate": "API123", "region": "US-CT",
-              "ts": 1_764_000_000_000 + (j * 2 + i) * 60_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
+              "ts": BASE + (j * 2 + i) * 60_000, "lat": 41.7, "lon": -72.7, "confidence": 0.9}
              for j, a in enumerate(["hartford-pd", "westport-pd"]) for i in range(2)]
     store_reads(settings, client, reads)
     q = {"plate": "API123", "region": "US-CT", "purpose": "criminal_investigation", "case": "HPD-9"}
@@ -109,14 +110,14 @@ def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> N
     assert call(server, "/v1/trail", q, TOKENS["fred"])[1]["sightings"] == []  # no grant from anyone
 
     # area search over HTTP: hartford's and (granted) westport's sightings near the point
-    status, out = call(server, "/v1/area", {"lat": 41.7, "lon": -72.7, "radius_m": 500, "since": 1_764_000_000_000,
-                                            "until": 1_764_000_600_000, "purpose": "criminal_investigation",
+    status, out = call(server, "/v1/area", {"lat": 41.7, "lon": -72.7, "radius_m": 500, "since": BASE,
+                                            "until": BASE + 600_000, "purpose": "criminal_investigation",
                                             "case": "HPD-9"}, TOKENS["alice"])
     assert status == 200 and len(out["sightings"]) == 4
     assert call(server, "/v1/area", {"lat": 41.7, "purpose": "criminal_investigation", "case": "c"},
                 TOKENS["alice"])[1]["error"]["code"] == "invalid_query"
     square = [[41.69, -72.71], [41.69, -72.69], [41.71, -72.69], [41.71, -72.71]]
-    status, out = call(server, "/v1/area", {"polygon": square, "since": 1_764_000_000_000, "until": 1_764_000_600_000,
+    status, out = call(server, "/v1/area", {"polygon": square, "since": BASE, "until": BASE + 600_000,
                                             "purpose": "criminal_investigation", "case": "HPD-9"}, TOKENS["alice"])
     assert status == 200 and len(out["sightings"]) == 4
     status, err = call(server, "/v1/area", {"polygon": [[41.69, -72.71], [41.7, -72.7]], "since": 0, "until": 1,
@@ -127,7 +128,7 @@ def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> N
 
     recorded = client.hget(META_KEY, CELL_BUCKET)
     client.hset(META_KEY, CELL_BUCKET, settings.cell_bucket_ms // 1000 * 2)
-    status, err = call(server, "/v1/area", {"polygon": square, "since": 1_764_000_000_000, "until": 1_764_000_600_000,
+    status, err = call(server, "/v1/area", {"polygon": square, "since": BASE, "until": BASE + 600_000,
                                             "purpose": "criminal_investigation", "case": "HPD-9"}, TOKENS["alice"])
     assert (status, err["error"]["code"]) == (503, "cell_bucket_mismatch")
     assert f"PLATESTREAM_CELL_BUCKET_S={settings.cell_bucket_ms // 1000 * 2}" in err["error"]["message"]

@@ -16,7 +16,7 @@ import yaml
 from streams.settings import Settings
 from tests.conftest import settings_env
 from tests.governance import TOKENS, policy_doc, with_tokens
-from tests.support import store_reads
+from tests.support import recent_ms, store_reads
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def run(settings: Settings, tmp_path: Path, *args: str, token: str = "") -> subp
 def test_trail_exports_and_refusals(settings: Settings, tmp_path: Path) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     reads = [{"read_id": f"r{i}", "camera_id": "cam-1", "agency": "hartford-pd", "plate": "CLI-123",
-              "region": "US-CT", "ts": 1_764_000_000_000 + i * 3_600_000, "lat": 41.7, "lon": -72.7,
+              "region": "US-CT", "ts": recent_ms() + i * 3_600_000, "lat": 41.7, "lon": -72.7,
               "confidence": 0.9} for i in range(3)]
     store_reads(settings, client, reads)
     q = ["trail", "cli123", "--region", "US-CT", "--purpose", "criminal_investigation", "--case", "HPD-1"]

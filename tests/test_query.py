@@ -15,14 +15,14 @@ from streams.policy import Policy, PolicyError, token_hash
 from streams.query import ROW_KEYS, ROW_TEMPLATE, governed_trail, trail
 from streams.settings import Settings
 from streams.sharing import GRANTS_KEY
-from tests.support import store_reads
+from tests.support import recent_ms, store_reads
 
 pytestmark = pytest.mark.integration
 AGENCIES = ["a-local", "b-local", "c-state", "d-fed", "e-private", "f-ny"]
 KINDS = {"a-local": "local", "b-local": "local", "c-state": "state", "d-fed": "federal", "e-private": "private",
          "f-ny": "local"}
 STATES = {a: ("NY" if a == "f-ny" else "CT") for a in AGENCIES}
-BASE = 1_764_000_000_000
+BASE = recent_ms()
 
 
 def _store_sightings(settings: Settings, client: redis.Redis) -> None:

@@ -81,3 +81,45 @@ def test_an_area_entry_two_agencies_share_stays_as_long_as_one_keeps_its_sightin
     assert dict(sweep(client, s, p, NOW + 25 * DAY_MS)) == {"westport-pd": 1}
     assert _cell_members(client) == 0
     assert found() == []
+
+
+def test_a_query_shows_nothing_past_its_owners_limit_before_any_sweep(settings: Settings) -> None:
+    """Between two sweeps (or with no worker sweeping at all) a governed query answers as the sweep would leave
+    Redis: Hartford's sighting 10 days old is past its 7-day limit and never shown, its hotlist hit of that age
+    (365 days) and its sighting 6 days old are; the sweep then removes exactly what was hidden."""
+    import orjson
+
+    from streams.hotlist import make_entry
+    from streams.pipeline import PartitionPipeline, build_hot_context
+    from streams.query import governed_trail
+    from streams.records import Raw
+    from streams.store import apply_batch_sync
+
+    p = policy()
+    entry = make_entry("hartford-pd", {"plate": "HOT1", "region": "US-CT", "reason": "stolen"}, "t")
+    reads = [{**_read("hartford-pd", age), "read_id": f"{plate}-{age}", "plate": plate, "ts": NOW - age * DAY_MS + i}
+             for i, (plate, age) in enumerate((("RET123", 10), ("RET123", 6), ("HOT1", 10)))]
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    result = pipe.process_raw([Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r))
+                               for i, r in enumerate(reads)], build_hot_context(p, [entry], {}, NOW))
+    client = redis.Redis.from_url(settings.redis_url)
+    assert apply_batch_sync(client, pipe.ck_key, None, result.redis)
+    assert _left(settings, client) == {"RET123-10", "RET123-6"}  # stored: no sweep has run
+    audit = AuditLog(client, b"audit-test-key-0123456789", clock=lambda: NOW)
+    alice = p.context(TOKENS["alice"], "criminal_investigation", "H-1")
+
+    def answers() -> tuple[list[str], list[str], list[str]]:
+        return ([r["read_id"] for r in governed_trail(client, settings, p, alice, audit, "RET123", "US-CT").rows],
+                [r["read_id"] for r in governed_trail(client, settings, p, alice, audit, "HOT1", "US-CT").rows],
+                sorted(r["read_id"] for r in area_search(client, settings, p, alice, audit, 41.7, -72.7, 100,
+                                                         NOW - 11 * DAY_MS, NOW).rows))
+
+    before = answers()
+    assert before == (["RET123-6"], ["HOT1-10"], ["HOT1-10", "RET123-6"])
+    assert [r["result_count"] for r in list(audit.records())[-3:]] == [1, 1, 2]
+    assert dict(sweep(client, settings, p, NOW)) == {"hartford-pd": 1}
+    assert _left(settings, client) == {"RET123-6"}
+    assert answers() == before
+    # two days later the 6-day-old sighting is past the limit too: hidden at once, whenever the next sweep runs
+    audit.clock = lambda: NOW + 2 * DAY_MS
+    assert answers() == ([], ["HOT1-10"], ["HOT1-10"])

@@ -10,13 +10,13 @@ from streams import sharing
 from streams.audit import AuditLog
 from streams.hotlist import make_entry
 from streams.pipeline import PartitionPipeline, build_hot_context
-from streams.policy import DAY_MS
+from streams.policy import DAY_MS, Policy
 from streams.query import governed_trail
 from streams.records import Raw
 from streams.settings import Settings
 from streams.store import apply_batch_sync
 from streams.transparency import markdown, report
-from tests.governance import TOKENS, policy
+from tests.governance import TOKENS, policy_doc, with_tokens
 
 pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -24,8 +24,10 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 
 def test_report_counts_collection_hits_queries_and_recipients(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url)
-    p = policy()
-    audit = AuditLog(client, b"audit-test-key-0123456789")
+    doc = with_tokens(policy_doc())
+    doc["agencies"][0]["retention"] = {"non_hit_days": 90, "hit_days": 365}  # all of it shown when queried
+    p = Policy.from_dict(doc)
+    audit = AuditLog(client, b"audit-test-key-0123456789", clock=lambda: T0 + 41 * DAY_MS)  # queried after it
     reads = [{"read_id": f"r{i}", "camera_id": "cam-h", "agency": "hartford-pd", "plate": "TR1" if i % 3 else "WANT1",
               "region": "US-CT", "ts": T0 + (i % 40) * DAY_MS + i * 20_000, "lat": 41.7, "lon": -72.7,
               "confidence": 0.9} for i in range(120)]
