@@ -15,12 +15,13 @@ from typing import Any, Protocol
 import redis
 from aiokafka import AIOKafkaProducer
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from streams import connect
-from streams.audit import AuditLog
+from streams.audit import AuditError, AuditLog, Verification
 from streams.policy import Policy, PolicyError, PolicyStore
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, read_to_end
 
 PUBLISH_TIMEOUT_S = 30.0  # a record the broker has not acknowledged by then fails the query (fail closed)
 
@@ -117,6 +118,15 @@ class Access:
         self.audit.append(action="audit.report", agency=ctx.agency.id, user=ctx.user.id, purpose="audit",
                           case=ctx.case, terms={"agency": agency}, decision="allowed", result_count=report["records"])
         return report
+
+    def verify_audit(self, with_copies: bool = True) -> Verification:
+        """``AuditLog.verify``, by default against the records' copies in the audit topic (read to its end)."""
+        if not with_copies:
+            return self.audit.verify()
+        try:
+            return self.audit.verify(rec.value for rec in read_to_end(self.settings, self.settings.topic_audit))
+        except (KafkaError, TimeoutError) as e:
+            raise AuditError(f"the audit topic {self.settings.topic_audit} could not be read: {e!r}") from e
 
     def close(self) -> None:
         if self.publisher is not None:

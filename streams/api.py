@@ -156,7 +156,7 @@ def openapi() -> dict[str, Any]:
             "/v1/share/decide": {"post": {"summary": "Approve or refuse a pending request (owner's admin)",
                                           "responses": {"200": {"description": "the decision"},
                                                         "400": err, "401": err, "403": err}}},
-            "/v1/audit/verify": {"get": {"summary": "Verify the audit hash chain (auditor)",
+            "/v1/audit/verify": {"get": {"summary": "Verify the audit chain and its copies in Kafka (auditor)",
                                          "responses": {"200": {"description": "verification"}, "401": err}}},
             "/v1/audit/report": {"get": {"summary": "Who queried what, for one agency (its auditor)",
                                          "parameters": [{"name": "agency", "in": "query", "required": True,
@@ -282,8 +282,9 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
     @guarded
     async def audit_verify(request: web.Request) -> web.Response:
         acc.policy().context(_token(request), "audit", "audit-verify", role="auditor")
-        v = await blocking(acc.audit.verify)
-        return json_response({"ok": v.ok, "records": v.records, "first_bad": v.first_bad, "reason": v.reason})
+        v = await blocking(acc.verify_audit)
+        return json_response({"ok": v.ok, "records": v.records, "first_bad": v.first_bad, "reason": v.reason,
+                              "checked_against_topic": v.witnessed})
 
     @guarded
     async def audit_report(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -55,6 +55,7 @@ class Verification:
     records: int
     first_bad: int | None = None
     reason: str = ""
+    witnessed: int | None = None  # records checked against their copies in the audit topic (None: not checked)
 
 
 class AuditLog:
@@ -115,10 +116,17 @@ class AuditLog:
             for raw in self.r.lrange(LOG_KEY, lo, lo + 999):
                 yield orjson.loads(raw)
 
-    def verify(self) -> Verification:
-        """Recompute the chain; the first record that does not fit says where it was tampered with."""
+    def verify(self, copies: Iterable[bytes] | None = None) -> Verification:
+        """Recompute the chain; the first record that does not fit says where it was tampered with.
+
+        The chain alone cannot show records removed from its end together with the head moved back to the last
+        one left (or the whole log and head deleted): what is left is a consistent chain. ``copies``, the
+        records as published to the audit topic, can: each must be in the chain at its seq with its hash.
+        Records in Redis without a copy are normal (an append whose publication failed returned nothing, and
+        the topic's retention drops old copies)."""
         prev = GENESIS
         n = 0
+        hashes: list[str] = []
         for n, rec in enumerate(self.records(), start=1):
             body = {k: v for k, v in rec.items() if k not in ("prev", "hash")}
             if rec.get("seq") != n:
@@ -128,10 +136,33 @@ class AuditLog:
             if not hmac.compare_digest(_digest(self.key, prev, body), str(rec.get("hash"))):
                 return Verification(False, n - 1, n, f"record {n} was altered (hash mismatch)")
             prev = rec["hash"]
+            hashes.append(prev)
         head = cast(dict[bytes, bytes], self.r.hgetall(HEAD_KEY))
         if head and (int(head[b"seq"]) != n or head[b"hash"].decode() != prev):
             return Verification(False, n, n + 1, "records after the last one were removed (head mismatch)")
-        return Verification(True, n)
+        if copies is None:
+            return Verification(True, n)
+        missing: int | None = None
+        witnessed = 0
+        for raw in copies:
+            try:
+                copy = orjson.loads(raw)
+                seq = int(copy["seq"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                return Verification(False, n, None, "the audit topic holds a record that is not an audit record",
+                                    witnessed)
+            if seq < 1:
+                return Verification(False, n, None, f"the audit topic holds a record with seq {seq}", witnessed)
+            if seq > n:
+                missing = seq if missing is None else min(missing, seq)
+            elif not hmac.compare_digest(hashes[seq - 1], str(copy.get("hash"))):
+                return Verification(False, n, seq, f"record {seq} differs from its copy in the audit topic",
+                                    witnessed)
+            witnessed += 1
+        if missing is not None:
+            return Verification(False, n, missing, f"record {missing} is in the audit topic but not in Redis "
+                                f"(removed from the end of the log: {n} records left)", witnessed)
+        return Verification(True, n, witnessed=witnessed)
 
     def report(self, agency: str | None = None) -> dict[str, Any]:
         """Who queried what: counts by user, purpose, decision and data owner (for one agency or all)."""

@@ -233,18 +233,27 @@ def cmd_area(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from streams.access import access
+    from streams.audit import AuditError
     from streams.policy import PolicyError
 
     try:
         with access(settings, publish=args.action == "report") as acc:
             if args.action == "verify":
-                v = acc.audit.verify()
-                print(f"audit chain: {'OK' if v.ok else 'BROKEN'}, {v.records} verified records"
+                v = acc.verify_audit(with_copies=not args.redis_only)
+                copies = (f"; {v.witnessed} checked against their copies in {settings.topic_audit}"
+                          if v.witnessed is not None else
+                          "; not checked against the audit topic (records removed from the end would not show)"
+                          if v.ok else "")
+                print(f"audit chain: {'OK' if v.ok else 'BROKEN'}, {v.records} verified records{copies}"
                       + ("" if v.ok else f"; first bad record {v.first_bad}: {v.reason}"))
                 return 0 if v.ok else 1
             report = acc.audit_report(args.token or settings.token, args.agency)
     except PolicyError as e:
         return _error(e)
+    except AuditError as e:
+        print(f"audit: {e}" + ("; --redis-only checks the chain in Redis alone" if args.action == "verify" else ""),
+              file=sys.stderr)
+        return 1
     sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
 
@@ -536,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("action", choices=["verify", "report"])
     au.add_argument("--agency", help="with report: the agency to report on")
     au.add_argument("--token", help="API token of an auditor (default: PLATESTREAM_TOKEN)")
+    au.add_argument("--redis-only", action="store_true",
+                    help="with verify: check the chain in Redis only, not against the audit topic's copies")
 
     sh = sub.add_parser("share", help="request, approve, refuse or list access to another agency's data")
     sh.add_argument("action", choices=["request", "approve", "refuse", "list"])

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
-from streams import connect
 from streams.producer import send_all
 from streams.settings import Settings
+from streams.topics import read_to_end
 
 
 @dataclass(frozen=True)
@@ -56,29 +55,10 @@ class Letter:
 
 
 def letters(s: Settings, topic: str | None = None, timeout_ms: int = 10_000) -> Iterator[Letter]:
-    """Every letter in the DLQ topic (``topic``: another one) as of now, partition by partition, oldest first."""
-    topic = topic or s.topic_dlq
-    consumer = KafkaConsumer(**connect.kafka(s), enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends = {tp.partition: end for tp, end in consumer.end_offsets(tps).items()}
-        # partitions holding letters: retention (which follows the policy) may have deleted all of one's
-        starts = {tp.partition: start for tp, start in consumer.beginning_offsets(tps).items()}
-        left = {p for p in ends if starts[p] < ends[p]}
-        if not left:
-            return
-        consumer.assign([TopicPartition(topic, p) for p in sorted(left)])
-        consumer.seek_to_beginning()
-        for rec in consumer:
-            if rec.offset < ends[rec.partition]:  # (letters written since are left for the next run)
-                yield Letter(rec.partition, rec.offset, rec.timestamp, orjson.loads(rec.value))
-            if rec.offset >= ends[rec.partition] - 1:
-                left.discard(rec.partition)
-            if not left:
-                return
-        raise TimeoutError(f"{topic}: no record for {timeout_ms} ms before the end of partitions {sorted(left)}")
-    finally:
-        consumer.close()
+    """Every letter in the DLQ topic (``topic``: another one) as of now, partition by partition, oldest first
+    (partitions whose letters retention, which follows the policy, deleted are skipped)."""
+    for rec in read_to_end(s, topic or s.topic_dlq, timeout_ms):
+        yield Letter(rec.partition, rec.offset, rec.timestamp, orjson.loads(rec.value))
 
 
 @dataclass

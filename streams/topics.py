@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import kafka.errors
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 from streams import connect
@@ -170,3 +171,29 @@ def end_offsets(s: Settings, topic: str) -> dict[int, int]:
         return {tp.partition: off for tp, off in ends.items()}
     finally:
         c.close()
+
+
+def read_to_end(s: Settings, topic: str, timeout_ms: int = 10_000) -> Iterator[ConsumerRecord]:
+    """Every record ``topic`` holds as of now, partition by partition in offset order; records written meanwhile are
+    left for the next reader. Partitions retention emptied are skipped; a record missing for ``timeout_ms`` before
+    a partition's end raises ``TimeoutError``."""
+    consumer = KafkaConsumer(**connect.kafka(s), enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = {tp.partition: end for tp, end in consumer.end_offsets(tps).items()}
+        starts = {tp.partition: start for tp, start in consumer.beginning_offsets(tps).items()}
+        left = {p for p in ends if starts[p] < ends[p]}
+        if not left:
+            return
+        consumer.assign([TopicPartition(topic, p) for p in sorted(left)])
+        consumer.seek_to_beginning()
+        for rec in consumer:
+            if rec.offset < ends[rec.partition]:
+                yield rec
+            if rec.offset >= ends[rec.partition] - 1:
+                left.discard(rec.partition)
+            if not left:
+                return
+        raise TimeoutError(f"{topic}: no record for {timeout_ms} ms before the end of partitions {sorted(left)}")
+    finally:
+        consumer.close()

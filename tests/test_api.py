@@ -154,6 +154,7 @@ def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> N
     assert call(server, "/v1/audit/verify", None, TOKENS["alice"])[1]["error"]["code"] == "forbidden_role"
     status, v = call(server, "/v1/audit/verify", None, TOKENS["audrey"])
     assert status == 200 and v["ok"] and v["records"] >= 8
+    assert v["checked_against_topic"] == v["records"]  # every record's copy was published (and read back)
     status, rep = call(server, "/v1/audit/report?agency=hartford-pd", None, TOKENS["audrey"])
     assert status == 200 and rep["by_user"]["alice"] >= 3 and rep["agencies_that_received_our_data"] == {}
     assert call(server, "/v1/audit/report?agency=westport-pd", None, TOKENS["audrey"])[0] == 403

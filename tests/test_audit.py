@@ -127,3 +127,46 @@ def test_a_writer_whose_head_is_stale_chains_onto_the_current_one(log: AuditLog,
     assert log.append(action="query.trail", agency="a", user="u", purpose="audit", case="c", terms={},
                       decision="allowed", result_count=0)["seq"] == 1
     assert log.verify() == Verification(True, 1)
+
+
+def _move_head_back(log: AuditLog, keep: int) -> None:
+    """What someone with Redis access (and not the audit key) can do unseen by the chain: drop the records after
+    the ``keep``-th and move the head back to it (every value needed is in Redis)."""
+    log.r.ltrim(LOG_KEY, 0, keep - 1)
+    last = orjson.loads(log.r.lindex(LOG_KEY, keep - 1))  # type: ignore[arg-type]
+    log.r.hset(HEAD_KEY, mapping={"seq": keep, "hash": last["hash"]})
+
+
+def test_a_tail_removed_with_the_head_moved_back_shows_against_the_topic_copies(settings: Settings) -> None:
+    """The chain alone cannot see it; the records' copies in the audit topic (the real broker) can, and so can they
+    see the whole log deleted. A record whose publication failed (in Redis, not in the topic) is not a finding."""
+    from streams.access import access
+
+    with access(settings) as acc:
+        for i in range(6):
+            acc.audit.append(action="query.trail", agency="hartford-pd", user=f"u{i}", purpose="criminal_investigation",
+                             case=f"c{i}", terms={}, decision="allowed", result_count=i)
+        acc.audit.publish = None  # the 7th record's publication "failed": it is in Redis only
+        acc.audit.append(action="query.trail", agency="hartford-pd", user="u7", purpose="audit", case="c", terms={},
+                         decision="allowed", result_count=0)
+        assert acc.verify_audit() == Verification(True, 7, witnessed=6)
+
+        _move_head_back(acc.audit, 4)
+        assert acc.verify_audit(with_copies=False) == Verification(True, 4)  # the chain alone: consistent
+        v = acc.verify_audit()
+        assert (v.ok, v.records, v.first_bad, v.witnessed) == (False, 4, 5, 6)
+        assert "record 5 is in the audit topic but not in Redis" in v.reason
+
+        acc.client.delete(LOG_KEY, HEAD_KEY)
+        assert acc.verify_audit(with_copies=False) == Verification(True, 0)
+        assert acc.verify_audit().first_bad == 1
+
+
+def test_a_copy_that_differs_from_its_record_is_a_finding(log: AuditLog) -> None:
+    copies = [orjson.dumps(r) for r in log.records()]
+    assert log.verify(copies) == Verification(True, 6, witnessed=6)
+    assert log.verify([*copies, copies[2]]) == Verification(True, 6, witnessed=7)  # a copy sent twice
+    forged = {**orjson.loads(copies[2]), "hash": "f" * 64}
+    v = log.verify([copies[0], orjson.dumps(forged)])
+    assert (v.ok, v.first_bad) == (False, 3) and "differs from its copy" in v.reason
+    assert not log.verify([b"not json"]).ok

@@ -13,6 +13,7 @@ import pytest
 import redis
 import yaml
 
+from streams.audit import HEAD_KEY, LOG_KEY
 from streams.settings import Settings
 from tests.conftest import settings_env
 from tests.governance import TOKENS, policy_doc, with_tokens
@@ -63,12 +64,22 @@ def test_trail_exports_and_refusals(settings: Settings, tmp_path: Path) -> None:
     assert fred.returncode == 0 and fred.stdout == "" and "hartford-pd.never_for_purposes" in fred.stderr
     verify = run(settings, tmp_path, "audit", "verify")
     # four of alice's (3 trails, 1 search), her refused one without a case, and fred's
-    assert verify.returncode == 0 and "OK, 6 verified records" in verify.stdout, verify.stdout
+    assert verify.returncode == 0 and "OK, 6 verified records; 6 checked against their copies" in verify.stdout, (
+        verify.stdout)
     report = run(settings, tmp_path, "audit", "report", "--agency", "hartford-pd", token=TOKENS["audrey"])
     assert report.returncode == 0, report.stderr
     assert orjson.loads(report.stdout)["by_user"] == {"alice": 5}  # fred's query is ICE's, not Hartford's
     denied = run(settings, tmp_path, "audit", "report", "--agency", "westport-pd", token=TOKENS["audrey"])
     assert denied.returncode == 2 and "forbidden_role" in denied.stderr
+    # the last two records (fred's, the auditor's report) dropped and the head moved back to alice's last: only
+    # the topic's copies show it
+    client.ltrim(LOG_KEY, 0, 4)
+    client.hset(HEAD_KEY, mapping={"seq": 5, "hash": orjson.loads(client.lindex(LOG_KEY, 4))["hash"]})
+    alone = run(settings, tmp_path, "audit", "verify", "--redis-only")
+    assert alone.returncode == 0 and "not checked against the audit topic" in alone.stdout
+    tampered = run(settings, tmp_path, "audit", "verify")
+    assert tampered.returncode == 1 and "BROKEN" in tampered.stdout
+    assert "record 6 is in the audit topic but not in Redis" in tampered.stdout
 
 
 def test_retention_sweep_also_lowers_kafkas_retention(settings: Settings, tmp_path: Path) -> None:
