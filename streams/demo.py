@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from streams import connect, stack
-from streams.audit import AuditLog
+from streams.access import access
 from streams.cli import print_trail
 from streams.pipeline import META_OFFSET
 from streams.policy import Policy
@@ -43,7 +43,8 @@ def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
         env={k: v for k, v in os.environ.items() if k == "PLATESTREAM_HASH_KEY"},
         kafka_bootstrap=info.kafka_bootstrap, redis_url=info.redis_url.rsplit("/", 1)[0] + "/15",
         state_dir=state_dir, topic_reads=f"demo.{tag}.reads", topic_deduped=f"demo.{tag}.deduped",
-        topic_dlq=f"demo.{tag}.dlq", topic_alerts=f"demo.{tag}.alerts", group=f"demo-{tag}",
+        topic_dlq=f"demo.{tag}.dlq", topic_alerts=f"demo.{tag}.alerts", topic_audit=f"demo.{tag}.audit",
+        group=f"demo-{tag}",
     )
     client = connect.redis_client(s)
     client.flushdb()
@@ -93,22 +94,23 @@ def run_demo(state_dir: Path, vehicles: int = 6000) -> int:
     counts = collections.Counter((t.plate, t.region) for t in traffic.truth if t.agency == "hartford-pd")
     plate, region = counts.most_common(1)[0][0]
     policy = Policy.load(DEMO_POLICY)
-    audit = AuditLog(client, s.audit_key)
-    for token, purpose, case in (("demo-alice", "criminal_investigation", "HPD-2026-0415"),
-                                 ("demo-fred", "immigration_enforcement", "ICE-77")):
-        ctx = policy.context(token, purpose, case)
-        print(f"\n    PLATESTREAM_TOKEN={token} platestream trail {plate} --region {region} "
-              f"--purpose {purpose} --case {case}")
-        print(f"    ({ctx.user.id} of {ctx.agency.name})")
-        result = governed_trail(client, s, policy, ctx, audit, plate, region)
-        print_trail(result.rows[:8])
-        if len(result.rows) > 8:
-            print(f"    ... {len(result.rows) - 8} more sightings")
-        withheld = collections.Counter(result.refused.values())
-        print(f"    audit record #{result.audit_seq}; withheld by: "
-              + ", ".join(f"{rule}" for rule in sorted(withheld)))
-    v = audit.verify()
-    print(f"\n    platestream audit verify -> chain {'OK' if v.ok else 'BROKEN'}, {v.records} records")
+    with access(s) as acc:  # each record also published to the audit topic, acknowledged before the answer
+        for token, purpose, case in (("demo-alice", "criminal_investigation", "HPD-2026-0415"),
+                                     ("demo-fred", "immigration_enforcement", "ICE-77")):
+            ctx = policy.context(token, purpose, case)
+            print(f"\n    PLATESTREAM_TOKEN={token} platestream trail {plate} --region {region} "
+                  f"--purpose {purpose} --case {case}")
+            print(f"    ({ctx.user.id} of {ctx.agency.name})")
+            result = governed_trail(client, s, policy, ctx, acc.audit, plate, region)
+            print_trail(result.rows[:8])
+            if len(result.rows) > 8:
+                print(f"    ... {len(result.rows) - 8} more sightings")
+            withheld = collections.Counter(result.refused.values())
+            print(f"    audit record #{result.audit_seq}; withheld by: "
+                  + ", ".join(f"{rule}" for rule in sorted(withheld)))
+        v = acc.verify_audit()
+    print(f"\n    platestream audit verify -> chain {'OK' if v.ok else 'BROKEN'}, {v.records} records, "
+          f"{v.witnessed} checked against their copies in {s.topic_audit}")
 
     print("5/5 accounting ...", flush=True)
     stored = reads = 0
