@@ -39,7 +39,7 @@ from streams.store import (
     trail_key,
 )
 from tests.conftest import settings_env
-from tests.support import check_layout, dump_redis, pack_v5, pipeline_raws, store_reads
+from tests.support import check_layout, dump_redis, pack_v5, pipeline_raws, recent_ms, store_reads
 
 pytestmark = pytest.mark.integration
 
@@ -283,7 +283,7 @@ def test_lookups_work_all_through_an_upgrade_and_retention_waits_for_it(
 
     client = redis.Redis.from_url(settings.redis_url)
     client.flushdb()
-    base = 1_764_000_000_000
+    base = recent_ms()
     plates = ["MIG123", "M1G123", "XYZ900"]
     store_reads(settings, client, [
         {"read_id": f"m{i}", "camera_id": f"cam-{i % 3}", "agency": "hartford-pd", "plate": plates[i % 3],

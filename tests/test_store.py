@@ -314,7 +314,7 @@ def test_left_unset_the_area_index_s_bucket_is_the_one_redis_holds(settings: Set
     from streams.retention import sweep
     from streams.store import CELL_BUCKET, LAYOUT_VERSION, META_KEY, CellBucketError, require_layout
     from tests.governance import TOKENS, policy
-    from tests.support import check_layout, store_reads
+    from tests.support import check_layout, recent_ms, store_reads
 
     assert (settings.cell_bucket_ms, settings.cell_bucket_pinned) == (300_000, False)  # the test fixture's: unset
     sync = redis.Redis.from_url(settings.redis_url)
@@ -331,7 +331,7 @@ def test_left_unset_the_area_index_s_bucket_is_the_one_redis_holds(settings: Set
     assert require_layout(sync, settings.cell_bucket_ms, pinned=False) == 900_000  # (reads record nothing)
     assert sync.hget(META_KEY, CELL_BUCKET) is None
     # that version's entries, 900-second buckets: reads 4 minutes apart, in 2 of those and 4 of 300 seconds
-    t0 = 1_764_000_000_000  # a 900-second bucket's start
+    t0 = recent_ms()  # a 900-second bucket's start (midnight)
     times = [t0 + i * 240_000 for i in range(5)]
     reads = [{"read_id": f"old-{i}", "camera_id": "cam-old", "agency": "hartford-pd", "plate": "OLD1",
               "region": "US-CT", "ts": t, "lat": 41.7637, "lon": -72.6851, "confidence": 0.9}
