@@ -34,9 +34,16 @@ def leader_topic(s: Settings) -> str:
     return f"{app_id(s)}-__assignor-__leader"
 
 
+# The audit topic holds the audit log's copies, what ``audit verify`` checks the log in Redis against (records cut
+# from its end show only there); Redis keeps the log for good, so the copies are not left to the brokers' retention
+# (a day on the local stack, a week by Kafka's default). An operator with an audit retention rule sets its own.
+AUDIT_TOPIC_CONFIGS = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
 def ensure_topics(s: Settings, partitions: int | None = None, app: bool = False) -> None:
     """Create missing topics with ``partitions`` (default: the setting) and ``s.replication_factor`` replicas (-1:
-    the brokers' default); existing ones are left alone. ``app``: faust's leader topic too (``leader_topic``),
+    the brokers' default), the audit topic keeping its records (``AUDIT_TOPIC_CONFIGS``); existing ones are left
+    alone. ``app``: faust's leader topic too (``leader_topic``),
     which faust would otherwise create with one replica whatever the brokers' default — created here first, faust
     finds it and leaves it be."""
     admin = KafkaAdminClient(**connect.kafka(s), client_id="platestream-admin")
@@ -44,7 +51,8 @@ def ensure_topics(s: Settings, partitions: int | None = None, app: bool = False)
         existing = set(admin.list_topics())
         n = partitions or s.partitions
         wanted = [(t, n) for t in topic_names(s)] + ([(leader_topic(s), 1)] if app else [])
-        new = [NewTopic(name=t, num_partitions=parts, replication_factor=s.replication_factor)
+        new = [NewTopic(name=t, num_partitions=parts, replication_factor=s.replication_factor,
+                        topic_configs=AUDIT_TOPIC_CONFIGS if t == s.topic_audit else {})
                for t, parts in wanted if t not in existing]
         if new:
             # each topic's own error: one another worker created meanwhile is fine, and must not hide the others'

@@ -125,6 +125,7 @@ def test_topic_retention_is_lowered_to_the_policys_and_never_raised(settings: Se
 
     try:
         before = configs()
+        assert before[settings.topic_audit][0] == -1  # the audit log's copies are kept (not the broker's day)
         # 2 hours for non-hits of one agency, a year for hits: the data topics come down, alerts keep the broker's
         strict = _policy([{"non_hit_days": 1 / 12, "hit_days": 365}, {"non_hit_days": 30}])
         changed = apply_retention(settings, strict)
