@@ -381,7 +381,9 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     from kafka.errors import KafkaError
+    from redis.exceptions import RedisError
 
+    from streams.connect import redis_client
     from streams.dlq import Letter, letters, replay, summarize
     from streams.producer import SendError
 
@@ -410,13 +412,18 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     def chosen(letter: Letter) -> bool:
         return (not reasons or letter.reason in reasons) and (args.since is None or letter.timestamp >= args.since)
 
+    client = redis_client(settings)
     try:
-        done = replay(settings, letters(settings, topic), chosen, to=args.to, dry_run=args.dry_run)
-    except (KafkaError, SendError) as e:
+        done = replay(settings, letters(settings, topic), chosen, client, to=args.to, dry_run=args.dry_run,
+                      again=args.again, topic=topic)
+    except (KafkaError, SendError, RedisError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    finally:
+        client.close()
     verb = "would send" if args.dry_run else "sent"
-    print(f"{verb} {sum(done.sent.values()):,} messages back: {dict(done.sent)}")
+    print(f"{verb} {sum(done.sent.values()):,} messages back: {dict(done.sent)}"
+          + (f"; skipped {done.before:,} replayed before (--again sends them again)" if done.before else ""))
     if done.not_whole:
         print(f"{len(done.not_whole):,} chosen letters hold only the start of their message (whole at: "
               + ", ".join(done.not_whole[:10]) + (" ..." if len(done.not_whole) > 10 else "") + ")", file=sys.stderr)
@@ -584,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     drep.add_argument("--since", type=_time, help="only letters written at or after this time (ISO 8601 or epoch ms)")
     drep.add_argument("--to", help="send to this topic instead of each message's own")
     drep.add_argument("--dry-run", action="store_true", help="count what would be sent, send nothing")
+    drep.add_argument("--again", action="store_true",
+                      help="also letters replayed before (each is otherwise sent back once, recorded in Redis)")
     rt = sub.add_parser("retention", help="run the retention sweeper once")
     rt.add_argument("action", choices=["sweep"])
 

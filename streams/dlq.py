@@ -5,8 +5,9 @@ A summary shows counts, never payloads: the payloads are raw camera reads, plate
 chosen letter's original key and payload to the topic it came from, where the worker takes it like any other
 message: stored, merged, or dead-lettered again (with a new letter) if it is still rejected. Letters cut to fit
 Kafka (``value_truncated``) cannot be replayed from the letter; the summary and the replay name where the whole
-message is. Replaying the same letters twice sends them twice: ``--since`` picks letters by when they were
-dead-lettered.
+message is. A letter is replayed once: the letters sent are recorded in Redis (``REPLAYED_KEY``), and a later
+replay skips them unless told ``again``; ``--since`` picks letters by when they were dead-lettered. (A DLQ topic
+deleted and made again restarts its offsets: its first replay needs ``again``.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis
 
 from streams.producer import send_all
 from streams.settings import Settings
@@ -97,29 +99,67 @@ def summarize(found: Iterator[Letter]) -> Summary:
     return out
 
 
+# per DLQ topic and partition: the offsets of the letters replayed (as scores), so a replay does not send a letter
+# twice (a replayed read would count twice in its sighting); pruned below the oldest letter the partition still holds
+REPLAYED_KEY = "ps:dlq:replayed:{}:{}"
+
+
+def replayed_key(topic: str, partition: int) -> str:
+    return REPLAYED_KEY.format(topic, partition)
+
+
 @dataclass
 class Replay:
-    """What a replay sent (by topic), and the chosen letters it could not send (cut to fit: their sources)."""
+    """What a replay sent (by topic), the chosen letters it could not send (cut to fit: their sources), and the
+    chosen letters it skipped as replayed before."""
 
     sent: Counter[str] = field(default_factory=Counter)
     not_whole: list[str] = field(default_factory=list)
+    before: int = 0
 
 
-def replay(s: Settings, found: Iterator[Letter], chosen: Callable[[Letter], bool], to: str | None = None,
-           dry_run: bool = False) -> Replay:
+def replay(s: Settings, found: Iterator[Letter], chosen: Callable[[Letter], bool], client: redis.Redis,
+           to: str | None = None, dry_run: bool = False, again: bool = False, topic: str | None = None) -> Replay:
     """Send each ``chosen`` letter's original message back to the topic it came from (``to``: that topic
-    instead), in the order the letters are found; ``dry_run``: count only. Every message sent is acknowledged
-    (``send_all``), or this raises."""
+    instead), in the order the letters are found; ``dry_run``: count only. Letters of ``topic`` (the DLQ topic,
+    default the setting's) replayed before are skipped unless ``again``; the ones sent are recorded in Redis
+    once every message is acknowledged (``send_all``, which raises otherwise): a replay that fails part-way
+    records none, and the next sends its letters again (at least once, never lost)."""
+    dlq_topic = topic or s.topic_dlq
     out = Replay()
-    by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
+    picked: list[Letter] = []
+    oldest: dict[int, int] = {}
     for letter in found:
-        if not chosen(letter):
-            continue
+        oldest[letter.partition] = min(oldest.get(letter.partition, letter.offset), letter.offset)
+        if chosen(letter):
+            picked.append(letter)
+    if picked and not again:
+        parts = sorted({x.partition for x in picked})
+        with client.pipeline(transaction=False) as pipe:
+            for p in parts:
+                pipe.zmscore(replayed_key(dlq_topic, p), [str(x.offset) for x in picked if x.partition == p])
+            done = {(p, off) for p, scores in zip(parts, pipe.execute(), strict=True)
+                    for off in (int(x) for x in scores if x is not None)}
+        out.before = sum((x.partition, x.offset) in done for x in picked)
+        picked = [x for x in picked if (x.partition, x.offset) not in done]
+    by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
+    sending: list[Letter] = []
+    for letter in picked:
         message = letter.original()
         if message is None:
             out.not_whole.append(letter.source)
             continue
         by_topic.setdefault(to or str(letter.record.get("topic")), []).append(message)
-    for topic, messages in by_topic.items():
-        out.sent[topic] = len(messages) if dry_run else send_all(s, topic, messages)
+        sending.append(letter)
+    for target, messages in by_topic.items():
+        out.sent[target] = len(messages) if dry_run else send_all(s, target, messages)
+    if not dry_run:
+        with client.pipeline(transaction=False) as pipe:
+            for p, start in oldest.items():
+                key = replayed_key(dlq_topic, p)
+                pipe.zremrangebyscore(key, "-inf", f"({start}")  # letters retention has deleted
+                offsets = [x.offset for x in sending if x.partition == p]
+                if offsets:
+                    pipe.zadd(key, {str(o): o for o in offsets})
+            pipe.execute()
     return out

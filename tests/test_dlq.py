@@ -68,6 +68,15 @@ def test_messages_rejected_by_a_too_small_limit_are_counted_then_replayed_and_st
     assert len(read_topic(settings, settings.topic_dlq)) == 28  # none rejected again
     later = dlq(settings, "replay", "--since", str(int(time.time() * 1000)))
     assert "sent 0 messages back" in later.stdout
+    # each letter goes back once: the 20 are skipped now (a read sent twice would count twice), the other 8 not
+    twice = dlq(settings, "replay", "--reason", "too_large")
+    assert twice.returncode == 0 and "sent 0 messages back" in twice.stdout, twice.stderr
+    assert "skipped 20 replayed before" in twice.stdout
+    rest = dlq(settings, "replay", "--dry-run")
+    assert "would send 8 messages back" in rest.stdout and "skipped 20 replayed before" in rest.stdout
+    again = dlq(settings, "replay", "--reason", "too_large", "--again", "--dry-run")
+    assert "would send 20 messages back" in again.stdout and "skipped" not in again.stdout
+    assert sum(end_offsets(settings, settings.topic_reads).values()) == sum(ends.values()) + 20  # dry runs
 
     # retention (here: records deleted up to the end) leaves a partition with an end offset and no letter
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
