@@ -45,3 +45,17 @@ def test_kubernetes_migration_job_runs_the_migrate_command_with_the_workers_sett
     assert container["envFrom"] == worker["envFrom"] and container["image"] == worker["image"]
     args = build_parser().parse_args(container["args"])
     assert (args.command, args.action) == ("store", "migrate") and args.settle > 0
+
+
+def test_kubernetes_audit_verify_runs_nightly_against_the_topic_with_the_workers_settings() -> None:
+    from streams.cli import build_parser
+
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all((DEPLOY / "k8s" / "platestream.yaml").read_text())}
+    cron = docs["platestream-audit-verify"]
+    worker = docs["platestream-worker"]["spec"]["template"]["spec"]["containers"][0]
+    job = cron["spec"]["jobTemplate"]["spec"]
+    [container] = job["template"]["spec"]["containers"]
+    assert cron["kind"] == "CronJob" and len(cron["spec"]["schedule"].split()) == 5 and job["backoffLimit"] == 0
+    assert container["envFrom"] == worker["envFrom"] and container["image"] == worker["image"]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.action, args.redis_only) == ("audit", "verify", False)
