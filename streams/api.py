@@ -74,13 +74,18 @@ def _token(request: web.Request) -> str | None:
     return auth[7:] if auth.startswith("Bearer ") else None
 
 
-def _int(value: Any, name: str) -> int | None:
+def _int(value: Any, name: str, what: str = "epoch milliseconds", least: int | None = None) -> int | None:
     if value is None:
         return None
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise QueryError(f"{name} must be {what}")  # (int() would take true as 1 and 2.7 as 2)
     try:
-        return int(value)
+        out = int(value)
     except (TypeError, ValueError):
-        raise QueryError(f"{name} must be epoch milliseconds") from None
+        raise QueryError(f"{name} must be {what}") from None
+    if least is not None and out < least:
+        raise QueryError(f"{name} must be {what}")
+    return out
 
 
 def governed_response(result: GovernedResult, fmt: Any = None) -> web.Response:
@@ -218,7 +223,8 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         return governed_response(await blocking(lambda: run(q, policy, ctx)), fmt)
 
     def _window(q: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
-        return _int(q.get("since"), "since"), _int(q.get("until"), "until"), _int(q.get("limit"), "limit")
+        return (_int(q.get("since"), "since"), _int(q.get("until"), "until"),
+                _int(q.get("limit"), "limit", "a whole number of sightings, at least 1", least=1))
 
     @guarded
     async def trail(request: web.Request) -> web.Response:

@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from streams.query import GovernedResult
 
 
+def _count(value: str) -> int:
+    """A whole number of at least 1 (a limit: a negative one would cut from the end)."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
 def _time(value: str) -> int:
     """Epoch ms, or an ISO 8601 time (UTC if no zone)."""
     if value.lstrip("-").isdigit():
@@ -522,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--region", required=True, help="issuing jurisdiction, e.g. US-CT")
     t.add_argument("--since", type=_time, help="epoch ms or ISO 8601")
     t.add_argument("--until", type=_time, help="epoch ms or ISO 8601")
-    t.add_argument("--limit", type=int)
+    t.add_argument("--limit", type=_count)
     t.add_argument("--format", choices=["table", "json", "jsonl", "csv"], default="table",
                    help="table for people; jsonl (= json) or csv to export")
 
@@ -531,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--region", help="issuing jurisdiction (default: every region)")
     se.add_argument("--since", type=_time, help="epoch ms or ISO 8601")
     se.add_argument("--until", type=_time, help="epoch ms or ISO 8601")
-    se.add_argument("--limit", type=int)
+    se.add_argument("--limit", type=_count)
     se.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
 
     ar = sub.add_parser("area", help="which vehicles (by pseudonym) passed within a radius or polygon in a "

@@ -284,6 +284,8 @@ def _governed(client: redis.Redis, settings: Settings, policy: Policy, ctx: Cont
               action: str, vehicles: list[tuple[str, str]], since: int | None, until: int | None,
               limit: int | None, terms: dict[str, Any]) -> GovernedResult:
     """Trails of (region, plate) ``vehicles``, cut to what ``ctx`` may see, audited before returning."""
+    if limit is not None and limit < 1:
+        raise QueryError(f"limit must be at least 1, not {limit}")
     now = audit.clock()  # the time the audit record gives the query
     refused = refusals(client, policy, ctx, now)
     allowed = set(policy.agencies).difference(refused)

@@ -149,6 +149,11 @@ def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> N
     assert (status, text, headers["Content-Type"].split(";")[0]) == (200, "", "application/x-ndjson")
     assert "hartford-pd.never_with_kinds" in headers["X-Withheld-By"]
     assert call(server, "/v1/trail", {**q, "format": "xml"}, TOKENS["alice"])[1]["error"]["code"] == "invalid_query"
+    # a limit below one (a negative one cut from the end) or a since of true (1) is refused, not taken
+    for bad in ({"limit": 0}, {"limit": -2}, {"limit": 1.5}, {"since": True}):
+        status, err = call(server, "/v1/trail", {**q, **bad}, TOKENS["alice"])
+        assert (status, err["error"]["code"]) == (400, "invalid_query"), bad
+    assert len(call(server, "/v1/trail", {**q, "limit": 1}, TOKENS["alice"])[1]["sightings"]) == 1
 
     # everything above is in the audit chain, which the auditor can verify over HTTP
     assert call(server, "/v1/audit/verify", None, TOKENS["alice"])[1]["error"]["code"] == "forbidden_role"
@@ -160,10 +165,11 @@ def test_governed_http_api(server: str, settings: Settings, tmp_path: Path) -> N
     assert call(server, "/v1/audit/report?agency=westport-pd", None, TOKENS["audrey"])[0] == 403
     audit = AuditLog(client, b"api-test-audit-key-0123")
     trails = [r for r in audit.records() if r["action"] == "query.trail"]
-    # refused ones too: unauthenticated, no case, unknown purpose; then alice twice, fred, alice's CSV export
+    # refused ones too: unauthenticated, no case, unknown purpose; then alice twice, fred, alice's CSV export and
+    # her query with a limit of one
     assert [(r["user"], r["decision"]) for r in trails] == [
         (None, "refused"), ("alice", "refused"), ("alice", "refused"), ("alice", "partial"), ("alice", "partial"),
-        ("fred", "partial"), ("alice", "partial")]  # fred may see his own agency's data (there is none)
+        ("fred", "partial"), ("alice", "partial"), ("alice", "partial")]  # fred may see his own agency's (none)
     searches = [r for r in audit.records() if r["action"] == "query.plate_search"]
     assert [(r["user"], r["decision"], r["result_count"]) for r in searches] == [
         ("alice", "partial", 4), ("alice", "refused", 0), ("fred", "partial", 0)]

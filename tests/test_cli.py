@@ -109,3 +109,14 @@ def test_retention_sweep_also_lowers_kafkas_retention(settings: Settings, tmp_pa
             data, "86400000")
     finally:
         admin.close()
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "1.5", "x"])
+def test_a_limit_below_one_is_refused_by_the_parser(limit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli import build_parser
+
+    for cmd in (["trail", "ABC123", "--region", "US-CT"], ["search", "ABC*"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*cmd, "--purpose", "p", "--case", "c", "--limit", limit])
+        assert "at least 1" in capsys.readouterr().err
+    assert build_parser().parse_args(["trail", "A", "--region", "US-CT", "--limit", "7"]).limit == 7
