@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, repeat
@@ -32,6 +32,7 @@ from streams.kernels.resp import resp_commands
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import NO_MESSAGES, Coded, DeadLetter, Messages, Raw, ReadBatch, RecordLike, decode_batch
+from streams.retention import NO_CUTOFF, cutoffs
 from streams.settings import Settings
 from streams.sharing import grant_purposes
 from streams.store import (
@@ -84,6 +85,7 @@ class BatchResult:
     late: int = 0
     sightings_new: int = 0
     sightings_retracted: int = 0
+    sightings_expired: int = 0  # sightings not written: past their owner's retention when they arrived
 
 
 def dlq_message(d: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -100,6 +102,9 @@ class HotContext:
     matcher: Matcher
     allowed: Callable[[str, str], bool]  # (hotlist agency, owning agency) -> may it match?
     hit_only: frozenset[str] = frozenset()  # owning agencies that store hits only
+    # (owning agency, is a hit) -> the oldest first capture time it may keep (``retention.cutoffs``) as of when
+    # the context was made: a sighting already older is never written
+    oldest: Mapping[tuple[str, bool], int] = field(default_factory=dict)
 
 
 def _date(day: int) -> str:
@@ -131,7 +136,7 @@ def build_hot_context(policy: Policy, entries: list[Entry], grants: dict[str, di
             if policy.decide(ctx, owner, grant_purposes(grants.get(f"{owner}|{h}"), now_ms)) is None:
                 allowed.add((h, owner))
     hit_only = frozenset(a.id for a in policy.agencies.values() if a.hit_only)
-    return HotContext(Matcher(entries, now_ms), lambda h, o: (h, o) in allowed, hit_only)
+    return HotContext(Matcher(entries, now_ms), lambda h, o: (h, o) in allowed, hit_only, cutoffs(policy, now_ms))
 
 
 class PartitionPipeline:
@@ -351,6 +356,15 @@ class PartitionPipeline:
             store_it |= np.fromiter((b[2] not in hot.hit_only for b in bests), dtype=np.bool_, count=len(bests))
         else:
             store_it[:] = True
+        if hot.oldest:
+            # past its owner's retention already when it arrives (a camera's backlog sent late, a clock far behind):
+            # never written, published or kept to be swept - the sweep would remove it at once (its dedup state is
+            # kept like a hit-only agency's non-hit, so later frames of the pass merge into it)
+            cut = np.fromiter((hot.oldest.get((b[2], h), NO_CUTOFF) for b, h in
+                               zip(bests, p["hit"][live].tolist(), strict=True)), dtype=np.int64, count=len(bests))
+            young = p["start"][live] >= cut
+            out.sightings_expired += int(np.count_nonzero(store_it & ~young & (live >= n_before)))  # new ones
+            store_it &= young
         p["written"][live[store_it]] = 1  # before the checkpoint values, which must say so after a restore
 
         lat, lon = geo52_decode(p["best_geo"][live])

@@ -29,7 +29,7 @@ from streams.kernels.rounding import rounded_array
 from streams.migrate import current_members
 from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
-from streams.retention import cutoffs
+from streams.retention import NO_CUTOFF, cutoffs
 from streams.settings import Settings
 from streams.sharing import granted_purposes_of
 from streams.store import (
@@ -69,7 +69,6 @@ def _check_plate(plate: str, region: str) -> str:
 
 
 T = TypeVar("T")
-NO_CUTOFF = np.iinfo(np.int64).min  # an agency without a limit keeps its sightings
 
 
 def _latest(found: Iterable[T], sighting: Callable[[T], Sighting]) -> list[T]:

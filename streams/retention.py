@@ -21,6 +21,8 @@ from streams.policy import Policy
 from streams.settings import Settings
 from streams.store import Sighting, area_entry, read_trail, require_layout
 
+NO_CUTOFF = int(np.iinfo(np.int64).min)  # an agency without a limit keeps its sightings
+
 
 def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
     """(agency, is hotlist hit) -> oldest capture time (ms) it may still keep. An agency without

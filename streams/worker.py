@@ -501,6 +501,7 @@ class BatchRunner:
             self.metrics["late"] += r.late
             self.metrics["sightings_new"] += r.sightings_new
             self.metrics["sightings_retracted"] += r.sightings_retracted
+            self.metrics["sightings_expired_on_arrival"] += r.sightings_expired
             self.metrics["alerts"] += len(r.alerts)
 
     def _fault_point(self, step: str) -> None:

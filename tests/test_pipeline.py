@@ -146,6 +146,45 @@ def test_hotlist_hits_alerts_hit_only_and_hit_retention(settings: Settings, west
     assert {r["agency"] for r in trail(client, settings, "HOT1", "US-CT")} >= {"hartford-pd"}
 
 
+def test_a_sighting_past_its_owners_retention_on_arrival_is_never_written(settings: Settings) -> None:
+    """A camera's backlog sent ten days late: Hartford's non-hit (7-day limit) is neither stored nor published, only
+    counted; its hit (365 days), its 6-day-old sighting and NYPD's (no limit) year-old one are. A later frame of the
+    expired pass merges into it (its dedup state is kept) and is not written either."""
+    from streams.hotlist import make_entry
+    from streams.pipeline import build_hot_context
+    from streams.query import trail
+    from tests.governance import policy
+
+    p = policy()
+    now = 1_800_000_000_000
+    hot = build_hot_context(p, [make_entry("hartford-pd", {"plate": "HOT1", "region": "US-CT", "reason": "x"}, "t")],
+                            {}, now)
+    old, recent = now - 10 * DAY_MS, now - 6 * DAY_MS
+    client = redis.Redis.from_url(settings.redis_url)
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    result = pipe.process_raw([Raw(settings.topic_reads, 0, i, None, None, v) for i, v in enumerate([
+        _read("late1", "hartford-pd", "OLD1", old), _read("late2", "hartford-pd", "OLD1", old + 300),
+        _read("hit", "hartford-pd", "HOT1", old), _read("fresh", "hartford-pd", "NEW1", recent),
+        _read("ny", "nypd", "NYC1", now - 400 * DAY_MS)])], hot)
+    assert apply_batch_sync(client, pipe.ck_key, None, result.redis)
+    assert (result.sightings_new, result.sightings_expired) == (4, 1)
+    stored = {plate: [r["reads"] for r in trail(client, settings, plate, "US-CT")]
+              for plate in ("OLD1", "HOT1", "NEW1", "NYC1")}
+    assert stored == {"OLD1": [], "HOT1": [1], "NEW1": [1], "NYC1": [1]}
+    assert sorted(orjson.loads(v)["plate"] for _, v in result.deduped) == ["HOT1", "NEW1", "NYC1"]
+
+    # a partition of that backlog alone: the pass's next frame, a batch later, merges into the unwritten sighting
+    other = PartitionPipeline(settings, settings.topic_reads, 1)
+    first = other.process_raw([Raw(settings.topic_reads, 1, 0, None, None, _read("b1", "hartford-pd", "OLD2", old))],
+                              hot)
+    then = other.process_raw([Raw(settings.topic_reads, 1, 1, None, None,
+                                  _read("b2", "hartford-pd", "OLD2", old + 500))], hot)
+    assert [(r.sightings_new, r.sightings_expired, list(r.deduped)) for r in (first, then)] == [(1, 1, []), (0, 0, [])]
+    for r, expected in ((first, None), (then, 1)):
+        assert apply_batch_sync(client, other.ck_key, expected, r.redis)
+    assert trail(client, settings, "OLD2", "US-CT") == []
+
+
 def test_longest_utf8_strings_the_schema_allows_are_stored_and_restored(settings: Settings) -> None:
     """64 four-byte characters are 256 bytes: once a worker-crashing poison pill (one-byte length prefixes)."""
     import orjson

@@ -101,10 +101,10 @@ def test_a_query_shows_nothing_past_its_owners_limit_before_any_sweep(settings: 
              for i, (plate, age) in enumerate((("RET123", 10), ("RET123", 6), ("HOT1", 10)))]
     pipe = PartitionPipeline(settings, settings.topic_reads, 0)
     result = pipe.process_raw([Raw(settings.topic_reads, 0, i, None, None, orjson.dumps(r))
-                               for i, r in enumerate(reads)], build_hot_context(p, [entry], {}, NOW))
+                               for i, r in enumerate(reads)], build_hot_context(p, [entry], {}, NOW - 5 * DAY_MS))
     client = redis.Redis.from_url(settings.redis_url)
     assert apply_batch_sync(client, pipe.ck_key, None, result.redis)
-    assert _left(settings, client) == {"RET123-10", "RET123-6"}  # stored: no sweep has run
+    assert _left(settings, client) == {"RET123-10", "RET123-6"}  # written 5 days ago, young then; no sweep since
     audit = AuditLog(client, b"audit-test-key-0123456789", clock=lambda: NOW)
     alice = p.context(TOKENS["alice"], "criminal_investigation", "H-1")
 
