@@ -478,6 +478,8 @@ class PartitionPipeline:
                 continue
             p["hit"][s] = 1
             d = docs[row]
+            if p["start"][s] < hot.oldest.get((d["agency"], True), NO_CUTOFF):
+                continue  # past even a hit's retention on arrival: not written (``_dedup``), not alerted
             sid = int(p["sid"][s])
             alert = {"schema": names.SCHEMA_ALERT, "alert_id": f"{sid:016x}-{entry.id}", "sighting_id": f"{sid:016x}",
                      "hotlist_agency": entry.agency, "entry_id": entry.id, "reason": entry.reason,

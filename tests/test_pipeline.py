@@ -148,8 +148,9 @@ def test_hotlist_hits_alerts_hit_only_and_hit_retention(settings: Settings, west
 
 def test_a_sighting_past_its_owners_retention_on_arrival_is_never_written(settings: Settings) -> None:
     """A camera's backlog sent ten days late: Hartford's non-hit (7-day limit) is neither stored nor published, only
-    counted; its hit (365 days), its 6-day-old sighting and NYPD's (no limit) year-old one are. A later frame of the
-    expired pass merges into it (its dedup state is kept) and is not written either."""
+    counted; its hit (365 days), its 6-day-old sighting and NYPD's (no limit) year-old one are, and a hit 400 days
+    old is neither written nor alerted on. A later frame of the expired pass merges into it (its dedup state is
+    kept) and is not written either."""
     from streams.hotlist import make_entry
     from streams.pipeline import build_hot_context
     from streams.query import trail
@@ -165,13 +166,15 @@ def test_a_sighting_past_its_owners_retention_on_arrival_is_never_written(settin
     result = pipe.process_raw([Raw(settings.topic_reads, 0, i, None, None, v) for i, v in enumerate([
         _read("late1", "hartford-pd", "OLD1", old), _read("late2", "hartford-pd", "OLD1", old + 300),
         _read("hit", "hartford-pd", "HOT1", old), _read("fresh", "hartford-pd", "NEW1", recent),
-        _read("ny", "nypd", "NYC1", now - 400 * DAY_MS)])], hot)
+        _read("ny", "nypd", "NYC1", now - 400 * DAY_MS),
+        _read("hit-400", "hartford-pd", "HOT1", now - 400 * DAY_MS)])], hot)  # past even a hit's 365 days
     assert apply_batch_sync(client, pipe.ck_key, None, result.redis)
-    assert (result.sightings_new, result.sightings_expired) == (4, 1)
-    stored = {plate: [r["reads"] for r in trail(client, settings, plate, "US-CT")]
+    assert (result.sightings_new, result.sightings_expired) == (5, 2)
+    stored = {plate: [r["read_id"] for r in trail(client, settings, plate, "US-CT")]
               for plate in ("OLD1", "HOT1", "NEW1", "NYC1")}
-    assert stored == {"OLD1": [], "HOT1": [1], "NEW1": [1], "NYC1": [1]}
-    assert sorted(orjson.loads(v)["plate"] for _, v in result.deduped) == ["HOT1", "NEW1", "NYC1"]
+    assert stored == {"OLD1": [], "HOT1": ["hit"], "NEW1": ["fresh"], "NYC1": ["ny"]}
+    assert sorted(orjson.loads(v)["read_id"] for _, v in result.deduped) == ["fresh", "hit", "ny"]
+    assert [orjson.loads(v)["read_id"] for _, v in result.alerts] == ["hit"]
 
     # a partition of that backlog alone: the pass's next frame, a batch later, merges into the unwritten sighting
     other = PartitionPipeline(settings, settings.topic_reads, 1)
