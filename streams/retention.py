@@ -10,6 +10,7 @@ a declared limit keep their data; data of agencies the policy does not know is k
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -19,7 +20,7 @@ from streams.directory import collect
 from streams.kernels.geohash import geo52_decode, geohash_str
 from streams.policy import Policy
 from streams.settings import Settings
-from streams.store import Sighting, area_entry, read_trail, require_layout
+from streams.store import Sighting, area_entry, read_trail_members, require_layout, source_names, unpack_columns
 
 NO_CUTOFF = int(np.iinfo(np.int64).min)  # an agency without a limit keeps its sightings
 
@@ -52,13 +53,18 @@ def _area_entries_only_of(older: list[Sighting], gone: list[bool], vid: bytes,
     return {e for e, g in entries if g} - {e for e, g in entries if not g}
 
 
+SCAN_PAGE = 1000  # trails read per round trip
+
+
 def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) -> Counter[str]:
     """One pass over every trail, then over the plate directory; returns sightings removed per agency.
 
     Only single-key commands, ordered so that an interruption anywhere is repaired by the next pass (and
     so that it works the same on Redis Cluster): a sighting's area index entry goes first, then the
     trail entry, so no index entry outlives its sighting; vehicles whose trail emptied leave the plate
-    directory last (``directory.collect``).
+    directory last (``directory.collect``). Trails are read a SCAN page at a time, each page's in one round
+    trip, and each page's removals in two (area entries, then trail entries): a round trip per trail took
+    12.4 s for 95,000 trails with nothing to remove, in the worker's process every minute.
     """
     # (a migration rewrites members; this removes them by their bytes in this layout, area entries by their bucket)
     bucket = require_layout(client, settings.cell_bucket_ms, settings.cell_bucket_pinned)
@@ -67,22 +73,37 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
     limit = cutoffs(policy, now_ms)
     removed: Counter[str] = Counter()
     newest_cutoff = max(limit.values(), default=0)
-    for key in client.scan_iter(match="ps:t:*", count=1000) if limit else ():
-        vid = bytes.fromhex(key.decode().split("{", 1)[1].rstrip("}"))
-        older = read_trail(client, key, "-inf", newest_cutoff - 1)
-        expiring = [(cut := limit.get((s.agency, s.hit))) is not None and s.ts < cut for s in older]
-        expired = [s for s, g in zip(older, expiring, strict=True) if g]
-        if not expired:
-            continue
-        with client.pipeline(transaction=False) as pipe:
-            for entry in _area_entries_only_of(older, expiring, vid, settings):
-                pipe.zrem(*entry)
-            pipe.execute()
-        with client.pipeline(transaction=False) as pipe:
-            for s in expired:
-                pipe.zrem(key, s.pack())
-            # a sighting the worker revised meanwhile is not removed now (it is still expired next pass)
-            for s, gone in zip(expired, pipe.execute(), strict=True):
-                removed[s.agency] += int(gone)
+    keys = client.scan_iter(match="ps:t:*", count=SCAN_PAGE) if limit else iter(())
+    while page := [k.decode() if isinstance(k, bytes) else k for k in itertools.islice(keys, SCAN_PAGE)]:
+        areas: list[tuple[str, bytes]] = []
+        trails: list[tuple[str, list[Sighting]]] = []
+        for key, members in zip(page, read_trail_members(client, page, "-inf", newest_cutoff - 1), strict=True):
+            if not members:
+                continue
+            older = unpack_columns(members, lambda codes: source_names(client, codes)).sightings()
+            expiring = [(cut := limit.get((s.agency, s.hit))) is not None and s.ts < cut for s in older]
+            expired = [s for s, g in zip(older, expiring, strict=True) if g]
+            if expired:
+                vid = bytes.fromhex(key.split("{", 1)[1].rstrip("}"))
+                areas.extend(_area_entries_only_of(older, expiring, vid, settings))
+                trails.append((key, expired))
+        if areas:
+            cells: dict[str, list[bytes]] = {}
+            for cell, member in areas:
+                cells.setdefault(cell, []).append(member)
+            with client.pipeline(transaction=False) as pipe:
+                for cell, members in cells.items():
+                    pipe.zrem(cell, *members)
+                pipe.execute()
+        if trails:
+            # one ZREM per trail and owner: its reply counts that owner's removals
+            owned = [(key, agency, [s.pack() for s in expired if s.agency == agency])
+                     for key, expired in trails for agency in dict.fromkeys(s.agency for s in expired)]
+            with client.pipeline(transaction=False) as pipe:
+                for key, _, members in owned:
+                    pipe.zrem(key, *members)
+                # a sighting the worker revised meanwhile is not removed now (it is still expired next pass)
+                for (_, agency, _), gone in zip(owned, pipe.execute(), strict=True):
+                    removed[agency] += int(gone)
     collect(client)
     return removed
