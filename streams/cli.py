@@ -371,7 +371,7 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with access(settings, publish=False) as acc:
             policy = acc.policy()
-            removed = sweep(acc.client, settings, policy, int(time.time() * 1000))
+            removed = sweep(acc.client, settings, policy, int(time.time() * 1000), full=args.full)
     except (PolicyError, LayoutError) as e:
         return _error(e)
     print(f"removed {sum(removed.values())} sightings past their agency's retention: {dict(removed)}")
@@ -602,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also letters replayed before (each is otherwise sent back once, recorded in Redis)")
     rt = sub.add_parser("retention", help="run the retention sweeper once")
     rt.add_argument("action", choices=["sweep"])
+    rt.add_argument("--full", action="store_true", help="read every trail below the newest cutoff, not only what "
+                    "aged past a limit since the last complete pass")
 
     so = sub.add_parser("store", help="rewrite Redis data of an earlier layout in place (stop the workers first)")
     so.add_argument("action", choices=["migrate"])

@@ -134,26 +134,45 @@ def open_entry(keys: tuple[bytes, ...], vehicle: bytes, sealed: bytes) -> tuple[
     return None
 
 
-def collect(client: redis.Redis, count: int = 1000) -> int:
+def collect(client: redis.Redis, count: int = 1000, vehicles: Sequence[bytes] | None = None) -> int:
     """Remove entries of vehicles without a trail; returns how many. Lock-free and single-key (so it works
     on Redis Cluster): an entry is removed only after its trail was seen empty, and put back if a worker
-    stored a sighting of the vehicle meanwhile (the worker also rewrites it with every sighting)."""
+    stored a sighting of the vehicle meanwhile (the worker also rewrites it with every sighting). ``vehicles``:
+    only their entries (the vehicles a retention pass removed sightings of), not the whole directory."""
     removed = 0
+    if vehicles is not None:
+        for lo in range(0, len(vehicles), count):
+            chunk = vehicles[lo : lo + count]
+            with client.pipeline(transaction=False) as pipe:
+                for vehicle in chunk:
+                    pipe.hget(directory_key(vehicle), vehicle)
+                by_key: dict[str, list[tuple[bytes, bytes]]] = {}
+                for vehicle, sealed in zip(chunk, pipe.execute(), strict=True):
+                    if sealed is not None:
+                        by_key.setdefault(directory_key(vehicle), []).append((vehicle, sealed))
+            removed += sum(_collect_of(client, key, found) for key, found in by_key.items())
+        return removed
     for b in range(BUCKETS):
         key = f"ps:pd:{{{b:02x}}}"
         found = list(client.hscan_iter(key, count=count))
         for lo in range(0, len(found), count):
-            chunk = found[lo : lo + count]
-            with client.pipeline(transaction=False) as pipe:
-                for vehicle, _ in chunk:
-                    pipe.exists(trail_key(vehicle))
-                orphans = [(v, sealed) for (v, sealed), n in zip(chunk, pipe.execute(), strict=True) if not n]
-            for vehicle, sealed in orphans:
-                client.hdel(key, vehicle)
-                if client.exists(trail_key(vehicle)):
-                    client.hset(key, vehicle, sealed)  # a sighting arrived meanwhile: keep it findable
-                else:
-                    removed += 1
+            removed += _collect_of(client, key, found[lo : lo + count])
+    return removed
+
+
+def _collect_of(client: redis.Redis, key: str, found: list[tuple[bytes, bytes]]) -> int:
+    """``collect`` of (vehicle, sealed entry) pairs of one directory key."""
+    with client.pipeline(transaction=False) as pipe:
+        for vehicle, _ in found:
+            pipe.exists(trail_key(vehicle))
+        orphans = [(v, sealed) for (v, sealed), n in zip(found, pipe.execute(), strict=True) if not n]
+    removed = 0
+    for vehicle, sealed in orphans:
+        client.hdel(key, vehicle)
+        if client.exists(trail_key(vehicle)):
+            client.hset(key, vehicle, sealed)  # a sighting arrived meanwhile: keep it findable
+        else:
+            removed += 1
     return removed
 
 

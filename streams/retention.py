@@ -10,10 +10,14 @@ a declared limit keep their data; data of agencies the policy does not know is k
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import Counter
+from collections.abc import Iterable
+from typing import cast
 
 import numpy as np
+import orjson
 import redis
 
 from streams.directory import collect
@@ -54,17 +58,41 @@ def _area_entries_only_of(older: list[Sighting], gone: list[bool], vid: bytes,
 
 
 SCAN_PAGE = 1000  # trails read per round trip
+# The last complete pass: its time and the limits it applied. The next pass, with the same limits, reads each trail
+# only where sightings aged past a limit since then (a window per distinct limit): a pass reading everything below
+# the newest cutoff read, every minute, all the history the agencies with longer limits keep. A full pass when the
+# limits change, when there is none recorded, or once the last full one is FULL_EVERY_MS old (anything a window
+# could miss: a pass interrupted part-way, a sighting rewritten to an earlier first capture time).
+SWEPT_KEY = "ps:retention:swept"
+FULL_EVERY_MS = 86_400_000
 
 
-def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) -> Counter[str]:
-    """One pass over every trail, then over the plate directory; returns sightings removed per agency.
+def _limits_digest(durations: dict[tuple[str, bool], int]) -> str:
+    return hashlib.sha256(orjson.dumps(sorted((a, h, d) for (a, h), d in durations.items()))).hexdigest()[:32]
 
-    Only single-key commands, ordered so that an interruption anywhere is repaired by the next pass (and
+
+def _windows(durations: Iterable[int], since_ms: int, now_ms: int) -> list[tuple[int, int]]:
+    """[lo, hi) of first capture times that aged past a limit of ``durations`` between the two times, merged."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted((since_ms - d, now_ms - d) for d in set(durations)):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        elif lo < hi:
+            out.append((lo, hi))
+    return out
+
+
+def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, full: bool = False) -> Counter[str]:
+    """One pass over the trails, then over the plate directory; returns sightings removed per agency.
+
+    Only single-key commands, ordered so that an interruption anywhere is repaired by the next full pass (and
     so that it works the same on Redis Cluster): a sighting's area index entry goes first, then the
     trail entry, so no index entry outlives its sighting; vehicles whose trail emptied leave the plate
     directory last (``directory.collect``). Trails are read a SCAN page at a time, each page's in one round
     trip, and each page's removals in two (area entries, then trail entries): a round trip per trail took
-    12.4 s for 95,000 trails with nothing to remove, in the worker's process every minute.
+    12.4 s for 95,000 trails with nothing to remove, in the worker's process every minute. After a complete
+    pass with the same limits, only the windows that aged past a limit since are read (``SWEPT_KEY``);
+    ``full``: everything below the newest cutoff, whatever was recorded.
     """
     # (a migration rewrites members; this removes them by their bytes in this layout, area entries by their bucket)
     bucket = require_layout(client, settings.cell_bucket_ms, settings.cell_bucket_pinned)
@@ -72,12 +100,22 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
     settings = settings.with_cell_bucket(bucket)
     limit = cutoffs(policy, now_ms)
     removed: Counter[str] = Counter()
-    newest_cutoff = max(limit.values(), default=0)
-    keys = client.scan_iter(match="ps:t:*", count=SCAN_PAGE) if limit else iter(())
+    durations = {k: now_ms - cut for k, cut in limit.items()}
+    digest = _limits_digest(durations)
+    last = cast(dict[bytes, bytes], client.hgetall(SWEPT_KEY))
+    at, last_full = (int(last[b"at"]), int(last[b"full"])) if b"at" in last and b"full" in last else (None, None)
+    incremental = (not full and at is not None and last_full is not None and last.get(b"limits") == digest.encode()
+                   and at <= now_ms and now_ms - last_full < FULL_EVERY_MS)
+    windows = (_windows(durations.values(), cast(int, at), now_ms) if incremental
+               else [(-(2**62), max(limit.values(), default=0))])
+    keys = client.scan_iter(match="ps:t:*", count=SCAN_PAGE) if limit and windows else iter(())
+    touched: list[bytes] = []
     while page := [k.decode() if isinstance(k, bytes) else k for k in itertools.islice(keys, SCAN_PAGE)]:
         areas: list[tuple[str, bytes]] = []
         trails: list[tuple[str, list[Sighting]]] = []
-        for key, members in zip(page, read_trail_members(client, page, "-inf", newest_cutoff - 1), strict=True):
+        per_window = [read_trail_members(client, page, lo, hi - 1) for lo, hi in windows]
+        for i, key in enumerate(page):
+            members = [m for found in per_window for m in found[i]]
             if not members:
                 continue
             older = unpack_columns(members, lambda codes: source_names(client, codes)).sightings()
@@ -87,6 +125,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
                 vid = bytes.fromhex(key.split("{", 1)[1].rstrip("}"))
                 areas.extend(_area_entries_only_of(older, expiring, vid, settings))
                 trails.append((key, expired))
+                touched.append(vid)
         if areas:
             cells: dict[str, list[bytes]] = {}
             for cell, member in areas:
@@ -105,5 +144,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int) 
                 # a sighting the worker revised meanwhile is not removed now (it is still expired next pass)
                 for (_, agency, _), gone in zip(owned, pipe.execute(), strict=True):
                     removed[agency] += int(gone)
-    collect(client)
+    collect(client, vehicles=touched if incremental else None)
+    client.hset(SWEPT_KEY, mapping={"at": now_ms, "limits": digest,
+                                    "full": cast(int, last_full) if incremental else now_ms})
     return removed

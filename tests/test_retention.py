@@ -6,11 +6,11 @@ import pytest
 import redis
 
 from streams.audit import AuditLog
-from streams.policy import DAY_MS
+from streams.policy import DAY_MS, Policy
 from streams.query import area_search, trail
 from streams.retention import sweep
 from streams.settings import Settings
-from tests.governance import TOKENS, policy
+from tests.governance import TOKENS, policy, policy_doc, with_tokens
 from tests.support import area_clash, store_reads
 
 pytestmark = pytest.mark.integration
@@ -32,6 +32,10 @@ def _store(settings: Settings, client: redis.Redis) -> None:
 
 def _left(settings: Settings, client: redis.Redis) -> set[str]:
     return {r["read_id"] for r in trail(client, settings, "RET123", "US-CT")}
+
+
+def _directory(client: redis.Redis) -> int:
+    return sum(int(client.hlen(k)) for k in client.scan_iter(match="ps:pd:*"))  # type: ignore[arg-type]
 
 
 def _cell_members(client: redis.Redis) -> int:
@@ -123,3 +127,39 @@ def test_a_query_shows_nothing_past_its_owners_limit_before_any_sweep(settings: 
     # two days later the 6-day-old sighting is past the limit too: hidden at once, whenever the next sweep runs
     audit.clock = lambda: NOW + 2 * DAY_MS
     assert answers() == ([], ["HOT1-10"], ["HOT1-10"])
+
+
+def test_a_pass_after_a_complete_one_reads_only_what_aged_past_a_limit_since(settings: Settings) -> None:
+    """The windows: Hartford's sighting that turned 7 days old in the last hour goes; one planted behind the
+    sweep's back, already 20 days old, is below every window and stays until a full pass (asked for, the limits
+    changed, or a day after the last full one)."""
+    import dataclasses
+
+    from streams.retention import SWEPT_KEY
+
+    client = redis.Redis.from_url(settings.redis_url)
+    hour = 3_600_000
+    store_reads(settings, client, [_read("hartford-pd", 1), _read("westport-pd", 10), _read("westport-pd", 40, 1)])
+    p = policy()
+    assert dict(sweep(client, settings, p, NOW)) == {"westport-pd": 1}  # none recorded: a full pass
+    assert int(client.hget(SWEPT_KEY, "full")) == NOW  # type: ignore[arg-type]
+    planted = dataclasses.replace(settings, topic_reads=settings.topic_reads + ".later")  # other sighting ids
+    store_reads(planted, client, [{**_read("hartford-pd", 0), "read_id": "ages-now", "plate": "GONE1",
+                                   "ts": NOW - 7 * DAY_MS + hour // 2}, _read("hartford-pd", 20)])
+    assert _left(settings, client) == {"hartford-pd-1", "westport-pd-10", "hartford-pd-20"}
+    assert _directory(client) == 2 and trail(client, settings, "GONE1", "US-CT")
+
+    assert dict(sweep(client, settings, p, NOW + hour)) == {"hartford-pd": 1}
+    assert _left(settings, client) == {"hartford-pd-1", "westport-pd-10", "hartford-pd-20"}
+    assert _directory(client) == 1 and not trail(client, settings, "GONE1", "US-CT")  # its vehicle left the directory
+    assert dict(sweep(client, settings, p, NOW + hour, full=True)) == {"hartford-pd": 1}
+    assert _left(settings, client) == {"hartford-pd-1", "westport-pd-10"}
+
+    again = dataclasses.replace(settings, topic_reads=settings.topic_reads + ".again")
+    store_reads(again, client, [_read("hartford-pd", 21)])
+    assert dict(sweep(client, settings, p, NOW + 2 * hour)) == {}  # (below the windows)
+    assert dict(sweep(client, settings, p, NOW + hour + DAY_MS)) == {"hartford-pd": 1}  # a day after the full one
+    tighter = with_tokens(policy_doc())
+    tighter["agencies"][1]["retention"] = {"non_hit_days": 5}  # Westport's 10-day-old sighting: in no window
+    assert dict(sweep(client, settings, Policy.from_dict(tighter), NOW + hour + DAY_MS)) == {"westport-pd": 1}
+    assert _left(settings, client) == {"hartford-pd-1"}
