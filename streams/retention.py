@@ -148,3 +148,18 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
     client.hset(SWEPT_KEY, mapping={"at": now_ms, "limits": digest,
                                     "full": cast(int, last_full) if incremental else now_ms})
     return removed
+
+
+LEASE_KEY = "ps:retention:lease"
+
+
+def leased_sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, holder: str,
+                 lease_ms: int) -> Counter[str] | None:
+    """``sweep``, by one worker of many per ``lease_ms`` (their sweep interval): the first to take the lease
+    sweeps, the others skip (None) - every worker scanning every trail each minute multiplied the cost by the
+    workers. A holder that dies lets the lease lapse; one that holds it still renews it."""
+    if not client.set(LEASE_KEY, holder, nx=True, px=lease_ms):
+        if client.get(LEASE_KEY) != holder.encode():
+            return None
+        client.pexpire(LEASE_KEY, lease_ms)
+    return sweep(client, settings, policy, now_ms)

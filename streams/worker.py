@@ -30,6 +30,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -733,7 +734,9 @@ def make_app(settings: Settings) -> faust.App:
             await runner.stop()
 
     if runner.policies is not None:
-        from streams.retention import sweep
+        from streams.retention import leased_sweep
+
+        holder = f"{socket.gethostname()}:{os.getpid()}:{id(runner):x}"
 
         policies = runner.policies  # reloaded when the file changes
 
@@ -745,7 +748,11 @@ def make_app(settings: Settings) -> faust.App:
                 policy = policies.get()
                 client = connect.redis_client(settings)
                 try:
-                    removed = sum(sweep(client, settings, policy, int(time.time() * 1000)).values())
+                    # one worker of the group sweeps per interval (the lease); the others only follow the policy
+                    # into Kafka's settings
+                    done = leased_sweep(client, settings, policy, int(time.time() * 1000), holder,
+                                        settings.retention_interval_s * 1000)
+                    removed = sum(done.values()) if done is not None else 0
                 finally:
                     client.close()
                 follow_retention(policy)  # a reloaded policy: the topics follow it

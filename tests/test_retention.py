@@ -163,3 +163,25 @@ def test_a_pass_after_a_complete_one_reads_only_what_aged_past_a_limit_since(set
     tighter["agencies"][1]["retention"] = {"non_hit_days": 5}  # Westport's 10-day-old sighting: in no window
     assert dict(sweep(client, settings, Policy.from_dict(tighter), NOW + hour + DAY_MS)) == {"westport-pd": 1}
     assert _left(settings, client) == {"hartford-pd-1"}
+
+
+def test_one_worker_of_many_sweeps_per_interval(settings: Settings) -> None:
+    """The lease: the first worker sweeps, another skips while it is held, the holder sweeps again (and renews
+    it), and once it lapses (its holder gone: here, deleted) the other takes over."""
+    from collections import Counter
+
+    from streams.retention import LEASE_KEY, SWEPT_KEY, leased_sweep
+
+    client = redis.Redis.from_url(settings.redis_url)
+    _store(settings, client)
+    p = policy()
+    first = leased_sweep(client, settings, p, NOW, "a", 60_000)
+    assert first is not None and dict(first) == {"hartford-pd": 2, "westport-pd": 1}
+    assert leased_sweep(client, settings, p, NOW + 1, "b", 60_000) is None  # a holds it
+    assert int(client.hget(SWEPT_KEY, "at")) == NOW  # type: ignore[arg-type]  (b did not sweep)
+    client.pexpire(LEASE_KEY, 5_000)
+    assert leased_sweep(client, settings, p, NOW + 2, "a", 60_000) == Counter()  # the holder again, renewed
+    assert 5_000 < int(client.pttl(LEASE_KEY)) <= 60_000  # type: ignore[arg-type]
+    client.delete(LEASE_KEY)  # a gone: its lease lapsed
+    assert leased_sweep(client, settings, p, NOW + 3, "b", 60_000) == Counter()
+    assert client.get(LEASE_KEY) == b"b" and int(client.hget(SWEPT_KEY, "at")) == NOW + 3  # type: ignore[arg-type]
