@@ -28,6 +28,8 @@ GAUGES: dict[str, tuple[str, str]] = {
     "redis_compact_trails": ("redis_compact_trails", "1 if Redis keeps trails as listpacks (README: Redis "
                              "settings), 0 if not"),
     "rss_bytes": ("rss_bytes", "resident memory of the worker process"),
+    "lag_records": ("lag_records", "records of the worker's partitions after its position, as of their last fetch "
+                    "(grows while Redis or the brokers hold it back)"),
     "latency_samples": ("latency_samples", "capture-to-Redis latencies the latency quantiles are taken over"),
     "healthy": ("healthy", "1 while /health answers 200, 0 while it answers 503"),
     "sinks_failing_for_s": ("sinks_failing_seconds", "how long the current run of sink errors has lasted (0: none)"),

@@ -183,6 +183,7 @@ class BatchRunner:
         self.s = settings
         self.lock = asyncio.Lock()
         self.pipelines: dict[TopicPartition, PartitionPipeline] = {}
+        self._lags: dict[TopicPartition, int] = {}  # each partition's lag when last known (``lag``)
         self.metrics: Counter[str] = Counter()
         self.started = time.monotonic()
         self.consumer: AIOKafkaConsumer | None = None
@@ -426,6 +427,22 @@ class BatchRunner:
         consumer = self.consumer
         assert consumer is not None
         return ((consumer.highwater(tp), pipe.next_offset) for tp, pipe in self.pipelines.items())
+
+    def lag(self) -> int:
+        """Records of this worker's assigned partitions after its position, as of each one's last fetch. A
+        partition being rewound (its state reloading from Redis, its position unknown for a moment) counts
+        with its lag when last known: while a sink refuses batches, that is most of the time."""
+        if self.consumer is None:
+            return 0
+        consumer = self.consumer
+        for tp, pipe in list(self.pipelines.items()):
+            end = consumer.highwater(tp)
+            if end is not None and pipe.next_offset is not None:
+                self._lags[tp] = max(end - pipe.next_offset, 0)
+        assigned = consumer.assignment()
+        for tp in [tp for tp in self._lags if tp not in assigned]:
+            del self._lags[tp]
+        return sum(self._lags.values())
 
     def _chunk_args(self) -> int:
         """``chunk_args_for`` the batches just processed."""
@@ -776,6 +793,7 @@ def make_app(settings: Settings) -> faust.App:
         sealer = shared_sealer(settings.hash_key)
         m["directory_seal_cache_hits"], m["directory_seal_cache_misses"] = sealer.hits, sealer.misses
         m["rss_bytes"] = _rss_bytes()
+        m["lag_records"] = runner.lag()
         m.update(runner.latency.percentiles())
         healthy, state = runner.health()
         m["healthy"], m["sinks_failing_for_s"] = int(healthy), state.get("sinks_failing_for_s", 0.0)

@@ -84,8 +84,10 @@ def test_a_full_redis_holds_the_worker_back_and_loses_nothing(settings: Settings
         wait_for(lambda: metrics().get("sink_errors", 0) >= 3 and metrics().get("healthy") == 0, 90,
                  "Redis to refuse writes (OOM) for 2 s")
         assert "OOM" in worker.log() and client.info("memory")["maxmemory_policy"] == "noeviction"
+        assert metrics()["lag_records"] > 0  # what it holds back, in its /metrics
         client.config_set("maxmemory", 0)
         wait_caught_up(s, worker)
+        wait_for(lambda: metrics().get("lag_records") == 0, 30, "the worker's lag to drain")
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
     acc = verify_against_truth(s, traffic)
