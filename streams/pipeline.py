@@ -8,6 +8,7 @@ dedup -> sink.deduped / sink.dlq -> sink.redis.
 from __future__ import annotations
 
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -252,7 +253,7 @@ class PartitionPipeline:
     def decode(self, records: Sequence[RecordLike]) -> Decoded:
         """(batch, next offset, records consumed): the first step, apart so the worker can run it while it
         waits for the broker; the dedup state is untouched."""
-        batch = decode_batch(records, self.s.max_message_bytes, self.s.max_clock_ahead_ms)
+        batch = decode_batch(records, self.s.max_message_bytes, self.s.max_clock_ahead_ms, int(time.time() * 1000))
         return batch, records[-1].offset + 1 if records else (self.next_offset or 0), len(records)
 
     def process(self, batch: ReadBatch, next_offset: int, consumed: int | None = None,

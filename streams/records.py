@@ -730,7 +730,8 @@ def _fast_valid(docs: list[Any]) -> tuple[NDArray[np.bool_], _Columns]:
     return ok, _Columns(read_id, camera, agency, plate, region, ts, lat, lon, conf)
 
 
-def decode_batch(records: Sequence[RecordLike], max_bytes: int, max_ahead_ms: int | None = None) -> ReadBatch:
+def decode_batch(records: Sequence[RecordLike], max_bytes: int, max_ahead_ms: int | None = None,
+                 now_ms: int | None = None) -> ReadBatch:
     """Decode and validate ``records``; invalid ones become ``DeadLetter``s, none is dropped.
 
     Columnar first (``kernels.scan``: the core fields of plain messages straight from the bytes, checked
@@ -739,12 +740,14 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int, max_ahead_ms: in
     the same batch.
 
     ``max_ahead_ms``: a read whose capture time is more than this after its message's Kafka timestamp is
-    invalid (field ``ts``); a message without a timestamp is not judged. The Kafka timestamp, not this process's
-    clock, so that a replay decides the same.
+    invalid (field ``ts``); a message without a timestamp is not judged. The Kafka timestamp, so that a replay
+    decides the same; with ``now_ms`` (this process's clock), the earlier of the two: a producer that stamps
+    each message with its read's capture time (event time) would otherwise let a camera clock years ahead pass.
+    A replay then decides the same for every read but those within its delay of the limit.
     """
     n = len(records)
     if n == 0:
-        return _decode_reference(records, max_bytes, max_ahead_ms)[0]
+        return _decode_reference(records, max_bytes, max_ahead_ms, now_ms)[0]
     polled = Polled.of("", -1, records)  # (a list's records keep their own topic: the slow rows index ``records``)
     # the values are scanned where they lie in the poll's bytes: a null as an empty value, which the scan leaves
     # to the reference path
@@ -762,7 +765,8 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int, max_ahead_ms: in
     ok = ((status != SLOW) & (lens <= max_bytes) & (ts >= 0) & (ts <= TS_MAX) & (lat >= -90.0) & (lat <= 90.0)
           & (lon >= -180.0) & (lon <= 180.0) & (conf >= 0.0) & (conf <= 1.0))
     if max_ahead_ms is not None:  # (the reference path names the reason)
-        ok &= ~((polled.timestamps >= 0) & (ts > polled.timestamps + max_ahead_ms))
+        stamps = polled.timestamps if now_ms is None else np.minimum(polled.timestamps, now_ms)  # (-1 stays)
+        ok &= ~((stamps >= 0) & (ts > stamps + max_ahead_ms))
     parsed: dict[int, dict[str, Any]] = {}
     for i in np.flatnonzero(ok & (status == EXTRA)).tolist():
         # unknown fields: orjson parses the whole message (and judges the skipped values; the scan checked
@@ -798,7 +802,7 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int, max_ahead_ms: in
     if rows.shape[0] == n:
         return fast
     slow_rows = np.flatnonzero(~ok)
-    slow, slow_kept = _decode_reference([records[i] for i in slow_rows.tolist()], max_bytes, max_ahead_ms)
+    slow, slow_kept = _decode_reference([records[i] for i in slow_rows.tolist()], max_bytes, max_ahead_ms, now_ms)
     if not len(slow):  # the usual case: the rest is dead letters
         fast.dead = slow.dead
         return fast
@@ -836,7 +840,7 @@ def _merge(a: ReadBatch, a_pos: NDArray[np.intp], b: ReadBatch, b_pos: NDArray[n
 
 
 def _decode_reference(records: Sequence[RecordLike], max_bytes: int,
-                      max_ahead_ms: int | None = None) -> tuple[ReadBatch, list[int]]:
+                      max_ahead_ms: int | None = None, now_ms: int | None = None) -> tuple[ReadBatch, list[int]]:
     """orjson-decode and validate ``records``: the batch, and each valid row's index in ``records``."""
     loaded: list[Any] = []
     kept: list[int] = []
@@ -868,10 +872,13 @@ def _decode_reference(records: Sequence[RecordLike], max_bytes: int,
     if max_ahead_ms is not None:
         for j in np.flatnonzero(fast).tolist():
             r = records[kept[j]]
-            if r.timestamp is not None and r.timestamp >= 0 and int(loaded[j]["ts"]) > r.timestamp + max_ahead_ms:
+            if r.timestamp is None or r.timestamp < 0:
+                continue
+            stamp = r.timestamp if now_ms is None else min(r.timestamp, now_ms)
+            if int(loaded[j]["ts"]) > stamp + max_ahead_ms:
                 fast[j] = False
                 dead.append(DeadLetter(r, "invalid_field", STEP_VALIDATE, "ts", ahead_detail(
-                    int(loaded[j]["ts"]) - r.timestamp, max_ahead_ms)))
+                    int(loaded[j]["ts"]) - stamp, max_ahead_ms)))
     if dead:
         dead.sort(key=lambda d: d.raw.offset)
     good = fast.tolist()
@@ -907,7 +914,8 @@ def _decode_reference(records: Sequence[RecordLike], max_bytes: int,
 
 
 def ahead_detail(ahead_ms: int, limit_ms: int) -> str:
-    return (f"ts is {ahead_ms / 1000:,.0f} s ahead of the message's Kafka timestamp (at most {limit_ms // 1000:,} s, "
+    return (f"ts is {ahead_ms / 1000:,.0f} s ahead of the message's Kafka timestamp, or of the worker's clock if "
+            f"earlier (at most {limit_ms // 1000:,} s, "
             "PLATESTREAM_MAX_CLOCK_AHEAD_S): the camera's clock is wrong. Kept, it would hold this partition's "
             "dedup watermark in the future and its sighting past retention")
 

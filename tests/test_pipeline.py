@@ -424,13 +424,16 @@ def test_a_read_from_a_clock_far_ahead_is_dead_lettered_and_leaves_dedup_alone(s
     for batch in ([raw(0, "7ABC123", t0, t0 + 50), raw(1, "FUTURE1", 4_000_000_000_000, t0 + 60),
                    raw(2, "EDGE1", t0 + ahead + 70, t0 + 70)],  # as far ahead as allowed: kept
                   [raw(3, "7ABC123", t0 + w // 2, t0 + w // 2 + 40)],  # the same pass, next batch
-                  [raw(4, "NOTIME1", 4_000_000_000_000, None)]):  # no Kafka timestamp: nothing to judge by
+                  [raw(4, "NOTIME1", 4_000_000_000_000, None),  # no Kafka timestamp: nothing to judge by
+                   # a producer stamping each message with its read's capture time: the worker's clock is earlier
+                   raw(5, "STAMPED1", 4_000_000_000_000, 4_000_000_000_000)]):
         expected = pipe.next_offset
         results.append(pipe.process_raw(batch))
         _apply(client, pipe, expected, results[-1].redis)
     letters = [orjson.loads(value) for r in results for _, value, _ in r.dlq]
-    assert [(d["offset"], d["reason"], d["field"]) for d in letters] == [(1, "invalid_field", "ts")]
-    assert "ahead of the message's Kafka timestamp" in letters[0]["detail"]
+    assert [(d["offset"], d["reason"], d["field"]) for d in letters] == [(1, "invalid_field", "ts"),
+                                                                         (5, "invalid_field", "ts")]
+    assert all("ahead of the message's Kafka timestamp" in d["detail"] for d in letters)
     assert sum(r.late for r in results[:2]) == 0
     [sighting] = read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "7ABC123")))
     assert sighting.reads == 2  # one pass, one sighting

@@ -220,21 +220,27 @@ def test_columnar_decode_gives_the_reference_batch(values: list[bytes | None]) -
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.tuples(st.one_of(documents(), st.just(orjson.dumps(valid_read())), st.sampled_from(BOUNDARY)),
                           st.sampled_from([None, 0, valid_read()["ts"] - 1000, valid_read()["ts"] - 1001,
-                                           1_700_000_000_000, 4_102_444_800_000])), max_size=12))
+                                           1_700_000_000_000, 4_102_444_800_000])), max_size=12),
+       st.sampled_from([None, 1_700_000_000_000, valid_read()["ts"] - 1000]))
 def test_columnar_decode_judges_capture_times_ahead_of_kafka_like_the_reference(
-        items: list[tuple[bytes, int | None]]) -> None:
-    """``max_ahead_ms``: both paths refuse the same reads (field ts), by each message's Kafka timestamp."""
+        items: list[tuple[bytes, int | None]], now: int | None) -> None:
+    """``max_ahead_ms``: both paths refuse the same reads (field ts), by each message's Kafka timestamp, or by
+    ``now`` (the worker's clock) where that is earlier."""
     records = [Raw("t", 1, 100 + i, stamp, None, v) for i, (v, stamp) in enumerate(items)]
-    ref = _decode_reference(records, 2500, 1000)[0]
-    assert_same_batch(decode_batch(records, 2500, 1000), ref)
-    assert_same_batch(decode_batch(Polled.of("t", 1, records), 2500, 1000), ref)
+    ref = _decode_reference(records, 2500, 1000, now)[0]
+    assert_same_batch(decode_batch(records, 2500, 1000, now), ref)
+    assert_same_batch(decode_batch(Polled.of("t", 1, records), 2500, 1000, now), ref)
     by_offset = {r.offset: r for r in records}
-    for d in ref.dead:  # refused for the clock: ahead by more than the limit, by the record's own timestamp
+
+    def judged_by(stamp: int | None) -> int | None:
+        return None if stamp is None else stamp if now is None else min(stamp, now)
+
+    for d in ref.dead:  # refused for the clock: ahead by more than the limit, by the earlier time
         if "Kafka timestamp" in d.detail:
-            stamp = by_offset[d.raw.offset].timestamp
+            stamp = judged_by(by_offset[d.raw.offset].timestamp)
             assert d.field == "ts" and stamp is not None and orjson.loads(d.raw.value or b"")["ts"] > stamp + 1000
     for offset, ts in zip(ref.offset.tolist(), ref.ts.tolist(), strict=True):  # kept: not ahead, or no timestamp
-        stamp = by_offset[offset].timestamp
+        stamp = judged_by(by_offset[offset].timestamp)
         assert stamp is None or ts <= stamp + 1000
 
 
