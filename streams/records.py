@@ -743,7 +743,8 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int, max_ahead_ms: in
     invalid (field ``ts``); a message without a timestamp is not judged. The Kafka timestamp, so that a replay
     decides the same; with ``now_ms`` (this process's clock), the earlier of the two: a producer that stamps
     each message with its read's capture time (event time) would otherwise let a camera clock years ahead pass.
-    A replay then decides the same for every read but those within its delay of the limit.
+    A replay decides the same wherever the Kafka timestamp was the earlier; a read refused by the clock may pass a
+    replay made once its time has come.
     """
     n = len(records)
     if n == 0:
