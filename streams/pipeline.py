@@ -33,7 +33,7 @@ from streams.kernels.resp import resp_commands
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
 from streams.records import NO_MESSAGES, Coded, DeadLetter, Messages, Raw, ReadBatch, RecordLike, decode_batch
-from streams.retention import NO_CUTOFF, cutoffs
+from streams.retention import NO_CUTOFF, cutoffs, past
 from streams.settings import Settings
 from streams.sharing import grant_purposes
 from streams.store import (
@@ -479,7 +479,7 @@ class PartitionPipeline:
                 continue
             p["hit"][s] = 1
             d = docs[row]
-            if p["start"][s] < hot.oldest.get((d["agency"], True), NO_CUTOFF):
+            if past(hot.oldest, d["agency"], True, int(p["start"][s])):
                 continue  # past even a hit's retention on arrival: not written (``_dedup``), not alerted
             sid = int(p["sid"][s])
             alert = {"schema": names.SCHEMA_ALERT, "alert_id": f"{sid:016x}-{entry.id}", "sighting_id": f"{sid:016x}",

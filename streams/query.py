@@ -29,7 +29,7 @@ from streams.kernels.rounding import rounded_array
 from streams.migrate import current_members
 from streams.policy import Context, Policy, PolicyError, Role
 from streams.records import Invalid, normalize_plate, validate_read
-from streams.retention import NO_CUTOFF, cutoffs
+from streams.retention import NO_CUTOFF, cutoffs, past
 from streams.settings import Settings
 from streams.sharing import granted_purposes_of
 from streams.store import (
@@ -503,7 +503,7 @@ def _area(client: redis.Redis, settings: Settings, policy: Policy, ctx: Context,
         for m in candidates:
             sight = _unpack_one(m, names)
             if (sight.sighting_id & 0xFF == tag and sight.agency in policy.agencies
-                    and sight.agency not in refused and sight.ts >= oldest.get((sight.agency, sight.hit), NO_CUTOFF)):
+                    and sight.agency not in refused and not past(oldest, sight.agency, sight.hit, sight.ts)):
                 hits.append((vid, sight))
     # during a key rotation one sighting can sit under both pseudonyms: keep its latest revision
     rows = [{**sight.as_dict(), "vehicle": vid.hex()} for vid, sight in _latest(hits, lambda h: h[1])]

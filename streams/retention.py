@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import cast
 
 import numpy as np
@@ -27,6 +27,11 @@ from streams.settings import Settings
 from streams.store import Sighting, area_entry, read_trail_members, require_layout, source_names, unpack_columns
 
 NO_CUTOFF = int(np.iinfo(np.int64).min)  # an agency without a limit keeps its sightings
+
+
+def past(oldest: Mapping[tuple[str, bool], int], agency: str, hit: bool, ts: int) -> bool:
+    """Whether a sighting of ``agency`` first captured at ``ts`` is past its limit, given ``cutoffs``."""
+    return ts < oldest.get((agency, hit), NO_CUTOFF)
 
 
 def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
@@ -119,7 +124,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
             if not members:
                 continue
             older = unpack_columns(members, lambda codes: source_names(client, codes)).sightings()
-            expiring = [(cut := limit.get((s.agency, s.hit))) is not None and s.ts < cut for s in older]
+            expiring = [past(limit, s.agency, s.hit, s.ts) for s in older]
             expired = [s for s, g in zip(older, expiring, strict=True) if g]
             if expired:
                 vid = bytes.fromhex(key.split("{", 1)[1].rstrip("}"))

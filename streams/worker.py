@@ -434,12 +434,10 @@ class BatchRunner:
         with its lag when last known: while a sink refuses batches, that is most of the time."""
         if self.consumer is None:
             return 0
-        consumer = self.consumer
-        for tp, pipe in list(self.pipelines.items()):
-            end = consumer.highwater(tp)
-            if end is not None and pipe.next_offset is not None:
-                self._lags[tp] = max(end - pipe.next_offset, 0)
-        assigned = consumer.assignment()
+        for tp, (end, at) in zip(list(self.pipelines), list(self._ends()), strict=True):
+            if end is not None and at is not None:
+                self._lags[tp] = max(end - at, 0)
+        assigned = self.consumer.assignment()
         for tp in [tp for tp in self._lags if tp not in assigned]:
             del self._lags[tp]
         return sum(self._lags.values())
