@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import cast
 
 import numpy as np
@@ -22,9 +22,23 @@ import redis
 
 from streams.directory import collect
 from streams.kernels.geohash import geo52_decode, geohash_str
-from streams.policy import Policy
+from streams.policy import DAY_MS, Policy
 from streams.settings import Settings
-from streams.store import Sighting, area_entry, read_trail_members, require_layout, source_names, unpack_columns
+from streams.store import (
+    CELLS_INDEXED,
+    META_KEY,
+    Sighting,
+    area_entry,
+    area_member_parts,
+    area_range,
+    cell_key,
+    cells_key,
+    read_trail_members,
+    require_layout,
+    source_names,
+    trail_key,
+    unpack_columns,
+)
 
 NO_CUTOFF = int(np.iinfo(np.int64).min)  # an agency without a limit keeps its sightings
 
@@ -87,6 +101,57 @@ def _windows(durations: Iterable[int], since_ms: int, now_ms: int) -> list[tuple
     return out
 
 
+def _index_complete(client: redis.Redis) -> bool:
+    """Whether the day index (``store.cells_key``) holds every stored sighting's cell: marked (``CELLS_INDEXED``),
+    or nothing marked at all (no worker wrote this Redis before the index existed)."""
+    layout, indexed = cast(list[bytes | None], client.hmget(META_KEY, ["layout", CELLS_INDEXED]))
+    return indexed is not None or layout is None
+
+
+def _indexed_trails(client: redis.Redis, windows: list[tuple[int, int]], bucket_ms: int) -> list[str] | None:
+    """The trails with a sighting first captured in ``windows``: the cells of the windows' days (``cells_key``),
+    then those cells' area entries in the windows. None when that takes more probes than Redis holds keys (a
+    catch-up over a long gap, where SCAN reads less)."""
+    days = sorted({d for lo, hi in windows for d in range(lo // DAY_MS, (hi - 1) // DAY_MS + 1)})
+    with client.pipeline(transaction=False) as pipe:
+        for d in days:
+            pipe.smembers(cells_key(d))
+        cells = dict(zip(days, cast(list[set[bytes]], pipe.execute()), strict=True))
+    probes: list[tuple[str, tuple[bytes | str, bytes | str]]] = []
+    for lo, hi in windows:
+        for d in range(lo // DAY_MS, (hi - 1) // DAY_MS + 1):
+            since, until = max(lo, d * DAY_MS), min(hi, (d + 1) * DAY_MS) - 1
+            probes.extend((cell_key(c.decode(), b), area_range(since, until, b, bucket_ms))
+                          for c in sorted(cells[d]) for b in range(since // bucket_ms, until // bucket_ms + 1))
+    if len(probes) > cast(int, client.dbsize()):
+        return None
+    vehicles: set[bytes] = set()
+    for at in range(0, len(probes), SCAN_PAGE):
+        with client.pipeline(transaction=False) as pipe:
+            for key, bounds in probes[at : at + SCAN_PAGE]:
+                pipe.zrangebylex(key, *bounds)
+            for members in cast(list[list[bytes]], pipe.execute()):
+                vehicles.update(area_member_parts(m, bucket_ms)[1] for m in members)
+    return [trail_key(v) for v in sorted(vehicles)]
+
+
+def _index(sightings: list[Sighting], cells: dict[int, set[str]], precision: int) -> None:
+    """Add the day and cell of each of ``sightings`` to ``cells`` (what a worker indexes as it writes them)."""
+    lat, lon = geo52_decode(np.array([s.geo52 for s in sightings], dtype=np.uint64))
+    for s, cell in zip(sightings, geohash_str(lat, lon, precision), strict=True):
+        cells.setdefault(s.ts // DAY_MS, set()).add(cell.tobytes().decode())
+
+
+def _drop_old_days(client: redis.Redis, before_ms: int) -> None:
+    """Delete the day index's sets of the days wholly before ``before_ms``: no window reads them again."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in client.scan_iter(match="ps:cells:*", count=SCAN_PAGE):
+            day = int((key.decode() if isinstance(key, bytes) else key).split("{", 1)[1].rstrip("}"))
+            if (day + 1) * DAY_MS <= before_ms:
+                pipe.unlink(key)
+        pipe.execute()
+
+
 def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, full: bool = False) -> Counter[str]:
     """One pass over the trails, then over the plate directory; returns sightings removed per agency.
 
@@ -113,17 +178,27 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
                    and at <= now_ms and now_ms - last_full < FULL_EVERY_MS)
     windows = (_windows(durations.values(), cast(int, at), now_ms) if incremental
                else [(-(2**62), max(limit.values(), default=0))])
-    keys = client.scan_iter(match="ps:t:*", count=SCAN_PAGE) if limit and windows else iter(())
+    # an incremental pass finds its trails from the day index (``_indexed_trails``) once that is complete; the
+    # first full pass over a Redis written before the index reads whole trails and indexes them
+    indexed = _index_complete(client)
+    found = _indexed_trails(client, windows, settings.cell_bucket_ms) if incremental and indexed and windows else None
+    keys: Iterator[bytes | str] = (iter(()) if not (limit and windows) else iter(found) if found is not None
+                                   else client.scan_iter(match="ps:t:*", count=SCAN_PAGE))
+    if not indexed and not incremental:
+        windows = [(-(2**62), 2**62)]  # whole trails (``past`` picks what expired)
     touched: list[bytes] = []
     while page := [k.decode() if isinstance(k, bytes) else k for k in itertools.islice(keys, SCAN_PAGE)]:
         areas: list[tuple[str, bytes]] = []
         trails: list[tuple[str, list[Sighting]]] = []
         per_window = [read_trail_members(client, page, lo, hi - 1) for lo, hi in windows]
+        cells: dict[int, set[str]] = {}
         for i, key in enumerate(page):
             members = [m for found in per_window for m in found[i]]
             if not members:
                 continue
             older = unpack_columns(members, lambda codes: source_names(client, codes)).sightings()
+            if not indexed:
+                _index(older, cells, settings.cell_precision)
             expiring = [past(limit, s.agency, s.hit, s.ts) for s in older]
             expired = [s for s, g in zip(older, expiring, strict=True) if g]
             if expired:
@@ -131,12 +206,17 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
                 areas.extend(_area_entries_only_of(older, expiring, vid, settings))
                 trails.append((key, expired))
                 touched.append(vid)
-        if areas:
-            cells: dict[str, list[bytes]] = {}
-            for cell, member in areas:
-                cells.setdefault(cell, []).append(member)
+        if cells:
             with client.pipeline(transaction=False) as pipe:
-                for cell, members in cells.items():
+                for day, found_cells in cells.items():
+                    pipe.sadd(cells_key(day), *sorted(found_cells))
+                pipe.execute()
+        if areas:
+            by_cell: dict[str, list[bytes]] = {}
+            for cell, member in areas:
+                by_cell.setdefault(cell, []).append(member)
+            with client.pipeline(transaction=False) as pipe:
+                for cell, members in by_cell.items():
                     pipe.zrem(cell, *members)
                 pipe.execute()
         if trails:
@@ -150,6 +230,11 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
                 for (_, agency, _), gone in zip(owned, pipe.execute(), strict=True):
                     removed[agency] += int(gone)
     collect(client, vehicles=touched if incremental else None)
+    if not incremental:
+        if not indexed and limit:
+            client.hset(META_KEY, CELLS_INDEXED, 1)
+        if durations:
+            _drop_old_days(client, now_ms - max(durations.values()))
     client.hset(SWEPT_KEY, mapping={"at": now_ms, "limits": digest,
                                     "full": cast(int, last_full) if incremental else now_ms})
     return removed

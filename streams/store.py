@@ -106,6 +106,9 @@ LAYOUT_VERSION = 6  # bumped with any change to what is stored: trail members, a
 
 CELL_BUCKET = "cell_bucket_s"  # field of META_KEY: the area index's time bucket (seconds) its keys were made with
 LEGACY_CELL_BUCKET_S = 900  # the default before the bucket was recorded in META_KEY (and until round 29)
+# field of META_KEY, "1" once every stored sighting's cell is in ``cells_key`` of its day: marked on a fresh Redis
+# (workers index what they write), or by the retention sweep's first complete pass over one written before the index
+CELLS_INDEXED = "cells_indexed"
 
 
 class LayoutError(RuntimeError):
@@ -151,7 +154,8 @@ async def ensure_layout(client: Any, scan: bool = True, cell_bucket_ms: int | No
                         pinned: bool = True) -> int | None:
     """Mark a fresh Redis with this layout version, or refuse one that holds another; with ``cell_bucket_ms``,
     the same for the area index's time bucket (``cell_bucket_in``: a fresh Redis records ``cell_bucket_ms``),
-    and return the bucket (ms) to write with.
+    and return the bucket (ms) to write with. A fresh Redis is also marked as having its day index
+    (``cells_key``) complete: every sighting in it will be written by a worker that indexes it.
 
     Data from before the marker existed (layouts 1 and 2) is recognised by its trail scores, capture times
     then (0 since layout 4), and named by its members' first byte, their version then (``scan``: not on
@@ -170,6 +174,7 @@ async def ensure_layout(client: Any, scan: bool = True, cell_bucket_ms: int | No
             # the bucket before the layout: whoever finds the layout marked finds the bucket recorded too, so a
             # worker starting alongside cannot take this fresh Redis for one written before buckets were recorded
             await client.hsetnx(META_KEY, CELL_BUCKET, cell_bucket_ms // 1000)
+        await client.hsetnx(META_KEY, CELLS_INDEXED, 1)
         await client.hsetnx(META_KEY, "layout", LAYOUT_VERSION)
         found = await client.hget(META_KEY, "layout")
     refusal = _layout_refusal(found, await client.hget(META_KEY, MIGRATING))
@@ -330,6 +335,12 @@ def trail_key_hex(vehicle_hex: str) -> str:
 
 def cell_key(cell: str, bucket: int) -> str:
     return f"ps:c:{{{cell}:{bucket}}}"
+
+
+def cells_key(day: int) -> str:
+    """The cells that sightings first captured on ``day`` (days since the epoch) are indexed in: a retention pass
+    finds the vehicles whose sightings aged past a limit from them, instead of reading every trail."""
+    return f"ps:cells:{{{day}}}"
 
 
 def area_time_bytes(bucket_ms: int) -> int:
@@ -722,7 +733,7 @@ MAX_ARGS = 4000  # Lua's unpack() limit is ~8000 stack slots; longer commands ar
 
 
 def split_long(commands: Sequence[tuple[Any, ...]], limit: int = MAX_ARGS) -> list[tuple[Any, ...]]:
-    """Split variadic HSET/HDEL/ZADD commands so no command exceeds ``limit`` arguments."""
+    """Split variadic HSET/HDEL/SADD/ZADD commands so no command exceeds ``limit`` arguments."""
     limit = min(limit, MAX_ARGS)
     out: list[tuple[Any, ...]] = []
     for cmd in commands:
@@ -730,7 +741,7 @@ def split_long(commands: Sequence[tuple[Any, ...]], limit: int = MAX_ARGS) -> li
             out.append(cmd)
             continue
         name, key, rest = cmd[0], cmd[1], cmd[2:]
-        step = 1 if name == "HDEL" else 2
+        step = 1 if name in ("HDEL", "SADD") else 2
         chunk = (limit - 2) // step * step
         out.extend((name, key, *rest[i : i + chunk]) for i in range(0, len(rest), chunk))
     return out

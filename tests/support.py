@@ -235,7 +235,7 @@ def area_clash(s: Settings) -> Settings:
 
 
 def dump_redis(client: redis.Redis, skip: tuple[bytes, ...] = ()) -> dict[bytes, object]:
-    """Every key and its content (sorted sets and hashes), for exact comparisons; ``skip`` = key prefixes."""
+    """Every key and its content (sorted sets, hashes and sets), for exact comparisons; ``skip`` = key prefixes."""
     out: dict[bytes, object] = {}
     for key in client.scan_iter(count=1000):
         if key.startswith(skip):
@@ -245,6 +245,8 @@ def dump_redis(client: redis.Redis, skip: tuple[bytes, ...] = ()) -> dict[bytes,
             out[key] = sorted(client.zrange(key, 0, -1, withscores=True))
         elif kind == b"hash":
             out[key] = client.hgetall(key)
+        elif kind == b"set":
+            out[key] = sorted(client.smembers(key))  # type: ignore[arg-type]
         else:
             raise AssertionError(f"unexpected key type {kind!r} for {key!r}")
     return out

@@ -185,3 +185,86 @@ def test_one_worker_of_many_sweeps_per_interval(settings: Settings) -> None:
     client.delete(LEASE_KEY)  # a gone: its lease lapsed
     assert leased_sweep(client, settings, p, NOW + 3, "b", 60_000) == Counter()
     assert client.get(LEASE_KEY) == b"b" and int(client.hget(SWEPT_KEY, "at")) == NOW + 3  # type: ignore[arg-type]
+
+
+def _calls(client: redis.Redis, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))  # type: ignore[union-attr]
+
+
+def _fleet(n: int, age_days: int) -> list[dict[str, object]]:
+    """``n`` vehicles, each seen once ``age_days`` ago (a minute apart)."""
+    return [{**_read("hartford-pd", age_days, 60_000 * k), "read_id": f"fleet-{k}", "plate": f"FL{k:04d}"}
+            for k in range(n)]
+
+
+def test_a_pass_after_a_complete_one_finds_its_trails_from_the_day_index_not_by_reading_every_trail(
+        settings: Settings) -> None:
+    """Each day's cells (``store.cells_key``) lead to the area entries, and those to the vehicles, whose
+    sightings aged past a limit since the last pass: it reads their trails and no others (no SCAN), removes
+    exactly what a full pass would, and a full pass drops the sets of days no window reads again."""
+    import pygeohash
+
+    from streams.store import cells_key
+
+    client = redis.Redis.from_url(settings.redis_url)
+    hour = 3_600_000
+    store_reads(settings, client, [*_fleet(300, 1), {**_read("hartford-pd", 7), "read_id": "ages-now",
+                                   "plate": "GONE1", "ts": NOW - 7 * DAY_MS + hour // 2}, _read("hartford-pd", 20),
+                                   _read("westport-pd", 40, 1)])
+    day = (NOW - DAY_MS) // DAY_MS
+    assert client.smembers(cells_key(day)) == {pygeohash.encode(41.7, -72.7, settings.cell_precision).encode()}
+    p = policy()
+    assert dict(sweep(client, settings, p, NOW)) == {"hartford-pd": 1, "westport-pd": 1}  # a full pass
+    # (Hartford keeps hits 365 days: a window still reads each day's set that long)
+    assert client.exists(*(cells_key((NOW - d * DAY_MS) // DAY_MS) for d in (1, 7, 20, 40))) == 4
+
+    client.config_resetstat()
+    assert dict(sweep(client, settings, p, NOW + hour)) == {"hartford-pd": 1}
+    assert _calls(client, "scan") == 0
+    # an hour's 5-minute buckets of the one cell and GONE1's trail, against 3 windows of 302 trails by SCAN
+    assert _calls(client, "zrangebylex") <= 15
+    assert not trail(client, settings, "GONE1", "US-CT")
+    assert [r["read_id"] for r in trail(client, settings, "FL0123", "US-CT")] == ["fleet-123"]
+    assert len(list(client.scan_iter(match="ps:t:*"))) == 300
+    assert sweep(client, settings, p, NOW + hour, full=True).total() == 0  # nothing the windows missed
+    assert dict(sweep(client, settings, p, NOW + 326 * DAY_MS, full=True)) == {"hartford-pd": 300}  # the fleet
+    assert not client.exists(cells_key((NOW - 40 * DAY_MS) // DAY_MS))  # wholly before every limit now
+    assert client.exists(cells_key((NOW - 20 * DAY_MS) // DAY_MS), cells_key(day)) == 2
+
+
+def test_a_redis_written_before_the_day_index_is_read_by_scan_until_a_full_pass_indexes_it(settings: Settings) -> None:
+    """A Redis a version without the index wrote (layout marked, no ``CELLS_INDEXED``): windows are read by SCAN
+    until a full pass, which reads whole trails and indexes them exactly as workers do; and a catch-up over a
+    long gap (more cell buckets to probe than Redis has keys) is read by SCAN."""
+    from streams.store import CELLS_INDEXED, LAYOUT_VERSION, META_KEY
+
+    client = redis.Redis.from_url(settings.redis_url)
+    hour = 3_600_000
+    store_reads(settings, client, [*_fleet(20, 1), {**_read("hartford-pd", 7), "read_id": "ages-now",
+                                   "plate": "GONE1", "ts": NOW - 7 * DAY_MS + hour // 2}])
+    indexed = {k: client.smembers(k) for k in client.scan_iter(match="ps:cells:*")}
+    assert len(indexed) == 2
+
+    def unindexed() -> None:
+        client.delete(*indexed)
+        client.hset(META_KEY, "layout", LAYOUT_VERSION)
+        client.hdel(META_KEY, CELLS_INDEXED)
+
+    unindexed()
+    p = policy()
+    assert sweep(client, settings, p, NOW).total() == 0  # a full pass: indexes the trails it reads
+    assert client.hget(META_KEY, CELLS_INDEXED) == b"1"
+    assert {k: client.smembers(k) for k in client.scan_iter(match="ps:cells:*")} == indexed
+
+    unindexed()
+    client.config_resetstat()
+    assert dict(sweep(client, settings, p, NOW + hour)) == {"hartford-pd": 1}
+    assert _calls(client, "scan") > 0  # not known to be complete
+    assert sweep(client, settings, p, NOW + hour, full=True).total() == 0
+    assert client.hget(META_KEY, CELLS_INDEXED) == b"1"
+    client.config_resetstat()
+    assert sweep(client, settings, p, NOW + 2 * hour).total() == 0
+    assert _calls(client, "scan") == 0
+    client.config_resetstat()
+    assert sweep(client, settings, p, NOW + 22 * hour).total() == 0  # 20 hours of 5-minute buckets > the keys
+    assert _calls(client, "scan") > 0
