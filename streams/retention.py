@@ -5,8 +5,8 @@ index names, ``store.cells_key``), finds sightings whose first capture time is o
 of the agency that owns them, and removes them from the trail and from the area index, and vehicles whose
 trail emptied from the plate directory. It takes the clock as a parameter so tests can move time. The
 worker runs it on a faust timer (``PLATESTREAM_RETENTION_INTERVAL_S``); ``platestream retention sweep``
-runs it once. Agencies without
-a declared limit keep their data; data of agencies the policy does not know is kept and never shown.
+runs it once. Agencies without a declared limit keep their data; data of agencies the policy does not
+know is kept and never shown.
 """
 
 from __future__ import annotations
