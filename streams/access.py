@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import redis
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError as AIOKafkaError
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
@@ -81,6 +82,23 @@ class LoopAuditPublisher:
         except concurrent.futures.TimeoutError:
             fut.cancel()
             raise
+
+    async def unreachable(self, timeout_s: float) -> str | None:
+        """Why an audit record could not be acknowledged now, or None: the brokers answer a metadata request
+        within ``timeout_s`` and name a leader for each of the audit topic's partitions. (On the loop.)"""
+        producer = self._producer
+        if producer is None:
+            return "the audit publisher is not started"
+        try:
+            md = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout_s)
+        except (TimeoutError, AIOKafkaError) as e:
+            return f"no broker answered within {timeout_s:g} s ({type(e).__name__})"
+        partitions = md.partitions_for_topic(self.topic)
+        if not partitions:
+            return f"the audit topic {self.topic} does not exist"
+        leaderless = sorted(p for p in partitions
+                            if md.leader_for_partition(TopicPartition(self.topic, p)) in (None, -1))
+        return f"the audit topic {self.topic} has no leader for partitions {leaderless}" if leaderless else None
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None

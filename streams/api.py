@@ -167,7 +167,8 @@ def openapi() -> dict[str, Any]:
                                          "parameters": [{"name": "agency", "in": "query", "required": True,
                                                          "schema": {"type": "string"}}],
                                          "responses": {"200": {"description": "report"}, "401": err, "403": err}}},
-            "/health": {"get": {"summary": "Readiness: Redis answers and a policy is loaded", "security": [],
+            "/health": {"get": {"summary": "Readiness: Redis answers, a policy is loaded, Kafka takes audit records",
+                                "security": [],
                                 "responses": {"200": {"description": "ok"},
                                               "503": {"description": "not ready; the body names what is wrong"}}}},
         },
@@ -300,15 +301,21 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
     probe = connect.redis_client(settings, socket_timeout=HEALTH_TIMEOUT_S, socket_connect_timeout=HEALTH_TIMEOUT_S)
 
     async def health(request: web.Request) -> web.Response:
-        """Ready when a query could be answered: Redis answers and a policy is loaded (without one every query
-        is refused). The audit copy's Kafka connection is made at start: no server runs without it."""
+        """Ready when a query could be answered: Redis answers, a policy is loaded (without one every query
+        is refused) and the brokers would take its audit record (without them every query is refused,
+        ``audit_unavailable``)."""
         problems = {}
+        publisher = acc.publisher if isinstance(acc.publisher, LoopAuditPublisher) else None
+        kafka = asyncio.ensure_future(publisher.unreachable(HEALTH_TIMEOUT_S * 0.9)) if publisher else None
         try:
             await blocking(probe.ping)
         except (RedisError, OSError) as e:
             problems["redis"] = f"{type(e).__name__}: {e}"[:300]
         if acc.store is None:
             problems["policy"] = "no policy file is configured (PLATESTREAM_POLICY): every query is refused"
+        why = await kafka if kafka is not None else None
+        if why is not None:
+            problems["kafka"] = why
         return json_response({"ok": not problems, **problems}, status=503 if problems else 200)
 
     async def spec(request: web.Request) -> web.Response:

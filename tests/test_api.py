@@ -253,3 +253,26 @@ def test_the_api_does_not_start_on_a_redis_that_could_evict_its_audit_records(se
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert run.returncode != 0
     assert "maxmemory-policy is allkeys-lru" in run.stdout + run.stderr
+
+
+def test_health_is_not_ready_while_the_brokers_would_not_take_an_audit_record(server: str, local_stack: Any) -> None:
+    """Every query waits for Kafka to acknowledge its audit record (fail closed): a server whose brokers stop
+    answering (here frozen, SIGSTOP) is taken out of rotation with the reason, and put back once they answer."""
+    import os
+    import signal
+
+    from streams import stack
+
+    assert call(server, "/health") == (200, {"ok": True})
+    info = stack.read_info(Path(local_stack.state_dir))
+    assert info is not None
+    os.killpg(info.kafka_pid, signal.SIGSTOP)
+    try:
+        status, got = call(server, "/health")
+    finally:
+        os.killpg(info.kafka_pid, signal.SIGCONT)
+    assert (status, set(got), got["ok"]) == (503, {"ok", "kafka"}, False), got
+    assert got["kafka"].startswith("no broker answered within 0.9 s")
+    wait_for(lambda: call(server, "/health") == (200, {"ok": True}), 60, "the brokers to answer again")
+    q = {"plate": "NONE1", "region": "US-CT", "purpose": "criminal_investigation", "case": "HPD-9"}
+    assert call(server, "/v1/trail", q, TOKENS["alice"])[0] == 200  # its audit record acknowledged
