@@ -20,6 +20,7 @@ from typing import cast
 import numpy as np
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
 from streams.directory import collect
 from streams.kernels.geohash import geo52_decode, geohash_str
@@ -109,6 +110,13 @@ def _index_complete(client: redis.Redis) -> bool:
     return indexed is not None or layout is None
 
 
+def _keys_held(client: redis.Redis) -> int:
+    """Keys in Redis: on a cluster, on all its primaries (``DBSIZE`` alone asks one node)."""
+    if isinstance(client, RedisCluster):
+        return int(client.dbsize(target_nodes=RedisCluster.PRIMARIES))
+    return cast(int, client.dbsize())
+
+
 def _indexed_trails(client: redis.Redis, windows: list[tuple[int, int]], bucket_ms: int) -> list[str] | None:
     """The trails with a sighting first captured in ``windows``: the cells of the windows' days (``cells_key``),
     then those cells' area entries in the windows. None when that takes more probes than Redis holds keys (a
@@ -124,7 +132,7 @@ def _indexed_trails(client: redis.Redis, windows: list[tuple[int, int]], bucket_
             since, until = max(lo, d * DAY_MS), min(hi, (d + 1) * DAY_MS) - 1
             probes.extend((cell_key(c.decode(), b), area_range(since, until, b, bucket_ms))
                           for c in sorted(cells[d]) for b in range(since // bucket_ms, until // bucket_ms + 1))
-    if len(probes) > cast(int, client.dbsize()):
+    if len(probes) > _keys_held(client):
         return None
     vehicles: set[bytes] = set()
     for at in range(0, len(probes), SCAN_PAGE):
