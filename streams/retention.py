@@ -20,17 +20,18 @@ from typing import cast
 import numpy as np
 import orjson
 import redis
+from numpy.typing import NDArray
 from redis.cluster import RedisCluster
 
 from streams.directory import collect
-from streams.kernels.geohash import geo52_decode, geohash_str
+from streams.kernels.geohash import geo52_decode, geohash_strings
 from streams.policy import DAY_MS, Policy
 from streams.settings import Settings
 from streams.store import (
     CELLS_INDEXED,
     META_KEY,
-    Sighting,
-    area_entry,
+    TrailColumns,
+    area_entries,
     area_member_parts,
     area_range,
     cell_key,
@@ -64,18 +65,30 @@ def cutoffs(policy: Policy, now_ms: int) -> dict[tuple[str, bool], int]:
     return out
 
 
-def _area_entries_only_of(older: list[Sighting], gone: list[bool], vid: bytes,
-                          settings: Settings) -> set[tuple[str, bytes]]:
+def _past_columns(limit: Mapping[tuple[str, bool], int], cols: TrailColumns) -> NDArray[np.bool_]:
+    """``past`` of each sighting of ``cols``: the cutoffs looked up per source, not per sighting."""
+    agencies = [a for _, a in cols.sources]
+    cut = np.array([[limit.get((a, False), NO_CUTOFF), limit.get((a, True), NO_CUTOFF)] for a in agencies],
+                   dtype=np.int64).reshape(-1, 2)
+    return cast(NDArray[np.bool_], cols.ts < cut[cols.source, cols.hit.astype(np.int64)])
+
+
+def _area_entries_only_of(cols: TrailColumns, owner: NDArray[np.int64], gone: NDArray[np.bool_],
+                          vids: list[bytes], settings: Settings) -> set[tuple[str, bytes]]:
     """The area index entries of the expired sightings (``gone``) that no kept one shares: two sightings of one
-    vehicle first seen in one cell at one millisecond share an entry 1 time in 256 (``store.area_entry``),
-    and a kept sighting's entry must stay (say two agencies' cameras over one road, with different limits)."""
-    same_ms = {s.ts for s, g in zip(older, gone, strict=True) if g}
-    rows = [(s, g) for s, g in zip(older, gone, strict=True) if s.ts in same_ms]  # all that may share one
-    lat, lon = geo52_decode(np.array([s.geo52 for s, _ in rows], dtype=np.uint64))
-    cells = geohash_str(lat, lon, settings.cell_precision)
-    entries = [(area_entry(cell.tobytes().decode(), vid, s.sighting_id, s.ts, settings.cell_bucket_ms), g)
-               for (s, g), cell in zip(rows, cells, strict=True)]
-    return {e for e, g in entries if g} - {e for e, g in entries if not g}
+    vehicle (``owner``: its row in ``vids``) first seen in one cell at one millisecond share an entry 1 time in
+    256 (``store.area_entry``), and a kept sighting's entry must stay (say two agencies' cameras over one road,
+    with different limits)."""
+    key = (owner.astype(np.int64) << 48) | cols.ts  # capture times are 48-bit
+    rows = np.flatnonzero(np.isin(key, key[gone]))  # all that may share one
+    lat, lon = geo52_decode(cols.geo52[rows])
+    keys, members = area_entries(geohash_strings(lat, lon, settings.cell_precision),
+                                 [vids[o] for o in owner[rows].tolist()], cols.sighting_id[rows], cols.ts[rows],
+                                 settings.cell_bucket_ms)
+    entries = list(zip(keys, members, strict=True))
+    flags = gone[rows].tolist()
+    return {e for e, g in zip(entries, flags, strict=True) if g} - {e for e, g in zip(entries, flags, strict=True)
+                                                                    if not g}
 
 
 SCAN_PAGE = 1000  # trails read per round trip
@@ -144,11 +157,11 @@ def _indexed_trails(client: redis.Redis, windows: list[tuple[int, int]], bucket_
     return [trail_key(v) for v in sorted(vehicles)]
 
 
-def _index(sightings: list[Sighting], cells: dict[int, set[str]], precision: int) -> None:
-    """Add the day and cell of each of ``sightings`` to ``cells`` (what a worker indexes as it writes them)."""
-    lat, lon = geo52_decode(np.array([s.geo52 for s in sightings], dtype=np.uint64))
-    for s, cell in zip(sightings, geohash_str(lat, lon, precision), strict=True):
-        cells.setdefault(s.ts // DAY_MS, set()).add(cell.tobytes().decode())
+def _index(cols: TrailColumns, cells: dict[int, set[str]], precision: int) -> None:
+    """Add the day and cell of each sighting of ``cols`` to ``cells`` (what a worker indexes as it writes them)."""
+    lat, lon = geo52_decode(cols.geo52)
+    for day, cell in set(zip((cols.ts // DAY_MS).tolist(), geohash_strings(lat, lon, precision), strict=True)):
+        cells.setdefault(day, set()).add(cell)
 
 
 def _drop_old_days(client: redis.Redis, before_ms: int) -> None:
@@ -198,24 +211,26 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
         windows = [(-(2**62), 2**62)]  # whole trails (``past`` picks what expired)
     touched: list[bytes] = []
     while page := [k.decode() if isinstance(k, bytes) else k for k in itertools.islice(keys, SCAN_PAGE)]:
-        areas: list[tuple[str, bytes]] = []
-        trails: list[tuple[str, list[Sighting]]] = []
+        # the page's sightings as columns, each with its trail's row in the page (``owner``)
         per_window = [read_trail_members(client, page, lo, hi - 1) for lo, hi in windows]
+        per_trail = [[m for window in per_window for m in window[i]] for i in range(len(page))]
+        read = list(itertools.chain.from_iterable(per_trail))
+        if not read:
+            continue
+        cols = unpack_columns(read, lambda codes: source_names(client, codes))
+        owner = np.repeat(np.arange(len(page)), [len(f) for f in per_trail])
         cells: dict[int, set[str]] = {}
-        for i, key in enumerate(page):
-            members = [m for found in per_window for m in found[i]]
-            if not members:
-                continue
-            older = unpack_columns(members, lambda codes: source_names(client, codes)).sightings()
-            if not indexed:
-                _index(older, cells, settings.cell_precision)
-            expiring = [past(limit, s.agency, s.hit, s.ts) for s in older]
-            expired = [s for s, g in zip(older, expiring, strict=True) if g]
-            if expired:
-                vid = bytes.fromhex(key.split("{", 1)[1].rstrip("}"))
-                areas.extend(_area_entries_only_of(older, expiring, vid, settings))
-                trails.append((key, expired))
-                touched.append(vid)
+        if not indexed:
+            _index(cols, cells, settings.cell_precision)
+        gone = _past_columns(limit, cols)
+        vids = [bytes.fromhex(key.split("{", 1)[1].rstrip("}")) for key in page]
+        areas = _area_entries_only_of(cols, owner, gone, vids, settings) if gone.any() else set()
+        # one ZREM per trail and owner: its reply counts that owner's removals (the members as read: their bytes)
+        rows = np.flatnonzero(gone)
+        owned: dict[tuple[int, str], list[bytes]] = {}
+        for row, trail, agency in zip(rows.tolist(), owner[rows].tolist(), cols.names(rows)[1], strict=True):
+            owned.setdefault((trail, agency), []).append(read[row])
+        touched.extend(vids[t] for t in dict.fromkeys(owner[rows].tolist()))
         if cells:
             with client.pipeline(transaction=False) as pipe:
                 for day, found_cells in cells.items():
@@ -229,16 +244,13 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
                 for cell, members in by_cell.items():
                     pipe.zrem(cell, *members)
                 pipe.execute()
-        if trails:
-            # one ZREM per trail and owner: its reply counts that owner's removals
-            owned = [(key, agency, [s.pack() for s in expired if s.agency == agency])
-                     for key, expired in trails for agency in dict.fromkeys(s.agency for s in expired)]
+        if owned:
             with client.pipeline(transaction=False) as pipe:
-                for key, _, members in owned:
-                    pipe.zrem(key, *members)
+                for (trail, _), gone_members in owned.items():
+                    pipe.zrem(page[trail], *gone_members)
                 # a sighting the worker revised meanwhile is not removed now (it is still expired next pass)
-                for (_, agency, _), gone in zip(owned, pipe.execute(), strict=True):
-                    removed[agency] += int(gone)
+                for (_, agency), count in zip(owned, pipe.execute(), strict=True):
+                    removed[agency] += int(count)
     collect(client, vehicles=touched if incremental else None)
     if not incremental:
         if not indexed and limit:
