@@ -139,18 +139,19 @@ def _indexed_trails(client: redis.Redis, windows: list[tuple[int, int]], bucket_
         for d in days:
             pipe.smembers(cells_key(d))
         cells = dict(zip(days, cast(list[set[bytes]], pipe.execute()), strict=True))
-    probes: list[tuple[str, tuple[bytes | str, bytes | str]]] = []
-    for lo, hi in windows:
-        for d in range(lo // DAY_MS, (hi - 1) // DAY_MS + 1):
-            since, until = max(lo, d * DAY_MS), min(hi, (d + 1) * DAY_MS) - 1
-            probes.extend((cell_key(c.decode(), b), area_range(since, until, b, bucket_ms))
-                          for c in sorted(cells[d]) for b in range(since // bucket_ms, until // bucket_ms + 1))
-    if len(probes) > _keys_held(client):
+    # each window's part in each day: [since, until] (counted before any probe is made: a long gap's would not fit)
+    spans = [(d, max(lo, d * DAY_MS), min(hi, (d + 1) * DAY_MS) - 1)
+             for lo, hi in windows for d in range(lo // DAY_MS, (hi - 1) // DAY_MS + 1)]
+    if sum(len(cells[d]) * (until // bucket_ms - since // bucket_ms + 1) for d, since, until in spans) > \
+            _keys_held(client):
         return None
+    probes = ((cell_key(c.decode(), b), area_range(since, until, b, bucket_ms))
+              for d, since, until in spans for c in sorted(cells[d])
+              for b in range(since // bucket_ms, until // bucket_ms + 1))
     vehicles: set[bytes] = set()
-    for at in range(0, len(probes), SCAN_PAGE):
+    while page := list(itertools.islice(probes, SCAN_PAGE)):
         with client.pipeline(transaction=False) as pipe:
-            for key, bounds in probes[at : at + SCAN_PAGE]:
+            for key, bounds in page:
                 pipe.zrangebylex(key, *bounds)
             for members in cast(list[list[bytes]], pipe.execute()):
                 vehicles.update(area_member_parts(m, bucket_ms)[1] for m in members)
