@@ -31,6 +31,8 @@ GAUGES: dict[str, tuple[str, str]] = {
     "lag_records": ("lag_records", "records of the worker's partitions after its position, as of their last fetch "
                     "(grows while Redis or the brokers hold it back)"),
     "latency_samples": ("latency_samples", "capture-to-Redis latencies the latency quantiles are taken over"),
+    "retention_swept_at_s": ("retention_last_pass_timestamp_seconds", "when the group's last complete retention "
+                             "pass ran (unix time, whichever worker held the lease): alert when it falls behind"),
     "healthy": ("healthy", "1 while /health answers 200, 0 while it answers 503"),
     "sinks_failing_for_s": ("sinks_failing_seconds", "how long the current run of sink errors has lasted (0: none)"),
 }

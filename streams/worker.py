@@ -749,7 +749,7 @@ def make_app(settings: Settings) -> faust.App:
             await runner.stop()
 
     if runner.policies is not None:
-        from streams.retention import leased_sweep
+        from streams.retention import SWEPT_KEY, leased_sweep
 
         holder = f"{socket.gethostname()}:{os.getpid()}:{id(runner):x}"
 
@@ -759,7 +759,7 @@ def make_app(settings: Settings) -> faust.App:
         async def retention() -> None:
             """Enforce each owning agency's retention (a blocking SCAN pass, so off the event loop)."""
 
-            def run() -> int:
+            def run() -> tuple[int, int | None]:
                 policy = policies.get()
                 client = connect.redis_client(settings)
                 try:
@@ -768,13 +768,23 @@ def make_app(settings: Settings) -> faust.App:
                     done = leased_sweep(client, settings, policy, int(time.time() * 1000), holder,
                                         settings.retention_interval_s * 1000)
                     removed = sum(done.values()) if done is not None else 0
+                    at = client.hget(SWEPT_KEY, "at")  # the group's last complete pass, whoever made it
                 finally:
                     client.close()
                 follow_retention(policy)  # a reloaded policy: the topics follow it
-                return removed
+                return removed, None if at is None else int(at) // 1000
 
-            removed = await asyncio.get_running_loop().run_in_executor(None, run)
+            try:
+                removed, swept_at = await asyncio.get_running_loop().run_in_executor(None, run)
+            except Exception as e:  # Redis away, a migration under way: the next tick tries again (a failed pass
+                # ended the worker before; queries hide what is past its limit meanwhile)
+                runner.metrics["retention_failures"] += 1
+                log.error("retention pass failed (%s: %s); the next one in %d s", type(e).__name__, e,
+                          settings.retention_interval_s)
+                return
             runner.metrics["retention_removed"] += removed
+            if swept_at is not None:
+                runner.metrics["retention_swept_at_s"] = swept_at
     else:
         log.warning("no PLATESTREAM_POLICY: retention is not enforced and every query is refused")
 

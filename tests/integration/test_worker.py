@@ -467,3 +467,40 @@ def test_a_worker_writes_whole_batches_while_it_catches_up_and_chunks_once_it_ke
              if m["op"] == "upsert"}
     assert done["directory_seal_cache_misses"] == len(named) > 0
     assert done["directory_seal_cache_hits"] > done["directory_seal_cache_misses"]
+
+
+def test_a_failed_retention_pass_is_counted_and_the_next_one_still_runs(settings: Settings, tmp_path: Path) -> None:
+    """A pass that fails (here a layout migration marked unfinished, under which the sweeper refuses to work) is
+    logged and counted (``retention_failures``), and the worker keeps sweeping: once the cause is gone, the next
+    pass removes what expired meanwhile, and ``/metrics`` says when the group's last pass completed. (A failed
+    pass ended the whole worker before.)"""
+    import yaml
+
+    from streams.policy import DAY_MS
+    from streams.query import trail
+    from streams.store import META_KEY, MIGRATING
+    from tests.governance import policy_doc, with_tokens
+    from tests.support import store_reads
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(with_tokens(policy_doc())))
+    client = redis.Redis.from_url(settings.redis_url)
+    worker = Worker(settings, tmp_path, PLATESTREAM_POLICY=str(policy), PLATESTREAM_RETENTION_INTERVAL_S="1")
+    try:
+        wait_for(lambda: "worker started" in worker.log(), 120, "the worker to start")
+        client.hset(META_KEY, MIGRATING, "1")
+        old = dataclasses.replace(settings, topic_reads=settings.topic_reads + ".old")  # a checkpoint of its own
+        store_reads(old, client, [{"read_id": "old-1", "camera_id": "cam-h", "agency": "hartford-pd", "plate": "OLD1",
+                                   "region": "US-CT", "ts": int(time.time() * 1000) - 10 * DAY_MS, "lat": 41.7,
+                                   "lon": -72.7, "confidence": 0.9}])
+        wait_for(lambda: worker.metrics().get("retention_failures", 0) >= 2, 60, "two failed passes")
+        assert [r["read_id"] for r in trail(client, settings, "OLD1", "US-CT")] == ["old-1"]
+        assert "retention pass failed" in worker.log() and "layout migration has not finished" in worker.log()
+        client.hdel(META_KEY, MIGRATING)
+        before = time.time()
+        wait_for(lambda: worker.metrics().get("retention_removed", 0) == 1, 60, "the next pass to remove it")
+        assert trail(client, settings, "OLD1", "US-CT") == []
+        wait_for(lambda: worker.metrics().get("retention_swept_at_s", 0) >= int(before), 30, "the pass's time")
+        assert worker.proc.poll() is None
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
