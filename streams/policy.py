@@ -198,7 +198,11 @@ class PolicyStore:
             return self._policy
         with self._lock:
             self._checked = now
-            mtime = self.path.stat().st_mtime_ns
+            try:
+                mtime = self.path.stat().st_mtime_ns
+            except OSError as e:  # gone for a moment (an editor's rename, say): the previous policy holds
+                log.error("policy file %s cannot be read, keeping the previous policy: %s", self.path, e)
+                return self._policy
             if mtime != self._mtime:
                 self._mtime = mtime
                 try:

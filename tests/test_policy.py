@@ -105,3 +105,10 @@ def test_policy_reloads_without_restart_and_keeps_the_old_one_on_a_bad_edit(tmp_
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000))
     store._checked = 0.0
     assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) == "hartford-pd.never_with_agencies"
+    path.unlink()  # gone for a moment (an editor's rename): the previous policy holds, nothing raises
+    store._checked = 0.0
+    assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) == "hartford-pd.never_with_agencies"
+    doc["agencies"][0]["sharing"]["never_with_agencies"] = []
+    path.write_text(yaml.safe_dump(doc))
+    store._checked = 0.0
+    assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) is None  # back: it is read again
