@@ -107,3 +107,30 @@ def test_directory_entry_stays_while_the_trail_has_sightings(settings: Settings)
     vid = vehicle_id(settings.hash_key, "US-CT", "KEEP1")
     assert client.hexists(directory_key(vid), vid)
     assert [p for _, _, p in entries(client, (settings.hash_key,))] == ["KEEP1"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("vehicles", [False, True], ids=["whole-directory", "named-vehicles"])
+def test_collect_puts_back_an_entry_whose_vehicle_a_worker_stored_meanwhile(settings: Settings,
+                                                                           vehicles: bool) -> None:
+    """Two entries without a trail; while they are removed, a worker stores a sighting of one of them (its trail
+    appears right after the removal). That one is put back, the other stays removed: in the whole-directory pass
+    and in a retention pass's named vehicles alike."""
+    from typing import cast
+
+    from streams.store import trail_key
+
+    class RacingRedis(redis.Redis):
+        def hdel(self, name: str, *keys: str) -> int:  # type: ignore[override]
+            out = cast(int, super().hdel(name, *keys))
+            plain.zadd(trail_key(late), {b"member": 0})  # the worker's batch lands right after the removal
+            return out
+
+    plain = redis.Redis.from_url(settings.redis_url)
+    client = RacingRedis.from_url(settings.redis_url)
+    gone, late = vehicle_id(KEY, "US-CT", "GONE1"), vehicle_id(KEY, "US-CT", "LATE1")
+    for v, plate in ((gone, "GONE1"), (late, "LATE1")):
+        plain.hset(directory_key(v), v, seal(KEY, v, "US-CT", plate))
+    assert collect(client, vehicles=[gone, late] if vehicles else None) == 1
+    assert plain.hget(directory_key(gone), gone) is None
+    assert plain.hget(directory_key(late), late) == seal(KEY, late, "US-CT", "LATE1")
