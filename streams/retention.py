@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import cast
 
 import numpy as np
@@ -42,6 +43,8 @@ from streams.store import (
     trail_key,
     unpack_columns,
 )
+
+log = logging.getLogger(__name__)
 
 NO_CUTOFF = int(np.iinfo(np.int64).min)  # an agency without a limit keeps its sightings
 
@@ -175,7 +178,8 @@ def _drop_old_days(client: redis.Redis, before_ms: int) -> None:
         pipe.execute()
 
 
-def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, full: bool = False) -> Counter[str]:
+def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, full: bool = False,
+          held: Callable[[], bool] | None = None) -> Counter[str]:
     """One pass over the trails, then over the plate directory; returns sightings removed per agency.
 
     Only single-key commands, ordered so that an interruption anywhere is repaired by the next full pass (and
@@ -186,7 +190,8 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
     12.4 s for 95,000 trails with nothing to remove, in the worker's process every minute. After a complete
     pass with the same limits, only the windows that aged past a limit since are read (``SWEPT_KEY``), in the
     trails the day index leads to (0.06 s instead of 1.8 for those 95,000 trails a minute later);
-    ``full``: everything below the newest cutoff, whatever was recorded.
+    ``full``: everything below the newest cutoff, whatever was recorded. ``held``: asked before each page after
+    the first; False (another sweeper holds the lease now) ends the pass there, recorded as not complete.
     """
     # (a migration rewrites members; this removes them by their bytes in this layout, area entries by their bucket)
     bucket = require_layout(client, settings.cell_bucket_ms, settings.cell_bucket_pinned)
@@ -211,7 +216,13 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
     if not indexed and not incremental:
         windows = [(-(2**62), 2**62)]  # whole trails (``past`` picks what expired)
     touched: list[bytes] = []
+    pages = 0
     while page := [k.decode() if isinstance(k, bytes) else k for k in itertools.islice(keys, SCAN_PAGE)]:
+        pages += 1
+        if pages > 1 and held is not None and not held():
+            log.warning("retention pass stopped after %d pages: its lease is another sweeper's now", pages - 1)
+            collect(client, vehicles=touched)
+            return removed
         # the page's sightings as columns, each with its trail's row in the page (``owner``)
         per_window = [read_trail_members(client, page, lo, hi - 1) for lo, hi in windows]
         per_trail = [[m for window in per_window for m in window[i]] for i in range(len(page))]
@@ -275,4 +286,18 @@ def leased_sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms
         if client.get(LEASE_KEY) != holder.encode():
             return None
         client.pexpire(LEASE_KEY, lease_ms)
-    return sweep(client, settings, policy, now_ms)
+    return sweep(client, settings, policy, now_ms, held=renewer(client, holder, lease_ms))
+
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def renewer(client: redis.Redis, holder: str, lease_ms: int) -> Callable[[], bool]:
+    """Renews ``holder``'s lease for another ``lease_ms`` if it still holds it, and says whether it does: a pass
+    longer than the lease (a full one over millions of sightings) keeps it, so no other worker starts the same
+    pass beside it."""
+    script = client.register_script(_RENEW)
+    return lambda: bool(script(keys=[LEASE_KEY], args=[holder, lease_ms]))

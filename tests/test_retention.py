@@ -268,3 +268,32 @@ def test_a_redis_written_before_the_day_index_is_read_by_scan_until_a_full_pass_
     client.config_resetstat()
     assert sweep(client, settings, p, NOW + 22 * hour).total() == 0  # 20 hours of 5-minute buckets > the keys
     assert _calls(client, "scan") > 0
+
+
+def test_a_sweeper_keeps_its_lease_through_a_long_pass_and_stops_where_it_lost_it(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass renews its lease page by page (a full pass over millions of sightings outlasts the interval it is
+    taken for, and another worker would start the same pass beside it); one that finds the lease another's stops
+    at that page, recorded as not complete, so the next pass is full again."""
+    import streams.retention as retention
+    from streams.retention import LEASE_KEY, SWEPT_KEY, leased_sweep, renewer
+
+    client = redis.Redis.from_url(settings.redis_url)
+    monkeypatch.setattr(retention, "SCAN_PAGE", 2)
+    store_reads(settings, client, _fleet(10, 10))  # 10 trails, each with a sighting past Hartford's 7 days
+    p = policy()
+    client.config_resetstat()
+    assert dict(sweep(client, settings, p, NOW, held=lambda: False)) == {"hartford-pd": 2}  # the first page only
+    assert not client.exists(SWEPT_KEY)  # not complete: the next pass is a full one
+    assert len(list(client.scan_iter(match="ps:t:*"))) == 8
+
+    renews = _calls(client, "evalsha")
+    assert dict(leased_sweep(client, settings, p, NOW, "a", 60_000) or {}) == {"hartford-pd": 8}
+    assert _calls(client, "evalsha") + _calls(client, "eval") - renews >= 3  # renewed before each later page
+    assert int(client.hget(SWEPT_KEY, "at")) == NOW  # type: ignore[arg-type]
+
+    held = renewer(client, "a", 60_000)
+    client.pexpire(LEASE_KEY, 1_000)
+    assert held() and 1_000 < int(client.pttl(LEASE_KEY)) <= 60_000  # type: ignore[arg-type]  (renewed)
+    client.set(LEASE_KEY, "b", px=60_000)  # lapsed, and another worker took it
+    assert not held() and client.get(LEASE_KEY) == b"b"
