@@ -88,6 +88,7 @@ class BatchResult:
     sightings_new: int = 0
     sightings_retracted: int = 0
     sightings_expired: int = 0  # sightings not written: past their owner's retention when they arrived
+    sightings_withheld: int = 0  # sightings not written: no hotlist hit, of an agency that keeps hits only
 
 
 def dlq_message(d: DeadLetter) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -356,6 +357,7 @@ class PartitionPipeline:
         store_it = p["hit"][live].astype(np.bool_)
         if hot.hit_only:
             store_it |= np.fromiter((b[2] not in hot.hit_only for b in bests), dtype=np.bool_, count=len(bests))
+            out.sightings_withheld += int(np.count_nonzero(~store_it & (live >= n_before)))  # new ones
         else:
             store_it[:] = True
         if hot.oldest:

@@ -518,6 +518,7 @@ class BatchRunner:
             self.metrics["sightings_new"] += r.sightings_new
             self.metrics["sightings_retracted"] += r.sightings_retracted
             self.metrics["sightings_expired_on_arrival"] += r.sightings_expired
+            self.metrics["sightings_withheld_hit_only"] += r.sightings_withheld
             self.metrics["alerts"] += len(r.alerts)
 
     def _fault_point(self, step: str) -> None:

@@ -137,6 +137,8 @@ def test_hotlist_hits_alerts_hit_only_and_hit_retention(settings: Settings, west
     hot_trail = {(r["agency"], r["hit"], r["reads"]) for r in trail(client, settings, "HOT1", "US-CT")}
     assert hot_trail == {("hartford-pd", True, 3)} | ({("westport-pd", True, 1)} if westport_shares else set())
     assert trail(client, settings, "COLD1", "US-CT") == []  # hit-only: the non-hit was never written
+    # ... only counted, as westport's HOT1 is too where westport does not share (no hit for it then)
+    assert result.sightings_withheld == (1 if westport_shares else 2)
     assert [r["hit"] for r in trail(client, settings, "COLD2", "US-CT")] == [False]
     assert all(m["plate"] != "COLD1" for m in (orjson.loads(v) for _, v in result.deduped))
 
