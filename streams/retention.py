@@ -168,11 +168,16 @@ def _index(cols: TrailColumns, cells: dict[int, set[str]], precision: int) -> No
         cells.setdefault(day, set()).add(cell)
 
 
+def _tag(key: bytes | str) -> str:
+    """A key's hash tag: the vehicle's hex of a trail key, the day of a day index key."""
+    return (key.decode() if isinstance(key, bytes) else key).split("{", 1)[1].rstrip("}")
+
+
 def _drop_old_days(client: redis.Redis, before_ms: int) -> None:
     """Delete the day index's sets of the days wholly before ``before_ms``: no window reads them again."""
     with client.pipeline(transaction=False) as pipe:
         for key in client.scan_iter(match="ps:cells:*", count=SCAN_PAGE):
-            day = int((key.decode() if isinstance(key, bytes) else key).split("{", 1)[1].rstrip("}"))
+            day = int(_tag(key))
             if (day + 1) * DAY_MS <= before_ms:
                 pipe.unlink(key)
         pipe.execute()
@@ -235,7 +240,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
         if not indexed:
             _index(cols, cells, settings.cell_precision)
         gone = _past_columns(limit, cols)
-        vids = [bytes.fromhex(key.split("{", 1)[1].rstrip("}")) for key in page]
+        vids = [bytes.fromhex(_tag(key)) for key in page]
         areas = _area_entries_only_of(cols, owner, gone, vids, settings) if gone.any() else set()
         # one ZREM per trail and owner: its reply counts that owner's removals (the members as read: their bytes)
         rows = np.flatnonzero(gone)
