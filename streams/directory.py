@@ -162,22 +162,25 @@ def collect(client: redis.Redis, count: int = 1000, vehicles: Sequence[bytes] | 
 
 def _collect_of(client: redis.Redis, key: str, found: list[tuple[bytes, bytes]]) -> int:
     """``collect`` of (vehicle, sealed entry) pairs of one directory key."""
-    with client.pipeline(transaction=False) as pipe:
-        for vehicle, _ in found:
-            pipe.exists(trail_key(vehicle))
-        orphans = [(v, sealed) for (v, sealed), n in zip(found, pipe.execute(), strict=True) if not n]
+    orphans = [(v, sealed) for (v, sealed), n in zip(found, _trails_exist(client, found), strict=True) if not n]
     if not orphans:
         return 0
     # removed, then each trail checked again, a round trip for all of them (one each: 29 s of a catch-up pass that
     # emptied 95,000 trails): a sighting stored meanwhile put its entry back, or has its trail seen here
     client.hdel(key, *(v for v, _ in orphans))
-    with client.pipeline(transaction=False) as pipe:
-        for vehicle, _ in orphans:
-            pipe.exists(trail_key(vehicle))
-        back: dict[Any, bytes] = {v: sealed for (v, sealed), n in zip(orphans, pipe.execute(), strict=True) if n}
+    back: dict[Any, bytes] = {v: sealed for (v, sealed), n in zip(orphans, _trails_exist(client, orphans),
+                                                                  strict=True) if n}
     if back:
         client.hset(key, mapping=back)  # a sighting arrived meanwhile: keep it findable
     return len(orphans) - len(back)
+
+
+def _trails_exist(client: redis.Redis, found: list[tuple[bytes, bytes]]) -> list[int]:
+    """Whether each vehicle of (vehicle, sealed entry) pairs has a trail: one round trip."""
+    with client.pipeline(transaction=False) as pipe:
+        for vehicle, _ in found:
+            pipe.exists(trail_key(vehicle))
+        return cast(list[int], pipe.execute())
 
 
 def entries(client: redis.Redis, keys: tuple[bytes, ...], count: int = 5000) -> Iterator[tuple[bytes, str, str]]:

@@ -41,7 +41,7 @@ from streams.store import (
     PENDING_KEY,
     SOURCES_KEY,
     area_entries,
-    cells_key,
+    cells_index,
     checkpoint_key,
     member_heads,
     pack_commands,
@@ -436,10 +436,6 @@ class PartitionPipeline:
         by_cell: dict[str, list[Any]] = {}
         for key, member in zip(pick(cell_keys), pick(area_members), strict=True):
             by_cell.setdefault(key, []).extend((0, member))  # time leads the member
-        # the retention sweep's day index (``store.cells_key``): the cells each day's sightings are in
-        days: dict[str, set[str]] = {}
-        for day, cell in set(zip(pick((p["start"][live] // DAY_MS).tolist()), pick(cell_texts), strict=True)):
-            days.setdefault(cells_key(day), set()).add(cell)
         # the directory: each vehicle once (its id is the keyed hash of region and plate: one value per id)
         directory: dict[str, list[bytes]] = {}
         for vid, key, sealed in dict(zip(pick(vids), pick(vehicles), strict=True)).values():
@@ -454,7 +450,8 @@ class PartitionPipeline:
         out.deduped = Messages.concat([Messages.of(retractions), Messages(
             keys, np.arange(16, 16 * len(hex_sids) + 1, 16, dtype=np.int64), values, value_ends)])
         out.redis.extend(("ZADD", key, *entries) for key, entries in by_cell.items())
-        out.redis.extend(("SADD", key, *sorted(cells)) for key, cells in days.items())
+        # the retention sweep's day index (``store.cells_key``): the cells each day's sightings are in
+        out.redis.extend(cells_index(pick((p["start"][live] // DAY_MS).tolist()), pick(cell_texts)))
         out.redis.extend(("HSET", key, *fields) for key, fields in directory.items())
         out.redis.append(("HSET", self.ck_key, *ck_fields))
         out.redis.extend(removals)

@@ -16,7 +16,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -36,6 +36,7 @@ from streams.store import (
     area_member_parts,
     area_range,
     cell_key,
+    cells_index,
     cells_key,
     read_trail_members,
     require_layout,
@@ -161,11 +162,10 @@ def _indexed_trails(client: redis.Redis, windows: list[tuple[int, int]], bucket_
     return [trail_key(v) for v in sorted(vehicles)]
 
 
-def _index(cols: TrailColumns, cells: dict[int, set[str]], precision: int) -> None:
-    """Add the day and cell of each sighting of ``cols`` to ``cells`` (what a worker indexes as it writes them)."""
+def _index(cols: TrailColumns, precision: int) -> list[tuple[Any, ...]]:
+    """The day index's ``SADD``s of the sightings of ``cols`` (``store.cells_index``, as a worker writes them)."""
     lat, lon = geo52_decode(cols.geo52)
-    for day, cell in set(zip((cols.ts // DAY_MS).tolist(), geohash_strings(lat, lon, precision), strict=True)):
-        cells.setdefault(day, set()).add(cell)
+    return cells_index((cols.ts // DAY_MS).tolist(), geohash_strings(lat, lon, precision))
 
 
 def _tag(key: bytes | str) -> str:
@@ -236,9 +236,7 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
             continue
         cols = unpack_columns(read, lambda codes: source_names(client, codes))
         owner = np.repeat(np.arange(len(page)), [len(f) for f in per_trail])
-        cells: dict[int, set[str]] = {}
-        if not indexed:
-            _index(cols, cells, settings.cell_precision)
+        index = [] if indexed else _index(cols, settings.cell_precision)
         gone = _past_columns(limit, cols)
         vids = [bytes.fromhex(_tag(key)) for key in page]
         areas = _area_entries_only_of(cols, owner, gone, vids, settings) if gone.any() else set()
@@ -248,10 +246,10 @@ def sweep(client: redis.Redis, settings: Settings, policy: Policy, now_ms: int, 
         for row, trail, agency in zip(rows.tolist(), owner[rows].tolist(), cols.names(rows)[1], strict=True):
             owned.setdefault((trail, agency), []).append(read[row])
         touched.extend(vids[t] for t in dict.fromkeys(owner[rows].tolist()))
-        if cells:
+        if index:
             with client.pipeline(transaction=False) as pipe:
-                for day, found_cells in cells.items():
-                    pipe.sadd(cells_key(day), *sorted(found_cells))
+                for command in index:
+                    pipe.execute_command(*command)
                 pipe.execute()
         if areas:
             by_cell: dict[str, list[bytes]] = {}

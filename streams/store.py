@@ -343,6 +343,15 @@ def cells_key(day: int) -> str:
     return f"ps:cells:{{{day}}}"
 
 
+def cells_index(days: Sequence[int], cells: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The ``SADD``s that index sightings first captured on ``days`` (days since the epoch) in ``cells``: one per
+    day (what a worker writes with a batch, and what a full pass writes for a Redis written before the index)."""
+    by_day: dict[int, set[str]] = {}
+    for day, cell in set(zip(days, cells, strict=True)):
+        by_day.setdefault(day, set()).add(cell)
+    return [("SADD", cells_key(day), *sorted(found)) for day, found in by_day.items()]
+
+
 def area_time_bytes(bucket_ms: int) -> int:
     """Bytes of the time that leads an area member: milliseconds into a bucket of ``bucket_ms``."""
     return 3 if bucket_ms <= 1 << 24 else 4
