@@ -8,13 +8,16 @@ offsets) are sampled. The report says whether memory stayed flat and lag bounded
 
 Criteria (stated before the run): *flat* = the median RSS of the last third of the run is within 5% of
 the median of the middle third (the first third is warm-up: JIT, buffers, pools); *bounded* = lag never
-exceeds 10 seconds of traffic and drains to zero after the producer stops.
+exceeds 10 seconds of traffic and drains to zero after the producer stops; *accounted* = the worker consumed
+every message produced, dead-lettered exactly the pool's malformed ones and made exactly one sighting per
+true pass, once per loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import threading
@@ -48,7 +51,9 @@ def loop_messages(pool: list[tuple[bytes, Any]], loop: int, span_ms: int) -> lis
     return out
 
 
-def _pool(seed: int, vehicles: int, hours: float) -> tuple[list[tuple[bytes, Any]], int]:
+def _pool(seed: int, vehicles: int, hours: float) -> tuple[list[tuple[bytes, Any]], int, int, int]:
+    """The messages of one loop, the event time a loop spans, how many of its messages are malformed and how
+    many true sightings (passes) it holds."""
     traffic = generate(seed=seed, vehicles=vehicles, hours=hours, malformed=0.005, late=0.02)
     pool: list[tuple[bytes, Any]] = []
     for key, value in traffic.messages:
@@ -58,7 +63,22 @@ def _pool(seed: int, vehicles: int, hours: float) -> tuple[list[tuple[bytes, Any
             doc = None
         ok = isinstance(doc, dict) and isinstance(doc.get("ts"), int) and isinstance(doc.get("read_id"), str)
         pool.append((key or b"", doc if ok else value))
-    return pool, int(hours * 3_600_000) + 3_600_000
+    # a loop starts an hour (more than the dedup window and the allowed lateness) after the one before ends:
+    # trips run past ``hours``, and loops that overlapped would make the next loop's first hours late reads
+    times = [doc["ts"] for _, doc in pool if isinstance(doc, dict)]
+    return pool, max(times) - min(times) + 3_600_000, traffic.malformed, len(traffic.truth)
+
+
+def clock_ahead_ms(duration_s: float, rate: float, loop_len: int, span_ms: int) -> int:
+    """How far ahead of its send time the last loop's capture times are: each loop is ``span_ms`` later in
+    event time, sent a few seconds after the one before, so the worker's check for camera clocks ahead
+    (``PLATESTREAM_MAX_CLOCK_AHEAD_S``) must allow that much, or every loop after the first is dead-lettered."""
+    loops = int(duration_s * rate / loop_len) + 2
+    ahead = loops * span_ms + 3_600_000
+    if ahead > 366 * 86_400_000:
+        raise ValueError(f"a soak of {duration_s:.0f} s at {rate:,.0f} reads/s runs {ahead / 86_400_000:.0f} days "
+                         "ahead in event time; at most 366 (PLATESTREAM_MAX_CLOCK_AHEAD_S)")
+    return ahead
 
 
 def _lag(admin: KafkaAdminClient, s: Settings) -> int:
@@ -84,13 +104,14 @@ def run(duration_s: float, rate: float, sample_s: float = 5.0, info: stack.Stack
     disturb the run, e.g. pause Redis to see backpressure.
     """
     info = info or e2e.bench_stack()
-    s = e2e.isolated_settings(info, db=9)
     log_dir = e2e.log_dir(info.state_dir)
-    pool, span_ms = _pool(seed=5, vehicles=3000, hours=2)
+    pool, span_ms, malformed, passes = _pool(seed=5, vehicles=3000, hours=2)
+    s = dataclasses.replace(e2e.isolated_settings(info, db=9),
+                            max_clock_ahead_ms=clock_ahead_ms(duration_s, rate, len(pool), span_ms))
     ensure_topics(s)
     worker = e2e.start_worker(s, log_dir / "soak-worker.log")
     admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, client_id="platestream-soak")
-    produced = [0]
+    produced, loops = [0], [0]
     stop = threading.Event()
 
     def producer() -> None:
@@ -100,6 +121,7 @@ def run(duration_s: float, rate: float, sample_s: float = 5.0, info: stack.Stack
             asyncio.run(e2e._produce(s.kafka_bootstrap, s.topic_reads, msgs, rate, s.partitions))
             produced[0] += len(msgs)
             loop += 1
+            loops[0] = loop
 
     thread = threading.Thread(target=producer, daemon=True)
     samples: list[dict[str, Any]] = []
@@ -143,7 +165,14 @@ def run(duration_s: float, rate: float, sample_s: float = 5.0, info: stack.Stack
         "dedup_open_sessions_max": max((x["open_sessions"] for x in samples), default=0),
         "dedup_state_mb_max": max((x["dedup_state_mb"] for x in samples), default=0.0),
         "worker_errors": {k: v for k, v in final.items() if "error" in k},
+        # every message is accounted for: consumed, and dead-lettered only if the simulator made it malformed
+        "loops": loops[0], "consumed": final["consumed"], "dead_lettered": final["dead_lettered"],
+        "dead_lettered_expected": loops[0] * malformed, "sightings_new": final["sightings_new"],
+        "sightings_expected": loops[0] * passes, "late": final["late"],
     }
+    result["input_accounted"] = (result["consumed"] == produced[0]
+                                 and result["dead_lettered"] == result["dead_lettered_expected"]
+                                 and result["sightings_new"] == result["sightings_expected"])
     result["memory_flat"] = mid > 0 and abs(last - mid) <= 0.05 * mid
     result["lag_bounded"] = max_lag <= 10 * rate and lag == 0
     return result
@@ -190,6 +219,12 @@ def markdown(r: dict[str, Any], command: str, png: str | None) -> str:
         f"| lag bounded (<= 10 s of traffic, drains to 0) | {'yes' if r['lag_bounded'] else 'NO'} |",
         f"| open dedup sessions, max | {r['dedup_open_sessions_max']:,} |",
         f"| dedup state, max | {r['dedup_state_mb_max']} MB |",
+        f"| consumed by the worker | {r['consumed']:,} of {r['produced']:,} ({r['loops']} loops of the pool) |",
+        f"| dead-lettered | {r['dead_lettered']:,} (the pool's malformed messages: {r['dead_lettered_expected']:,}) |",
+        f"| new sightings | {r['sightings_new']:,} (the pool's passes: {r['sightings_expected']:,}; late reads: "
+        f"{r['late']:,}) |",
+        f"| input accounted (all consumed, only malformed dead-lettered, one sighting per pass) | "
+        f"{'yes' if r['input_accounted'] else 'NO'} |",
         "",
     ]
     if png:
@@ -213,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     png = base.with_suffix(".png")
     has_png = chart(result, png)
     base.with_suffix(".md").write_text(markdown(result, command, png.name if has_png else None))
-    e2e.log(f"report: {base}.md  memory flat: {result['memory_flat']}  lag bounded: {result['lag_bounded']}")
-    return 0 if result["memory_flat"] and result["lag_bounded"] else 1
+    e2e.log(f"report: {base}.md  memory flat: {result['memory_flat']}  lag bounded: {result['lag_bounded']}  "
+            f"input accounted: {result['input_accounted']}")
+    return 0 if result["memory_flat"] and result["lag_bounded"] and result["input_accounted"] else 1
 
 
 if __name__ == "__main__":
