@@ -27,7 +27,7 @@ inside a batch. Only consumers that asked for it differ: if aiokafka ever stops 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import google_crc32c
@@ -90,6 +90,13 @@ class _PartitionRecords(fetcher.PartitionRecords):
         self._batch_end = fetch_offset  # the offset after the current batch
         super().__init__(tp, records, aborted_transactions, fetch_offset, key_deserializer, value_deserializer,
                          *args)
+        if self.raw:
+            # the parent's record generator holds this object, which holds the generator: a reference cycle per
+            # fetch that only a full collection frees (aiokafka breaks it when the generator runs out; ``take``
+            # never runs it). The worker's young collections are rare (few objects per batch), so every fetch's
+            # bytes stayed: +2 MB/s of RSS at 10k reads/s in the soak. ``__next__`` takes records itself instead.
+            vars(self)["_records_iterator"].close()  # (the parent is untyped)
+            self._records_iterator = None
 
     def _next_batch(self) -> bool:
         """Load the next record batch that holds records for this consumer; False when none is left."""
@@ -181,16 +188,14 @@ class _PartitionRecords(fetcher.PartitionRecords):
             return Polled(self._tp.topic, self._tp.partition, b"", _EMPTY, _EMPTY, _NO_SPANS, _NO_SPANS), done
         return Polled.concat(parts), done
 
-    def _unpack_records(self) -> Iterator[Any]:
+    def __next__(self) -> Any:
         # the record-at-a-time path (``getone``) on the same position as ``take``
         if not self.raw:
-            yield from super()._unpack_records()
-            return
-        while True:
-            got, done = self.take(1)
-            yield from got
-            if done:
-                return
+            return super().__next__()
+        got, _ = self.take(1)
+        if not len(got):
+            raise StopIteration
+        return got[0]
 
 
 _aiokafka_getall = fetcher.FetchResult.getall

@@ -102,3 +102,24 @@ def test_a_batch_whose_bytes_changed_is_refused() -> None:
 
 def test_the_record_at_a_time_path_gives_the_same_records() -> None:
     assert [(r.offset, r.timestamp, r.key, r.value) for r in records_of(DATA, 2)] == aiokafkas(DATA, 2)
+
+
+@pytest.mark.parametrize("path", ["take", "one at a time"])
+def test_a_polled_fetch_is_freed_without_the_cycle_collector(path: str) -> None:
+    """A fetch's records (and so its bytes) go as soon as the poll is done with them: the worker collects
+    cycles rarely, and a cycle per fetch kept every fetched byte (+2 MB/s of RSS in the soak at 10k reads/s)."""
+    import gc
+    import weakref
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        records = records_of(DATA, 2)
+        gone = weakref.ref(records)
+        got = records.take(None)[0] if path == "take" else list(records)
+        assert len(got) == len(aiokafkas(DATA, 2))
+        del records
+        assert gone() is None
+    finally:
+        if enabled:
+            gc.enable()
