@@ -9,7 +9,7 @@ offsets) are sampled. The report says whether memory stayed flat and lag bounded
 Criteria (stated before the run): *flat* = the median RSS of the last third of the run is within 5% of
 the median of the middle third, and no sample of the last third is more than 10% above the median of the
 second sixth (the first sixth is warm-up: JIT, buffers, pools; a leak that grows in steps, as one that waits
-for the cycle collector does, passed the first test alone with 227 -> 750 MiB); *bounded* = lag never
+for the cycle collector does, passed the first test alone with 227 -> 794 MiB); *bounded* = lag never
 exceeds 10 seconds of traffic and drains to zero after the producer stops; *accounted* = the worker consumed
 every message produced, dead-lettered exactly the pool's malformed ones and made exactly one sighting per
 true pass, once per loop.
@@ -74,7 +74,7 @@ def _pool(seed: int, vehicles: int, hours: float) -> tuple[list[tuple[bytes, Any
 def clock_ahead_ms(duration_s: float, rate: float, loop_len: int, span_ms: int) -> int:
     """How far ahead of its send time the last loop's capture times are: each loop is ``span_ms`` later in
     event time, sent a few seconds after the one before, so the worker's check for camera clocks ahead
-    (``PLATESTREAM_MAX_CLOCK_AHEAD_S``) must allow that much, or every loop after the first is dead-lettered."""
+    (``PLATESTREAM_MAX_CLOCK_AHEAD_S``) must allow that much, or the later loops are dead-lettered."""
     loops = int(duration_s * rate / loop_len) + 2
     ahead = loops * span_ms + 3_600_000
     if ahead > 366 * 86_400_000:
