@@ -2,8 +2,9 @@
 
 Runs the chaos scenarios of the test suite (the same code ``make test`` runs: SIGKILL restarts, fault
 injection between the sinks via ``PLATESTREAM_CRASH_AFTER``, Redis and broker crashes, a rebalance storm,
-a SIGSTOP zombie, poison input through Kafka, Redis Cluster, a secured stack) against real servers
-started by the fixtures. Each run compares output with the simulator's ground truth exactly and records
+a SIGSTOP zombie, poison input through Kafka, a record batch damaged on the broker's disk, Redis Cluster, a
+secured stack) against real servers started by the fixtures. Each run compares output with the simulator's
+ground truth (or its own input) exactly and records
 produced / stored / merged / dead-lettered / lost / duplicated; the table goes to
 ``benchmarks/results/chaos-<date>.{json,md}``. A failing scenario fails the command.
 """

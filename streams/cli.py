@@ -391,7 +391,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     from redis.exceptions import RedisError
 
     from streams.connect import redis_client
-    from streams.dlq import Letter, letters, replay, summarize
+    from streams.dlq import chosen_by, letters, replay, summarize
     from streams.producer import SendError
 
     topic = args.topic or settings.topic_dlq
@@ -414,15 +414,10 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                   + ", ".join(found.truncated[:10]) + (" ..." if len(found.truncated) > 10 else ""))
         return 0
 
-    reasons = set(args.reason or [])
-
-    def chosen(letter: Letter) -> bool:
-        return (not reasons or letter.reason in reasons) and (args.since is None or letter.timestamp >= args.since)
-
     client = redis_client(settings)
     try:
-        done = replay(settings, letters(settings, topic), chosen, client, to=args.to, dry_run=args.dry_run,
-                      again=args.again, topic=topic)
+        done = replay(settings, letters(settings, topic), chosen_by(args.reason or (), args.since), client,
+                      to=args.to, dry_run=args.dry_run, again=args.again, topic=topic)
     except (KafkaError, SendError, RedisError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -594,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     drep = dls.add_parser("replay", help="send dead-lettered messages back to the topic they came from, once "
                                          "what rejected them is fixed (they are dead-lettered again if not)")
     drep.add_argument("--topic", help="the dead-letter topic (default: PLATESTREAM_TOPIC_DLQ)")
-    drep.add_argument("--reason", action="append", help="only letters with this reason (repeatable)")
+    drep.add_argument("--reason", action="append", help="only letters with this reason (repeatable); without it, "
+                      "letters of any reason but corrupt_batch (a damaged batch's records: name it to send them)")
     drep.add_argument("--since", type=_time, help="only letters written at or after this time (ISO 8601 or epoch ms)")
     drep.add_argument("--to", help="send to this topic instead of each message's own")
     drep.add_argument("--dry-run", action="store_true", help="count what would be sent, send nothing")

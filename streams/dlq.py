@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ import orjson
 import redis
 
 from streams.producer import send_all
+from streams.records import CORRUPT_BATCH
 from streams.settings import Settings
 from streams.topics import read_to_end
 
@@ -54,6 +55,24 @@ class Letter:
         payload = base64.b64decode(value) if r.get("value_encoding") == "base64" else value.encode()
         key = r.get("key")
         return (None if key is None else str(key).encode()), payload
+
+
+# reasons a replay sends back only when named (``--reason``): a damaged record batch's letters hold its records as
+# read, and one of them is damaged; if it still passes validation (a plate one bit off is another vehicle's), a
+# replay would store it as a true sighting
+NAMED_ONLY = frozenset({CORRUPT_BATCH})
+
+
+def chosen_by(reasons: Collection[str] = (), since: int | None = None) -> Callable[[Letter], bool]:
+    """Which letters a replay picks: those of ``reasons`` (none given: of any reason but ``NAMED_ONLY``'s), written
+    at or after ``since`` (epoch ms)."""
+    wanted = frozenset(reasons)
+
+    def chosen(letter: Letter) -> bool:
+        reason_ok = letter.reason in wanted if wanted else letter.reason not in NAMED_ONLY
+        return reason_ok and (since is None or letter.timestamp >= since)
+
+    return chosen
 
 
 def letters(s: Settings, topic: str | None = None, timeout_ms: int = 10_000) -> Iterator[Letter]:

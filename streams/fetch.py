@@ -15,7 +15,9 @@ that compress are common: ``benchmarks.fetch --compression lz4`` 0.15-0.17 us of
 aiokafka's record objects and 0.34 for uncompressed batches, which carry more bytes); a pre-v2 one goes through
 aiokafka's records. Batch-level rules stay aiokafka's: CRC check, aborted transactions and control batches
 skipped, records before the fetch position (a fetch that starts inside a batch) dropped, the position after
-the last record taken.
+the last record taken. One differs: a batch that fails its CRC (or whose records do not parse) is not raised,
+which stopped the worker on it for good, but handed over alone, marked (``records.Corrupt``), for the
+pipeline to dead-letter.
 
 This reaches into three names of aiokafka's fetcher (``MemoryRecords``, which is wrapped to keep the bytes,
 ``PartitionRecords`` and ``FetchResult.getall``, unchanged from 0.8 to 0.14); the integration test compares
@@ -45,7 +47,7 @@ from streams.kernels.recordbatch import (
     PROBLEMS,
     parse_records,
 )
-from streams.records import Polled
+from streams.records import Corrupt, Polled
 
 
 def raw_records(value: bytes | None) -> bytes | None:
@@ -107,7 +109,9 @@ class _PartitionRecords(fetcher.PartitionRecords):
             if self._data is not None:
                 self._pos += BATCH_LENGTH.size + BATCH_LENGTH.unpack_from(self._data, at)[1]
             if self._check_crcs and not self._crc_ok(batch, at):
-                raise errors.CorruptRecordException(f"Invalid CRC - {self._tp}")
+                if self._load(batch, at, "fails its CRC-32C check"):
+                    return True
+                continue
             if self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None:
                 self._consume_aborted_up_to(batch.base_offset)
                 if batch.is_control_batch and self._contains_abort_marker(batch):
@@ -118,7 +122,12 @@ class _PartitionRecords(fetcher.PartitionRecords):
             if batch.is_control_batch:
                 self.next_fetch_offset = batch.next_offset
                 continue
-            got = self._columns(batch, at)
+            try:
+                got = self._columns(batch, at)
+            except errors.CorruptRecordException as e:  # a CRC that matches over bytes that do not parse
+                if self._load(batch, at, f"has records that do not parse ({e})"):
+                    return True
+                continue
             if len(got) and got.offsets[0] < self.next_fetch_offset:  # the fetch started inside this batch
                 got = got[int(np.searchsorted(got.offsets, self.next_fetch_offset)):]
             if not len(got):  # compacted away, or all before the position
@@ -127,6 +136,55 @@ class _PartitionRecords(fetcher.PartitionRecords):
             self._batch, self._at, self._batch_end = got, 0, batch.next_offset
             return True
         return False
+
+    def _load(self, batch: Any, at: int, why: str) -> bool:
+        """Make a damaged record batch the current one (``_damaged``); False if none of it is left to take."""
+        got, end = self._damaged(batch, at, why)
+        if got is None:
+            self.next_fetch_offset = max(self.next_fetch_offset, end)
+            return False
+        self._batch, self._at, self._batch_end = got, 0, end
+        return True
+
+    def _damaged(self, batch: Any, at: int, why: str) -> tuple[Polled | None, int]:
+        """A record batch that failed a check, as records to dead-letter (``Corrupt``; None if its records parse
+        and all are before the fetch position), and the offset after it.
+
+        Its records as they parse, if they do and their offsets are in order within the batch; else one record
+        at the batch's first offset holding the batch's bytes. Where the batch ends: the next batch's first offset
+        when this fetch holds one (the header's own count may be among the damaged bytes), else the header's.
+        Raising instead, as aiokafka does, stopped the worker, and every worker the partition moved to after it,
+        with no way on but a hand-edited checkpoint."""
+        tp, data = self._tp, self._data
+        first = max(int(batch.base_offset), self.next_fetch_offset)
+        end = int(batch.next_offset)
+        if data is not None and self._pos + 8 <= len(data):
+            end = int.from_bytes(data[self._pos : self._pos + 8], "big", signed=True)
+        end = max(end, first + 1)
+        detail = (f"record batch at offsets {first}-{end - 1} of {tp.topic}[{tp.partition}] {why}: some of its bytes "
+                  "were damaged (on the broker's disk, or in memory or transit), and which of its records hold them "
+                  "is unknown")
+        got: Polled | None = None
+        try:
+            got = self._columns(batch, at)
+        except Exception:  # any failure to read damaged bytes: framing, a codec's own checks
+            got = None
+        if got is not None:
+            got = got[int(np.searchsorted(got.offsets, first)):]
+            ordered = bool(np.all(np.diff(got.offsets) > 0)) and (not len(got) or int(got.offsets[-1]) < end)
+            if ordered and not len(got):
+                return None, end
+            if ordered:
+                return Polled(tp.topic, tp.partition, got.data, got.offsets, got.timestamps, got.key_spans,
+                              got.value_spans, Corrupt(f"{detail}; its records are dead-lettered as read", first,
+                                                       end, False)), end
+        lo = at if data is not None else 0
+        hi = self._pos if data is not None else 0
+        raw = bytes(data[lo:hi]) if data is not None else b""
+        return Polled(tp.topic, tp.partition, raw, np.array([first], np.int64), np.array([-1], np.int64),
+                      np.array([[-1, -1]], np.int64), np.array([[0, len(raw)]], np.int64),
+                      Corrupt(f"{detail}; its records do not parse apart, and this letter holds the batch's bytes "
+                              f"(offsets {first}-{end - 1})", first, end, True)), end
 
     def _crc_ok(self, batch: Any, at: int) -> bool:
         """The batch's CRC-32C checks out. A v2 batch's is computed here with google-crc32c (the CPU's CRC
@@ -173,6 +231,8 @@ class _PartitionRecords(fetcher.PartitionRecords):
                 break
             batch = self._batch
             assert batch is not None
+            if parts and (batch.corrupt is not None or parts[0].corrupt is not None):
+                break  # a damaged batch's records are a poll of their own (``records.Corrupt``)
             n = len(batch) - self._at
             if limit is not None:
                 n = min(n, limit - taken)

@@ -5,8 +5,9 @@ Changing one of these is a breaking change for dashboards and DLQ consumers.
 
 from typing import Final, Literal
 
-Step = Literal["decode", "validate", "normalize", "dedup", "geohash", "sink.redis", "sink.deduped", "sink.dlq"]
+Step = Literal["fetch", "decode", "validate", "normalize", "dedup", "geohash", "sink.redis", "sink.deduped", "sink.dlq"]
 
+STEP_FETCH: Final = "fetch"  # a record batch's checks when it is fetched (CRC-32C, framing)
 STEP_DECODE: Final = "decode"
 STEP_VALIDATE: Final = "validate"
 STEP_NORMALIZE: Final = "normalize"

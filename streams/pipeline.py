@@ -32,7 +32,17 @@ from streams.kernels.recordbatch import BATCH_HEADER, build_records, parse_recor
 from streams.kernels.resp import resp_commands
 from streams.kernels.rounding import rounded
 from streams.policy import DAY_MS, Context, Policy, User
-from streams.records import NO_MESSAGES, Coded, DeadLetter, Messages, Raw, ReadBatch, RecordLike, decode_batch
+from streams.records import (
+    NO_MESSAGES,
+    Coded,
+    DeadLetter,
+    Messages,
+    Polled,
+    Raw,
+    ReadBatch,
+    RecordLike,
+    decode_batch,
+)
 from streams.retention import NO_CUTOFF, cutoffs, past
 from streams.settings import Settings
 from streams.sharing import grant_purposes
@@ -256,7 +266,10 @@ class PartitionPipeline:
         """(batch, next offset, records consumed): the first step, apart so the worker can run it while it
         waits for the broker; the dedup state is untouched."""
         batch = decode_batch(records, self.s.max_message_bytes, self.s.max_clock_ahead_ms, int(time.time() * 1000))
-        return batch, records[-1].offset + 1 if records else (self.next_offset or 0), len(records)
+        if not records:
+            return batch, self.next_offset or 0, 0
+        # (past a damaged record batch read as one record: ``records.Corrupt``)
+        return batch, records.next_offset if isinstance(records, Polled) else records[-1].offset + 1, len(records)
 
     def process(self, batch: ReadBatch, next_offset: int, consumed: int | None = None,
                 hot: HotContext | None = None) -> BatchResult:

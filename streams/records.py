@@ -23,8 +23,9 @@ from numpy.typing import NDArray
 
 from streams.kernels.plates import MAX_PLATE
 from streams.kernels.scan import EXTRA, N_STRINGS, OPTIONAL, SLOW, intern_spans, scan_reads
-from streams.names import SCHEMA_DLQ, STEP_DECODE, STEP_VALIDATE
+from streams.names import SCHEMA_DLQ, STEP_DECODE, STEP_FETCH, STEP_VALIDATE
 
+CORRUPT_BATCH = "corrupt_batch"  # a dead letter's reason: its record batch was damaged (``Corrupt``)
 REQUIRED = ("read_id", "camera_id", "agency", "plate", "region", "ts", "lat", "lon", "confidence")
 CORE = frozenset(REQUIRED)
 TS_MAX = 4_102_444_800_000  # 2100-01-01
@@ -145,20 +146,41 @@ class Raw:
 NO_TIMESTAMP = -1  # Kafka's "no timestamp" (a ``Raw``'s None)
 
 
+@dataclass(frozen=True, slots=True)
+class Corrupt:
+    """A record batch that failed a check when it was fetched (``streams.fetch``): its CRC-32C, or its records'
+    framing. Its records are dead-lettered as read (``corrupt_batch``), never processed: which of them hold the
+    damaged bytes is unknown."""
+
+    detail: str
+    first: int  # the batch's first offset this consumer takes (past its fetch position)
+    end: int  # the offset after the batch
+    whole: bool  # its records could not be told apart: one record, at ``first``, holds the batch's bytes
+
+
 class Polled(Sequence[Raw]):
     """One partition's poll as columns: the fetched bytes, and per record its offset, timestamp and where its key
     and value lie in those bytes ((start, stop) rows; -1, -1 for a null).
 
     ``streams.fetch`` makes these straight from a fetch response's record batches, without a record object or a
     ``bytes`` per record, and the columnar decode scans the values where they are. A record is materialized as a
-    ``Raw`` only when it is indexed (dead letters, the record-at-a-time paths)."""
+    ``Raw`` only when it is indexed (dead letters, the record-at-a-time paths). A poll with ``corrupt`` holds
+    records of one damaged record batch only."""
 
-    __slots__ = ("data", "key_spans", "offsets", "partition", "timestamps", "topic", "value_spans")
+    __slots__ = ("corrupt", "data", "key_spans", "offsets", "partition", "timestamps", "topic", "value_spans")
 
     def __init__(self, topic: str, partition: int, data: bytes, offsets: NDArray[np.int64],
-                 timestamps: NDArray[np.int64], key_spans: NDArray[np.int64], value_spans: NDArray[np.int64]) -> None:
+                 timestamps: NDArray[np.int64], key_spans: NDArray[np.int64], value_spans: NDArray[np.int64],
+                 corrupt: Corrupt | None = None) -> None:
         self.topic, self.partition, self.data = topic, partition, data
         self.offsets, self.timestamps, self.key_spans, self.value_spans = offsets, timestamps, key_spans, value_spans
+        self.corrupt = corrupt
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after this poll's records (after the whole batch, for a damaged one read as one record)."""
+        c = self.corrupt
+        return c.end if c is not None and c.whole else int(self.offsets[-1]) + 1
 
     @classmethod
     def of(cls, topic: str, partition: int, records: Sequence[Any]) -> Polled:
@@ -181,6 +203,8 @@ class Polled(Sequence[Raw]):
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
+        if any(p.corrupt is not first.corrupt for p in parts):
+            raise ValueError("a damaged record batch's records are polled apart from any other's")
         data = first.data
         key_spans, value_spans = [p.key_spans for p in parts], [p.value_spans for p in parts]
         if any(p.data is not data for p in parts):
@@ -198,7 +222,7 @@ class Polled(Sequence[Raw]):
             data = b"".join(pieces)
         return cls(first.topic, first.partition, data, np.concatenate([p.offsets for p in parts]),
                    np.concatenate([p.timestamps for p in parts]), np.concatenate(key_spans),
-                   np.concatenate(value_spans))
+                   np.concatenate(value_spans), first.corrupt)
 
     def window(self) -> tuple[int, int]:
         """The bytes of ``data`` that hold this poll's keys and values (start, stop)."""
@@ -234,7 +258,7 @@ class Polled(Sequence[Raw]):
     def __getitem__(self, i: int | slice) -> Raw | Polled:
         if isinstance(i, slice):
             return Polled(self.topic, self.partition, self.data, self.offsets[i], self.timestamps[i],
-                          self.key_spans[i], self.value_spans[i])
+                          self.key_spans[i], self.value_spans[i], self.corrupt)
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         ts = int(self.timestamps[i])
@@ -749,6 +773,10 @@ def decode_batch(records: Sequence[RecordLike], max_bytes: int, max_ahead_ms: in
     n = len(records)
     if n == 0:
         return _decode_reference(records, max_bytes, max_ahead_ms, now_ms)[0]
+    if isinstance(records, Polled) and records.corrupt is not None:
+        batch = _decode_reference([], max_bytes)[0]
+        batch.dead = [DeadLetter(r, CORRUPT_BATCH, STEP_FETCH, None, records.corrupt.detail) for r in records]
+        return batch
     polled = Polled.of("", -1, records)  # (a list's records keep their own topic: the slow rows index ``records``)
     # the values are scanned where they lie in the poll's bytes: a null as an empty value, which the scan leaves
     # to the reference path

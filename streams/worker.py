@@ -184,7 +184,8 @@ class BatchRunner:
         self.lock = asyncio.Lock()
         self.pipelines: dict[TopicPartition, PartitionPipeline] = {}
         self._lags: dict[TopicPartition, int] = {}  # each partition's lag when last known (``lag``)
-        self.metrics: Counter[str] = Counter()
+        # (a counter an operator alerts on is there from the start, at 0)
+        self.metrics: Counter[str] = Counter(corrupt_batches=0)
         self.started = time.monotonic()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -472,6 +473,10 @@ class BatchRunner:
             self.metrics["skipped_already_stored"] += len(msgs) - len(raws)
             if not len(raws):
                 continue
+            damaged = raws.corrupt
+            if damaged is not None and int(raws.offsets[0]) == damaged.first:  # (once, if polled in parts)
+                self.metrics["corrupt_batches"] += 1
+                log.error("%s (reason corrupt_batch)", damaged.detail)
             out.append((tp, pipe, expected, pipe.decode(raws)))
         return out
 

@@ -89,3 +89,16 @@ def test_messages_rejected_by_a_too_small_limit_are_counted_then_replayed_and_st
     empty = dlq(settings, "summary")
     assert empty.returncode == 0 and f"{settings.topic_dlq}: no dead letters" in empty.stdout, empty.stderr
     assert time.monotonic() - began < 8  # (not after waiting out the reader's 10-second timeout)
+
+
+def test_a_replay_sends_a_damaged_batchs_letters_only_when_their_reason_is_named() -> None:
+    """One record of a damaged batch holds the damage, and it may still validate (a plate a bit off is another
+    vehicle's): a replay of everything leaves them out; ``--reason corrupt_batch`` sends them."""
+    from streams.dlq import Letter, chosen_by
+
+    found = [Letter(0, i, 1_000 * i, {"reason": reason}) for i, reason in
+             enumerate(["too_large", "corrupt_batch", "invalid_json", "corrupt_batch"])]
+    assert [x.offset for x in found if chosen_by()(x)] == [0, 2]
+    assert [x.offset for x in found if chosen_by(["corrupt_batch"])(x)] == [1, 3]
+    assert [x.offset for x in found if chosen_by(["corrupt_batch", "too_large"], since=1_000)(x)] == [1, 3]
+    assert [x.offset for x in found if chosen_by(since=2_000)(x)] == [2]

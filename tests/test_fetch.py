@@ -1,9 +1,11 @@
 """Raw-record polling (``streams.fetch``) on fetched bytes made by aiokafka's own batch builder: the columns hold
 aiokafka's records whatever the batch (plain, compressed, LOG_APPEND_TIME), polls of any size keep the position,
-and a batch whose bytes do not match its CRC is refused. (Against the real broker: tests/integration.)"""
+and a batch whose bytes do not match its CRC comes apart, marked damaged. (Against the real broker:
+tests/integration.)"""
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -89,15 +91,71 @@ def test_compressed_batches_are_parsed_by_the_kernel_in_their_decompressed_bytes
     assert [(r.offset, r.timestamp, r.key, r.value) for r in poll] == aiokafkas(DATA)
 
 
-def test_a_batch_whose_bytes_changed_is_refused() -> None:
+# where each batch of DATA starts in its bytes
+STARTS = [0, *itertools.accumulate(len(b) for b in (
+    batch(0, [b"v%d" % i for i in range(5)]), batch(5, [b"z%d" % i for i in range(4)], compression=1),
+    batch(9, [b"a", None, b"c" * 500]), batch(12, [b"s0", b"s1" * 300], compression=2),
+    batch(14, [None, b"l1", b"l2" * 400], compression=3)))]
+
+
+def damaged(at: int) -> bytes:
+    broken = bytearray(DATA)
+    broken[at] ^= 0x01
+    return bytes(broken)
+
+
+def polls(parts: Any, limit: int | None = None) -> list[Polled]:
+    out, done = [], False
+    while not done:
+        poll, done = parts.take(limit)
+        out.append(poll)
+    return out
+
+
+def test_aiokafkas_own_path_still_refuses_a_batch_whose_bytes_changed() -> None:
     for at in (len(DATA) - 3, 70):  # in the last batch's value; in the first batch's first record
-        broken = bytearray(DATA)
-        broken[at] ^= 0x01
         with pytest.raises(errors.CorruptRecordException, match="CRC"):
-            parts = records_of(bytes(broken))
-            while not parts.take(None)[1]:
-                pass
-    assert records_of(DATA).take(None)[1]  # the same bytes unchanged pass
+            list(records_of(damaged(at), raw=False))
+    assert len(list(records_of(DATA, raw=False))) == len(VALUES)  # the same bytes unchanged pass
+
+
+@pytest.mark.parametrize("limit", [None, 1, 2, 5])
+def test_a_batch_whose_bytes_changed_is_a_poll_of_its_own_marked_damaged(limit: int | None) -> None:
+    """A value byte flipped in the third batch (offsets 9-11): its records come as read, in polls of their own
+    marked ``corrupt``; the batches around it as before, and the position ends after the last."""
+    at = STARTS[3] - 10  # in b"c" * 500 (its record ends with one byte: no headers)
+    got = polls(records_of(damaged(at)), limit)
+    marked = [p for p in got if p.corrupt is not None]
+    assert [r.offset for p in marked for r in p] == [9, 10, 11]
+    assert all(not any(r.offset in (9, 10, 11) for r in p) for p in got if p.corrupt is None)
+    assert [r.value for p in got for r in p] == [*VALUES[:11], b"c" * 491 + b"b" + b"c" * 8, *VALUES[12:]]
+    c = marked[0].corrupt
+    assert c is not None and (c.first, c.end, c.whole) == (9, 12, False)
+    assert "offsets 9-11 of plates.reads[2] fails its CRC-32C check" in c.detail
+    assert all(p.corrupt is c for p in marked) and marked[-1].next_offset == 12
+
+
+@pytest.mark.parametrize("start", [0, 10])
+def test_a_damaged_batch_whose_records_do_not_parse_is_one_record_of_its_bytes(start: int) -> None:
+    """A byte of the gzip batch's deflate stream (offsets 5-8: gzip's own check refuses it), or of the first
+    record's length in the third batch (9-11): the records cannot be read apart, so one record at the batch's
+    first offset past the position holds the batch's bytes, and the position moves past the batch."""
+    for at, first, end, batch_bytes in ((STARTS[1] + 80, 5, 9, slice(STARTS[1], STARTS[2])),
+                                        (STARTS[2] + 61, 9, 12, slice(STARTS[2], STARTS[3]))):
+        if start > first:
+            first = start
+        if start >= end:
+            continue
+        broken = damaged(at)
+        got = polls(records_of(broken, fetch_offset=start))
+        [marked] = [p for p in got if p.corrupt is not None]
+        assert marked.corrupt is not None and (marked.corrupt.first, marked.corrupt.end, marked.corrupt.whole) == (
+            first, end, True)
+        [record] = list(marked)
+        assert (record.offset, record.key, record.value) == (first, None, broken[batch_bytes])
+        assert marked.next_offset == end and "do not parse apart" in marked.corrupt.detail
+        rest = [r.offset for p in got if p.corrupt is None for r in p]
+        assert rest == [o for o in range(start, len(VALUES)) if not first <= o < end]
 
 
 def test_the_record_at_a_time_path_gives_the_same_records() -> None:

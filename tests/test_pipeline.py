@@ -440,3 +440,45 @@ def test_a_read_from_a_clock_far_ahead_is_dead_lettered_and_leaves_dedup_alone(s
     [sighting] = read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "7ABC123")))
     assert sighting.reads == 2  # one pass, one sighting
     assert len(read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", "EDGE1")))) == 1
+
+
+def test_a_damaged_record_batchs_records_are_dead_lettered_and_the_checkpoint_moves_past_it(
+        settings: Settings) -> None:
+    """Records of a batch that failed its CRC (``records.Corrupt``) are all dead-lettered as read, valid-looking
+    or not, and none reaches the dedup; read as one record of the batch's bytes, the checkpoint moves to the
+    batch's end, not past that one offset."""
+    from streams.pipeline import META_OFFSET
+    from streams.records import Corrupt, Polled
+    from streams.store import read_trail, trail_key, vehicle_id
+
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    t0 = 1_700_000_000_000
+
+    def raw(offset: int) -> Raw:
+        return Raw(settings.topic_reads, 0, offset, t0, b"cam-1", orjson.dumps({
+            "read_id": f"r{offset}", "camera_id": "cam-1", "agency": "a-pd", "plate": f"DMG{offset}",
+            "region": "US-CT", "ts": t0 + offset, "lat": 41.7, "lon": -72.7, "confidence": 0.9}))
+
+    def damaged(records: list[Raw], end: int, whole: bool) -> Polled:
+        p = Polled.of(settings.topic_reads, 0, records)
+        return Polled(p.topic, p.partition, p.data, p.offsets, p.timestamps, p.key_spans, p.value_spans,
+                      Corrupt("record batch at offsets ... fails its CRC-32C check", int(p.offsets[0]), end, whole))
+
+    pipe = PartitionPipeline(settings, settings.topic_reads, 0)
+    results = []
+    for batch in ([raw(0)], damaged([raw(1), raw(2)], 3, False), damaged([raw(3)], 6, True), [raw(6)]):
+        expected = pipe.next_offset
+        results.append(pipe.process_raw(batch))
+        _apply(client, pipe, expected, results[-1].redis)
+    assert [r.next_offset for r in results] == [1, 3, 6, 7]
+    assert [(r.consumed, r.valid, r.dead, r.sightings_new) for r in results] == [
+        (1, 1, 0, 1), (2, 0, 2, 0), (1, 0, 1, 0), (1, 1, 0, 1)]
+    letters = [(orjson.loads(value), dict(headers)) for r in results for _, value, headers in r.dlq]
+    assert [(d["offset"], d["reason"], d["step"], h["ps.reason"], h["ps.step"], h["ps.offset"])
+            for d, h in letters] == [(o, "corrupt_batch", "fetch", b"corrupt_batch", b"fetch", str(o).encode())
+                                     for o in (1, 2, 3)]
+    assert all(d["detail"].endswith("fails its CRC-32C check") for d, _ in letters)
+    assert client.hget(pipe.ck_key, META_OFFSET) == b"7"
+    for offset, stored in ((0, 1), (1, 0), (2, 0), (3, 0), (6, 1)):
+        assert len(read_trail(client, trail_key(vehicle_id(settings.hash_key, "US-CT", f"DMG{offset}")))) == stored

@@ -1,4 +1,5 @@
-"""Bounce things under load and compare input with output exactly (issue 5 scenarios 3, 5, 6)."""
+"""Bounce things under load, or damage them, and compare input with output exactly (the chaos table's
+scenarios 2-8)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 
@@ -27,6 +29,7 @@ from tests.support import (
     checkpoint_offsets,
     final_sightings,
     process_all,
+    read_topic,
     record_run,
     verify_against_truth,
     wait_caught_up,
@@ -208,3 +211,77 @@ def test_hundred_thousand_poison_messages_through_kafka(settings: Settings, tmp_
     record_run("7. 100,000 poison payloads (16 kinds) + 10,000 valid reads through Kafka and a worker",
                {"produced": len(messages), "stored": len(stored), "merged": 0, "dead_lettered": len(dead),
                 "lost": len(poison - set(dead)) + 10_000 - len(stored), "duplicated": 0})
+
+
+def test_a_record_batch_damaged_on_the_brokers_disk_is_dead_lettered_and_the_worker_goes_on(
+        settings: Settings, local_stack: stack.StackInfo, tmp_path: Path) -> None:
+    """Scenario 8: a byte of a read flipped in the broker's log segment (bit rot; the broker serves fetches from
+    the file unchecked): the batch fails its CRC-32C. Every record of that batch is dead-lettered as
+    ``corrupt_batch`` with its own offset (which one is damaged is unknown), the reads of the other batches are
+    stored, and the worker goes on; a restarted worker starts after the batch and letters none of it again.
+    Before, the worker stopped on it, and every restart (or every worker the partition moved to) stopped on it
+    again."""
+    from aiokafka.record.memory_records import MemoryRecords
+
+    s = settings
+    ensure_topics(s, 1)
+    now = int(time.time() * 1000) - 3_600_000
+
+    def read(i: int) -> tuple[bytes, bytes]:
+        return b"cam-%d" % (i % 7), orjson.dumps({
+            "read_id": f"r{i}", "camera_id": f"cam-{i % 7}", "agency": "hartford", "plate": f"CR{i:04d}",
+            "region": "US-CT", "ts": now + i * 1000, "lat": 41.76, "lon": -72.67, "confidence": 0.9})
+
+    for lo in (0, 100, 200):  # three sends: three (or more) record batches
+        assert send_all(s, s.topic_reads, [read(i) for i in range(lo, lo + 100)]) == 100
+    segment = Path(local_stack.state_dir) / "kafka" / "data" / f"{s.topic_reads}-0" / "00000000000000000000.log"
+    data = bytearray(segment.read_bytes())
+    at = data.index(b'"plate":"CR0150"') + len(b'"plate":"CR01')
+    data[at] ^= 0x01  # CR0150 -> CR0140: a plausible read of another vehicle, under a CRC that no longer matches
+    with open(segment, "r+b") as f:
+        f.seek(at)
+        f.write(bytes(data[at : at + 1]))
+    # the record batch holding offset 150: its offsets are the letters expected
+    records = MemoryRecords(bytes(segment.read_bytes()))
+    damaged: list[int] = []
+    while records.has_next():
+        offsets = [r.offset for r in records.next_batch()]
+        if 150 in offsets:
+            damaged = offsets
+    assert 150 in damaged and len(damaged) < 300
+
+    client = redis.Redis.from_url(s.redis_url)
+    worker = Worker(s, tmp_path)
+    try:
+        wait_caught_up(s, worker, timeout=120)
+        metrics = worker.metrics()
+    finally:
+        assert worker.stop() == 0
+    assert (metrics["consumed"], metrics["dead_lettered"], metrics["corrupt_batches"]) == (300, len(damaged), 1)
+    letters = [orjson.loads(r.value) for r in read_topic(s, s.topic_dlq)]
+    assert sorted(d["offset"] for d in letters) == damaged
+    assert {(d["reason"], d["step"], d["topic"], d["partition"]) for d in letters} == {
+        ("corrupt_batch", "fetch", s.topic_reads, 0)}
+    assert f"offsets {damaged[0]}-{damaged[-1]}" in letters[0]["detail"]
+    kept = {d["offset"]: orjson.loads(d["value"]) for d in letters}
+    assert kept[150]["plate"] == "CR0140" and kept[150]["read_id"] == "r150"  # what the damaged bytes say
+    assert all(kept[o] == orjson.loads(read(o)[1]) for o in damaged if o != 150)
+    for i in range(300):
+        assert len(trail(client, s, f"CR{i:04d}", "US-CT")) == (0 if i in damaged else 1), i
+    assert "corrupt_batch" in worker.log() and f"offsets {damaged[0]}-{damaged[-1]}" in worker.log()
+
+    # a restart goes on after the batch: nothing lettered again, new reads stored
+    assert send_all(s, s.topic_reads, [read(i) for i in range(300, 310)]) == 10
+    again = Worker(s, tmp_path, name="again")
+    try:
+        wait_caught_up(s, again, timeout=120)
+        metrics = again.metrics()
+    finally:
+        assert again.stop() == 0
+    assert (metrics["consumed"], metrics["dead_lettered"]) == (10, 0)
+    assert len(read_topic(s, s.topic_dlq)) == len(damaged)
+    assert all(len(trail(client, s, f"CR{i:04d}", "US-CT")) == 1 for i in range(300, 310))
+    stored = sum(len(trail(client, s, f"CR{i:04d}", "US-CT")) for i in range(310))
+    record_run("8. a record batch damaged on the broker's disk (a byte of its log segment flipped), restart",
+               {"produced": 310, "stored": stored, "merged": 0, "dead_lettered": len(letters),
+                "lost": 310 - stored - len(set(kept)), "duplicated": len(letters) - len(set(kept))})
