@@ -139,6 +139,32 @@ def test_decode_batch_routes_every_bad_message_with_a_reason() -> None:
         jsonschema.validate(d.to_record(), dlq_schema)
 
 
+def test_a_damaged_record_batchs_records_are_all_dead_letters_valid_looking_or_not() -> None:
+    """``records.Corrupt``: every record as read, a valid one too (which holds the damage is unknown), with the
+    batch's detail; a whole batch's bytes as one letter (base64). Both valid ``dlq.v1`` records."""
+    from streams.records import Corrupt, Polled
+
+    dlq_schema = json.loads((SCHEMAS / "dlq.v1.json").read_text())
+    raws = [Raw("plates.reads", 2, 40 + i, None, None, v) for i, v in enumerate(
+        [orjson.dumps(valid_read()), b"{not json", orjson.dumps(valid_read())])]
+    p = Polled.of("plates.reads", 2, raws)
+    for corrupt in (Corrupt("record batch at offsets 40-42 fails its CRC-32C check", 40, 43, False),
+                    Corrupt("record batch at offsets 40-49 ...", 40, 50, True)):
+        batch = decode_batch(Polled(p.topic, p.partition, p.data, p.offsets, p.timestamps, p.key_spans,
+                                    p.value_spans, corrupt), max_bytes=65536)
+        assert len(batch) == 0
+        assert [(d.raw.offset, d.reason, d.step, d.detail) for d in batch.dead] == [
+            (o, "corrupt_batch", "fetch", corrupt.detail) for o in (40, 41, 42)]
+        for d in batch.dead:
+            jsonschema.validate(d.to_record(), dlq_schema)
+    whole = Polled("plates.reads", 2, b"\x00\xffbatch", np.array([40]), np.array([-1]), np.array([[-1, -1]]),
+                   np.array([[0, 7]]), Corrupt("...", 40, 50, True))
+    [letter] = decode_batch(whole, max_bytes=65536).dead
+    rec = letter.to_record()
+    assert (rec["value_encoding"], rec["offset"], whole.next_offset) == ("base64", 40, 50)
+    jsonschema.validate(rec, dlq_schema)
+
+
 def test_a_dead_letter_too_big_for_a_kafka_record_keeps_the_first_bytes_size_and_digest() -> None:
     """Whole when it fits ``DLQ_RECORD_MAX_BYTES`` as JSON; else the first ``DLQ_VALUE_PREFIX_BYTES`` (a UTF-8
     character the cut splits left out; base64 if the rest is not UTF-8), which fit at any escaping."""
