@@ -184,8 +184,9 @@ class BatchRunner:
         self.lock = asyncio.Lock()
         self.pipelines: dict[TopicPartition, PartitionPipeline] = {}
         self._lags: dict[TopicPartition, int] = {}  # each partition's lag when last known (``lag``)
-        # (a counter an operator alerts on is there from the start, at 0)
-        self.metrics: Counter[str] = Counter(corrupt_batches=0)
+        # the counters deploy/prometheus/alerts.yml reads are there from the start, at 0 (a series that appears
+        # only with its first event leaves rate() and increase() nothing to compare that event with)
+        self.metrics: Counter[str] = Counter(corrupt_batches=0, consumed=0, dead_lettered=0, sink_errors=0)
         self.started = time.monotonic()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -760,6 +761,7 @@ def make_app(settings: Settings) -> faust.App:
         holder = f"{socket.gethostname()}:{os.getpid()}:{id(runner):x}"
 
         policies = runner.policies  # reloaded when the file changes
+        runner.metrics.update(retention_failures=0, retention_removed=0)  # (there from the start: alerts.yml)
 
         @app.timer(interval=float(settings.retention_interval_s))
         async def retention() -> None:

@@ -341,3 +341,23 @@ def check_layout(redis_url: str, cell_bucket_ms: int | None = None, pinned: bool
             await client.aclose()
 
     return asyncio.run(run())
+
+
+def alert_metric_names(group: str | None = None) -> set[str]:
+    """The ``platestream_*`` metrics the rules of ``deploy/prometheus/alerts.yml`` read (of ``group`` only, if
+    given), each expression parsed as PromQL (``promql_parser``: a syntax error raises)."""
+    import promql_parser
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml").read_text())
+    names: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name and node.name.startswith("platestream_"):
+            names.add(node.name)
+
+    for g in doc["groups"]:
+        if group is None or g["name"] == group:
+            for rule in g["rules"]:
+                promql_parser.walk(promql_parser.parse(rule["expr"]), visit)
+    return names

@@ -59,3 +59,32 @@ def test_kubernetes_audit_verify_runs_nightly_against_the_topic_with_the_workers
     assert container["envFrom"] == worker["envFrom"] and container["image"] == worker["image"]
     args = build_parser().parse_args(container["args"])
     assert (args.command, args.action, args.redis_only) == ("audit", "verify", False)
+
+
+def test_the_alerting_rules_parse_and_name_only_metrics_a_worker_exports() -> None:
+    """Every expression parses as PromQL, and every ``platestream_*`` metric it reads is one the worker's
+    ``/metrics`` can export: the keys its code counts or sets, through ``metrics.exposition`` (a renamed counter
+    would leave an alert that never fires). The integration tests check them against a real worker's scrape."""
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streams.metrics import LATENCY, exposition
+    from tests.support import alert_metric_names
+
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    assert len({r["alert"] for r in rules}) == len(rules) >= 8
+    for r in rules:
+        assert r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"], r["alert"]
+        assert r["annotations"]["description"] and r.get("for", "1m")[-1] in "smh", r["alert"]
+    code = (Path(__file__).resolve().parents[1] / "streams" / "worker.py").read_text()
+    keys = set(re.findall(r'metrics\["([a-z_.]+)"\]', code)) | set(re.findall(r'\bm\["([a-z_.]+)"\]', code))
+    keys |= set(re.findall(r"Counter\((.*)\)", code)[0].replace("=0", "").replace(" ", "").split(","))
+    keys |= {"retention_failures", "retention_removed", *LATENCY}
+    values = {k: [0] if k == "partitions" else 1 for k in keys}
+    exported = {s.name for f in text_string_to_metric_families(exposition(values, False).decode()) for s in f.samples}
+    wanted = alert_metric_names()
+    assert {"platestream_corrupt_batches_total", "platestream_healthy",
+            "platestream_retention_last_pass_timestamp_seconds"} <= wanted
+    assert wanted <= exported, wanted - exported

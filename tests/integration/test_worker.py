@@ -19,6 +19,7 @@ from streams.topics import ensure_topics
 from tests.conftest import wait_for
 from tests.support import (
     Worker,
+    alert_metric_names,
     checkpoint_offsets,
     final_sightings,
     process_all,
@@ -193,6 +194,7 @@ def test_a_worker_whose_dead_letters_the_brokers_refuse_for_a_while_catches_up_e
         assert prom["platestream_consumed_total"] == json_form["consumed"] == len(traffic.messages)
         assert prom["platestream_sink_errors_total"] == json_form["sink_errors"] >= 3
         assert prom["platestream_healthy"] == 1 and prom["process_resident_memory_bytes"] > 0
+        assert alert_metric_names("platestream-worker") <= set(prom)  # what deploy/prometheus/alerts.yml reads
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
     acc = verify_against_truth(settings, traffic)
@@ -474,7 +476,10 @@ def test_a_failed_retention_pass_is_counted_and_the_next_one_still_runs(settings
     logged and counted (``retention_failures``), and the worker keeps sweeping: once the cause is gone, the next
     pass removes what expired meanwhile, and ``/metrics`` says when the group's last pass completed. (A failed
     pass ended the whole worker before.)"""
+    import urllib.request
+
     import yaml
+    from prometheus_client.parser import text_string_to_metric_families
 
     from streams.policy import DAY_MS
     from streams.query import trail
@@ -502,5 +507,9 @@ def test_a_failed_retention_pass_is_counted_and_the_next_one_still_runs(settings
         assert trail(client, settings, "OLD1", "US-CT") == []
         wait_for(lambda: worker.metrics().get("retention_swept_at_s", 0) >= int(before), 30, "the pass's time")
         assert worker.proc.poll() is None
+        # what deploy/prometheus/alerts.yml reads of it, in the scrape
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics?format=prometheus", timeout=5) as r:
+            prom = {s.name for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
+        assert alert_metric_names("platestream-governance") <= prom
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
