@@ -178,9 +178,7 @@ class _PartitionRecords(fetcher.PartitionRecords):
                 return Polled(tp.topic, tp.partition, got.data, got.offsets, got.timestamps, got.key_spans,
                               got.value_spans, Corrupt(f"{detail}; its records are dead-lettered as read", first,
                                                        end, False)), end
-        lo = at if data is not None else 0
-        hi = self._pos if data is not None else 0
-        raw = bytes(data[lo:hi]) if data is not None else b""
+        raw = bytes(data[at : self._pos]) if data is not None else b""
         return Polled(tp.topic, tp.partition, raw, np.array([first], np.int64), np.array([-1], np.int64),
                       np.array([[-1, -1]], np.int64), np.array([[0, len(raw)]], np.int64),
                       Corrupt(f"{detail}; its records do not parse apart, and this letter holds the batch's bytes "
