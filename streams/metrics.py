@@ -35,6 +35,8 @@ GAUGES: dict[str, tuple[str, str]] = {
                              "pass ran (unix time, whichever worker held the lease): alert when it falls behind"),
     "healthy": ("healthy", "1 while /health answers 200, 0 while it answers 503"),
     "sinks_failing_for_s": ("sinks_failing_seconds", "how long the current run of sink errors has lasted (0: none)"),
+    "policy_file_invalid": ("policy_file_invalid", "1 while the policy file cannot be read or does not load, and the "
+                            "previous policy stays in force; 0 while the file is the policy in force"),
 }
 LATENCY = {"latency_ms_p50": "0.5", "latency_ms_p99": "0.99", "latency_ms_p999": "0.999"}
 # one counter family per key prefix, the rest of the key as a label: (name, label, divisor: microseconds to seconds)

@@ -183,7 +183,11 @@ class Policy:
 
 
 class PolicyStore:
-    """The current policy, reloaded when the file changes (checked at most once a second); no restart."""
+    """The current policy, reloaded when the file changes (checked at most once a second); no restart.
+
+    A file that turns unreadable or invalid leaves the previous policy in force, and ``invalid`` says why until a
+    valid file is back: an edit that tightened retention or sharing and did not load is otherwise visible only
+    in a log line (the worker exports it as ``platestream_policy_file_invalid``)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -191,6 +195,13 @@ class PolicyStore:
         self._mtime = self.path.stat().st_mtime_ns
         self._policy = Policy.load(self.path)
         self._checked = time.monotonic()
+        self._read_error: str | None = None  # the file could not be read at the last check
+        self._load_error: str | None = None  # the file as last changed did not load
+
+    @property
+    def invalid(self) -> str | None:
+        """Why the file on disk is not the policy in force, as of the last ``get``; None when it is."""
+        return self._read_error or self._load_error
 
     def get(self) -> Policy:
         now = time.monotonic()
@@ -202,12 +213,16 @@ class PolicyStore:
                 mtime = self.path.stat().st_mtime_ns
             except OSError as e:  # gone for a moment (an editor's rename, say): the previous policy holds
                 log.error("policy file %s cannot be read, keeping the previous policy: %s", self.path, e)
+                self._read_error = f"cannot be read: {e}"
                 return self._policy
+            self._read_error = None
             if mtime != self._mtime:
                 self._mtime = mtime
                 try:
                     self._policy = Policy.load(self.path)
+                    self._load_error = None
                     log.info("policy reloaded from %s", self.path)
                 except (PolicyError, OSError) as e:  # a broken edit must not open or close everything
                     log.error("policy file %s is invalid, keeping the previous policy: %s", self.path, e)
+                    self._load_error = str(e)
         return self._policy

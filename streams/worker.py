@@ -813,6 +813,9 @@ def make_app(settings: Settings) -> faust.App:
         m.update(runner.latency.percentiles())
         healthy, state = runner.health()
         m["healthy"], m["sinks_failing_for_s"] = int(healthy), state.get("sinks_failing_for_s", 0.0)
+        if runner.policies is not None:
+            runner.policies.get()  # (checks the file: at most a stat a second)
+            m["policy_file_invalid"] = int(runner.policies.invalid is not None)
         if request.query.get("reset_latency"):
             runner.latency.reset()
         if wants_prometheus(request.headers.get("Accept", ""), request.query.get("format")):

@@ -95,20 +95,27 @@ def test_policy_reloads_without_restart_and_keeps_the_old_one_on_a_bad_edit(tmp_
     path.write_text(yaml.safe_dump(doc))
     store = PolicyStore(path)
     ctx = store.get().context(TOKENS["walt"], CI, "c")
-    assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) is None
+    assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) is None and store.invalid is None
     doc["agencies"][0]["sharing"]["never_with_agencies"] = ["westport-pd"]
     path.write_text(yaml.safe_dump(doc))
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     store._checked = 0.0  # skip the once-a-second throttle instead of sleeping
     assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) == "hartford-pd.never_with_agencies"
+    assert store.invalid is None
     path.write_text("agencies: [not: valid")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000))
     store._checked = 0.0
     assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) == "hartford-pd.never_with_agencies"
+    assert store.invalid is not None and "not valid YAML" in store.invalid
+    store._checked = 0.0
+    store.get()  # the same invalid file, checked again: still said
+    assert store.invalid is not None and "not valid YAML" in store.invalid
     path.unlink()  # gone for a moment (an editor's rename): the previous policy holds, nothing raises
     store._checked = 0.0
     assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) == "hartford-pd.never_with_agencies"
+    assert store.invalid is not None and store.invalid.startswith("cannot be read")
     doc["agencies"][0]["sharing"]["never_with_agencies"] = []
     path.write_text(yaml.safe_dump(doc))
     store._checked = 0.0
     assert store.get().decide(ctx, "hartford-pd", frozenset({CI})) is None  # back: it is read again
+    assert store.invalid is None

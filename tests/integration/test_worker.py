@@ -513,3 +513,26 @@ def test_a_failed_retention_pass_is_counted_and_the_next_one_still_runs(settings
         assert alert_metric_names("platestream-governance") <= prom
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def test_a_policy_edit_that_does_not_load_shows_in_the_workers_metrics(settings: Settings, tmp_path: Path) -> None:
+    """A broken edit of the policy file leaves the previous policy in force (a worker must not open or close
+    everything on a typo), so a retention or sharing rule the edit tightened is not applied: ``/metrics`` says
+    so (``policy_file_invalid``, which deploy/prometheus/alerts.yml alerts on) until a valid file is back."""
+    import yaml
+
+    from tests.governance import policy_doc, with_tokens
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(with_tokens(policy_doc())))
+    worker = Worker(settings, tmp_path, PLATESTREAM_POLICY=str(policy))
+    try:
+        wait_for(lambda: "worker started" in worker.log(), 120, "the worker to start")
+        wait_for(lambda: worker.metrics().get("policy_file_invalid") == 0, 30, "the metrics")
+        policy.write_text("agencies: [not: valid")
+        wait_for(lambda: worker.metrics()["policy_file_invalid"] == 1, 30, "the broken edit to show")
+        assert "is invalid, keeping the previous policy" in worker.log()
+        policy.write_text(yaml.safe_dump(with_tokens(policy_doc())))
+        wait_for(lambda: worker.metrics()["policy_file_invalid"] == 0, 30, "the valid file to be back in force")
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
