@@ -316,7 +316,12 @@ def make_app(settings: Settings, access: Access | None = None) -> web.Applicatio
         why = await kafka if kafka is not None else None
         if why is not None:
             problems["kafka"] = why
-        return json_response({"ok": not problems, **problems}, status=503 if problems else 200)
+        body: dict[str, Any] = {"ok": not problems, **problems}
+        if acc.store is not None:
+            acc.store.get()  # (checks the file: at most a stat a second)
+            if acc.store.invalid is not None:  # queries are answered, under the previous policy: said, not failed
+                body["policy_file_invalid"] = f"{acc.store.invalid}; the previous policy is in force"[:500]
+        return json_response(body, status=503 if problems else 200)
 
     async def spec(request: web.Request) -> web.Response:
         return json_response(openapi())

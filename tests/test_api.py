@@ -255,6 +255,21 @@ def test_the_api_does_not_start_on_a_redis_that_could_evict_its_audit_records(se
     assert "maxmemory-policy is allkeys-lru" in run.stdout + run.stderr
 
 
+def test_health_says_when_the_policy_file_does_not_load(server: str, tmp_path: Path) -> None:
+    """A broken edit of the policy file leaves the previous policy in force (queries are still answered, so the
+    server stays ready), and ``/health`` says so until a valid file is back."""
+    path = tmp_path / "policy.yaml"
+    good = path.read_text()
+    path.write_text("agencies: [not: valid")
+    wait_for(lambda: "policy_file_invalid" in call(server, "/health")[1], 10, "the broken edit to show")
+    status, got = call(server, "/health")
+    assert status == 200 and got["ok"] is True
+    assert "not valid YAML" in got["policy_file_invalid"] and "the previous policy is in force" in got[
+        "policy_file_invalid"]
+    path.write_text(good)
+    wait_for(lambda: call(server, "/health") == (200, {"ok": True}), 10, "the valid file to be back")
+
+
 def test_health_is_not_ready_while_the_brokers_would_not_take_an_audit_record(server: str, local_stack: Any) -> None:
     """Every query waits for Kafka to acknowledge its audit record (fail closed): a server whose brokers stop
     answering (here frozen, SIGSTOP) is taken out of rotation with the reason, and put back once they answer."""
