@@ -169,7 +169,9 @@ def openapi() -> dict[str, Any]:
                                          "responses": {"200": {"description": "report"}, "401": err, "403": err}}},
             "/health": {"get": {"summary": "Readiness: Redis answers, a policy is loaded, Kafka takes audit records",
                                 "security": [],
-                                "responses": {"200": {"description": "ok"},
+                                "responses": {"200": {"description": "ok (with policy_file_invalid while the "
+                                                                     "policy file does not load: the previous one is "
+                                                                     "in force)"},
                                               "503": {"description": "not ready; the body names what is wrong"}}}},
         },
     }
